@@ -1,0 +1,108 @@
+"""dill and cloudpickle serializers with pickle protocol 5 out-of-band buffers."""
+
+from __future__ import annotations
+
+import io
+import pickle
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from typing import Any
+
+from zexec.core.errors import SerializationError
+
+#: Buffers smaller than this stay in the pickle stream: a separate frame costs more
+#: than copying a few KiB.
+OUT_OF_BAND_MIN = 64 * 1024
+
+
+def _split(dump: Callable[..., bytes], obj: Any) -> list[Any]:
+    buffers: list[Any] = []
+
+    def keep(buf: pickle.PickleBuffer) -> bool:
+        raw = buf.raw()
+        if raw.nbytes < OUT_OF_BAND_MIN:
+            return True  # in-band
+        buffers.append(raw)
+        return False
+
+    try:
+        main = dump(obj, protocol=5, buffer_callback=keep)
+    except Exception as exc:  # pickling runs arbitrary __reduce__ code
+        raise SerializationError(f"cannot serialize {type(obj).__name__}: {exc}") from exc
+    return [main, *buffers]
+
+
+class _PickleFamily:
+    name = ""
+
+    def _dumps(self, obj: Any, **kw: Any) -> bytes:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _loads(self, data: Any, buffers: Sequence[Any]) -> Any:  # pragma: no cover
+        raise NotImplementedError
+
+    def dumps(self, obj: Any) -> list[Any]:
+        return _split(self._dumps, obj)
+
+    def loads(self, frames: Sequence[Any]) -> Any:
+        if not frames:
+            raise SerializationError("no payload frames")
+        try:
+            return self._loads(frames[0], frames[1:])
+        except Exception as exc:
+            raise SerializationError(
+                f"cannot deserialize with {self.name}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+
+@lru_cache(maxsize=1)
+def _dill_pickler() -> type:
+    import dill
+
+    class Pickler(dill.Pickler):
+        # dill registers its own reducer for numpy arrays that copies the data into the
+        # stream; numpy's own protocol-5 reduction yields an out-of-band buffer instead.
+        def reducer_override(self, obj: Any) -> Any:
+            t = type(obj)
+            if t.__name__ == "ndarray" and t.__module__ == "numpy":
+                return obj.__reduce_ex__(5)
+            return NotImplemented
+
+    return Pickler
+
+
+class DillSerializer(_PickleFamily):
+    """dill: pickles functions, closures and lambdas defined in ``__main__`` by value.
+
+    It is what the legacy scidx-rexec client uses."""
+
+    name = "dill"
+
+    def _dumps(self, obj: Any, **kw: Any) -> bytes:
+        f = io.BytesIO()
+        _dill_pickler()(f, recurse=True, **kw).dump(obj)
+        return f.getvalue()
+
+    def _loads(self, data: Any, buffers: Sequence[Any]) -> Any:
+        import dill
+
+        return dill.loads(data, buffers=buffers)
+
+
+class CloudpickleSerializer(_PickleFamily):
+    """cloudpickle: by-value pickling of interactively defined functions, the choice of
+    Dask and Ray; usually faster than dill."""
+
+    name = "cloudpickle"
+
+    def _dumps(self, obj: Any, **kw: Any) -> bytes:
+        import cloudpickle
+
+        return cloudpickle.dumps(obj, **kw)
+
+    def _loads(self, data: Any, buffers: Sequence[Any]) -> Any:
+        # cloudpickle output is a standard pickle stream.
+        return pickle.loads(data, buffers=buffers)

@@ -1,0 +1,164 @@
+"""The exception hierarchy users and APIs see.
+
+Every error that crosses a process boundary carries a stable ``code`` (see
+``docs/protocol.md``) so a client in any language can act on it without parsing text.
+"""
+
+from __future__ import annotations
+
+
+class ZexecError(Exception):
+    """Base class of every error zexec raises on purpose."""
+
+    code = "INTERNAL"
+
+
+class ConfigurationError(ZexecError):
+    """A setting or argument is wrong; the message says which and what is allowed."""
+
+    code = "BAD_CONFIG"
+
+
+class UnknownSerializerError(ConfigurationError):
+    """A serializer name that no installed plugin provides."""
+
+    code = "UNKNOWN_SERIALIZER"
+
+
+class AuthError(ZexecError):
+    """Base of identity errors."""
+
+
+class Unauthenticated(AuthError):
+    """The token is missing, invalid or expired (HTTP 401)."""
+
+    code = "UNAUTHENTICATED"
+
+
+class Forbidden(AuthError):
+    """The token is valid but the user may not do this (HTTP 403)."""
+
+    code = "FORBIDDEN"
+
+
+class AuthUnavailable(AuthError):
+    """The identity provider could not be reached or answered nonsense (HTTP 503)."""
+
+    code = "AUTH_UNAVAILABLE"
+
+
+class CallError(ZexecError):
+    """Base of errors of one remote call."""
+
+
+class BrokerUnreachable(CallError):
+    """The client could not reach the broker, or the broker stopped answering."""
+
+    code = "BROKER_UNREACHABLE"
+
+
+class ServerUnavailable(CallError):
+    """No server is registered for the user, or it stopped responding mid-call."""
+
+    code = "NO_SERVER"
+
+
+class ServerGone(ServerUnavailable):
+    """The user's server stopped heartbeating while the call was running."""
+
+    code = "SERVER_GONE"
+
+
+class CallLost(CallError):
+    """The broker no longer knows the call (it restarted while the call was in flight)."""
+
+    code = "CALL_LOST"
+
+
+class VersionMismatch(CallError):
+    """Client and server run different Python major.minor versions."""
+
+    code = "VERSION_MISMATCH"
+
+
+class SerializationError(CallError):
+    """A payload could not be serialized or deserialized."""
+
+    code = "SERIALIZATION"
+
+
+class ProtocolError(CallError):
+    """A peer sent frames that do not follow the protocol."""
+
+    code = "BAD_REQUEST"
+
+
+class ShuttingDown(CallError):
+    """The broker or server is draining and accepts no new calls."""
+
+    code = "SHUTTING_DOWN"
+
+
+class CallCancelled(CallError):
+    """The call was cancelled (by the caller or by the server replacing its worker)."""
+
+    code = "CANCELLED"
+
+
+class CallTimeout(CallError, TimeoutError):
+    """The call ran past its deadline; the remote work was killed."""
+
+    code = "DEADLINE_EXCEEDED"
+
+
+class WorkerDied(CallError):
+    """The worker process running the call died (crash, out of memory, os._exit)."""
+
+    code = "WORKER_DIED"
+
+
+class RemoteError(CallError):
+    """An exception raised by the remote function whose type is not importable here.
+
+    ``type_name`` is the qualified name of the remote exception type and
+    ``remote_traceback`` the formatted remote traceback.
+    """
+
+    code = "REMOTE_EXCEPTION"
+
+    def __init__(self, type_name: str, message: str, remote_traceback: str = "") -> None:
+        super().__init__(f"{type_name}: {message}" if message else type_name)
+        self.type_name = type_name
+        self.message = message
+        self.remote_traceback = remote_traceback
+
+    def __str__(self) -> str:
+        base = super().__str__()
+        if self.remote_traceback:
+            return f"{base}\n\nRemote traceback:\n{self.remote_traceback.rstrip()}"
+        return base
+
+
+#: Error classes by wire code, for clients turning an ERROR event back into an exception.
+BY_CODE: dict[str, type[ZexecError]] = {
+    cls.code: cls
+    for cls in (
+        ZexecError,
+        ConfigurationError,
+        UnknownSerializerError,
+        Unauthenticated,
+        Forbidden,
+        AuthUnavailable,
+        BrokerUnreachable,
+        ServerUnavailable,
+        ServerGone,
+        CallLost,
+        VersionMismatch,
+        SerializationError,
+        ProtocolError,
+        ShuttingDown,
+        CallCancelled,
+        CallTimeout,
+        WorkerDied,
+    )
+}

@@ -1,0 +1,356 @@
+"""Frame layouts of zexec's two wire protocols, as pure encode/decode functions.
+
+No sockets here: every function takes and returns lists of frames (``bytes`` or any
+buffer), so the framing is tested without I/O. ``docs/protocol.md`` is the written spec;
+this module is its executable form and the two must agree.
+
+Frames on the **frontend** (client DEALER -> broker ROUTER), after the ROUTER's routing id:
+
+* v1:     ``[b"", MAGIC, verb, token, call_id, *rest]``
+* legacy: ``[b"", token, fn, args]`` and ``[b"", token, LEGACY_CANCEL, reason]``
+
+Frames on the **backend** (broker ROUTER <-> server DEALER), after the routing id:
+
+* broker -> server: ``[b"", MAGIC, verb, client_id, call_key, user_id, *rest]``
+* server -> broker: ``[b"", MAGIC, verb, *rest]``
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import pickle
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from zexec.core.errors import ProtocolError
+from zexec.core.model import Event
+
+#: First body frame of every v1 message; a legacy token never starts with NUL.
+MAGIC = b"\x00ZX1"
+PROTOCOL_VERSION = 1
+
+# Client -> broker verbs (v1).
+CALL = b"CALL"
+CANCEL = b"CNCL"
+PING = b"PING"
+# Broker/server -> client kinds (v1).
+EVT = b"EVT"
+PONG = b"PONG"
+# Broker -> server verbs.
+LEGACY_CALL = b"LCALL"
+LEGACY_CANCEL_VERB = b"LCNCL"
+REGISTER_ACK = b"RACK"
+# Server -> broker verbs.
+REGISTER = b"REG"
+REPLY = b"RPL"
+BYE = b"BYE"
+FINAL = b"F"
+MORE = b"M"
+
+# Legacy (scidx-rexec 0.1.0) constants.
+LEGACY_CANCEL = b"__REXEC_CANCEL__"
+LEGACY_HEARTBEAT = b"__REXEC_HEARTBEAT__"
+
+# Event kinds carried in the v1 event header's "e" field.
+EV_OUTPUT = "out"
+EV_YIELD = "yield"
+EV_RETURN = "return"
+EV_ERROR = "error"
+EV_CANCELLED = "cancelled"
+FINAL_EVENTS = frozenset({EV_RETURN, EV_ERROR, EV_CANCELLED})
+
+CALL_ID_SIZE = 16
+MAX_TOKEN_SIZE = 16 * 1024
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _b(frame: Any) -> bytes:
+    """The bytes of a frame (``bytes``, ``zmq.Frame``, ``memoryview`` ...)."""
+    if isinstance(frame, bytes):
+        return frame
+    b = getattr(frame, "bytes", None)
+    if b is not None:
+        return b
+    return bytes(frame)
+
+
+def dump_header(header: dict[str, Any]) -> bytes:
+    return json.dumps(header, separators=(",", ":")).encode()
+
+
+def load_header(frame: Any) -> dict[str, Any]:
+    try:
+        value = json.loads(_b(frame))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"header frame is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ProtocolError("header frame must be a JSON object")
+    return value
+
+
+def server_credential(secret: bytes, user_id: str) -> str:
+    """The credential a server presents to serve ``user_id``: HMAC-SHA256 under the
+    broker secret. The deployer computes it and hands it to that user's server only."""
+    return hmac.new(secret, b"zexec-server:" + user_id.encode(), hashlib.sha256).hexdigest()
+
+
+def check_credential(secret: bytes, user_id: str, credential: bytes) -> bool:
+    expected = server_credential(secret, user_id).encode()
+    return hmac.compare_digest(expected, credential)
+
+
+# --------------------------------------------------------------------------- frontend
+
+
+@dataclass(frozen=True)
+class V1Call:
+    token: str
+    call_id: bytes
+    rest: list[Any]  # [header, fn, args, *buffers], forwarded untouched
+
+
+@dataclass(frozen=True)
+class V1Cancel:
+    token: str
+    call_id: bytes
+    reason: bytes
+
+
+@dataclass(frozen=True)
+class V1Ping:
+    token: str
+    call_ids: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class LegacyCall:
+    token: str
+    fn: Any
+    args: Any
+
+
+@dataclass(frozen=True)
+class LegacyCancel:
+    token: str
+    reason: bytes
+
+
+FrontendMessage = V1Call | V1Cancel | V1Ping | LegacyCall | LegacyCancel
+
+
+def _token(frame: Any) -> str:
+    raw = _b(frame)
+    if not raw:
+        raise ProtocolError("empty token frame")
+    if len(raw) > MAX_TOKEN_SIZE:
+        raise ProtocolError("token frame too large")
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        raise ProtocolError("token is not UTF-8") from None
+
+
+def parse_frontend(body: Sequence[Any]) -> FrontendMessage:
+    """Decode what a client sent, without the routing id and the empty delimiter.
+
+    Raises :class:`ProtocolError` for anything that is neither protocol; never
+    deserializes a payload.
+    """
+    if not body:
+        raise ProtocolError("empty message")
+    first = _b(body[0])
+    if first == MAGIC:
+        if len(body) < 4:
+            raise ProtocolError("v1 message needs at least [MAGIC, verb, token, call_id]")
+        verb = _b(body[1])
+        token = _token(body[2])
+        call_id = _b(body[3])
+        if verb == CALL:
+            if len(call_id) != CALL_ID_SIZE:
+                raise ProtocolError(f"call id must be {CALL_ID_SIZE} bytes")
+            if len(body) < 7:
+                raise ProtocolError("CALL needs [header, fn, args] after the call id")
+            return V1Call(token, call_id, list(body[4:]))
+        if verb == CANCEL:
+            if len(call_id) != CALL_ID_SIZE:
+                raise ProtocolError(f"call id must be {CALL_ID_SIZE} bytes")
+            reason = _b(body[4]) if len(body) > 4 else b""
+            return V1Cancel(token, call_id, reason[:1024])
+        if verb == PING:
+            ids = _b(body[4]) if len(body) > 4 else b""
+            if len(ids) % CALL_ID_SIZE:
+                raise ProtocolError("PING call-id list is not a whole number of ids")
+            return V1Ping(
+                token,
+                tuple(ids[i : i + CALL_ID_SIZE] for i in range(0, len(ids), CALL_ID_SIZE)),
+            )
+        raise ProtocolError(f"unknown v1 verb {verb[:16]!r}")
+    if len(body) != 3:
+        raise ProtocolError(
+            f"legacy message needs exactly [token, fn, args]; got {len(body)} frames"
+        )
+    token = _token(body[0])
+    if _b(body[1]) == LEGACY_CANCEL:
+        return LegacyCancel(token, _b(body[2])[:1024])
+    return LegacyCall(token, body[1], body[2])
+
+
+def v1_request(verb: bytes, token: str, call_id: bytes, rest: Sequence[Any] = ()) -> list[Any]:
+    """Frames a v1 client sends to the broker (DEALER adds nothing; leading b"" kept)."""
+    return [b"", MAGIC, verb, token.encode(), call_id, *rest]
+
+
+def v1_ping(token: str, call_ids: Sequence[bytes]) -> list[Any]:
+    return v1_request(PING, token, b"", [b"".join(call_ids)])
+
+
+# --------------------------------------------------------------------------- events
+
+
+def v1_event(
+    call_id: bytes, kind: str, seq: int, fields: dict[str, Any] | None = None,
+    buffers: Sequence[Any] = (),
+) -> list[Any]:
+    """Client-bound frames of one v1 event (what follows the empty delimiter)."""
+    header = {"e": kind, "seq": seq}
+    if fields:
+        header.update(fields)
+    return [MAGIC, EVT, call_id, dump_header(header), *buffers]
+
+
+def v1_error(
+    call_id: bytes, code: str, message: str, seq: int = 0, type_name: str = "",
+    traceback: str = "", buffers: Sequence[Any] = (),
+) -> list[Any]:
+    return v1_event(
+        call_id, EV_ERROR, seq,
+        {"code": code, "message": message, "type": type_name, "traceback": traceback},
+        buffers,
+    )
+
+
+def v1_pong(header: dict[str, Any]) -> list[Any]:
+    return [MAGIC, PONG, b"", dump_header(header)]
+
+
+def parse_client_bound(body: Sequence[Any]) -> Event | dict[str, Any]:
+    """Decode what a v1 client receives (after the empty delimiter): an :class:`Event`,
+    or for PONG the decoded header dict."""
+    if len(body) < 4 or _b(body[0]) != MAGIC:
+        raise ProtocolError("not a v1 message")
+    kind = _b(body[1])
+    header = load_header(body[3])
+    if kind == PONG:
+        return header
+    if kind != EVT:
+        raise ProtocolError(f"unknown v1 kind {kind[:16]!r}")
+    return Event(
+        call_id=_b(body[2]), kind=str(header.get("e", "")), seq=int(header.get("seq", 0)),
+        header=header, buffers=tuple(body[4:]),
+    )
+
+
+# --------------------------------------------------------------------------- legacy replies
+
+
+def legacy_payload(obj: Any) -> bytes:
+    """A legacy reply payload. scidx-rexec reads it with ``dill.loads``; plain pickle of
+    builtin objects (str, dict) is readable by dill, so the broker needs no dill."""
+    return pickle.dumps(obj, protocol=4)
+
+
+def legacy_event(kind: str, seq: int, **fields: Any) -> dict[str, Any]:
+    """A legacy stream event dict (``START``, ``DATA``, ``END``, ``ERROR``)."""
+    return {"type": kind, "sequence": seq, **fields}
+
+
+# --------------------------------------------------------------------------- backend
+
+
+def to_server(
+    verb: bytes, client_id: bytes, call_key: bytes, user_id: str, rest: Sequence[Any]
+) -> list[Any]:
+    """Frames the broker sends to a server (after the server's routing id)."""
+    return [b"", MAGIC, verb, client_id, call_key, user_id.encode(), *rest]
+
+
+@dataclass(frozen=True)
+class ServerBound:
+    verb: bytes
+    client_id: bytes
+    call_key: bytes
+    user_id: str
+    rest: list[Any]
+
+
+def parse_server_bound(body: Sequence[Any]) -> ServerBound:
+    """Decode a broker -> server message (after the empty delimiter)."""
+    if len(body) < 5 or _b(body[0]) != MAGIC:
+        raise ProtocolError("not a broker message")
+    return ServerBound(
+        _b(body[1]), _b(body[2]), _b(body[3]), _b(body[4]).decode(errors="replace"),
+        list(body[5:]),
+    )
+
+
+def register(user_id: str, credential: str, info: dict[str, Any]) -> list[Any]:
+    """Server -> broker registration; sent again as the heartbeat."""
+    return [b"", MAGIC, REGISTER, user_id.encode(), credential.encode(), dump_header(info)]
+
+
+def reply(client_id: bytes, call_key: bytes, final: bool, body: Sequence[Any]) -> list[Any]:
+    """Server -> broker: forward ``body`` to the client, ending the call if ``final``."""
+    return [b"", MAGIC, REPLY, client_id, call_key, FINAL if final else MORE, *body]
+
+
+@dataclass(frozen=True)
+class Register:
+    user_id: str
+    credential: bytes
+    info: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Reply:
+    client_id: bytes
+    call_key: bytes
+    final: bool
+    body: list[Any]
+
+
+@dataclass(frozen=True)
+class Bye:
+    pass
+
+
+BackendMessage = Register | Reply | Bye
+
+
+def parse_backend(body: Sequence[Any]) -> BackendMessage:
+    """Decode what a server sent (without routing id and delimiter)."""
+    if len(body) < 2 or _b(body[0]) != MAGIC:
+        raise ProtocolError("backend messages start with MAGIC")
+    verb = _b(body[1])
+    if verb == REGISTER:
+        if len(body) != 5:
+            raise ProtocolError("REG needs [user_id, credential, info]")
+        try:
+            user_id = _b(body[2]).decode()
+        except UnicodeDecodeError:
+            raise ProtocolError("user id is not UTF-8") from None
+        return Register(user_id, _b(body[3]), load_header(body[4]))
+    if verb == REPLY:
+        if len(body) < 6:
+            raise ProtocolError("RPL needs [client_id, call_key, flag, *body]")
+        flag = _b(body[4])
+        if flag not in (FINAL, MORE):
+            raise ProtocolError("RPL flag must be F or M")
+        return Reply(_b(body[2]), _b(body[3]), flag == FINAL, list(body[5:]))
+    if verb == BYE:
+        return Bye()
+    raise ProtocolError(f"unknown backend verb {verb[:16]!r}")

@@ -1,0 +1,76 @@
+"""Configuration of every zexec app, read from the environment (pydantic-settings).
+
+Each app has its own settings class and environment prefix; the identity settings are
+shared. Secrets are ``SecretStr`` so they never appear in reprs or logs.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class AuthSettings(BaseSettings):
+    """How tokens are validated (``ZEXEC_AUTH_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="ZEXEC_AUTH_", extra="ignore")
+
+    #: ``http-post``: POST {"token": ...} to ``url``; ``http-get``: GET ``url`` with
+    #: ``Authorization: Bearer``; ``static``: tokens from ``static_file`` (local use).
+    mode: Literal["http-post", "http-get", "static", "oidc"] = "static"
+    url: str = ""
+    static_file: str = ""
+    #: Comma-separated groups; empty = every authenticated user is allowed.
+    allowed_groups: str = ""
+    timeout: float = 5.0
+    positive_ttl: float = 60.0
+    negative_ttl: float = 5.0
+    #: OIDC: JWKS URL, expected issuer and audience (mode ``oidc``).
+    jwks_url: str = ""
+    issuer: str = ""
+    audience: str = ""
+
+
+class BrokerSettings(BaseSettings):
+    """The broker (``ZEXEC_BROKER_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="ZEXEC_BROKER_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    frontend_port: int = 5559
+    backend_port: int = 5560
+    control_port: int = 5561
+    #: Secret that server credentials are derived from (HMAC per user id).
+    server_secret: SecretStr = SecretStr("")
+    #: Credential the control port requires; empty refuses every control command.
+    admin_token: SecretStr = SecretStr("")
+    #: A server that has not heartbeated for this long is dropped and its calls failed.
+    server_ttl: float = 2.0
+    #: How long SIGTERM waits for in-flight calls before exiting anyway.
+    drain_timeout: float = 30.0
+    auth_threads: int = 16
+    #: Messages parked while their token is being checked, at most (then "busy").
+    max_parked: int = 10_000
+
+
+class ServerSettings(BaseSettings):
+    """A per-user server (``ZEXEC_SERVER_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="ZEXEC_SERVER_", extra="ignore")
+
+    broker_url: str = "tcp://127.0.0.1:5560"
+    user_id: str = ""
+    #: ``zexec.core.protocol.server_credential(broker secret, user_id)``.
+    credential: SecretStr = SecretStr("")
+    workers: int = Field(default_factory=lambda: os.cpu_count() or 1)
+    #: Run every call in a fresh worker process (isolation over speed).
+    fresh_process: bool = False
+    heartbeat_interval: float = 0.5
+    #: Seconds between liveness notes to clients of long-running calls.
+    keepalive_interval: float = 1.0
+    #: Output batching: flush captured stdout/stderr after this many seconds or bytes.
+    output_flush_interval: float = 0.02
+    output_flush_bytes: int = 64 * 1024
