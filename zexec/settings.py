@@ -74,3 +74,36 @@ class ServerSettings(BaseSettings):
     #: Output batching: flush captured stdout/stderr after this many seconds or bytes.
     output_flush_interval: float = 0.02
     output_flush_bytes: int = 64 * 1024
+    #: Touched once the broker accepted the registration (readiness probes, orchestrators).
+    ready_file: str = ""
+    #: Exit (code 0) after this many seconds without calls; 0 = never. Orchestrators
+    #: see the exit and report the server as terminated (idle).
+    idle_timeout: float = 0.0
+
+
+class KubernetesSettings(BaseSettings):
+    """The Kubernetes orchestrator (``ZEXEC_K8S_*``). The Helm chart sets these on the
+    Deploy API; names here and in ``deploy/helm/zexec`` must agree (a test checks)."""
+
+    model_config = SettingsConfigDict(env_prefix="ZEXEC_K8S_", extra="ignore")
+
+    #: Each user's server lives in namespace ``<namespace_prefix><sanitised user id>``.
+    namespace_prefix: str = "zexec-u-"
+    #: Server image; ``{python}`` is replaced by the EnvSpec's ``major.minor``. A site
+    #: plugin's ``zexec_server_image`` hook takes precedence.
+    server_image: str = "zexec/server:py{python}"
+    image_pull_policy: str = "IfNotPresent"
+    #: In-cluster URL of the broker backend the servers connect to.
+    broker_backend_url: str = "tcp://zexec-broker.zexec.svc:5560"
+    #: Namespace and pod labels of the broker, for the servers' NetworkPolicy egress.
+    broker_namespace: str = "zexec"
+    broker_pod_labels: str = "app.kubernetes.io/component=broker"
+    cpu_request: str = "250m"
+    cpu_limit: str = "2"
+    memory_request: str = "512Mi"
+    memory_limit: str = "4Gi"
+    #: Extra egress CIDRs the servers may reach (comma-separated), e.g. a package mirror.
+    extra_egress_cidrs: str = ""
+    #: Name of the Secret (in the Deploy API's namespace) holding the broker's
+    #: ``server-secret`` key; credentials for each user are derived from it.
+    server_secret_name: str = "zexec-broker"

@@ -139,6 +139,7 @@ class RemoteError(CallError):
         return base
 
 
+#: (InvalidEnvironment, EnvironmentConflict and OrchestratorError are added below.)
 #: Error classes by wire code, for clients turning an ERROR event back into an exception.
 BY_CODE: dict[str, type[ZexecError]] = {
     cls.code: cls
@@ -162,3 +163,24 @@ BY_CODE: dict[str, type[ZexecError]] = {
         WorkerDied,
     )
 }
+
+
+class InvalidEnvironment(ZexecError):
+    """A requirement list that zexec refuses (HTTP 422); the message says why."""
+
+    code = "INVALID_ENVIRONMENT"
+
+
+class EnvironmentConflict(ZexecError):
+    """The user's server runs other requirements and ``force`` was not given (HTTP 409)."""
+
+    code = "ENVIRONMENT_CONFLICT"
+
+
+class OrchestratorError(ZexecError):
+    """The orchestrator could not provision or remove a server."""
+
+    code = "ORCHESTRATOR"
+
+
+BY_CODE.update({c.code: c for c in (InvalidEnvironment, EnvironmentConflict, OrchestratorError)})

@@ -39,3 +39,33 @@ class Event:
         from zexec.core.protocol import FINAL_EVENTS
 
         return self.kind in FINAL_EVENTS
+
+
+#: Phases of a user's server, in order; ``failed`` and ``terminated`` are terminal.
+PHASES = ("pending", "installing", "starting", "ready", "failed", "terminated")
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """What a user's server runs: an exact Python ``major.minor`` and normalised
+    requirements (sorted, canonical names). ``digest`` identifies the set: the same
+    requirements in any order give the same digest. Build with
+    :func:`zexec.core.envspec.parse_env_spec`, which validates."""
+
+    python: str
+    requirements: tuple[str, ...]
+    digest: str
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    """Observable state of one user's server."""
+
+    user_id: str
+    phase: str
+    env: EnvSpec | None = None
+    reason: str = ""
+    #: Last lines of the installer's or server's output, for failed/installing phases.
+    log_tail: tuple[str, ...] = ()
+    #: Epoch seconds when the server entered ``phase``.
+    since: float = 0.0

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from zexec.core.model import UserIdentity
+from zexec.core.model import EnvSpec, ServerStatus, UserIdentity
 
 
 @runtime_checkable
@@ -60,3 +60,26 @@ class Transport(Protocol):
     def recv(self, timeout: float) -> list[Any] | None: ...
 
     def close(self) -> None: ...
+
+
+class Orchestrator(Protocol):
+    """Provisions per-user servers: processes on this machine, pods on Kubernetes.
+
+    ``ensure`` is idempotent: a server for ``user`` with the same ``spec.digest`` is left
+    as it is; a different digest raises
+    :class:`~zexec.core.errors.EnvironmentConflict` unless ``force``, which replaces
+    it. It returns at once with the current status; building the environment and
+    starting the server continue in the background (``status`` shows the phase:
+    pending -> installing -> starting -> ready, or failed with a reason).
+    ``terminate`` removes the user's server and returns whether there was one.
+    ``status`` is None when the user has no server. Implementations never pass
+    requirement strings through a shell.
+    """
+
+    def ensure(self, user: UserIdentity, spec: EnvSpec, force: bool = False) -> ServerStatus: ...
+
+    def terminate(self, user_id: str) -> bool: ...
+
+    def status(self, user_id: str) -> ServerStatus | None: ...
+
+    def list(self) -> list[ServerStatus]: ...
