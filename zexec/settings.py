@@ -107,3 +107,66 @@ class KubernetesSettings(BaseSettings):
     #: Name of the Secret (in the Deploy API's namespace) holding the broker's
     #: ``server-secret`` key; credentials for each user are derived from it.
     server_secret_name: str = "zexec-broker"
+    #: ``ZEXEC_SERVER_WORKERS`` of every server pod (the idle timeout comes from the
+    #: Deploy API's ``ZEXEC_DEPLOY_IDLE_TIMEOUT``).
+    server_workers: int = 2
+    #: Package index the pods' pip uses (``PIP_INDEX_URL``); empty = pip's default.
+    #: Its address must be reachable under the NetworkPolicy (``extra_egress_cidrs``).
+    pip_index_url: str = ""
+    #: Pod Security Standard enforced on each user namespace; empty = leave unset.
+    pod_security_level: str = "restricted"
+
+
+class DeploySettings(BaseSettings):
+    """The Deploy API (``ZEXEC_DEPLOY_*``): spawns, reports and removes per-user servers.
+
+    Who may use it is decided by the authenticator (``ZEXEC_AUTH_*``, including
+    ``allowed_groups``); this class holds where it listens and what it drives.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="ZEXEC_DEPLOY_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    #: Path prefix of every route; the released clients expect ``/rexec``.
+    prefix: str = "/rexec"
+    #: Which orchestrator provisions servers: ``local`` processes on this machine,
+    #: ``kubernetes`` (``ZEXEC_K8S_*``), or ``memory`` (tests/demos: provisions nothing).
+    orchestrator: Literal["local", "kubernetes", "memory"] = "local"
+    #: Broker address clients are told by ``GET {prefix}/broker-config``.
+    broker_external_host: str = "127.0.0.1"
+    broker_external_port: int = 5559
+    #: Where the local orchestrator keeps environments, logs and server state.
+    state_dir: str = Field(default_factory=lambda: os.path.expanduser("~/.zexec"))
+    #: A server without calls for this many seconds is stopped; 0 = never.
+    idle_timeout: float = 3600.0
+    #: Also accept ``name @ url`` direct references in requirements (site decision).
+    allow_unsafe_requirements: bool = False
+    #: Form-encoded (legacy client) spawns wait up to this many seconds for the server
+    #: to be ready, since those clients call it right after; 0 = answer at once.
+    legacy_spawn_wait: float = 900.0
+
+
+class EPSettings(BaseSettings):
+    """The Endpoint (EP) API (``ZEXEC_EP_*``): status, discovery and dataset search."""
+
+    model_config = SettingsConfigDict(env_prefix="ZEXEC_EP_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8001
+    #: Base URL of the Deploy API, reported by ``GET /status/rexec`` (empty: rexec off).
+    deploy_api_url: str = "http://127.0.0.1:8000"
+    #: ``sqlite``: embedded full-text catalog; ``ckan``: a CKAN site's package_search.
+    catalog: Literal["sqlite", "ckan"] = "sqlite"
+    #: SQLite database file; empty = in memory (re-seeded at every start).
+    catalog_db: str = ""
+    #: JSON list of CKAN-style package dicts loaded into an empty SQLite catalog; empty
+    #: = the sample datasets shipped with zexec.
+    seed_file: str = ""
+    ckan_url: str = ""
+    ckan_api_key: SecretStr = SecretStr("")
+    #: API version reported by ``GET /status/`` (NDP EP API contract level; ndp-ep warns
+    #: below 0.2.0). Empty = the contract version this implementation speaks.
+    version: str = ""
+    #: Where ``POST /user/login`` forwards ``{"username","password"}``; empty = 501.
+    login_url: str = ""

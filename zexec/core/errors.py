@@ -184,3 +184,18 @@ class OrchestratorError(ZexecError):
 
 
 BY_CODE.update({c.code: c for c in (InvalidEnvironment, EnvironmentConflict, OrchestratorError)})
+
+
+class InvalidQuery(ZexecError):
+    """A dataset search the catalog cannot run (HTTP 400); the message says why."""
+
+    code = "BAD_QUERY"
+
+
+class CatalogUnavailable(ZexecError):
+    """The dataset catalog backend could not be reached or failed (HTTP 503)."""
+
+    code = "CATALOG_UNAVAILABLE"
+
+
+BY_CODE.update({c.code: c for c in (InvalidQuery, CatalogUnavailable)})

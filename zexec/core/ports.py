@@ -18,7 +18,8 @@ class Serializer(Protocol):
 
     ``dumps`` returns ``[main, *buffers]``: the pickle stream, then pickle-protocol-5
     out-of-band buffers (large ``bytes``/``memoryview``/numpy data), each a separate
-    frame so it crosses the wire without being copied into the stream. ``loads`` takes
+    frame so it crosses the wire without being copied into the stream; with
+    ``out_of_band=False`` everything stays in the one ``main`` frame. ``loads`` takes
     the same list (frames may be any buffer: ``bytes``, ``memoryview``, ``zmq.Frame``
     buffers). Raises :class:`~zexec.core.errors.SerializationError` on failure.
 
@@ -28,7 +29,7 @@ class Serializer(Protocol):
 
     name: str
 
-    def dumps(self, obj: Any) -> list[Any]: ...
+    def dumps(self, obj: Any, out_of_band: bool = True) -> list[Any]: ...
 
     def loads(self, frames: Sequence[Any]) -> Any: ...
 
@@ -52,12 +53,16 @@ class Transport(Protocol):
     ``send`` queues one message and returns False when there is no live connection to
     queue it on (the caller decides whether to retry or fail the call); it never blocks.
     ``recv`` returns the next message, or None when none arrives within ``timeout``
-    seconds. ``close`` releases the connection; later calls are errors.
+    seconds or when another thread called ``wake`` (the one thread-safe method: it lets
+    the I/O thread that owns the transport notice new work at once). ``close`` releases
+    the connection; later calls are errors.
     """
 
     def send(self, frames: Sequence[Any]) -> bool: ...
 
     def recv(self, timeout: float) -> list[Any] | None: ...
+
+    def wake(self) -> None: ...
 
     def close(self) -> None: ...
 
@@ -71,9 +76,14 @@ class Orchestrator(Protocol):
     it. It returns at once with the current status; building the environment and
     starting the server continue in the background (``status`` shows the phase:
     pending -> installing -> starting -> ready, or failed with a reason).
+    A server in a terminal phase (``failed``, or ``terminated`` after exiting on its
+    idle timeout) is no conflict: ``ensure`` starts a new one, whatever its digest.
     ``terminate`` removes the user's server and returns whether there was one.
-    ``status`` is None when the user has no server. Implementations never pass
-    requirement strings through a shell.
+    ``status`` is None when the user has no server. ``ensure`` raises
+    :class:`~zexec.core.errors.InvalidEnvironment` when this orchestrator cannot serve
+    the spec (e.g. no such Python here) and
+    :class:`~zexec.core.errors.OrchestratorError` when the platform fails (retryable).
+    Implementations never pass requirement strings through a shell.
     """
 
     def ensure(self, user: UserIdentity, spec: EnvSpec, force: bool = False) -> ServerStatus: ...
@@ -83,3 +93,39 @@ class Orchestrator(Protocol):
     def status(self, user_id: str) -> ServerStatus | None: ...
 
     def list(self) -> list[ServerStatus]: ...
+
+
+class Catalog(Protocol):
+    """Dataset discovery for the EP API: an embedded SQLite full-text index or a CKAN site.
+
+    Results are NDP "datasource" dicts, whatever the backend:
+    ``{"id", "name", "title", "owner_org", "description", "resources": [{"id", "url",
+    "name", "description", "format"}], "extras": {...}, "tags": [...]}`` (``owner_org`` is
+    the organization's name, ``description`` the package's ``notes``), best match first,
+    at most ``limit``.
+
+    ``search(terms, keys, limit)``: every term must match (AND). ``keys`` is None or one
+    entry per term: None (or ``"null"``) searches the term everywhere, a field name
+    (``name``, ``title``, ``notes``/``description``, ``tags``,
+    ``organization``/``owner_org``, or an extras key) searches only that field.
+    Terms are data, never query syntax: quotes or operators in them are matched literally.
+
+    ``advanced_search(query)``, the body of ``POST /search`` (all fields optional, AND):
+    ``dataset_name`` (exact name), ``dataset_title``, ``dataset_description``,
+    ``owner_org`` (organization name), ``search_term`` (comma-separated keywords, each
+    must occur), ``filter_list`` (``["field:value", ...]``, exact value of a field, an
+    extras key or a tag), ``resource_url``, ``resource_name``, ``resource_description``,
+    ``resource_format`` (a dataset is kept when one of its resources matches all given
+    resource fields; only those resources are returned), ``limit``. Unknown keys are
+    ignored here (the API validates the body).
+
+    Blocking (callers run it in a thread). Raises
+    :class:`~zexec.core.errors.InvalidQuery` for a query it cannot run and
+    :class:`~zexec.core.errors.CatalogUnavailable` when the backend cannot answer.
+    """
+
+    def search(
+        self, terms: list[str], keys: list[str | None] | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]: ...
+
+    def advanced_search(self, query: dict[str, Any]) -> list[dict[str, Any]]: ...

@@ -69,7 +69,7 @@ MAX_TOKEN_SIZE = 16 * 1024
 # --------------------------------------------------------------------------- helpers
 
 
-def _b(frame: Any) -> bytes:
+def frame_bytes(frame: Any) -> bytes:
     """The bytes of a frame (``bytes``, ``zmq.Frame``, ``memoryview`` ...)."""
     if isinstance(frame, bytes):
         return frame
@@ -85,7 +85,7 @@ def dump_header(header: dict[str, Any]) -> bytes:
 
 def load_header(frame: Any) -> dict[str, Any]:
     try:
-        value = json.loads(_b(frame))
+        value = json.loads(frame_bytes(frame))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"header frame is not JSON: {exc}") from None
     if not isinstance(value, dict):
@@ -144,7 +144,7 @@ FrontendMessage = V1Call | V1Cancel | V1Ping | LegacyCall | LegacyCancel
 
 
 def _token(frame: Any) -> str:
-    raw = _b(frame)
+    raw = frame_bytes(frame)
     if not raw:
         raise ProtocolError("empty token frame")
     if len(raw) > MAX_TOKEN_SIZE:
@@ -163,13 +163,13 @@ def parse_frontend(body: Sequence[Any]) -> FrontendMessage:
     """
     if not body:
         raise ProtocolError("empty message")
-    first = _b(body[0])
+    first = frame_bytes(body[0])
     if first == MAGIC:
         if len(body) < 4:
             raise ProtocolError("v1 message needs at least [MAGIC, verb, token, call_id]")
-        verb = _b(body[1])
+        verb = frame_bytes(body[1])
         token = _token(body[2])
-        call_id = _b(body[3])
+        call_id = frame_bytes(body[3])
         if verb == CALL:
             if len(call_id) != CALL_ID_SIZE:
                 raise ProtocolError(f"call id must be {CALL_ID_SIZE} bytes")
@@ -179,10 +179,10 @@ def parse_frontend(body: Sequence[Any]) -> FrontendMessage:
         if verb == CANCEL:
             if len(call_id) != CALL_ID_SIZE:
                 raise ProtocolError(f"call id must be {CALL_ID_SIZE} bytes")
-            reason = _b(body[4]) if len(body) > 4 else b""
+            reason = frame_bytes(body[4]) if len(body) > 4 else b""
             return V1Cancel(token, call_id, reason[:1024])
         if verb == PING:
-            ids = _b(body[4]) if len(body) > 4 else b""
+            ids = frame_bytes(body[4]) if len(body) > 4 else b""
             if len(ids) % CALL_ID_SIZE:
                 raise ProtocolError("PING call-id list is not a whole number of ids")
             return V1Ping(
@@ -195,8 +195,8 @@ def parse_frontend(body: Sequence[Any]) -> FrontendMessage:
             f"legacy message needs exactly [token, fn, args]; got {len(body)} frames"
         )
     token = _token(body[0])
-    if _b(body[1]) == LEGACY_CANCEL:
-        return LegacyCancel(token, _b(body[2])[:1024])
+    if frame_bytes(body[1]) == LEGACY_CANCEL:
+        return LegacyCancel(token, frame_bytes(body[2])[:1024])
     return LegacyCall(token, body[1], body[2])
 
 
@@ -241,16 +241,16 @@ def v1_pong(header: dict[str, Any]) -> list[Any]:
 def parse_client_bound(body: Sequence[Any]) -> Event | dict[str, Any]:
     """Decode what a v1 client receives (after the empty delimiter): an :class:`Event`,
     or for PONG the decoded header dict."""
-    if len(body) < 4 or _b(body[0]) != MAGIC:
+    if len(body) < 4 or frame_bytes(body[0]) != MAGIC:
         raise ProtocolError("not a v1 message")
-    kind = _b(body[1])
+    kind = frame_bytes(body[1])
     header = load_header(body[3])
     if kind == PONG:
         return header
     if kind != EVT:
         raise ProtocolError(f"unknown v1 kind {kind[:16]!r}")
     return Event(
-        call_id=_b(body[2]), kind=str(header.get("e", "")), seq=int(header.get("seq", 0)),
+        call_id=frame_bytes(body[2]), kind=str(header.get("e", "")), seq=int(header.get("seq", 0)),
         header=header, buffers=tuple(body[4:]),
     )
 
@@ -290,10 +290,10 @@ class ServerBound:
 
 def parse_server_bound(body: Sequence[Any]) -> ServerBound:
     """Decode a broker -> server message (after the empty delimiter)."""
-    if len(body) < 5 or _b(body[0]) != MAGIC:
+    if len(body) < 5 or frame_bytes(body[0]) != MAGIC:
         raise ProtocolError("not a broker message")
     return ServerBound(
-        _b(body[1]), _b(body[2]), _b(body[3]), _b(body[4]).decode(errors="replace"),
+        frame_bytes(body[1]), frame_bytes(body[2]), frame_bytes(body[3]), frame_bytes(body[4]).decode(errors="replace"),
         list(body[5:]),
     )
 
@@ -333,24 +333,24 @@ BackendMessage = Register | Reply | Bye
 
 def parse_backend(body: Sequence[Any]) -> BackendMessage:
     """Decode what a server sent (without routing id and delimiter)."""
-    if len(body) < 2 or _b(body[0]) != MAGIC:
+    if len(body) < 2 or frame_bytes(body[0]) != MAGIC:
         raise ProtocolError("backend messages start with MAGIC")
-    verb = _b(body[1])
+    verb = frame_bytes(body[1])
     if verb == REGISTER:
         if len(body) != 5:
             raise ProtocolError("REG needs [user_id, credential, info]")
         try:
-            user_id = _b(body[2]).decode()
+            user_id = frame_bytes(body[2]).decode()
         except UnicodeDecodeError:
             raise ProtocolError("user id is not UTF-8") from None
-        return Register(user_id, _b(body[3]), load_header(body[4]))
+        return Register(user_id, frame_bytes(body[3]), load_header(body[4]))
     if verb == REPLY:
         if len(body) < 6:
             raise ProtocolError("RPL needs [client_id, call_key, flag, *body]")
-        flag = _b(body[4])
+        flag = frame_bytes(body[4])
         if flag not in (FINAL, MORE):
             raise ProtocolError("RPL flag must be F or M")
-        return Reply(_b(body[2]), _b(body[3]), flag == FINAL, list(body[5:]))
+        return Reply(frame_bytes(body[2]), frame_bytes(body[3]), flag == FINAL, list(body[5:]))
     if verb == BYE:
         return Bye()
     raise ProtocolError(f"unknown backend verb {verb[:16]!r}")

@@ -15,10 +15,12 @@ from zexec.core.errors import SerializationError
 OUT_OF_BAND_MIN = 64 * 1024
 
 
-def _split(dump: Callable[..., bytes], obj: Any) -> list[Any]:
+def _split(dump: Callable[..., bytes], obj: Any, out_of_band: bool) -> list[Any]:
     buffers: list[Any] = []
 
     def keep(buf: pickle.PickleBuffer) -> bool:
+        if not out_of_band:
+            return True
         raw = buf.raw()
         if raw.nbytes < OUT_OF_BAND_MIN:
             return True  # in-band
@@ -41,8 +43,8 @@ class _PickleFamily:
     def _loads(self, data: Any, buffers: Sequence[Any]) -> Any:  # pragma: no cover
         raise NotImplementedError
 
-    def dumps(self, obj: Any) -> list[Any]:
-        return _split(self._dumps, obj)
+    def dumps(self, obj: Any, out_of_band: bool = True) -> list[Any]:
+        return _split(self._dumps, obj, out_of_band)
 
     def loads(self, frames: Sequence[Any]) -> Any:
         if not frames:

@@ -1,0 +1,220 @@
+{{/* Base name of every resource: release "zexec" of chart "zexec" gives "zexec". */}}
+{{- define "zexec.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "zexec.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Name of cluster-scoped objects: unique per release namespace. */}}
+{{- define "zexec.clusterName" -}}
+{{- printf "%s-%s-deploy-api" .Release.Namespace (include "zexec.fullname" .) -}}
+{{- end -}}
+
+{{- define "zexec.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "zexec.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: zexec
+{{- end -}}
+
+{{/* Selector labels of one component: (dict "ctx" $ "component" "broker"). */}}
+{{- define "zexec.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "zexec.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "zexec.componentLabels" -}}
+{{ include "zexec.labels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "zexec.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{- define "zexec.brokerName" -}}{{ include "zexec.fullname" . }}-broker{{- end -}}
+{{- define "zexec.deployApiName" -}}{{ include "zexec.fullname" . }}-deploy-api{{- end -}}
+{{- define "zexec.epApiName" -}}{{ include "zexec.fullname" . }}-ep-api{{- end -}}
+
+{{- define "zexec.serverSecretName" -}}
+{{- default (include "zexec.brokerName" .) .Values.broker.serverSecret.existingSecret -}}
+{{- end -}}
+
+{{- define "zexec.adminTokenSecretName" -}}
+{{- default (printf "%s-control" (include "zexec.brokerName" .)) .Values.broker.adminToken.existingSecret -}}
+{{- end -}}
+
+{{- define "zexec.deployApiServiceAccount" -}}
+{{- if .Values.deployApi.serviceAccount.create -}}
+{{- default (include "zexec.deployApiName" .) .Values.deployApi.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.deployApi.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* In-cluster DNS name of the internal broker Service. */}}
+{{- define "zexec.brokerInternalHost" -}}
+{{- printf "%s.%s.svc" (include "zexec.brokerName" .) .Release.Namespace -}}
+{{- end -}}
+
+{{- define "zexec.brokerBackendUrl" -}}
+{{- if .Values.deployApi.kubernetes.brokerBackendUrl -}}
+{{- .Values.deployApi.kubernetes.brokerBackendUrl -}}
+{{- else -}}
+{{- printf "tcp://%s:%v" (include "zexec.brokerInternalHost" .) .Values.broker.ports.backend -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Labels selecting the broker pod, as "k=v,k=v" (ZEXEC_K8S_BROKER_POD_LABELS). */}}
+{{- define "zexec.brokerPodLabelsCsv" -}}
+{{- $labels := include "zexec.selectorLabels" (dict "ctx" . "component" "broker") | fromYaml -}}
+{{- $pairs := list -}}
+{{- range $k := keys $labels | sortAlpha -}}
+{{- $pairs = append $pairs (printf "%s=%s" $k (index $labels $k)) -}}
+{{- end -}}
+{{- join "," $pairs -}}
+{{- end -}}
+
+{{- define "zexec.brokerExternalHost" -}}
+{{- default .Values.ingress.host .Values.broker.external.host -}}
+{{- end -}}
+
+{{- define "zexec.brokerExternalPort" -}}
+{{- $svc := .Values.broker.service -}}
+{{- if not (kindIs "invalid" .Values.broker.external.port) -}}
+{{- .Values.broker.external.port -}}
+{{- else if and (eq $svc.type "NodePort") (not (kindIs "invalid" $svc.nodePort)) -}}
+{{- $svc.nodePort -}}
+{{- else -}}
+{{- $svc.port -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "zexec.ingressScheme" -}}
+{{- if .Values.ingress.tls.enabled -}}https{{- else -}}http{{- end -}}
+{{- end -}}
+
+{{/* Deploy API URL clients use (the legacy client appends /rexec). */}}
+{{- define "zexec.deployApiUrl" -}}
+{{- if .Values.epApi.deployApiUrl -}}
+{{- .Values.epApi.deployApiUrl -}}
+{{- else if and .Values.deployApi.ingress.enabled .Values.ingress.host -}}
+{{- printf "%s://%s" (include "zexec.ingressScheme" .) .Values.ingress.host -}}
+{{- else -}}
+{{- printf "http://%s.%s.svc:%v" (include "zexec.deployApiName" .) .Release.Namespace .Values.deployApi.service.port -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+A secret value: the given value, else the one already stored in the cluster (so upgrades
+keep it), else random. (dict "ctx" $ "name" secretName "key" key "value" given)
+*/}}
+{{- define "zexec.secretValue" -}}
+{{- if .value -}}
+{{- .value -}}
+{{- else -}}
+{{- $existing := lookup "v1" "Secret" .ctx.Release.Namespace .name -}}
+{{- $data := dict -}}
+{{- if $existing -}}{{- $data = default (dict) $existing.data -}}{{- end -}}
+{{- if hasKey $data .key -}}
+{{- index $data .key | b64dec -}}
+{{- else -}}
+{{- randAlphaNum 48 -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Identity provider env, shared by every app. */}}
+{{- define "zexec.authEnv" -}}
+{{- $a := .Values.global.auth -}}
+- name: ZEXEC_AUTH_MODE
+  value: {{ $a.mode | quote }}
+- name: ZEXEC_AUTH_URL
+  value: {{ $a.url | quote }}
+- name: ZEXEC_AUTH_ALLOWED_GROUPS
+  value: {{ join "," $a.allowedGroups | quote }}
+- name: ZEXEC_AUTH_JWKS_URL
+  value: {{ $a.jwksUrl | quote }}
+- name: ZEXEC_AUTH_ISSUER
+  value: {{ $a.issuer | quote }}
+- name: ZEXEC_AUTH_AUDIENCE
+  value: {{ $a.audience | quote }}
+- name: ZEXEC_AUTH_TIMEOUT
+  value: {{ $a.timeout | quote }}
+{{- end -}}
+
+{{/* Pod-level security context of every control-plane pod. */}}
+{{- define "zexec.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .Values.securityContext.runAsUser }}
+runAsGroup: {{ .Values.securityContext.runAsGroup }}
+fsGroup: {{ .Values.securityContext.fsGroup }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* Container-level security context (Pod Security "restricted"). */}}
+{{- define "zexec.containerSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .Values.securityContext.runAsUser }}
+runAsGroup: {{ .Values.securityContext.runAsGroup }}
+allowPrivilegeEscalation: false
+privileged: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop:
+    - ALL
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* Common env of every app container (writable /tmp, unbuffered logs). */}}
+{{- define "zexec.commonEnv" -}}
+- name: HOME
+  value: /tmp
+- name: PYTHONUNBUFFERED
+  value: "1"
+- name: PYTHONDONTWRITEBYTECODE
+  value: "1"
+{{- end -}}
+
+{{- define "zexec.tmpVolume" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: 256Mi
+{{- end -}}
+
+{{- define "zexec.tmpMount" -}}
+- name: tmp
+  mountPath: /tmp
+{{- end -}}
+
+{{/* nodeSelector / tolerations / affinity of one component's values. */}}
+{{- define "zexec.scheduling" -}}
+{{- with .nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}

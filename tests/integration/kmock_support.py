@@ -1,0 +1,115 @@
+"""Run kmock's Kubernetes emulator for the synchronous official client.
+
+kmock 0.8 gaps this module fills, as documented emulator workarounds:
+* ``/api/v1/namespaces[/<name>]`` is parsed as "namespaced resource" and fails; we parse
+  the Namespace resource itself correctly;
+* no namespace controller: deleting a Namespace removes the objects inside it here, as
+  the real namespace controller eventually does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import kmock
+import pluggy
+from kmock._internal import parsing
+from kubernetes import client
+
+from zexec.plugins import PROJECT, ZexecSpec
+from zexec.settings import KubernetesSettings
+
+K8S_SETTINGS = KubernetesSettings(
+    namespace_prefix="zexec-u-",
+    broker_backend_url="tcp://zexec-broker.zexec.svc:5560",
+    extra_egress_cidrs="10.96.0.0/12",
+)
+
+
+def bare_plugin_manager(*plugins: object) -> pluggy.PluginManager:
+    """A plugin manager with zexec's hookspecs and only ``plugins`` (no entry points)."""
+    pm = pluggy.PluginManager(PROJECT)
+    pm.add_hookspecs(ZexecSpec)
+    for p in plugins:
+        pm.register(p)
+    return pm
+
+
+_original_parse_path = parsing.parse_path
+
+
+def _parse_path(path: str) -> parsing.ParsedPath:
+    parts = path.strip("/").split("/")
+    # /api/v1/namespaces, /api/v1/namespaces/<name>, .../<name>/{status,finalize}
+    if parts[:3] == ["api", "v1", "namespaces"] and (
+        len(parts) <= 4 or (len(parts) == 5 and parts[4] in ("status", "finalize"))
+    ):
+        name = parts[3] if len(parts) > 3 else None
+        sub = parts[4] if len(parts) > 4 else None
+        return parsing.ParsedPath("", "v1", "namespaces", None, name, sub)
+    return _original_parse_path(path)
+
+
+class CascadingEmulator(kmock.KubernetesEmulator):
+    """The emulator plus the namespace controller's cascade on delete."""
+
+    async def _handle(self, request):
+        response = await super()._handle(request)
+        res = request.resource
+        if (
+            request.method == kmock.method.DELETE
+            and res is not None
+            and res.plural == "namespaces"
+            and request.name
+        ):
+            async with self._lock:
+                for key, obj in list(self._objects.items()):
+                    if key[1] == request.name and not obj.deleted:
+                        obj.delete()
+        return response
+
+
+@contextmanager
+def running_emulator() -> Iterator[tuple[CascadingEmulator, client.ApiClient]]:
+    """Yield (emulator, ApiClient pointed at it); the server runs on its own loop thread."""
+    parsing.parse_path = _parse_path
+    ready = threading.Event()
+    box: dict = {}
+
+    async def main() -> None:
+        emu = CascadingEmulator()
+        with warnings.catch_warnings():  # kmock 0.8 uses a deprecated importlib call
+            warnings.simplefilter("ignore", DeprecationWarning)
+            emu.resources.load_bundled()
+        async with emu, kmock.Server(emu) as srv:
+            box.update(emu=emu, url=str(srv.url).rstrip("/"), loop=asyncio.get_running_loop())
+            box["stop"] = asyncio.Event()
+            ready.set()
+            await box["stop"].wait()
+
+    def run() -> None:
+        try:
+            asyncio.run(main())
+        except BaseException as e:  # surface startup failures to the waiting test
+            box["error"] = e
+            ready.set()
+
+    thread = threading.Thread(target=run, name="kmock", daemon=True)
+    thread.start()
+    ready.wait()
+    if "error" in box:
+        raise box["error"]
+    cfg = client.Configuration()
+    cfg.host = box["url"]
+    api = client.ApiClient(cfg)
+    try:
+        yield box["emu"], api
+    finally:
+        api.close()
+        box["loop"].call_soon_threadsafe(box["stop"].set)
+        thread.join(timeout=10)
+        parsing.parse_path = _original_parse_path

@@ -1,0 +1,180 @@
+"""KubernetesOrchestrator with the real client against the kmock API emulator: the
+objects it creates, phase mapping from pod status we set, replace and terminate."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import kmock
+import kubernetes_validate
+import pytest
+from kmock_support import K8S_SETTINGS, bare_plugin_manager
+from kubernetes import client
+from orch_support import SECRET
+
+from zexec.adapters.orchestrator_k8s import KubernetesOrchestrator
+from zexec.core.envspec import parse_env_spec
+from zexec.core.errors import OrchestratorError
+from zexec.core.model import UserIdentity
+from zexec.core.protocol import server_credential
+from zexec.plugins import hookimpl
+
+pytest_plugins = ["k8s_fixtures"]
+
+SIX = parse_env_spec(["python==3.11", "six"])
+NUMPY = parse_env_spec(["python==3.12", "numpy>=1.26", "six"])
+NS_RES = kmock.resource("", "v1", "namespaces")
+
+
+def obj(emu, plural: str, ns: str | None, name: str, group: str = "") -> dict | None:
+    key = (kmock.resource(group, "v1", plural), ns, name)
+    if key not in emu.objects or emu.objects[key].deleted:
+        return None
+    return emu.objects[key].raw
+
+
+def in_namespace(emu, ns: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for (res, namespace, name), o in emu.objects.items():
+        if namespace == ns and not o.deleted:
+            out.setdefault(res.plural, []).append(name)
+    return out
+
+
+def set_pod_status(kube, ns: str, status: dict) -> str:
+    core = client.CoreV1Api(kube[1])
+    pod = core.read_namespace(ns).metadata.annotations["zexec.io/pod"]
+    core.patch_namespaced_pod_status(pod, ns, {"status": status}, _preload_content=False)
+    return pod
+
+
+def test_ensure_creates_the_locked_down_objects(kube, k8s_orch):
+    emu, _ = kube
+    st = k8s_orch.ensure(UserIdentity("alice"), SIX)
+    assert (st.phase, st.env) == ("pending", SIX)
+    ns = "zexec-u-alice"
+    nsobj = obj(emu, "namespaces", None, ns)
+    assert nsobj["metadata"]["labels"]["zexec.io/user"] == "alice"
+    assert nsobj["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    assert json.loads(nsobj["metadata"]["annotations"]["zexec.io/env"])["digest"] == SIX.digest
+    kinds = in_namespace(emu, ns)
+    assert kinds.keys() == {"networkpolicies", "secrets", "configmaps", "pods"}
+    (pod_name,) = kinds["pods"]
+    pod = obj(emu, "pods", ns, pod_name)
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    assert pod["metadata"]["labels"]["zexec.io/env-digest"] == SIX.digest[:16]
+    assert pod["spec"]["containers"][0]["image"] == "zexec/server:py3.11"
+    cm = obj(emu, "configmaps", ns, kinds["configmaps"][0])
+    assert cm["data"]["requirements.txt"] == "six\n"
+    secret = obj(emu, "secrets", ns, "zexec-server")
+    assert base64.b64decode(secret["data"]["credential"]).decode() == server_credential(
+        SECRET, "alice"
+    )
+    policy = obj(emu, "networkpolicies", ns, "zexec-server", "networking.k8s.io")
+    assert policy["spec"]["egress"][0]["ports"] == [{"protocol": "TCP", "port": 5560}]
+    # What reached the API server is schema-valid, and the pod came after its policy.
+    for doc in (nsobj, pod, cm, secret, policy):
+        kubernetes_validate.validate(doc, "1.31.0", strict=True)
+    posts = [r.resource.plural for r in emu if r.method == kmock.method.POST and r.namespace == ns]
+    assert posts.index("networkpolicies") < posts.index("pods")
+
+
+def test_phases_follow_the_pod_status(kube, k8s_orch):
+    emu, _ = kube
+    user = UserIdentity("bob")
+    k8s_orch.ensure(user, SIX)
+    ns = "zexec-u-bob"
+    assert k8s_orch.status("bob").phase == "pending"
+    running = {"running": {"startedAt": "2024-05-01T10:00:00Z"}}
+    done = {"terminated": {"exitCode": 0}}
+    emu[kmock.subresource("log")] << "Collecting six\nInstalling collected packages: six\n"
+    set_pod_status(kube, ns, {"phase": "Pending", "initContainerStatuses": [
+        {"name": "venv", "state": done}, {"name": "install", "state": running}]})  # fmt: skip
+    st = k8s_orch.status("bob")
+    assert st.phase == "installing" and st.log_tail[-1].startswith("Installing collected")
+    set_pod_status(kube, ns, {"phase": "Running", "conditions": [
+        {"type": "Ready", "status": "True", "lastTransitionTime": "2024-05-01T10:00:09Z"}]})  # fmt: skip
+    st = k8s_orch.status("bob")
+    assert st.phase == "ready" and st.since == 1714557609.0
+    assert k8s_orch.ensure(user, SIX).phase == "ready"  # idempotent
+    set_pod_status(kube, ns, {"phase": "Failed", "containerStatuses": [
+        {"name": "server", "state": {"terminated": {"exitCode": 2}}}]})  # fmt: skip
+    st = k8s_orch.status("bob")
+    assert st.phase == "failed" and "exit code 2" in st.reason and st.log_tail
+    set_pod_status(kube, ns, {"phase": "Succeeded"})
+    assert (k8s_orch.status("bob").phase, k8s_orch.status("bob").reason) == ("terminated", "idle")
+    # An ended server is no conflict: another environment replaces it without force.
+    assert k8s_orch.ensure(user, NUMPY).env == NUMPY
+
+
+def test_force_replaces_pod_and_config_map_in_place(kube, k8s_orch):
+    emu, _ = kube
+    user = UserIdentity("carol")
+    k8s_orch.ensure(user, SIX)
+    ns = "zexec-u-carol"
+    (old_pod,) = in_namespace(emu, ns)["pods"]
+    st = k8s_orch.ensure(user, NUMPY, force=True)
+    assert (st.phase, st.env) == ("pending", NUMPY)
+    kinds = in_namespace(emu, ns)
+    (new_pod,) = kinds["pods"]
+    assert new_pod != old_pod
+    assert kinds["configmaps"] == [f"zexec-env-{NUMPY.digest[:16]}"]
+    assert obj(emu, "pods", ns, new_pod)["spec"]["containers"][0]["image"] == "zexec/server:py3.12"
+    nsobj = obj(emu, "namespaces", None, ns)
+    assert nsobj["metadata"]["labels"]["zexec.io/env-digest"] == NUMPY.digest[:16]
+    assert k8s_orch.status("carol").env == NUMPY
+
+
+def test_terminate_removes_everything(kube, k8s_orch):
+    emu, _ = kube
+    k8s_orch.ensure(UserIdentity("dave"), SIX)
+    assert in_namespace(emu, "zexec-u-dave")
+    assert k8s_orch.terminate("dave") is True
+    assert obj(emu, "namespaces", None, "zexec-u-dave") is None
+    assert in_namespace(emu, "zexec-u-dave") == {}
+    assert k8s_orch.terminate("dave") is False
+    assert k8s_orch.status("dave") is None
+
+
+def test_plugins_choose_the_image_and_override_the_pod(kube):
+    emu, api = kube
+
+    class SitePlugin:
+        @hookimpl
+        def zexec_server_image(self, env):
+            return f"registry.site/zexec-gpu:{env.digest[:8]}" if "numpy" in str(env) else None
+
+        @hookimpl
+        def zexec_server_pod_overrides(self, env, user):
+            if "gpu" not in user.groups:
+                return None
+            return {
+                "nodeSelector": {"accelerator": "a100"},
+                "containers": [{"name": "server", "resources": {"limits": {"nvidia.com/gpu": 1}}}],
+            }
+
+    orch = KubernetesOrchestrator(api, K8S_SETTINGS, SECRET, bare_plugin_manager(SitePlugin()))
+    orch.ensure(UserIdentity("erin", groups=("gpu",)), NUMPY)
+    (pod_name,) = in_namespace(emu, "zexec-u-erin")["pods"]
+    spec = obj(emu, "pods", "zexec-u-erin", pod_name)["spec"]
+    assert spec["containers"][0]["image"] == f"registry.site/zexec-gpu:{NUMPY.digest[:8]}"
+    assert spec["initContainers"][0]["image"] == spec["containers"][0]["image"]
+    assert spec["nodeSelector"] == {"accelerator": "a100"}
+    assert spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    orch.ensure(UserIdentity("frank"), SIX)
+    (pod_name,) = in_namespace(emu, "zexec-u-frank")["pods"]
+    spec = obj(emu, "pods", "zexec-u-frank", pod_name)["spec"]
+    assert spec["containers"][0]["image"] == "zexec/server:py3.11" and "nodeSelector" not in spec
+
+
+def test_list_and_foreign_namespaces(kube, k8s_orch):
+    k8s_orch.ensure(UserIdentity("gina"), SIX)
+    assert "gina" in {s.user_id for s in k8s_orch.list()}
+    # A namespace with our name that is not this user's is never touched.
+    client.CoreV1Api(kube[1]).create_namespace(
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "zexec-u-hank"}}
+    )
+    assert k8s_orch.status("hank") is None and k8s_orch.terminate("hank") is False
+    with pytest.raises(OrchestratorError, match="another user"):
+        k8s_orch.ensure(UserIdentity("hank"), SIX)

@@ -1,0 +1,188 @@
+"""The Kubernetes objects the orchestrator builds: schema-valid (strict) and locked down."""
+
+from __future__ import annotations
+
+import base64
+
+import kubernetes_validate
+import pytest
+
+from zexec.adapters.orchestrator_k8s import manifests as m
+from zexec.core.envspec import parse_env_spec
+from zexec.core.errors import ConfigurationError
+from zexec.settings import KubernetesSettings
+
+K8S = "1.31.0"
+SPEC = parse_env_spec(["python==3.11", "six", "numpy>=1.26"])
+BARE = parse_env_spec(["python==3.11"])
+SETTINGS = KubernetesSettings(
+    extra_egress_cidrs="10.20.0.0/16, 192.168.1.10/32",
+    broker_pod_labels="app.kubernetes.io/component=broker,app.kubernetes.io/name=zexec",
+    pip_index_url="https://pypi.mirror.example/simple",
+)
+NS = "zexec-u-alice"
+LABELS = m.server_labels("alice", SPEC)
+GPU = {
+    "containers": [{"name": "server", "resources": {"limits": {"nvidia.com/gpu": 1}}}],
+    "nodeSelector": {"gpu": "a100"},
+    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "shared"}}],
+}
+
+
+def pod(spec=SPEC, **kw):
+    return m.build_pod(NS, "zexec-server-x", "alice", spec, "img:1", SETTINGS, LABELS, **kw)
+
+
+def all_docs():
+    return [
+        m.build_namespace(NS, "alice", "alice", SPEC, "zexec-server-x", "restricted"),
+        m.build_network_policy(NS, SETTINGS, LABELS),
+        m.build_network_policy(NS, KubernetesSettings(), LABELS),
+        m.build_config_map(NS, SPEC, LABELS),
+        m.build_secret(NS, "cred", LABELS),
+        pod(),
+        pod(BARE),
+        pod(overrides=[GPU]),
+    ]
+
+
+@pytest.mark.parametrize("doc", all_docs(), ids=lambda d: d["kind"])
+def test_every_object_validates_strictly(doc):
+    kubernetes_validate.validate(doc, K8S, strict=True)
+
+
+def test_strict_validation_catches_a_misspelt_field():
+    bad = pod()
+    bad["spec"]["automountServiceAcountToken"] = False
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, K8S, strict=True)
+
+
+@pytest.mark.parametrize(
+    ("user_id", "expected"),
+    [
+        ("alice", "zexec-u-alice"),
+        ("Alice", "zexec-u-alice-3bc51062"),
+        ("bob@example.org", "zexec-u-bob-example-org-"),
+        ("日本", "zexec-u-"),
+        ("x" * 100, "zexec-u-xxxxx"),
+    ],
+)
+def test_namespace_names_are_dns_labels(user_id, expected):
+    name = m.namespace_name("zexec-u-", user_id)
+    assert name.startswith(expected) and len(name) <= 63
+    assert m._DNS_LABEL.fullmatch(name)
+    kubernetes_validate.validate(
+        m.build_namespace(name, user_id, name[8:], SPEC, "p", ""), K8S, strict=True
+    )
+
+
+def test_distinct_users_get_distinct_namespaces():
+    ids = ["alice", "Alice", "ALICE", "a.lice", "a_lice", "x" * 80, "x" * 81]
+    assert len({m.namespace_name("zexec-u-", u) for u in ids}) == len(ids)
+
+
+def test_bad_prefix_is_a_configuration_error():
+    with pytest.raises(ConfigurationError, match="prefix"):
+        m.namespace_name("Zexec_", "alice")
+
+
+def test_pod_is_locked_down():
+    p = pod()
+    spec = p["spec"]
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["restartPolicy"] == "Never"
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["runAsUser"] == 1000
+    for c in spec["initContainers"] + spec["containers"]:
+        sc = c["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+        assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert c["resources"]["limits"] == {"cpu": "2", "memory": "4Gi"}
+    assert p["metadata"]["labels"] == {
+        "app.kubernetes.io/name": "zexec-server",
+        "app.kubernetes.io/component": "server",
+        "app.kubernetes.io/managed-by": "zexec",
+        "zexec.io/user": "alice",
+        "zexec.io/env-digest": SPEC.digest[:16],
+    }
+
+
+def test_requirements_are_data_never_command_lines():
+    p = pod(overrides=[GPU])
+    commands = [c["command"] for c in p["spec"]["initContainers"] + p["spec"]["containers"]]
+    flat = " ".join(" ".join(c) for c in commands)
+    for req in SPEC.requirements:
+        assert req not in flat
+    assert "sh" not in {c[0] for c in commands}
+    install = p["spec"]["initContainers"][1]
+    assert install["command"][-2:] == ["-r", "/etc/zexec/requirements.txt"]
+    cm = m.build_config_map(NS, SPEC, LABELS)
+    assert cm["data"]["requirements.txt"] == "".join(r + "\n" for r in SPEC.requirements)
+    vols = {v["name"]: v for v in p["spec"]["volumes"]}
+    assert vols["env"]["configMap"]["name"] == cm["metadata"]["name"]
+
+
+def test_server_env_and_readiness():
+    server = pod()["spec"]["containers"][0]
+    env = {e["name"]: e for e in server["env"]}
+    assert env["ZEXEC_SERVER_USER_ID"]["value"] == "alice"
+    assert env["ZEXEC_SERVER_CREDENTIAL"]["valueFrom"]["secretKeyRef"]["name"] == "zexec-server"
+    assert env["ZEXEC_SERVER_READY_FILE"]["value"] == m.READY_FILE
+    assert server["readinessProbe"]["exec"]["command"] == ["test", "-f", m.READY_FILE]
+    assert server["command"] == ["/opt/zexec/venv/bin/python", "-m", "zexec.apps.server"]
+    assert pod(BARE)["spec"]["containers"][0]["command"][0] == "python"
+    assert "initContainers" not in pod(BARE)["spec"]
+
+
+def test_secret_carries_the_credential():
+    s = m.build_secret(NS, "c0ffee", LABELS)
+    assert base64.b64decode(s["data"]["credential"]) == b"c0ffee"
+
+
+def test_network_policy_allows_only_broker_dns_and_extra_cidrs():
+    spec = m.build_network_policy(NS, SETTINGS, LABELS)["spec"]
+    assert spec["podSelector"] == {} and spec["ingress"] == []
+    assert set(spec["policyTypes"]) == {"Ingress", "Egress"}
+    broker, dns, extra = spec["egress"]
+    assert broker["to"] == [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "zexec"}},
+            "podSelector": {
+                "matchLabels": {
+                    "app.kubernetes.io/component": "broker",
+                    "app.kubernetes.io/name": "zexec",
+                }
+            },
+        }
+    ]
+    assert broker["ports"] == [{"protocol": "TCP", "port": 5560}]
+    assert {(p["protocol"], p["port"]) for p in dns["ports"]} == {("UDP", 53), ("TCP", 53)}
+    assert "to" not in dns
+    assert extra == {"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}},
+                            {"ipBlock": {"cidr": "192.168.1.10/32"}}]}  # fmt: skip
+    assert len(m.build_network_policy(NS, KubernetesSettings(), LABELS)["spec"]["egress"]) == 2
+
+
+def test_overrides_merge_by_name_append_and_replace():
+    p = pod(overrides=[GPU, {"nodeSelector": {"zone": "b"}, "priorityClassName": "hi"}])
+    spec = p["spec"]
+    server = spec["containers"][0]
+    assert len(spec["containers"]) == 1
+    assert server["resources"]["limits"] == {"cpu": "2", "memory": "4Gi", "nvidia.com/gpu": "1"}
+    assert server["securityContext"]["runAsNonRoot"] is True  # untouched by the merge
+    assert spec["nodeSelector"] == {"gpu": "a100", "zone": "b"}
+    assert spec["tolerations"] == GPU["tolerations"]
+    assert [v["name"] for v in spec["volumes"]] == ["env", "venv", "tmp", "run", "data"]
+    assert spec["priorityClassName"] == "hi"
+    assert m.merge_overrides({"a": [1, 2]}, {"a": [3]}) == {"a": [3]}
+    assert m.merge_overrides({"t": [{"k": 1}]}, {"t": [{"k": 2}]}) == {"t": [{"k": 1}, {"k": 2}]}
+
+
+def test_settings_parsing_errors():
+    with pytest.raises(ConfigurationError, match="no port"):
+        m.broker_port("tcp://broker")
+    with pytest.raises(ConfigurationError, match="key=value"):
+        m.parse_labels("app")

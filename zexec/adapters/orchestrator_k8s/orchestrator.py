@@ -1,0 +1,329 @@
+"""KubernetesOrchestrator: each user's server in its own namespace, via the official client.
+
+Stateless by design: everything ``status``/``list`` report is read back from the cluster
+(the namespace's annotations hold the raw user id, the EnvSpec and the current pod's
+name), so Deploy API replicas and restarts agree. A lock per user orders this
+process's calls; across replicas the API server's 409s do.
+
+``ensure`` creates the namespace, NetworkPolicy, Secret, ConfigMap and Pod (in that
+order, so the pod never runs unconfined) or, on ``force`` or after the server ended,
+replaces the Pod and ConfigMap in place. ``terminate`` deletes the namespace; Kubernetes
+removes everything in it (the namespace stays "Terminating" for a while, during which
+the user has no server and a new ``ensure`` asks to retry shortly).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pluggy
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from zexec.adapters.orchestrator_k8s import manifests as m
+from zexec.adapters.orchestrator_k8s.podstatus import pod_phase
+from zexec.adapters.orchestrator_memory import TERMINAL, conflict_message
+from zexec.core.errors import EnvironmentConflict, OrchestratorError
+from zexec.core.model import EnvSpec, ServerStatus, UserIdentity
+from zexec.core.protocol import server_credential
+from zexec.settings import KubernetesSettings
+
+
+@contextmanager
+def _api(what: str, ok: tuple[int, ...] = ()) -> Iterator[None]:
+    """Turn API errors into OrchestratorError naming the step; statuses in ``ok`` pass."""
+    try:
+        yield
+    except ApiException as e:
+        if e.status in ok:
+            return
+        raise OrchestratorError(f"Kubernetes API error while {what}: {e.status} {e.reason}") from e
+
+
+def _raw(call: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Call the client without its response models and return the JSON as sent. The
+    models are stricter than the API server (a status missing a field fails to load)
+    and :mod:`.podstatus` wants the plain dict anyway."""
+    return json.loads(call(*args, _preload_content=False, **kwargs).data)
+
+
+class KubernetesOrchestrator:
+    """:class:`~zexec.core.ports.Orchestrator` on a Kubernetes cluster.
+
+    ``plugin_manager`` answers the ``zexec_server_image`` and
+    ``zexec_server_pod_overrides`` hooks (default: :func:`zexec.plugins.get_plugin_manager`);
+    ``idle_timeout`` is passed to every server (``ZEXEC_SERVER_IDLE_TIMEOUT``).
+    """
+
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        settings: KubernetesSettings,
+        server_secret: bytes,
+        plugin_manager: pluggy.PluginManager | None = None,
+        *,
+        idle_timeout: float = 0.0,
+        log_lines: int = 20,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if plugin_manager is None:
+            from zexec.plugins import get_plugin_manager
+
+            plugin_manager = get_plugin_manager()
+        self.core = client.CoreV1Api(api_client)
+        self.net = client.NetworkingV1Api(api_client)
+        self.settings = settings
+        self.pm = plugin_manager
+        self.idle_timeout = idle_timeout
+        self.log_lines = log_lines
+        self.clock = clock
+        self._secret = server_secret
+        m.namespace_name(settings.namespace_prefix, "x")  # validates the prefix now
+        m.broker_port(settings.broker_backend_url)
+        m.parse_labels(settings.broker_pod_labels)
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    # ------------------------------------------------------------------ the port
+
+    def ensure(self, user: UserIdentity, spec: EnvSpec, force: bool = False) -> ServerStatus:
+        ns = m.namespace_name(self.settings.namespace_prefix, user.user_id)
+        with self._user_lock(user.user_id):
+            existing = self._read_namespace(ns)
+            if existing is None:
+                return self._create(user, spec, ns)
+            if self._owner(existing) != user.user_id:
+                raise OrchestratorError(f"namespace {ns} belongs to another user")
+            if self._terminating(existing):
+                raise OrchestratorError(
+                    "the previous server is still being removed; try again in a few seconds"
+                )
+            current = self._status_of(existing, logs=False)
+            if current.phase not in TERMINAL and not force:
+                if current.env is not None and current.env.digest == spec.digest:
+                    return current
+                raise EnvironmentConflict(conflict_message(user.user_id, current.env, spec))
+            return self._replace(user, spec, ns, existing)
+
+    def terminate(self, user_id: str) -> bool:
+        ns = m.namespace_name(self.settings.namespace_prefix, user_id)
+        with self._user_lock(user_id):
+            existing = self._read_namespace(ns)
+            if existing is None or self._owner(existing) != user_id:
+                return False
+            if self._terminating(existing):
+                return False
+            with _api(f"deleting namespace {ns}"):
+                try:
+                    _raw(self.core.delete_namespace, ns)
+                except ApiException as e:
+                    if e.status == 404:
+                        return False
+                    raise
+            return True
+
+    def status(self, user_id: str) -> ServerStatus | None:
+        ns = m.namespace_name(self.settings.namespace_prefix, user_id)
+        existing = self._read_namespace(ns)
+        if existing is None or self._owner(existing) != user_id or self._terminating(existing):
+            return None
+        return self._status_of(existing, logs=True)
+
+    def list(self) -> list[ServerStatus]:
+        with _api("listing namespaces"):
+            found = _raw(
+                self.core.list_namespace, label_selector="app.kubernetes.io/managed-by=zexec"
+            )
+        out = []
+        for ns in found.get("items") or []:
+            meta = ns.get("metadata") or {}
+            if (
+                (meta.get("labels") or {}).get("app.kubernetes.io/managed-by") == "zexec"
+                and meta.get("name", "").startswith(self.settings.namespace_prefix)
+                and self._owner(ns)
+                and not self._terminating(ns)
+            ):
+                out.append(self._status_of(ns, logs=False))
+        return sorted(out, key=lambda s: s.user_id)
+
+    # ------------------------------------------------------------------ provisioning
+
+    def _create(self, user: UserIdentity, spec: EnvSpec, ns: str) -> ServerStatus:
+        key = ns[len(self.settings.namespace_prefix) :]
+        pod_name = self._pod_name(spec)
+        body = m.build_namespace(
+            ns, user.user_id, key, spec, pod_name, self.settings.pod_security_level
+        )
+        with _api(f"creating namespace {ns}"):
+            try:
+                _raw(self.core.create_namespace, body)
+            except ApiException as e:
+                if e.status == 409:
+                    raise OrchestratorError(
+                        "another request is creating this server; try again in a few seconds"
+                    ) from e
+                raise
+        try:
+            labels = m.server_labels(key, spec)
+            self._apply_policy(ns, labels)
+            with _api("creating the credential secret"):
+                cred = server_credential(self._secret, user.user_id)
+                _raw(self.core.create_namespaced_secret, ns, m.build_secret(ns, cred, labels))
+            self._create_env_and_pod(user, spec, ns, key, pod_name)
+        except BaseException:
+            with _api(f"cleaning up namespace {ns}", ok=(404,)):
+                _raw(self.core.delete_namespace, ns)
+            raise
+        return ServerStatus(user.user_id, "pending", spec, since=self.clock())
+
+    def _replace(
+        self, user: UserIdentity, spec: EnvSpec, ns: str, existing: dict[str, Any]
+    ) -> ServerStatus:
+        key = ns[len(self.settings.namespace_prefix) :]
+        labels = m.server_labels(key, spec)
+        old_pod = (existing["metadata"].get("annotations") or {}).get(m.ANN_POD)
+        self._apply_policy(ns, labels)  # settings may have changed since
+        with _api("creating the credential secret", ok=(409,)):
+            cred = server_credential(self._secret, user.user_id)
+            _raw(self.core.create_namespaced_secret, ns, m.build_secret(ns, cred, labels))
+        if old_pod:
+            with _api(f"deleting pod {old_pod}", ok=(404,)):
+                _raw(self.core.delete_namespaced_pod, old_pod, ns)
+        pod_name = self._pod_name(spec)
+        self._create_env_and_pod(user, spec, ns, key, pod_name)
+        fresh = m.build_namespace(ns, user.user_id, key, spec, pod_name, "")["metadata"]
+        with _api(f"updating namespace {ns}"):
+            patch = {"labels": {m.LABEL_DIGEST: spec.digest[:16]}}
+            _raw(
+                self.core.patch_namespace,
+                ns,
+                {"metadata": {**patch, "annotations": fresh["annotations"]}},
+            )
+        self._drop_old_config_maps(ns, keep=m.config_map_name(spec))
+        return ServerStatus(user.user_id, "pending", spec, since=self.clock())
+
+    def _create_env_and_pod(
+        self, user: UserIdentity, spec: EnvSpec, ns: str, key: str, pod_name: str
+    ) -> None:
+        labels = m.server_labels(key, spec)
+        with _api("creating the requirements config map", ok=(409,)):  # immutable per digest
+            _raw(self.core.create_namespaced_config_map, ns, m.build_config_map(ns, spec, labels))
+        image = self.pm.hook.zexec_server_image(env=spec)
+        image = image or self.settings.server_image.format(python=spec.python)
+        # pluggy returns the last-registered plugin's result first; apply in registration
+        # order so a later plugin wins, as the hookspec documents.
+        overrides = [
+            o for o in reversed(self.pm.hook.zexec_server_pod_overrides(env=spec, user=user)) if o
+        ]
+        pod = m.build_pod(
+            ns, pod_name, user.user_id, spec, image, self.settings, labels,
+            idle_timeout=self.idle_timeout, created_at=self.clock(), overrides=overrides,
+        )  # fmt: skip
+        with _api("creating the server pod"):
+            _raw(self.core.create_namespaced_pod, ns, pod)
+
+    def _apply_policy(self, ns: str, labels: dict[str, str]) -> None:
+        body = m.build_network_policy(ns, self.settings, labels)
+        try:
+            _raw(self.net.create_namespaced_network_policy, ns, body)
+        except ApiException as e:
+            if e.status != 409:
+                raise OrchestratorError(
+                    f"creating the network policy: {e.status} {e.reason}"
+                ) from e
+            with _api("updating the network policy"):
+                _raw(self.net.patch_namespaced_network_policy, m.POLICY_NAME, ns, body)
+
+    def _drop_old_config_maps(self, ns: str, keep: str) -> None:
+        with _api("listing config maps"):
+            found = _raw(self.core.list_namespaced_config_map, ns)
+        for item in found.get("items") or []:
+            name = item["metadata"]["name"]
+            if name.startswith(m.CONFIG_PREFIX) and name != keep:
+                with _api(f"deleting config map {name}", ok=(404,)):
+                    _raw(self.core.delete_namespaced_config_map, name, ns)
+
+    # ------------------------------------------------------------------ reading back
+
+    def _status_of(self, ns: dict[str, Any], logs: bool) -> ServerStatus:
+        meta = ns["metadata"]
+        ann = meta.get("annotations") or {}
+        user_id = ann[m.ANN_USER_ID]
+        try:
+            raw = json.loads(ann.get(m.ANN_ENV, ""))
+            env = EnvSpec(raw["python"], tuple(raw["requirements"]), raw["digest"])
+        except (ValueError, KeyError, TypeError):
+            env = None
+        pod_name = ann.get(m.ANN_POD, "")
+        pod = self._read_pod(meta["name"], pod_name) if pod_name else None
+        if pod is None:
+            return ServerStatus(
+                user_id, "failed", env, "the server pod is gone (deleted or evicted)"
+            )
+        got = pod_phase(pod)
+        since = got.since
+        if since is None:
+            created = (pod.get("metadata", {}).get("annotations") or {}).get(m.ANN_CREATED, "")
+            try:
+                since = float(created)
+            except ValueError:
+                since = 0.0
+        tail: tuple[str, ...] = ()
+        if logs and got.log_container and got.phase in ("failed", "installing"):
+            tail = self._log_tail(meta["name"], pod_name, got.log_container)
+        return ServerStatus(user_id, got.phase, env, got.reason, tail, since)
+
+    def _log_tail(self, ns: str, pod: str, container: str) -> tuple[str, ...]:
+        try:
+            text = self.core.read_namespaced_pod_log(
+                pod, ns, container=container, tail_lines=self.log_lines
+            )
+        except ApiException:
+            return ()  # logs are a courtesy: a status without them is still right
+        lines = [line for line in str(text).splitlines() if line.strip()]
+        return tuple(lines[-self.log_lines :])
+
+    def _read_namespace(self, ns: str) -> dict[str, Any] | None:
+        with _api(f"reading namespace {ns}"):
+            try:
+                return _raw(self.core.read_namespace, ns)
+            except ApiException as e:
+                if e.status == 404:
+                    return None
+                raise
+        return None  # unreachable; keeps type checkers content
+
+    def _read_pod(self, ns: str, name: str) -> dict[str, Any] | None:
+        with _api(f"reading pod {name}"):
+            try:
+                return _raw(self.core.read_namespaced_pod, name, ns)
+            except ApiException as e:
+                if e.status == 404:
+                    return None
+                raise
+        return None
+
+    @staticmethod
+    def _owner(ns: dict[str, Any]) -> str:
+        return ((ns.get("metadata") or {}).get("annotations") or {}).get(m.ANN_USER_ID, "")
+
+    @staticmethod
+    def _terminating(ns: dict[str, Any]) -> bool:
+        return bool(ns["metadata"].get("deletionTimestamp")) or (
+            (ns.get("status") or {}).get("phase") == "Terminating"
+        )
+
+    @staticmethod
+    def _pod_name(spec: EnvSpec) -> str:
+        # A fresh name per pod: the replaced pod may still be terminating under its own.
+        return f"zexec-server-{spec.digest[:10]}-{secrets.token_hex(3)}"
+
+    def _user_lock(self, user_id: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(user_id, threading.Lock())

@@ -1,0 +1,313 @@
+"""LocalOrchestrator: one server process per user on this machine (the embedded default).
+
+``ensure`` records the server as ``pending`` and returns; a background thread per server
+then builds (or reuses) the digest's venv (``installing``), starts
+``<env>/bin/python -m zexec.apps.server`` in its own process group (``starting``) and
+waits for it to touch its ready file (``ready``). The same thread then waits for the
+process: exiting 0 on its own (the server's idle timeout) shows ``terminated`` with
+reason ``idle``; anything else ``failed`` with the exit status and the log's last lines.
+
+Files under ``state_dir``: ``envs/`` (see :mod:`.envs`), ``logs/<user>.log`` (installer
+and server output), ``run/<user>.ready``. ``<user>`` is the user id made file-name safe.
+
+Servers get a scrubbed environment: no ``ZEXEC_*`` variable of the Deploy API (the
+broker secret lives there) reaches user code, only the ones a server needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from zexec.adapters.orchestrator_local import procs
+from zexec.adapters.orchestrator_local.envs import BuildCancelled, BuildFailed, EnvStore
+from zexec.adapters.orchestrator_local.pythons import discover_pythons, find_uv
+from zexec.adapters.orchestrator_memory import TERMINAL, conflict_message
+from zexec.core.errors import EnvironmentConflict, InvalidEnvironment
+from zexec.core.model import EnvSpec, ServerStatus, UserIdentity
+from zexec.core.protocol import server_credential
+
+#: Server command when none is injected; ``{python}`` becomes the env's interpreter.
+DEFAULT_SERVER_COMMAND = ("{python}", "-m", "zexec.apps.server")
+_SCRUB = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP", "PYTHONUSERBASE")
+
+
+def file_key(user_id: str) -> str:
+    """``user_id`` as a file-name component; a hash suffix keeps altered ids unique."""
+    safe = re.sub(r"[^A-Za-z0-9_.@-]", "_", user_id)[:64].lstrip(".") or "_"
+    if safe != user_id:
+        safe += "-" + hashlib.sha256(user_id.encode()).hexdigest()[:8]
+    return safe
+
+
+@dataclass(eq=False)
+class _Server:
+    """One ``ensure``'s server. Replaced servers are stopped and dropped, never reused."""
+
+    user_id: str
+    key: str
+    spec: EnvSpec
+    interpreter: str
+    phase: str
+    since: float
+    reason: str = ""
+    log_tail: tuple[str, ...] = ()
+    proc: subprocess.Popen[bytes] | None = None
+    stopped: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    thread: threading.Thread | None = None
+
+
+class LocalOrchestrator:
+    """:class:`~zexec.core.ports.Orchestrator` running servers as local processes.
+
+    ``available_pythons`` maps ``"X.Y"`` to an interpreter (None: discover on first use);
+    ``server_command`` replaces the server command (tests use a stand-in; ``{python}`` in
+    an item becomes the env's interpreter); ``zexec_args`` replaces what is installed for
+    zexec itself (default: this source tree editable, else ``zexec==<version>``);
+    ``start_timeout`` fails a server that is not ready in time (0 = wait for ever);
+    ``grace`` is how long SIGTERM may take before SIGKILL.
+    """
+
+    def __init__(
+        self,
+        state_dir: str | Path,
+        broker_backend_url: str,
+        server_secret: bytes,
+        available_pythons: dict[str, str] | None = None,
+        server_workers: int = 1,
+        idle_timeout: float = 0.0,
+        uv: str | None = None,
+        clock: Callable[[], float] = time.time,
+        *,
+        server_command: Sequence[str] | None = None,
+        zexec_args: Sequence[str] | None = None,
+        start_timeout: float = 300.0,
+        grace: float = 5.0,
+    ) -> None:
+        self.state_dir = Path(state_dir).resolve()
+        self.broker_backend_url = broker_backend_url
+        self._secret = server_secret
+        self._pythons = dict(available_pythons) if available_pythons is not None else None
+        self.server_workers = server_workers
+        self.idle_timeout = idle_timeout
+        self.uv = uv or find_uv()
+        self.clock = clock
+        self.server_command = list(server_command or DEFAULT_SERVER_COMMAND)
+        self.start_timeout = start_timeout
+        self.grace = grace
+        self.envs = EnvStore(self.state_dir / "envs", self.uv, zexec_args)
+        for sub in ("logs", "run"):
+            (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
+        self._servers: dict[str, _Server] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+        # Discovery takes a second or two (it runs every candidate): start it now so
+        # the first ensure() does not wait for it.
+        self._discovery: threading.Thread | None = None
+        if self._pythons is None:
+            self._discovery = threading.Thread(
+                target=self._discover, name="zexec-discover-pythons", daemon=True
+            )
+            self._discovery.start()
+
+    # ------------------------------------------------------------------ the port
+
+    def ensure(self, user: UserIdentity, spec: EnvSpec, force: bool = False) -> ServerStatus:
+        with self._user_lock(user.user_id):
+            cur = self._servers.get(user.user_id)
+            if cur is not None and cur.phase not in TERMINAL and not force:
+                if cur.spec.digest == spec.digest:
+                    return self._snapshot(cur)
+                raise EnvironmentConflict(conflict_message(user.user_id, cur.spec, spec))
+            interpreter = self._interpreter(spec.python)  # refuse before stopping anything
+            if cur is not None:
+                self._stop(cur)
+            log = self.log_path(user.user_id)
+            if log.exists():  # one server's story per log; keep the previous one
+                os.replace(log, log.with_name(log.name + ".1"))
+            rec = _Server(
+                user.user_id, file_key(user.user_id), spec, interpreter, "pending", self.clock()
+            )
+            self._servers[user.user_id] = rec
+            rec.thread = threading.Thread(
+                target=self._provision, args=(rec,), name=f"zexec-local-{rec.key}", daemon=True
+            )
+            first = self._snapshot(rec)  # before the thread can move it on
+            rec.thread.start()
+            return first
+
+    def terminate(self, user_id: str) -> bool:
+        with self._user_lock(user_id):
+            rec = self._servers.pop(user_id, None)
+            if rec is None:
+                return False
+            self._stop(rec)
+            return True
+
+    def status(self, user_id: str) -> ServerStatus | None:
+        rec = self._servers.get(user_id)
+        return None if rec is None else self._snapshot(rec)
+
+    def list(self) -> list[ServerStatus]:
+        rows = list(self._servers.values())  # a copy: ensure() may insert meanwhile
+        return [self._snapshot(r) for r in sorted(rows, key=lambda r: r.key)]
+
+    # ------------------------------------------------------------------ extras
+
+    def pythons(self) -> dict[str, str]:
+        """``"X.Y"`` -> interpreter for the pins this machine can serve."""
+        if self._discovery is not None:
+            self._discovery.join()
+        with self._guard:
+            if self._pythons is None:  # the discovery thread died: try once more here
+                self._pythons = discover_pythons(self.uv)
+            return dict(self._pythons)
+
+    def _discover(self) -> None:
+        found = discover_pythons(self.uv)
+        with self._guard:
+            if self._pythons is None:
+                self._pythons = found
+
+    def log_path(self, user_id: str) -> Path:
+        return self.state_dir / "logs" / f"{file_key(user_id)}.log"
+
+    def close(self) -> None:
+        """Stop every server (``zexec down``, Deploy API shutdown)."""
+        for user_id in list(self._servers):
+            self.terminate(user_id)
+
+    # ------------------------------------------------------------------ internals
+
+    def _user_lock(self, user_id: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(user_id, threading.Lock())
+
+    def _interpreter(self, python: str) -> str:
+        found = self.pythons()
+        if python not in found:
+            have = ", ".join(found) or "none"
+            raise InvalidEnvironment(
+                f"python=={python} is not available on this machine; available: {have}"
+            )
+        return found[python]
+
+    def _snapshot(self, rec: _Server) -> ServerStatus:
+        with rec.lock:
+            phase, reason, tail, since = rec.phase, rec.reason, rec.log_tail, rec.since
+        if phase in ("installing", "starting"):
+            tail = procs.tail(self.log_path(rec.user_id))  # live progress
+        return ServerStatus(rec.user_id, phase, rec.spec, reason, tail, since)
+
+    def _set(self, rec: _Server, phase: str, reason: str = "", tail: bool = False) -> None:
+        log_tail = procs.tail(self.log_path(rec.user_id)) if tail else ()
+        with rec.lock:
+            if rec.stopped.is_set():
+                return  # terminated or replaced: nobody may see this record change
+            rec.phase, rec.reason, rec.log_tail, rec.since = phase, reason, log_tail, self.clock()
+
+    def _stop(self, rec: _Server) -> None:
+        with rec.lock:
+            rec.stopped.set()  # from here on no new child is started for rec
+            proc = rec.proc
+        if proc is not None:
+            procs.stop(proc, self.grace)
+        if rec.thread is not None and rec.thread is not threading.current_thread():
+            rec.thread.join(timeout=self.grace + 30)
+        self._ready_file(rec).unlink(missing_ok=True)
+
+    def _ready_file(self, rec: _Server) -> Path:
+        return self.state_dir / "run" / f"{rec.key}.ready"
+
+    def _child_env(self, extra: dict[str, str], venv: Path | None = None) -> dict[str, str]:
+        env = {
+            k: v for k, v in os.environ.items() if not k.startswith("ZEXEC_") and k not in _SCRUB
+        }
+        env["NO_COLOR"] = "1"
+        if venv is not None:
+            env["VIRTUAL_ENV"] = str(venv)
+            env["PATH"] = os.pathsep.join([str(venv / "bin"), env.get("PATH", "")])
+        env.update(extra)
+        return env
+
+    def _start(self, rec: _Server, cmd: Sequence[str], env: dict[str, str], log) -> bool:
+        with rec.lock:  # paired with _stop: a stopped record never gets a new child
+            if rec.stopped.is_set():
+                return False
+            log.write(f"$ {' '.join(cmd)}\n".encode())
+            log.flush()
+            rec.proc = procs.spawn(cmd, env=env, log=log, cwd=self.state_dir)
+            return True
+
+    def _provision(self, rec: _Server) -> None:
+        try:
+            with open(self.log_path(rec.user_id), "ab") as log:
+                self._provision_logged(rec, log)
+        except BuildCancelled:
+            pass
+        except BuildFailed as e:
+            self._set(rec, "failed", f"building the environment failed: {e}", tail=True)
+        except Exception as e:  # a bug or the disk: show it rather than hang in a phase
+            self._set(rec, "failed", f"{type(e).__name__}: {e}", tail=True)
+
+    def _provision_logged(self, rec: _Server, log) -> None:
+        def run(cmd: Sequence[str]) -> int:
+            if not self._start(rec, cmd, self._child_env({}), log):
+                raise BuildCancelled()
+            assert rec.proc is not None
+            code = rec.proc.wait()
+            if rec.stopped.is_set():
+                raise BuildCancelled()
+            return code
+
+        spec = rec.spec
+        if not self.envs.is_complete(spec, rec.interpreter):
+            self._set(rec, "installing")
+            with self.envs.locked(spec, rec.stopped.wait):
+                self.envs.build(spec, rec.interpreter, run)
+        self._set(rec, "starting")
+        ready = self._ready_file(rec)
+        ready.unlink(missing_ok=True)
+        venv = self.envs.path(spec)
+        cmd = [
+            part.replace("{python}", str(self.envs.python(spec))) for part in self.server_command
+        ]
+        env = self._child_env(
+            {
+                "ZEXEC_SERVER_BROKER_URL": self.broker_backend_url,
+                "ZEXEC_SERVER_USER_ID": rec.user_id,
+                "ZEXEC_SERVER_CREDENTIAL": server_credential(self._secret, rec.user_id),
+                "ZEXEC_SERVER_WORKERS": str(self.server_workers),
+                "ZEXEC_SERVER_READY_FILE": str(ready),
+                "ZEXEC_SERVER_IDLE_TIMEOUT": str(self.idle_timeout),
+            },
+            venv,
+        )
+        if not self._start(rec, cmd, env, log):
+            return
+        proc = rec.proc
+        assert proc is not None
+        deadline = time.monotonic() + self.start_timeout if self.start_timeout else None
+        while proc.poll() is None and not ready.exists():
+            if deadline is not None and time.monotonic() > deadline:
+                procs.stop(proc, self.grace)
+                self._set(rec, "failed", f"not ready after {self.start_timeout:g}s", tail=True)
+                return
+            if rec.stopped.wait(0.05):
+                return
+        if proc.poll() is None:
+            self._set(rec, "ready")
+        code = proc.wait()
+        procs.reap_group(proc)  # workers the server left behind
+        if code == 0:
+            self._set(rec, "terminated", "idle")
+        else:
+            self._set(rec, "failed", f"server {procs.describe_exit(code)}", tail=True)

@@ -1,0 +1,75 @@
+"""The client's connection to the broker: one DEALER socket, owned by one I/O thread."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import zmq
+
+
+class ZmqTransport:
+    """:class:`~zexec.core.ports.Transport` over a ZeroMQ DEALER.
+
+    ``IMMEDIATE`` makes ``send`` fail fast (False) while no connection to the broker is
+    up, instead of queueing calls that would reach a broker restarted minutes later;
+    ZeroMQ heartbeats notice a silent peer; reconnection is automatic.
+    """
+
+    def __init__(self, url: str, context: zmq.Context | None = None) -> None:
+        self.url = url
+        self.ctx = context or zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        for opt, value in (
+            (zmq.LINGER, 0), (zmq.IMMEDIATE, 1), (zmq.SNDHWM, 100_000), (zmq.RCVHWM, 100_000),
+            (zmq.RECONNECT_IVL, 100), (zmq.RECONNECT_IVL_MAX, 1000),
+            (zmq.HEARTBEAT_IVL, 1000), (zmq.HEARTBEAT_TIMEOUT, 3000),
+            (zmq.HEARTBEAT_TTL, 3000),
+        ):
+            self.sock.setsockopt(opt, value)
+        self.sock.connect(url)
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK)
+        self.poller = zmq.Poller()
+        self.poller.register(self.sock, zmq.POLLIN)
+        self.poller.register(self._wake_fd, zmq.POLLIN)
+
+    def send(self, frames: Sequence[Any]) -> bool:
+        try:
+            self.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.Again:
+            return False
+
+    def recv(self, timeout: float) -> list[Any] | None:
+        try:
+            return self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            pass
+        if timeout <= 0:
+            return None
+        events = dict(self.poller.poll(timeout * 1000))
+        if events.get(self._wake_fd):
+            try:
+                os.eventfd_read(self._wake_fd)
+            except BlockingIOError:
+                pass
+        if events.get(self.sock):
+            try:
+                return self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return None
+        return None
+
+    def wake(self) -> None:
+        try:
+            os.eventfd_write(self._wake_fd, 1)
+        except (BlockingIOError, OSError):
+            pass  # saturated (awake anyway) or closed
+
+    def close(self) -> None:
+        self.sock.close(0)
+        try:
+            os.close(self._wake_fd)
+        except OSError:
+            pass

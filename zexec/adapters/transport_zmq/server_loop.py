@@ -1,0 +1,330 @@
+"""The per-user server's socket loop: broker DEALER on one side, workers on the other.
+
+It registers with the broker (the registration doubles as the heartbeat), queues calls,
+hands them to idle warm workers over an ipc ROUTER, forwards the workers' event frames to
+the broker untouched, and enforces cancellation, deadlines and worker deaths. Payloads
+are never deserialized here; that happens only in the workers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from zexec.core import protocol as p
+from zexec.core.errors import ProtocolError
+
+log = logging.getLogger("zexec.server")
+
+PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
+TICK = 0.1
+
+
+@dataclass(eq=False)
+class Task:
+    key: bytes
+    client_id: bytes
+    call_key: bytes
+    legacy: bool
+    frames: list[Any]  # what the worker receives
+    deadline: float | None
+    timeout: float | None
+    worker: Any = None
+    sent: int = 0  # events forwarded so far, so the server's own events continue the seq
+
+
+class ServerLoop:
+    def __init__(
+        self, *, broker_url: str, user_id: str, credential: str, pool_factory: Any,
+        heartbeat_interval: float = 0.5, ready_file: str = "", idle_timeout: float = 0.0,
+        fresh_process: bool = False, drain_timeout: float = 10.0,
+        context: zmq.Context | None = None,
+    ) -> None:
+        if not user_id or not credential:
+            raise ValueError("a server needs its user id and credential")
+        self.user_id = user_id
+        self.credential = credential
+        self.heartbeat_interval = heartbeat_interval
+        self.ready_file = ready_file
+        self.idle_timeout = idle_timeout
+        self.fresh_process = fresh_process
+        self.drain_timeout = drain_timeout
+        self.ctx = context or zmq.Context.instance()
+        self.broker = self.ctx.socket(zmq.DEALER)
+        self.broker.setsockopt(zmq.LINGER, 2000)
+        self.broker.setsockopt(zmq.RECONNECT_IVL, 100)
+        self.broker.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        self.broker.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+        self.broker.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
+        self.broker.connect(broker_url)
+        self._dir = tempfile.TemporaryDirectory(prefix="zexec-server-")
+        os.chmod(self._dir.name, 0o700)  # only this user may talk to the workers
+        endpoint = f"ipc://{self._dir.name}/workers"
+        self.workers_sock = self.ctx.socket(zmq.ROUTER)
+        self.workers_sock.setsockopt(zmq.LINGER, 0)
+        self.workers_sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.workers_sock.bind(endpoint)
+        self.pool = pool_factory(endpoint)
+        self.queue: deque[Task] = deque()
+        self.tasks: dict[bytes, Task] = {}
+        self.by_call: dict[tuple[bytes, bytes], Task] = {}
+        self._keys = itertools.count(1)
+        self.registered = False
+        self.last_activity = time.monotonic()
+        self.stopping = False
+        self.exit_code = 0
+
+    # ------------------------------------------------------------------ broker side
+
+    def _heartbeat(self) -> None:
+        info = {"python": PYTHON, "workers": self.pool.size, "pid": os.getpid(),
+                "running": len(self.tasks) - len(self.queue), "queued": len(self.queue)}
+        self.broker.send_multipart(p.register(self.user_id, self.credential, info))
+
+    def _on_broker(self, frames: list[Any]) -> None:
+        if len(frames) >= 4 and p.frame_bytes(frames[0]) == b"" and \
+                p.frame_bytes(frames[2]) == p.REGISTER_ACK:
+            ack = p.load_header(frames[3])
+            if not ack.get("ok"):
+                log.error("the broker refused this server: %s", ack.get("error"))
+                self.exit_code = 3
+                self.stopping = True
+                self.drain_timeout = 0
+            elif not self.registered:
+                self.registered = True
+                log.info("registered with the broker as the server of user %s", self.user_id)
+                if self.ready_file:
+                    Path(self.ready_file).touch()
+            return
+        try:
+            msg = p.parse_server_bound(frames[1:])
+        except ProtocolError as exc:
+            log.warning("ignored a malformed broker message: %s", exc)
+            return
+        if msg.verb in (p.CALL, p.LEGACY_CALL):
+            self._on_call(msg)
+        elif msg.verb in (p.CANCEL, p.LEGACY_CANCEL_VERB):
+            reason = p.frame_bytes(msg.rest[0]).decode(errors="replace") if msg.rest else ""
+            self._cancel((msg.client_id, msg.call_key), reason)
+
+    def _on_call(self, msg: p.ServerBound) -> None:
+        legacy = msg.verb == p.LEGACY_CALL
+        key = (msg.client_id, msg.call_key)
+        self.last_activity = time.monotonic()
+        task = Task(next(self._keys).to_bytes(8, "big"), msg.client_id, msg.call_key, legacy,
+                    [], None, None)
+        if msg.user_id != self.user_id:
+            self._fail(task, "FORBIDDEN", f"this server serves another user than {msg.user_id}")
+            return
+        if self.stopping:
+            self._fail(task, "SHUTTING_DOWN", "the server is shutting down")
+            return
+        if key in self.by_call:
+            return  # a duplicate: the call is already here
+        if legacy:
+            if len(msg.rest) != 2:
+                self._fail(task, "BAD_REQUEST", "legacy call needs [fn, args]")
+                return
+            task.frames = [task.key, b"L", b"", b"{}", *msg.rest]
+        else:
+            try:
+                header = p.load_header(msg.rest[0])
+            except (ProtocolError, IndexError) as exc:
+                self._fail(task, "BAD_REQUEST", f"bad call header: {exc}")
+                return
+            if header.get("py") != PYTHON:
+                self._fail(task, "VERSION_MISMATCH",
+                           f"client Python {header.get('py')} cannot call a server running "
+                           f"Python {PYTHON}: pickled functions do not cross minor versions;"
+                           f" use an environment pinned to python=={header.get('py')}")
+                return
+            timeout = header.get("timeout")
+            if isinstance(timeout, int | float) and timeout > 0:
+                task.timeout = float(timeout)
+                task.deadline = time.monotonic() + task.timeout
+            task.frames = [task.key, b"1", msg.call_key, *msg.rest]
+        self.tasks[task.key] = task
+        self.by_call[key] = task
+        self.queue.append(task)
+        self._dispatch()
+
+    def _send_client(self, task: Task, final: bool, body: list[Any]) -> None:
+        task.sent += 1
+        self.broker.send_multipart(p.reply(task.client_id, task.call_key, final, body),
+                                   copy=False)
+
+    def _fail(self, task: Task, code: str, message: str, type_name: str = "") -> None:
+        """End ``task`` with an error event generated here (not by a worker)."""
+        seq = task.sent + 1
+        if task.legacy:
+            body = [p.legacy_payload(p.legacy_event("ERROR", seq, message=message, details=""))]
+        else:
+            body = p.v1_error(task.call_key, code, message, seq, type_name)
+        self._send_client(task, True, body)
+        self._forget(task)
+
+    def _forget(self, task: Task) -> None:
+        self.tasks.pop(task.key, None)
+        self.by_call.pop((task.client_id, task.call_key), None)
+        self.last_activity = time.monotonic()
+
+    def _cancel(self, key: tuple[bytes, bytes], reason: str) -> None:
+        task = self.by_call.get(key)
+        if task is None:
+            return
+        if task.worker is not None:
+            self._stop_worker(task)
+        else:
+            self.queue.remove(task)
+        seq = task.sent + 1
+        if task.legacy:
+            body = [p.legacy_payload(p.legacy_event("END", seq, cancelled=True, reason=reason))]
+        else:
+            body = p.v1_event(task.call_key, p.EV_CANCELLED, seq, {"reason": reason})
+        self._send_client(task, True, body)
+        self._forget(task)
+
+    # ------------------------------------------------------------------ worker side
+
+    def _dispatch(self) -> None:
+        while self.queue:
+            w = self.pool.idle()
+            if w is None:
+                return
+            task = self.queue.popleft()
+            task.worker, w.task = w, task
+            try:
+                self.workers_sock.send_multipart([w.wid, *task.frames], copy=False)
+            except zmq.ZMQError:  # it died just now; its pidfd will tell
+                task.worker, w.task = None, None
+                self.queue.appendleft(task)
+                w.ready = False
+                return
+
+    def _on_worker(self, frames: list[Any]) -> None:
+        wid = p.frame_bytes(frames[0])
+        w = self.pool.workers.get(wid)
+        if w is None:
+            return
+        if len(frames) == 2 and p.frame_bytes(frames[1]) == b"READY":
+            w.ready = True
+            return
+        task = self.tasks.get(p.frame_bytes(frames[1]))
+        if task is None or task.worker is not w:
+            return  # a late message of a cancelled call
+        final = p.frame_bytes(frames[2]) == p.FINAL
+        self._send_client(task, final, frames[3:])
+        if final:
+            w.task = None
+            task.worker = None
+            self._forget(task)
+            if self.fresh_process:
+                self.pool.kill(w)
+
+    def _stop_worker(self, task: Task) -> None:
+        w = task.worker
+        w.task = None
+        task.worker = None
+        self.pool.kill(w)
+
+    def _on_worker_exit(self, fd: int) -> None:
+        w = self.pool.reap(fd)
+        if w.task is not None:
+            code = w.proc.returncode
+            self._fail(w.task, "WORKER_DIED",
+                       f"the worker process running the call died (exit code {code})")
+        if not self.stopping:
+            self._spawn_into(self._poller)
+
+    def _spawn_into(self, poller: zmq.Poller) -> None:
+        while len(self.pool.workers) < self.pool.size:
+            w = self.pool.spawn()
+            poller.register(w.pidfd, zmq.POLLIN)
+
+    def _check_deadlines(self, now: float) -> None:
+        for task in list(self.tasks.values()):
+            if task.deadline is not None and now >= task.deadline:
+                if task.worker is not None:
+                    self._stop_worker(task)
+                else:
+                    self.queue.remove(task)
+                self._fail(task, "DEADLINE_EXCEEDED",
+                           f"the call exceeded its timeout of {task.timeout:g}s and was stopped",
+                           "TimeoutError")
+
+    # ------------------------------------------------------------------ loop
+
+    def request_stop(self) -> None:
+        self.stopping = True
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.request_stop())
+
+    def run(self) -> int:
+        """Serve until stopped; returns the process exit code."""
+        self._poller = poller = zmq.Poller()
+        poller.register(self.broker, zmq.POLLIN)
+        poller.register(self.workers_sock, zmq.POLLIN)
+        self._spawn_into(poller)
+        self._heartbeat()
+        next_beat = time.monotonic() + self.heartbeat_interval
+        stop_deadline: float | None = None
+        try:
+            while True:
+                for sock_or_fd, _ in poller.poll(TICK * 1000):
+                    if sock_or_fd is self.broker:
+                        for _ in range(256):
+                            try:
+                                self._on_broker(self.broker.recv_multipart(zmq.NOBLOCK,
+                                                                           copy=False))
+                            except zmq.Again:
+                                break
+                    elif sock_or_fd is self.workers_sock:
+                        for _ in range(256):
+                            try:
+                                self._on_worker(self.workers_sock.recv_multipart(
+                                    zmq.NOBLOCK, copy=False))
+                            except zmq.Again:
+                                break
+                    else:
+                        poller.unregister(sock_or_fd)
+                        self._on_worker_exit(sock_or_fd)
+                self._dispatch()
+                now = time.monotonic()
+                self._check_deadlines(now)
+                if now >= next_beat:
+                    self._heartbeat()
+                    next_beat = now + self.heartbeat_interval
+                if (self.idle_timeout and not self.tasks
+                        and now - self.last_activity > self.idle_timeout):
+                    log.info("idle for %.0fs: exiting", self.idle_timeout)
+                    self.stopping = True
+                if self.stopping:
+                    if stop_deadline is None:
+                        stop_deadline = now + self.drain_timeout
+                    if not self.tasks or now >= stop_deadline:
+                        break
+        finally:
+            for task in list(self.tasks.values()):
+                self._fail(task, "SHUTTING_DOWN", "the server shut down before the call ended")
+            self.broker.send_multipart([b"", p.MAGIC, p.BYE])
+            self.close()
+        return self.exit_code
+
+    def close(self) -> None:
+        self.pool.close()
+        self.workers_sock.close(0)
+        self.broker.close()  # LINGER lets BYE and the last replies go out
+        self._dir.cleanup()

@@ -1,0 +1,333 @@
+"""The broker's routing logic as a pure state machine: frames in, frames out.
+
+No sockets and no threads here. The socket loop (:mod:`zexec.adapters.transport_zmq.
+broker_loop`) feeds it messages and auth outcomes and sends what it puts in ``outbox``;
+tests drive it directly. Token checks are asynchronous: a message whose token is not in
+the cache is *parked* and an auth request is queued in ``auth_requests``; the loop runs
+the check in a thread and hands the outcome back with :meth:`Router.on_auth_result`, so a
+slow identity provider never stalls other users' traffic.
+
+State is soft: registered servers (refreshed by heartbeats) and calls in flight. A
+restarted broker rebuilds it from the next heartbeats; calls that were in flight are
+reported lost to clients that ask (PING).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from zexec.core import protocol as p
+from zexec.core.errors import AuthError, AuthUnavailable, Forbidden, ProtocolError
+from zexec.core.model import UserIdentity
+from zexec.core.tokencache import TokenCache, token_key
+
+log = logging.getLogger("zexec.broker")
+
+FRONT = "front"
+BACK = "back"
+
+# Strings the deployed broker answered legacy clients with (they print them).
+LEGACY_BAD_TOKEN = "Token validation failed."
+LEGACY_AUTH_DOWN = "Token validation failed: identity provider unavailable."
+LEGACY_NO_SERVER = "Server not ready/available for user {user}."
+LEGACY_DRAINING = "Broker is shutting down; try again shortly."
+LEGACY_BUSY = "Broker is busy; try again shortly."
+
+
+@dataclass
+class ServerEntry:
+    rid: bytes
+    user_id: str
+    last_seen: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class InFlight:
+    user_id: str
+    legacy: bool
+    server_rid: bytes | None  # None while the token is being checked
+    started: float
+
+
+@dataclass
+class Parked:
+    rid: bytes
+    msg: p.FrontendMessage
+
+
+class Router:
+    """Routes client calls to the registered server of the token's user."""
+
+    def __init__(
+        self,
+        server_secret: bytes,
+        cache: TokenCache | None = None,
+        server_ttl: float = 2.0,
+        max_parked: int = 10_000,
+    ) -> None:
+        if not server_secret:
+            raise ValueError("the broker needs a server secret to authenticate servers")
+        self.secret = server_secret
+        self.cache = cache or TokenCache()
+        self.server_ttl = server_ttl
+        self.max_parked = max_parked
+        self.servers: dict[str, ServerEntry] = {}
+        self.server_users: dict[bytes, str] = {}
+        self.inflight: dict[tuple[bytes, bytes], InFlight] = {}
+        self.parked: dict[bytes, list[Parked]] = defaultdict(list)
+        self.parked_count = 0
+        self.tokens: dict[bytes, str] = {}  # key -> token, only while a check is pending
+        self.draining = False
+        self.last_activity: dict[str, float] = {}
+        self.outbox: list[tuple[str, list[Any]]] = []
+        self.auth_requests: list[tuple[bytes, str]] = []
+        self.now = 0.0
+        self.stats: dict[str, int] = defaultdict(int)
+
+    # ------------------------------------------------------------------ frontend
+
+    def on_frontend(self, frames: Sequence[Any], now: float) -> None:
+        """A message from a client: ``[rid, b"", *body]``."""
+        self.now = now
+        if len(frames) < 2:
+            return  # nothing to answer to: a routing id alone
+        rid = p.frame_bytes(frames[0])
+        if p.frame_bytes(frames[1]) != b"":
+            self._reply_malformed(rid, frames[1:], "missing empty delimiter frame")
+            return
+        body = frames[2:]
+        try:
+            msg = p.parse_frontend(body)
+        except ProtocolError as exc:
+            self._reply_malformed(rid, body, str(exc))
+            return
+        self._with_identity(rid, msg)
+
+    def _reply_malformed(self, rid: bytes, body: Sequence[Any], why: str) -> None:
+        self.stats["malformed"] += 1
+        if body and p.frame_bytes(body[0]) == p.MAGIC:
+            call_id = p.frame_bytes(body[3]) if len(body) > 3 else b""
+            self._front(rid, p.v1_error(call_id[:64], "BAD_REQUEST", f"malformed request: {why}"))
+        else:
+            self._front(rid, [p.legacy_payload(f"Malformed request: {why}")])
+
+    def _with_identity(self, rid: bytes, msg: p.FrontendMessage) -> None:
+        key = token_key(msg.token)
+        outcome = self.cache.get(key, self.now)
+        if outcome is None:
+            self._park(key, rid, msg)
+        else:
+            self._dispatch(rid, msg, outcome)
+
+    def _park(self, key: bytes, rid: bytes, msg: p.FrontendMessage) -> None:
+        if self.parked_count >= self.max_parked:
+            self._refuse(rid, msg, "BUSY", "broker is busy checking tokens; retry", LEGACY_BUSY)
+            return
+        if key not in self.tokens:
+            self.tokens[key] = msg.token
+            self.auth_requests.append((key, msg.token))
+        self.parked[key].append(Parked(rid, msg))
+        self.parked_count += 1
+        if isinstance(msg, p.V1Call):
+            # Known to PINGs while its token is checked, so it is not reported lost.
+            self.inflight[(rid, msg.call_id)] = InFlight("", False, None, self.now)
+
+    def on_auth_result(self, key: bytes, outcome: UserIdentity | AuthError, now: float) -> None:
+        """The outcome of the check requested for token ``key``; replays parked messages."""
+        self.now = now
+        self.cache.put(key, outcome, now)
+        self.tokens.pop(key, None)
+        for parked in self.parked.pop(key, []):
+            self.parked_count -= 1
+            if isinstance(parked.msg, p.V1Call):
+                self.inflight.pop((parked.rid, parked.msg.call_id), None)
+            self._dispatch(parked.rid, parked.msg, outcome)
+
+    def _dispatch(
+        self, rid: bytes, msg: p.FrontendMessage, outcome: UserIdentity | AuthError
+    ) -> None:
+        if not isinstance(outcome, UserIdentity):
+            self.stats["auth_failed"] += 1
+            code = outcome.code
+            if isinstance(outcome, AuthUnavailable):
+                text, legacy = "identity provider unavailable; retry shortly", LEGACY_AUTH_DOWN
+            elif isinstance(outcome, Forbidden):
+                text, legacy = f"forbidden: {outcome}", f"{LEGACY_BAD_TOKEN} {outcome}"
+            else:
+                text, legacy = "token validation failed", LEGACY_BAD_TOKEN
+            self._refuse(rid, msg, code, text, legacy)
+            return
+        user = outcome.user_id
+        if isinstance(msg, p.V1Call):
+            self._route_call(rid, msg.call_id, user, p.CALL, msg.rest, legacy=False, msg=msg)
+        elif isinstance(msg, p.LegacyCall):
+            self._route_call(rid, b"", user, p.LEGACY_CALL, [msg.fn, msg.args], legacy=True, msg=msg)
+        elif isinstance(msg, p.V1Cancel):
+            self._route_cancel(rid, msg.call_id, user, p.CANCEL, msg.reason)
+        elif isinstance(msg, p.LegacyCancel):
+            self._route_cancel(rid, b"", user, p.LEGACY_CANCEL_VERB, msg.reason)
+        elif isinstance(msg, p.V1Ping):
+            unknown = [c.hex() for c in msg.call_ids if (rid, c) not in self.inflight]
+            server = self.servers.get(user)
+            self._front(rid, p.v1_pong({
+                "server": server is not None, "unknown": unknown, "draining": self.draining,
+            }))
+
+    def _refuse(
+        self, rid: bytes, msg: p.FrontendMessage, code: str, text: str, legacy_text: str
+    ) -> None:
+        if isinstance(msg, p.V1Call | p.V1Cancel):
+            self._front(rid, p.v1_error(msg.call_id, code, text))
+        elif isinstance(msg, p.V1Ping):
+            self._front(rid, p.v1_error(b"", code, text))
+        elif isinstance(msg, p.LegacyCall):
+            self._front(rid, [p.legacy_payload(legacy_text)])
+        # A refused legacy cancel gets no answer: its client has closed the socket.
+
+    def _route_call(
+        self, rid: bytes, call_key: bytes, user: str, verb: bytes, rest: list[Any],
+        legacy: bool, msg: p.FrontendMessage,
+    ) -> None:
+        if self.draining:
+            self._refuse(rid, msg, "SHUTTING_DOWN", "broker is shutting down", LEGACY_DRAINING)
+            return
+        server = self.servers.get(user)
+        if server is None:
+            self.stats["no_server"] += 1
+            self._refuse(
+                rid, msg, "NO_SERVER",
+                f"no server is running for user {user}; start one (zexec.environment(...))",
+                LEGACY_NO_SERVER.format(user=user),
+            )
+            return
+        self.inflight[(rid, call_key)] = InFlight(user, legacy, server.rid, self.now)
+        self.last_activity[user] = self.now
+        self.stats["calls"] += 1
+        self.outbox.append((BACK, [server.rid, *p.to_server(verb, rid, call_key, user, rest)]))
+
+    def _route_cancel(
+        self, rid: bytes, call_key: bytes, user: str, verb: bytes, reason: bytes
+    ) -> None:
+        call = self.inflight.get((rid, call_key))
+        if call is None or call.user_id != user or call.server_rid is None:
+            return  # finished already, or not this user's: nothing to cancel
+        self.outbox.append(
+            (BACK, [call.server_rid, *p.to_server(verb, rid, call_key, user, [reason])])
+        )
+
+    # ------------------------------------------------------------------ backend
+
+    def on_backend(self, frames: Sequence[Any], now: float) -> None:
+        """A message from a server: ``[rid, b"", *body]``."""
+        self.now = now
+        if len(frames) < 3 or p.frame_bytes(frames[1]) != b"":
+            self.stats["malformed_backend"] += 1
+            return
+        rid = p.frame_bytes(frames[0])
+        try:
+            msg = p.parse_backend(frames[2:])
+        except ProtocolError as exc:
+            self.stats["malformed_backend"] += 1
+            log.debug("malformed backend message: %s", exc)
+            return
+        if isinstance(msg, p.Register):
+            self._register(rid, msg)
+            return
+        user = self.server_users.get(rid)
+        if user is None:
+            return  # an unregistered peer gets nothing and can send nothing
+        self.servers[user].last_seen = now
+        if isinstance(msg, p.Reply):
+            key = (msg.client_id, msg.call_key)
+            call = self.inflight.get(key)
+            if call is None or call.server_rid != rid:
+                return  # not a call this server is running: never forward it
+            if msg.final:
+                del self.inflight[key]
+            self._front(msg.client_id, msg.body)
+        elif isinstance(msg, p.Bye):
+            self._drop_server(user, "server stopped")
+
+    def _register(self, rid: bytes, msg: p.Register) -> None:
+        if not p.check_credential(self.secret, msg.user_id, msg.credential):
+            self.stats["bad_registration"] += 1
+            log.warning("refused a server registration for user %s: bad credential", msg.user_id)
+            self.outbox.append((BACK, [rid, b"", p.MAGIC, p.REGISTER_ACK,
+                                       p.dump_header({"ok": False, "error": "bad credential"})]))
+            return
+        current = self.servers.get(msg.user_id)
+        if current is not None and current.rid != rid:
+            # A replacement server (restart, force reinstall): the old one is gone.
+            self._drop_server(msg.user_id, "server was replaced")
+            current = None
+        if current is None:
+            log.info("server registered for user %s", msg.user_id)
+            self.servers[msg.user_id] = ServerEntry(rid, msg.user_id, self.now, msg.info)
+            self.server_users[rid] = msg.user_id
+        else:
+            current.last_seen = self.now
+            current.info = msg.info
+        self.outbox.append((BACK, [rid, b"", p.MAGIC, p.REGISTER_ACK,
+                                   p.dump_header({"ok": True})]))
+
+    def _drop_server(self, user: str, why: str) -> None:
+        entry = self.servers.pop(user, None)
+        if entry is None:
+            return
+        self.server_users.pop(entry.rid, None)
+        log.info("server for user %s dropped: %s", user, why)
+        for key, call in list(self.inflight.items()):
+            if call.server_rid != entry.rid:
+                continue
+            del self.inflight[key]
+            client, call_key = key
+            text = f"the server for user {user} stopped responding ({why})"
+            if call.legacy:
+                self._front(client, [p.legacy_payload(p.legacy_event("ERROR", 0, message=text,
+                                                                     details=""))])
+            else:
+                self._front(client, p.v1_error(call_key, "SERVER_GONE", text))
+
+    # ------------------------------------------------------------------ time
+
+    def tick(self, now: float) -> None:
+        """Expire servers that stopped heartbeating, failing their calls."""
+        self.now = now
+        for user, entry in list(self.servers.items()):
+            if now - entry.last_seen > self.server_ttl:
+                self._drop_server(user, f"no heartbeat for {now - entry.last_seen:.1f}s")
+
+    def start_draining(self) -> None:
+        self.draining = True
+
+    @property
+    def busy(self) -> bool:
+        """Calls are in flight (routed to a server or waiting for a token check)."""
+        return bool(self.inflight) or self.parked_count > 0
+
+    def status(self) -> dict[str, Any]:
+        """What the control port's STATUS returns (no tokens, no payloads)."""
+        return {
+            "draining": self.draining,
+            "inflight": len(self.inflight),
+            "parked": self.parked_count,
+            "servers": {
+                user: {
+                    "last_seen_ago": round(self.now - e.last_seen, 3),
+                    "last_call_ago": (round(self.now - self.last_activity[user], 3)
+                                      if user in self.last_activity else None),
+                    "inflight": sum(1 for c in self.inflight.values() if c.server_rid == e.rid),
+                    "info": e.info,
+                }
+                for user, e in self.servers.items()
+            },
+            "stats": dict(self.stats),
+        }
+
+    def _front(self, rid: bytes, body: list[Any]) -> None:
+        self.outbox.append((FRONT, [rid, b"", *body]))

@@ -1,0 +1,272 @@
+"""The SDK users import: :class:`Client` and the :func:`remote` decorator."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
+from functools import update_wrapper
+from typing import Any
+
+from zexec.adapters.serializer import default_registry
+from zexec.apps.client.session import END, PendingCall, Session
+from zexec.core.errors import ConfigurationError
+from zexec.core.ports import Serializer
+
+DEFAULT_SERIALIZER = "dill"
+_default_client: Client | None = None
+
+
+class Client:
+    """A connection to a zexec broker, shared by every remote call of this process.
+
+    ``broker`` is ``"tcp://host:port"`` (or ``"host:port"``) of the broker's client port;
+    ``token`` your bearer token. Both default to the ``ZEXEC_BROKER_URL`` and
+    ``ZEXEC_TOKEN`` environment variables. ``serializer`` (``"dill"`` or
+    ``"cloudpickle"``, or any a plugin installs) is the default for calls that do not
+    name one. The connection is opened lazily on the first call, survives broker
+    restarts, and a call fails (never hangs) within about ``connect_timeout`` /
+    ``liveness_timeout`` seconds when the broker or the server is gone.
+
+    The first client created becomes the default for :func:`remote` functions that do
+    not name one (see :func:`set_default_client`).
+    """
+
+    def __init__(
+        self,
+        broker: str | None = None,
+        token: str | None = None,
+        *,
+        serializer: str = DEFAULT_SERIALIZER,
+        connect_timeout: float = 3.0,
+        liveness_timeout: float = 3.0,
+        transport_factory: Callable[[], Any] | None = None,
+    ) -> None:
+        broker = broker or os.environ.get("ZEXEC_BROKER_URL", "")
+        token = token or os.environ.get("ZEXEC_TOKEN", "")
+        if not broker and transport_factory is None:
+            raise ConfigurationError(
+                "no broker address: pass Client(broker='tcp://host:5559', token=...) "
+                "or set ZEXEC_BROKER_URL"
+            )
+        if not token:
+            raise ConfigurationError("no token: pass Client(..., token=...) or set ZEXEC_TOKEN")
+        if broker and "://" not in broker:
+            broker = f"tcp://{broker}"
+        self.broker = broker
+        self.serializers = default_registry()
+        self.serializer = self.serializers.get(serializer)
+        if transport_factory is None:
+            from zexec.adapters.transport_zmq.client_transport import ZmqTransport
+
+            def transport_factory() -> Any:
+                return ZmqTransport(broker)
+
+        self._session = Session(transport_factory, token, connect_timeout=connect_timeout,
+                                liveness_timeout=liveness_timeout)
+        global _default_client
+        if _default_client is None:
+            _default_client = self
+
+    def __repr__(self) -> str:
+        return f"<zexec.Client broker={self.broker!r} serializer={self.serializer.name!r}>"
+
+    def _serializer(self, name: str | None) -> Serializer:
+        return self.serializer if name is None else self.serializers.get(name)
+
+    def _start(self, fn: Callable, args: tuple, kwargs: dict, *, serializer: str | None,
+               timeout: float | None, fn_frame: Any = None) -> PendingCall:
+        ser = self._serializer(serializer)
+        if fn_frame is None:
+            fn_frame = ser.dumps(fn, out_of_band=False)[0]
+        return self._session.start_call(
+            fn_frame, args, kwargs, ser, timeout=timeout,
+            stream=inspect.isgeneratorfunction(fn), name=getattr(fn, "__name__", ""),
+        )
+
+    def submit(self, fn: Callable, /, *args: Any, _serializer: str | None = None,
+               _timeout: float | None = None, **kwargs: Any) -> Future:
+        """Run ``fn(*args, **kwargs)`` remotely; returns a :class:`~concurrent.futures.Future`.
+
+        ``future.cancel()`` stops the remote work. For a generator function the future
+        resolves (to None) when the generator is exhausted; use :meth:`call` to iterate.
+        """
+        return self._start(fn, args, kwargs, serializer=_serializer, timeout=_timeout).future
+
+    def call(self, fn: Callable, /, *args: Any, _serializer: str | None = None,
+             _timeout: float | None = None, **kwargs: Any) -> Any:
+        """Run ``fn(*args, **kwargs)`` remotely and wait: returns its value, raises its
+        exception, and prints its output here as it happens. A generator function
+        returns an iterator over the items as the remote side yields them. Ctrl-C
+        cancels the remote call."""
+        call = self._start(fn, args, kwargs, serializer=_serializer, timeout=_timeout)
+        if call.items is not None:
+            return RemoteIterator(self._session, call)
+        return _wait(self._session, call)
+
+    async def call_async(self, fn: Callable, /, *args: Any, _serializer: str | None = None,
+                         _timeout: float | None = None, **kwargs: Any) -> Any:
+        """``await`` version of :meth:`call` (cancelling the task cancels the remote call)."""
+        call = self._start(fn, args, kwargs, serializer=_serializer, timeout=_timeout)
+        try:
+            return await asyncio.wrap_future(call.future)
+        except asyncio.CancelledError:
+            self._session.cancel(call, "asyncio task cancelled")
+            raise
+
+    def map(self, fn: Callable, *iterables: Iterable[Any], serializer: str | None = None,
+            timeout: float | None = None, window: int = 1024) -> Iterator[Any]:
+        """Like :func:`map`, remotely and pipelined: up to ``window`` calls in flight at
+        once, results yielded in input order. The function is serialized once."""
+        ser = self._serializer(serializer)
+        fn_frame = ser.dumps(fn, out_of_band=False)[0]
+        inflight: deque[PendingCall] = deque()
+        try:
+            for args in zip(*iterables, strict=False):
+                inflight.append(self._start(fn, args, {}, serializer=serializer,
+                                            timeout=timeout, fn_frame=fn_frame))
+                if len(inflight) >= window:
+                    yield _wait(self._session, inflight.popleft())
+            while inflight:
+                yield _wait(self._session, inflight.popleft())
+        finally:
+            for call in inflight:
+                self._session.cancel(call, "map abandoned")
+
+    def remote(self, fn: Callable | None = None, **options: Any) -> Any:
+        """Decorator: like :func:`zexec.remote` bound to this client."""
+        return remote(fn, client=self, **options)
+
+    def close(self) -> None:
+        """Close the connection; calls still in flight fail."""
+        global _default_client
+        self._session.close()
+        if _default_client is self:
+            _default_client = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _wait(session: Session, call: PendingCall) -> Any:
+    try:
+        return call.future.result()
+    except KeyboardInterrupt:
+        session.cancel(call, "keyboard_interrupt")
+        raise
+
+
+class RemoteIterator:
+    """Items of a remote generator, as they are yielded remotely."""
+
+    def __init__(self, session: Session, call: PendingCall) -> None:
+        self._session = session
+        self._call = call
+        self._done = False
+
+    def __iter__(self) -> RemoteIterator:
+        return self
+
+    def __next__(self) -> Any:
+        if self._done:
+            raise StopIteration
+        try:
+            marker, value = self._call.items.get()
+        except KeyboardInterrupt:
+            self.close()
+            raise
+        if marker is END:
+            self._done = True
+            if value is not None:
+                raise value
+            raise StopIteration
+        return value
+
+    def close(self) -> None:
+        """Stop the remote generator."""
+        if not self._done:
+            self._done = True
+            self._session.cancel(self._call, "iterator closed")
+
+
+def set_default_client(client: Client | None) -> None:
+    """Make ``client`` the one :func:`remote` functions use when they name none."""
+    global _default_client
+    _default_client = client
+
+
+def get_default_client() -> Client:
+    """The default client; created from ``ZEXEC_BROKER_URL``/``ZEXEC_TOKEN`` if unset."""
+    if _default_client is None:
+        Client()
+    assert _default_client is not None
+    return _default_client
+
+
+class RemoteFunction:
+    """A function that runs remotely when called. Made by :func:`remote`."""
+
+    def __init__(self, fn: Callable, client: Client | None = None,
+                 serializer: str | None = None, timeout: float | None = None) -> None:
+        if not callable(fn):
+            raise TypeError(f"remote() needs a function, not {type(fn).__name__}")
+        self.fn = fn
+        self.client = client
+        self.serializer = serializer
+        self.timeout = timeout
+        if serializer is not None:
+            default_registry().get(serializer)  # fail now on an unknown name
+        update_wrapper(self, fn)
+
+    def _client(self) -> Client:
+        return self.client or get_default_client()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run remotely and return the value (an iterator for generator functions)."""
+        return self._client().call(self.fn, *args, _serializer=self.serializer,
+                                   _timeout=self.timeout, **kwargs)
+
+    def submit(self, *args: Any, **kwargs: Any) -> Future:
+        """Run remotely without waiting; returns a Future."""
+        return self._client().submit(self.fn, *args, _serializer=self.serializer,
+                                     _timeout=self.timeout, **kwargs)
+
+    def map(self, *iterables: Iterable[Any], window: int = 1024) -> Iterator[Any]:
+        """Pipelined map over the iterables; results in order."""
+        return self._client().map(self.fn, *iterables, serializer=self.serializer,
+                                  timeout=self.timeout, window=window)
+
+    async def aio(self, *args: Any, **kwargs: Any) -> Any:
+        """Awaitable call."""
+        return await self._client().call_async(self.fn, *args, _serializer=self.serializer,
+                                               _timeout=self.timeout, **kwargs)
+
+    def local(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the function here, in this process."""
+        return self.fn(*args, **kwargs)
+
+    def options(self, **changes: Any) -> RemoteFunction:
+        """A copy with other ``client``, ``serializer`` or ``timeout``."""
+        kw = {"client": self.client, "serializer": self.serializer, "timeout": self.timeout}
+        kw.update(changes)
+        return RemoteFunction(self.fn, **kw)
+
+
+def remote(fn: Callable | None = None, *, client: Client | None = None,
+           serializer: str | None = None, timeout: float | None = None) -> Any:
+    """Make ``fn`` run remotely: ``@zexec.remote`` or ``@zexec.remote(serializer=...,
+    timeout=..., client=...)``.
+
+    Calling the result runs the function on your server and returns its value (or an
+    iterator for generator functions); ``.submit()`` returns a Future, ``.map()``
+    pipelines many calls, ``await .aio()`` suits asyncio, ``.local()`` runs it here.
+    """
+    if fn is None:
+        return lambda f: RemoteFunction(f, client, serializer, timeout)
+    return RemoteFunction(fn, client, serializer, timeout)

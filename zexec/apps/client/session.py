@@ -1,0 +1,320 @@
+"""One multiplexed connection from a client process to the broker.
+
+All calls of a process share one transport, owned by one I/O thread; calling threads
+hand requests over through a queue and wait on futures. The I/O thread also keeps the
+calls honest: it pings the broker while calls are in flight (the broker answers which
+of them it still knows and whether the user's server is alive), so a dead broker, a
+restarted broker or a dead server surfaces as an error within a bounded time instead of
+a hang. Output events are written to this process's stdout/stderr as they arrive.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from zexec.apps.client.remote_errors import exception_from_event
+from zexec.core import protocol as p
+from zexec.core.errors import (
+    BrokerUnreachable,
+    CallCancelled,
+    CallLost,
+    CallTimeout,
+    ProtocolError,
+    SerializationError,
+    ServerGone,
+)
+from zexec.core.model import Event
+from zexec.core.ports import Serializer, Transport
+
+log = logging.getLogger("zexec.client")
+
+PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
+#: Extra seconds the client waits past a call's timeout for the server's own verdict.
+TIMEOUT_GRACE = 2.0
+END = object()
+
+
+class RemoteFuture(Future):
+    """A :class:`concurrent.futures.Future` whose ``cancel()`` also stops the remote work."""
+
+    _session: Session | None = None
+    _call: PendingCall | None = None
+
+    def cancel(self) -> bool:
+        if self.done():
+            return False
+        if self._session is not None and self._call is not None:
+            self._session.cancel(self._call, "future cancelled")
+        return super().cancel()
+
+
+@dataclass(eq=False)
+class PendingCall:
+    call_id: bytes
+    frames: list[Any] | None
+    serializer: Serializer
+    future: RemoteFuture
+    timeout: float | None
+    created: float
+    items: queue.SimpleQueue | None = None  # set for generator calls
+    sent_at: float | None = None
+    done: bool = field(default=False)
+
+
+class Session:
+    def __init__(
+        self,
+        transport_factory: Callable[[], Transport],
+        token: str,
+        *,
+        connect_timeout: float = 3.0,
+        liveness_timeout: float = 3.0,
+        ping_interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not token:
+            raise ValueError("a token is required to call remote functions")
+        self.token = token
+        self.connect_timeout = connect_timeout
+        self.liveness_timeout = liveness_timeout
+        self.ping_interval = ping_interval
+        self.clock = clock
+        self._transport_factory = transport_factory
+        self._requests: queue.SimpleQueue[tuple[str, PendingCall, str]] = queue.SimpleQueue()
+        self.pending: dict[bytes, PendingCall] = {}
+        self._unsent: list[PendingCall] = []
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.transport: Transport | None = None
+        self._last_heard = 0.0
+        self._ping_sent: float | None = None
+        self._next_ping = 0.0
+
+    # ------------------------------------------------------------------ caller side
+
+    def _ensure_started(self) -> None:
+        if self._thread is not None:
+            return
+        with self._lock:
+            if self._thread is None:
+                if self._closed:
+                    raise RuntimeError("this zexec client is closed")
+                self.transport = self._transport_factory()
+                self._thread = threading.Thread(target=self._run, daemon=True,
+                                                name="zexec-client-io")
+                self._thread.start()
+
+    def start_call(
+        self, fn_frame: Any, args: tuple, kwargs: dict, serializer: Serializer,
+        timeout: float | None = None, stream: bool = False, name: str = "",
+    ) -> PendingCall:
+        """Send one call; returns its handle at once (the future resolves later).
+
+        ``fn_frame`` is the function already serialized (in-band, one frame), so a
+        ``map`` serializes it once for all its calls.
+        """
+        self._ensure_started()
+        header = {"ser": serializer.name, "py": PYTHON, "fn": name}
+        if timeout is not None:
+            header["timeout"] = timeout
+        payload = serializer.dumps((args, kwargs))
+        call_id = os.urandom(p.CALL_ID_SIZE)
+        frames = p.v1_request(p.CALL, self.token, call_id,
+                              [p.dump_header(header), fn_frame, *payload])
+        fut = RemoteFuture()
+        call = PendingCall(call_id, frames, serializer, fut, timeout, self.clock(),
+                           queue.SimpleQueue() if stream else None)
+        fut._session, fut._call = self, call
+        self._requests.put(("call", call, ""))
+        self.transport.wake()
+        return call
+
+    def cancel(self, call: PendingCall, reason: str = "cancelled by the caller") -> None:
+        """Ask the server to stop ``call`` (kills the worker running it)."""
+        if call.done or self._closed:
+            return
+        self._requests.put(("cancel", call, reason))
+        if self.transport is not None:
+            self.transport.wake()
+
+    def close(self) -> None:
+        """Fail calls still in flight and stop the I/O thread."""
+        self._closed = True
+        if self._thread is not None:
+            self.transport.wake()
+            self._thread.join(timeout=5)
+
+    # ------------------------------------------------------------------ I/O thread
+
+    def _finish(self, call: PendingCall, value: Any = None,
+                error: BaseException | None = None) -> None:
+        if call.done:
+            return
+        call.done = True
+        self.pending.pop(call.call_id, None)
+        if call.items is not None:
+            call.items.put((END, error))
+        fut = call.future
+        if fut.done():  # cancelled locally already
+            return
+        if error is None:
+            fut.set_result(value)
+        else:
+            fut.set_exception(error)
+
+    def _run(self) -> None:
+        transport = self.transport
+        try:
+            while not self._closed:
+                now = self.clock()
+                self._take_requests(now)
+                if self._unsent:
+                    self._send_unsent(now)
+                wait = 0.02 if self._unsent else max(0.0, min(self._next_ping - now, 0.5))
+                msg = transport.recv(wait)
+                count = 0
+                while msg is not None:
+                    self._last_heard = self.clock()
+                    self._on_message(msg)
+                    count += 1
+                    if count >= 512:
+                        break
+                    msg = transport.recv(0)
+                self._tick(self.clock())
+        except Exception:  # never leave callers hanging on a crashed I/O thread
+            log.exception("zexec client I/O thread failed")
+            raise
+        finally:
+            err = BrokerUnreachable("the zexec client was closed")
+            for call in list(self.pending.values()):
+                self._finish(call, error=err)
+            transport.close()
+
+    def _take_requests(self, now: float) -> None:
+        while True:
+            try:
+                kind, call, reason = self._requests.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "call":
+                self.pending[call.call_id] = call
+                self._unsent.append(call)
+            elif not call.done:  # cancel
+                if call.sent_at is None:
+                    self._unsent.remove(call)
+                    self._finish(call, error=CallCancelled(reason))
+                else:
+                    self.transport.send(p.v1_request(p.CANCEL, self.token, call.call_id,
+                                                     [reason.encode()[:256]]))
+
+    def _send_unsent(self, now: float) -> None:
+        sent = 0
+        for call in self._unsent:
+            if call.done:
+                sent += 1
+                continue
+            if not self.transport.send(call.frames):
+                break
+            call.sent_at = now
+            call.frames = None  # the transport holds what it still needs
+            sent += 1
+        del self._unsent[:sent]
+        for call in self._unsent:
+            if now - call.created > self.connect_timeout:
+                self._finish(call, error=BrokerUnreachable(
+                    f"cannot reach the broker: no connection within {self.connect_timeout:g}s"))
+        self._unsent = [c for c in self._unsent if not c.done]
+
+    def _tick(self, now: float) -> None:
+        in_flight = [c for c in self.pending.values() if c.sent_at is not None]
+        if not in_flight:
+            self._ping_sent = None
+            return
+        if self._ping_sent is not None and self._last_heard < self._ping_sent and \
+                now - self._ping_sent > self.liveness_timeout:
+            err = BrokerUnreachable(
+                f"the broker stopped answering ({now - self._ping_sent:.1f}s without a reply)")
+            for call in in_flight:
+                self._finish(call, error=err)
+            self._ping_sent = None
+            return
+        for call in in_flight:
+            if call.timeout is not None and now - call.sent_at > call.timeout + TIMEOUT_GRACE:
+                self.transport.send(p.v1_request(p.CANCEL, self.token, call.call_id,
+                                                 [b"client timeout"]))
+                self._finish(call, error=CallTimeout(
+                    f"no answer within the call's timeout of {call.timeout:g}s"))
+        if now >= self._next_ping:
+            ids = [c.call_id for c in in_flight if not c.done]
+            if ids and self.transport.send(p.v1_ping(self.token, ids)):
+                if self._ping_sent is None or self._last_heard >= self._ping_sent:
+                    self._ping_sent = now
+            self._next_ping = now + self.ping_interval
+
+    def _on_message(self, frames: list[Any]) -> None:
+        try:
+            if not frames or p.frame_bytes(frames[0]) != b"":
+                raise ProtocolError("missing delimiter")
+            msg = p.parse_client_bound(frames[1:])
+        except ProtocolError as exc:
+            log.warning("ignored a malformed message from the broker: %s", exc)
+            return
+        if isinstance(msg, dict):
+            self._on_pong(msg)
+        else:
+            self._on_event(msg)
+
+    def _on_pong(self, header: dict[str, Any]) -> None:
+        for hex_id in header.get("unknown", ()):
+            call = self.pending.get(bytes.fromhex(hex_id))
+            if call is not None and call.sent_at is not None and self._ping_sent is not None \
+                    and call.sent_at <= self._ping_sent:
+                self._finish(call, error=CallLost(
+                    "the broker no longer knows this call (it restarted or the call was lost);"
+                    " it may or may not have run"))
+
+    def _on_event(self, ev: Event) -> None:
+        call = self.pending.get(ev.call_id)
+        if call is None:
+            if ev.kind == p.EV_ERROR and not ev.call_id:
+                log.warning("broker: %s", ev.header.get("message"))
+            return
+        kind = ev.kind
+        if kind == p.EV_OUTPUT:
+            for channel, text in ev.header.get("out", ()):
+                stream = sys.stderr if channel == "stderr" else sys.stdout
+                stream.write(text)
+                stream.flush()
+        elif kind == p.EV_YIELD:
+            try:
+                value = call.serializer.loads(ev.buffers)
+            except SerializationError as exc:
+                self._finish(call, error=exc)
+                return
+            if call.items is not None:
+                call.items.put((None, value))
+        elif kind == p.EV_RETURN:
+            try:
+                value = call.serializer.loads(ev.buffers) if ev.buffers else None
+            except SerializationError as exc:
+                self._finish(call, error=exc)
+                return
+            self._finish(call, value)
+        elif kind == p.EV_ERROR:
+            err = exception_from_event(ev, call.serializer)
+            if isinstance(err, ServerGone):
+                err = ServerGone(f"{err} while the call was running")
+            self._finish(call, error=err)
+        elif kind == p.EV_CANCELLED:
+            self._finish(call, error=CallCancelled(
+                f"the call was cancelled ({ev.header.get('reason') or 'no reason given'})"))

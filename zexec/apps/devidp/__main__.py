@@ -1,0 +1,30 @@
+"""``python -m zexec.apps.devidp --tokens-file F [--generate alice,bob] [--port N]``."""
+
+from __future__ import annotations
+
+import argparse
+
+import uvicorn
+
+from zexec.apps.devidp import create_app, generate_tokens
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m zexec.apps.devidp", description=__doc__)
+    p.add_argument("--tokens-file", required=True)
+    p.add_argument(
+        "--generate", metavar="USERS", help="comma-separated users: write new tokens first"
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8090)
+    args = p.parse_args(argv)
+    if args.generate:
+        users = [u.strip() for u in args.generate.split(",") if u.strip()]
+        generate_tokens(args.tokens_file, users)
+        # Tokens are in the 0600 file; printing them would put them in shell history/logs.
+        print(f"wrote tokens for {', '.join(users)} to {args.tokens_file}")
+    uvicorn.run(create_app(args.tokens_file), host=args.host, port=args.port, log_level="info")
+
+
+if __name__ == "__main__":
+    main()

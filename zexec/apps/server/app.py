@@ -1,0 +1,44 @@
+"""Composition root of the per-user server: settings -> pool -> socket loop."""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+from zexec.adapters.transport_zmq.server_loop import ServerLoop
+from zexec.apps.server.pool import WorkerPool
+from zexec.core.errors import ConfigurationError
+from zexec.settings import ServerSettings
+
+
+def build_server(settings: ServerSettings) -> ServerLoop:
+    """Build a server from its settings (nothing starts until ``run``)."""
+    credential = settings.credential.get_secret_value()
+    if not settings.user_id or not credential:
+        raise ConfigurationError(
+            "the server needs ZEXEC_SERVER_USER_ID and ZEXEC_SERVER_CREDENTIAL "
+            "(the credential is derived from the broker secret by the deployer)"
+        )
+    if settings.workers < 1:
+        raise ConfigurationError("ZEXEC_SERVER_WORKERS must be at least 1")
+    return ServerLoop(
+        broker_url=settings.broker_url,
+        user_id=settings.user_id,
+        credential=credential,
+        pool_factory=partial(
+            WorkerPool, size=settings.workers,
+            flush_interval=settings.output_flush_interval,
+            flush_bytes=settings.output_flush_bytes,
+        ),
+        heartbeat_interval=settings.heartbeat_interval,
+        ready_file=settings.ready_file,
+        idle_timeout=settings.idle_timeout,
+        fresh_process=settings.fresh_process,
+    )
+
+
+def main(settings: ServerSettings | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    server = build_server(settings or ServerSettings())
+    server.install_signal_handlers()
+    return server.run()

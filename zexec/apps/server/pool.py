@@ -1,0 +1,93 @@
+"""The server's pool of warm worker processes.
+
+Workers are plain subprocesses (``python -m zexec.apps.server.worker``) rather than
+multiprocessing children: nothing of the server's state (sockets, threads) is inherited,
+and their death is observed through a pidfd the server's poller watches, so a crash is
+noticed at once, not at the next timer tick.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("zexec.server")
+
+
+@dataclass(eq=False)
+class WorkerProcess:
+    wid: bytes
+    proc: subprocess.Popen
+    pidfd: int
+    ready: bool = False
+    task: Any = None  # the Task it runs, if any
+    retired: bool = field(default=False)  # killed on purpose: its death is expected
+
+
+class WorkerPool:
+    def __init__(self, endpoint: str, size: int, flush_interval: float, flush_bytes: int,
+                 python: str = sys.executable) -> None:
+        if size < 1:
+            raise ValueError("a server needs at least one worker")
+        self.endpoint = endpoint
+        self.size = size
+        self.flush = (flush_interval, flush_bytes)
+        self.python = python
+        self.workers: dict[bytes, WorkerProcess] = {}
+        self.by_fd: dict[int, WorkerProcess] = {}
+        self._ids = itertools.count(1)
+
+    def fill(self) -> None:
+        """Start workers until the pool has ``size`` of them."""
+        while len(self.workers) < self.size:
+            self.spawn()
+
+    def spawn(self) -> WorkerProcess:
+        wid = f"w{next(self._ids)}".encode()
+        proc = subprocess.Popen(
+            [self.python, "-m", "zexec.apps.server.worker", self.endpoint, wid.decode(),
+             str(self.flush[0]), str(self.flush[1])],
+            stdin=subprocess.DEVNULL,
+        )
+        w = WorkerProcess(wid, proc, os.pidfd_open(proc.pid))
+        self.workers[wid] = w
+        self.by_fd[w.pidfd] = w
+        return w
+
+    def idle(self) -> WorkerProcess | None:
+        for w in self.workers.values():
+            if w.ready and w.task is None and not w.retired:
+                return w
+        return None
+
+    def kill(self, w: WorkerProcess) -> None:
+        """Kill a worker on purpose (cancel, deadline, fresh-process mode)."""
+        w.retired = True
+        w.ready = False
+        try:
+            os.kill(w.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def reap(self, fd: int) -> WorkerProcess:
+        """Forget the worker whose pidfd became readable (it exited); returns it."""
+        w = self.by_fd.pop(fd)
+        self.workers.pop(w.wid, None)
+        os.close(fd)
+        w.proc.wait()
+        return w
+
+    def close(self) -> None:
+        for w in list(self.workers.values()):
+            self.kill(w)
+        for w in list(self.workers.values()):
+            w.proc.wait()
+            os.close(w.pidfd)
+        self.workers.clear()
+        self.by_fd.clear()

@@ -1,0 +1,320 @@
+"""A warm worker process: runs calls one at a time and streams their events.
+
+Started by the server (``python -m zexec.apps.server.worker ENDPOINT WORKER_ID``), it
+connects a DEALER to the server's ipc ROUTER, says READY, then loops over tasks:
+
+    server -> worker: [task_key, proto, call_id, header, fn, args, *buffers]
+    worker -> server: [task_key, F|M, *client_body]   (F on the call's last message)
+
+``client_body`` is already in the client's protocol (v1 event frames, or one legacy
+dill payload), so the server forwards it without touching the payload. Imports and
+deserialized functions stay warm between calls, which is the point of a pool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import sys
+import threading
+import time
+import traceback
+from collections import OrderedDict
+from typing import Any
+
+import zmq
+
+from zexec.adapters.serializer import default_registry
+from zexec.core import protocol as p
+from zexec.core.errors import SerializationError, UnknownSerializerError, ZexecError
+
+V1 = b"1"
+LEGACY = b"L"
+READY = b"READY"
+
+
+class Call:
+    """One running call: numbers its events and sends them, thread-safely, in order."""
+
+    def __init__(self, out: Outbound, task_key: bytes, proto: bytes, call_id: bytes,
+                 serializer: Any) -> None:
+        self.out = out
+        self.task_key = task_key
+        self.legacy = proto == LEGACY
+        self.call_id = call_id
+        self.serializer = serializer
+        self.seq = 0
+
+    def send(self, kind: str, fields: dict[str, Any] | None = None, value: Any = None,
+             has_value: bool = False, final: bool = False) -> None:
+        """Send one event. The caller holds ``out.lock``. Serializes before counting, so
+        a value that fails to serialize leaves no gap in the sequence."""
+        seq = self.seq + 1
+        if self.legacy:
+            body = [self._legacy_body(kind, seq, fields or {}, value)]
+        else:
+            buffers = self.serializer.dumps(value) if has_value else []
+            body = p.v1_event(self.call_id, kind, seq, fields, buffers)
+        self.seq = seq
+        self.out.sock.send_multipart(
+            [self.task_key, p.FINAL if final else p.MORE, *body], copy=False
+        )
+
+    def _legacy_body(self, kind: str, seq: int, fields: dict[str, Any], value: Any) -> bytes:
+        import dill
+
+        if kind == p.EV_RETURN:
+            event = p.legacy_event("DATA", seq, channel="return", data=value)
+        elif kind == p.EV_YIELD:
+            event = p.legacy_event("DATA", seq, channel="yield", data=value)
+        elif kind == p.EV_ERROR:
+            event = p.legacy_event("ERROR", seq, message=fields["message"],
+                                   details=fields.get("traceback", ""))
+        elif kind == "start":
+            event = p.legacy_event("START", seq, function=fields.get("function", ""))
+        elif kind == "end":
+            event = p.legacy_event("END", seq)
+        else:  # one output segment
+            event = p.legacy_event("DATA", seq, channel=fields["channel"],
+                                   data=fields["data"])
+        return dill.dumps(event)
+
+
+class Outbound:
+    """The worker's socket plus the output batcher that shares it.
+
+    Captured stdout/stderr is kept as ordered (channel, text) segments and flushed as
+    one event when ``flush_bytes`` accumulate, when ``flush_interval`` passes (a
+    background thread), and always before any other event of the call, so output and
+    yielded items keep their order.
+    """
+
+    def __init__(self, sock: zmq.Socket, flush_interval: float, flush_bytes: int) -> None:
+        self.sock = sock
+        self.lock = threading.Lock()
+        self.flush_interval = flush_interval
+        self.flush_bytes = flush_bytes
+        self.call: Call | None = None
+        self.segments: list[list[str]] = []
+        self.pending = 0
+        self.last_flush = time.monotonic()
+        threading.Thread(target=self._flusher, daemon=True, name="zexec-flush").start()
+
+    def write(self, channel: str, text: str) -> None:
+        if not text:
+            return
+        with self.lock:
+            if self.call is None:
+                sys.__stderr__.write(text)  # output outside any call goes to the log
+                return
+            if self.segments and self.segments[-1][0] == channel:
+                self.segments[-1][1] += text
+            else:
+                self.segments.append([channel, text])
+            self.pending += len(text)
+            if self.pending >= self.flush_bytes:
+                self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        call = self.call
+        if not self.segments or call is None:
+            return
+        segments, self.segments, self.pending = self.segments, [], 0
+        self.last_flush = time.monotonic()
+        if call.legacy:
+            for channel, text in segments:
+                call.send("out", {"channel": channel, "data": text})
+        else:
+            call.send(p.EV_OUTPUT, {"out": segments})
+
+    def event(self, kind: str, fields: dict[str, Any] | None = None, value: Any = None,
+              has_value: bool = False, final: bool = False) -> None:
+        with self.lock:
+            self._flush_locked()
+            assert self.call is not None
+            self.call.send(kind, fields, value, has_value, final)
+
+    def _flusher(self) -> None:
+        while True:
+            time.sleep(self.flush_interval)
+            with self.lock:
+                if self.segments and time.monotonic() - self.last_flush >= self.flush_interval:
+                    self._flush_locked()
+
+
+class _Stream:
+    """Stands in for sys.stdout / sys.stderr during a call."""
+
+    encoding = "utf-8"
+    errors = "replace"
+
+    def __init__(self, out: Outbound, channel: str) -> None:
+        self._out = out
+        self._channel = channel
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        self._out.write(self._channel, text)
+        return len(text)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+
+class FunctionCache:
+    """Deserialized functions by digest of their bytes: the same bytes are the same
+    function, so ``.map`` and repeated calls skip unpickling it."""
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._items: OrderedDict[bytes, Any] = OrderedDict()
+
+    def get(self, serializer: Any, frame: Any) -> Any:
+        data = memoryview(frame)
+        key = hashlib.blake2b(data, digest_size=16).digest() + serializer.name.encode()
+        fn = self._items.get(key)
+        if fn is None:
+            fn = serializer.loads([data])
+            self._items[key] = fn
+            if len(self._items) > self.size:
+                self._items.popitem(last=False)
+        else:
+            self._items.move_to_end(key)
+        return fn
+
+
+def _qualname(exc: BaseException) -> str:
+    t = type(exc)
+    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+
+
+def _user_traceback(exc: BaseException) -> str:
+    """The traceback without this module's frames: the user's code is what matters."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+class Worker:
+    def __init__(self, sock: zmq.Socket, flush_interval: float, flush_bytes: int) -> None:
+        self.out = Outbound(sock, flush_interval, flush_bytes)
+        self.registry = default_registry()
+        self.functions = FunctionCache()
+        self.stdout = _Stream(self.out, "stdout")
+        self.stderr = _Stream(self.out, "stderr")
+
+    def run(self) -> None:
+        sock = self.out.sock
+        with self.out.lock:
+            sock.send_multipart([READY])
+        while True:
+            frames = sock.recv_multipart(copy=False)
+            self.execute(frames)
+
+    def execute(self, frames: list[Any]) -> None:
+        task_key, proto, call_id = (p.frame_bytes(f) for f in frames[:3])
+        header = p.load_header(frames[3]) if proto == V1 else {}
+        fn_frame, args_frames = frames[4], frames[5:]
+        try:
+            serializer = self.registry.get("dill" if proto == LEGACY else header.get("ser", ""))
+        except UnknownSerializerError:
+            serializer = None
+        call = Call(self.out, task_key, proto, call_id, serializer)
+        with self.out.lock:
+            self.out.call = call
+        try:
+            self._run_call(call, header, fn_frame, args_frames)
+        finally:
+            with self.out.lock:
+                self.out.segments, self.out.pending = [], 0
+                self.out.call = None
+
+    def _run_call(self, call: Call, header: dict[str, Any], fn_frame: Any,
+                  args_frames: list[Any]) -> None:
+        out = self.out
+        if call.serializer is None:
+            names = ", ".join(self.registry.names())
+            out.event(p.EV_ERROR, {"code": "UNKNOWN_SERIALIZER",
+                                   "message": f"serializer {header.get('ser')!r} is not "
+                                              f"installed on the server; installed: {names}",
+                                   "type": "", "traceback": ""}, final=True)
+            return
+        try:
+            fn = self.functions.get(call.serializer, fn_frame)
+            if call.legacy:
+                args, kwargs = call.serializer.loads([args_frames[0]]), {}
+            else:
+                args, kwargs = call.serializer.loads(args_frames)
+        except SerializationError as exc:
+            out.event(p.EV_ERROR, {"code": "SERIALIZATION", "message": str(exc),
+                                   "type": "", "traceback": ""}, final=True)
+            return
+        if call.legacy:
+            out.event("start", {"function": getattr(fn, "__name__", "")})
+        saved = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = self.stdout, self.stderr
+        try:
+            result = fn(*args, **kwargs)
+            if inspect.isgenerator(result):
+                for item in result:
+                    out.event(p.EV_YIELD, value=item, has_value=True)
+                result = None
+        except BaseException as exc:  # the user's error, whatever it is, goes back
+            sys.stdout, sys.stderr = saved
+            self._send_error(call, exc)
+            return
+        finally:
+            sys.stdout, sys.stderr = saved
+        try:
+            if call.legacy:
+                out.event(p.EV_RETURN, value=result, has_value=True)
+                out.event("end", final=True)
+            else:
+                out.event(p.EV_RETURN, value=result, has_value=True, final=True)
+        except SerializationError as exc:
+            out.event(p.EV_ERROR, {"code": "SERIALIZATION",
+                                   "message": f"the return value cannot be sent back: {exc}",
+                                   "type": "", "traceback": ""}, final=True)
+
+    def _send_error(self, call: Call, exc: BaseException) -> None:
+        fields = {
+            "code": exc.code if isinstance(exc, ZexecError) else "REMOTE_EXCEPTION",
+            "message": f"{type(exc).__name__}: {exc}" if call.legacy else str(exc),
+            "type": _qualname(exc),
+            "traceback": _user_traceback(exc),
+        }
+        exc.__traceback__ = None  # tracebacks do not pickle; the text travels instead
+        try:
+            self.out.event(p.EV_ERROR, fields, value=exc, has_value=not call.legacy,
+                           final=True)
+        except SerializationError:
+            self.out.event(p.EV_ERROR, fields, final=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 4:
+        raise SystemExit("usage: python -m zexec.apps.server.worker ENDPOINT ID INTERVAL BYTES")
+    endpoint, worker_id, interval, nbytes = args
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.IDENTITY, worker_id.encode())
+    sock.setsockopt(zmq.LINGER, 1000)
+    sock.connect(endpoint)
+    Worker(sock, float(interval), int(nbytes)).run()
+
+
+if __name__ == "__main__":
+    main()
