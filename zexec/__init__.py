@@ -2,7 +2,9 @@
 
     import zexec
 
-    client = zexec.Client("tcp://broker:5559", token="...")
+    zexec.connect("http://ep-api:8001", token="...")   # discovers Deploy API + broker
+    zexec.environment(["numpy"])                       # your server, ready
+    # or, straight to a broker: client = zexec.Client("tcp://broker:5559", token="...")
 
     @zexec.remote
     def add(a, b):
@@ -19,11 +21,17 @@ from zexec.apps.client.api import (
     remote,
     set_default_client,
 )
+from zexec.apps.client.connect import Connection, connect, environment, terminate
 from zexec.core.errors import (
     BrokerUnreachable,
     CallCancelled,
     CallLost,
     CallTimeout,
+    ControlPlaneError,
+    EnvironmentConflict,
+    EnvironmentFailed,
+    EnvironmentTimeout,
+    InvalidEnvironment,
     RemoteError,
     ServerGone,
     ServerUnavailable,
@@ -39,6 +47,12 @@ __all__ = [
     "CallLost",
     "CallTimeout",
     "Client",
+    "Connection",
+    "ControlPlaneError",
+    "EnvironmentConflict",
+    "EnvironmentFailed",
+    "EnvironmentTimeout",
+    "InvalidEnvironment",
     "RemoteError",
     "RemoteFunction",
     "RemoteIterator",
@@ -46,7 +60,10 @@ __all__ = [
     "ServerUnavailable",
     "VersionMismatch",
     "ZexecError",
+    "connect",
+    "environment",
     "get_default_client",
     "remote",
     "set_default_client",
+    "terminate",
 ]

@@ -51,7 +51,10 @@ class BrokerSettings(BaseSettings):
     server_ttl: float = 2.0
     #: How long SIGTERM waits for in-flight calls before exiting anyway.
     drain_timeout: float = 30.0
-    auth_threads: int = 16
+    #: Token checks run in this many threads; one client connection may have at most
+    #: ``auth_checks_per_peer`` distinct unknown tokens being checked at once.
+    auth_threads: int = 32
+    auth_checks_per_peer: int = 4
     #: Messages parked while their token is being checked, at most (then "busy").
     max_parked: int = 10_000
 

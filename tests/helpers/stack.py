@@ -76,7 +76,7 @@ class Stack:
         return f"tcp://127.0.0.1:{self.ports[2]}"
 
     def start_broker(self) -> subprocess.Popen:
-        env = _env(
+        settings = dict(
             ZEXEC_BROKER_HOST="127.0.0.1",
             ZEXEC_BROKER_FRONTEND_PORT=str(self.ports[0]),
             ZEXEC_BROKER_BACKEND_PORT=str(self.ports[1]),
@@ -85,8 +85,8 @@ class Stack:
             ZEXEC_BROKER_ADMIN_TOKEN=ADMIN,
             ZEXEC_AUTH_MODE="static",
             ZEXEC_AUTH_STATIC_FILE=str(self.tokens_file),
-            **self.extra_broker_env,
         )
+        env = _env(**{**settings, **self.extra_broker_env})
         log = open(self.workdir / "broker.log", "ab")
         self.broker = subprocess.Popen([sys.executable, "-m", "zexec.apps.broker"], env=env,
                                        stdout=log, stderr=subprocess.STDOUT)
@@ -102,14 +102,17 @@ class Stack:
         except OSError:
             return False
 
-    def start_server(self, user: str = "alice", workers: int = 2, **env: str) -> subprocess.Popen:
+    def start_server(self, user: str = "alice", workers: int = 2, user_id: str = "",
+                     credential: str = "", **env: str) -> subprocess.Popen:
+        """Start ``user``'s server (its id is the dev IdP's id for that name unless
+        ``user_id`` is given) and wait until the broker accepted it."""
         ready = self.workdir / f"{user}.ready"
         ready.unlink(missing_ok=True)
-        uid = user_id_for(user)
+        uid = user_id or user_id_for(user)
         penv = _env(
             ZEXEC_SERVER_BROKER_URL=self.backend,
             ZEXEC_SERVER_USER_ID=uid,
-            ZEXEC_SERVER_CREDENTIAL=env.pop("credential", server_credential(SECRET.encode(), uid)),
+            ZEXEC_SERVER_CREDENTIAL=credential or server_credential(SECRET.encode(), uid),
             ZEXEC_SERVER_WORKERS=str(workers),
             ZEXEC_SERVER_READY_FILE=str(ready),
             **env,

@@ -199,3 +199,37 @@ class CatalogUnavailable(ZexecError):
 
 
 BY_CODE.update({c.code: c for c in (InvalidQuery, CatalogUnavailable)})
+
+
+class ControlPlaneError(ZexecError):
+    """The EP API or the Deploy API could not be reached, or answered something the SDK
+    cannot use; the message names the URL and what went wrong."""
+
+    code = "CONTROL_PLANE"
+
+
+class EnvironmentFailed(ZexecError):
+    """The user's server did not become ready. ``reason`` is the orchestrator's (e.g. the
+    environment build failed) and ``log_tail`` the installer's or server's last lines."""
+
+    code = "ENVIRONMENT_FAILED"
+
+    def __init__(self, message: str, reason: str = "", log_tail: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.log_tail = tuple(log_tail)
+
+    def __str__(self) -> str:
+        base = super().__str__()
+        if self.log_tail:
+            return base + "\n\nLast lines of the server's log:\n" + "\n".join(self.log_tail)
+        return base
+
+
+class EnvironmentTimeout(EnvironmentFailed, TimeoutError):
+    """The user's server was not ready within the time the caller allowed."""
+
+    code = "ENVIRONMENT_TIMEOUT"
+
+
+BY_CODE.update({c.code: c for c in (ControlPlaneError, EnvironmentFailed, EnvironmentTimeout)})

@@ -60,6 +60,14 @@ class _PickleFamily:
         return f"<{type(self).__name__} {self.name!r}>"
 
 
+def reduce_memoryview(m: memoryview) -> tuple[Any, tuple[Any]]:
+    """Pickle a memoryview as a protocol-5 buffer (out-of-band when large); plain pickle
+    and dill refuse memoryviews outright."""
+    if not m.c_contiguous:
+        m = memoryview(m.tobytes())
+    return memoryview, (pickle.PickleBuffer(m),)
+
+
 @lru_cache(maxsize=1)
 def _dill_pickler() -> type:
     import dill
@@ -71,6 +79,8 @@ def _dill_pickler() -> type:
             t = type(obj)
             if t.__name__ == "ndarray" and t.__module__ == "numpy":
                 return obj.__reduce_ex__(5)
+            if t is memoryview:
+                return reduce_memoryview(obj)
             return NotImplemented
 
     return Pickler

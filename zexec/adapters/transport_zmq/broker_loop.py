@@ -21,6 +21,7 @@ from typing import Any
 
 import zmq
 
+from zexec.adapters.transport_zmq.frames import NOBLOCK, recv_frames, send_frames
 from zexec.apps.broker.router import BACK, FRONT, Router
 from zexec.core.errors import AuthError, AuthUnavailable
 from zexec.core.ports import Authenticator
@@ -143,7 +144,7 @@ class BrokerLoop:
         for dest, frames in out:
             sock = self.front if dest == FRONT else self.back
             try:
-                sock.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
+                send_frames(sock, frames, NOBLOCK)
             except zmq.Again:
                 log.warning("dropped a message to a slow %s peer", dest)
             except zmq.ZMQError as exc:
@@ -190,12 +191,12 @@ class BrokerLoop:
                 now = time.monotonic()
                 if events.get(self._wake_r):
                     self._take_results(now)
-                for sock, handle in ((self.back, self.router.on_backend),
-                                     (self.front, self.router.on_frontend)):
+                for sock, handle, small in ((self.back, self.router.on_backend, 11),
+                                            (self.front, self.router.on_frontend, 7)):
                     if events.get(sock):
                         for _ in range(BATCH):
                             try:
-                                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                                frames = recv_frames(sock, NOBLOCK, small)
                             except zmq.Again:
                                 break
                             handle(frames, now)

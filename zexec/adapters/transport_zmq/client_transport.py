@@ -8,6 +8,8 @@ from typing import Any
 
 import zmq
 
+from zexec.adapters.transport_zmq.frames import NOBLOCK, recv_frames, send_frames
+
 
 class ZmqTransport:
     """:class:`~zexec.core.ports.Transport` over a ZeroMQ DEALER.
@@ -36,14 +38,14 @@ class ZmqTransport:
 
     def send(self, frames: Sequence[Any]) -> bool:
         try:
-            self.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+            send_frames(self.sock, frames, NOBLOCK)
             return True
         except zmq.Again:
             return False
 
     def recv(self, timeout: float) -> list[Any] | None:
         try:
-            return self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            return recv_frames(self.sock, NOBLOCK, 5)
         except zmq.Again:
             pass
         if timeout <= 0:
@@ -56,7 +58,7 @@ class ZmqTransport:
                 pass
         if events.get(self.sock):
             try:
-                return self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                return recv_frames(self.sock, NOBLOCK, 5)
             except zmq.Again:
                 return None
         return None
@@ -68,7 +70,8 @@ class ZmqTransport:
             pass  # saturated (awake anyway) or closed
 
     def close(self) -> None:
-        self.sock.close(0)
+        # A moment for cancels sent just before closing to leave; never longer.
+        self.sock.close(linger=500)
         try:
             os.close(self._wake_fd)
         except OSError:

@@ -22,6 +22,7 @@ from typing import Any
 
 import zmq
 
+from zexec.adapters.transport_zmq.frames import NOBLOCK, recv_frames, send_frames
 from zexec.core import protocol as p
 from zexec.core.errors import ProtocolError
 
@@ -90,7 +91,7 @@ class ServerLoop:
     def _heartbeat(self) -> None:
         info = {"python": PYTHON, "workers": self.pool.size, "pid": os.getpid(),
                 "running": len(self.tasks) - len(self.queue), "queued": len(self.queue)}
-        self.broker.send_multipart(p.register(self.user_id, self.credential, info))
+        send_frames(self.broker, p.register(self.user_id, self.credential, info))
 
     def _on_broker(self, frames: list[Any]) -> None:
         if len(frames) >= 4 and p.frame_bytes(frames[0]) == b"" and \
@@ -161,8 +162,7 @@ class ServerLoop:
 
     def _send_client(self, task: Task, final: bool, body: list[Any]) -> None:
         task.sent += 1
-        self.broker.send_multipart(p.reply(task.client_id, task.call_key, final, body),
-                                   copy=False)
+        send_frames(self.broker, p.reply(task.client_id, task.call_key, final, body))
 
     def _fail(self, task: Task, code: str, message: str, type_name: str = "") -> None:
         """End ``task`` with an error event generated here (not by a worker)."""
@@ -205,7 +205,7 @@ class ServerLoop:
             task = self.queue.popleft()
             task.worker, w.task = w, task
             try:
-                self.workers_sock.send_multipart([w.wid, *task.frames], copy=False)
+                send_frames(self.workers_sock, [w.wid, *task.frames])
             except zmq.ZMQError:  # it died just now; its pidfd will tell
                 task.worker, w.task = None, None
                 self.queue.appendleft(task)
@@ -287,15 +287,13 @@ class ServerLoop:
                     if sock_or_fd is self.broker:
                         for _ in range(256):
                             try:
-                                self._on_broker(self.broker.recv_multipart(zmq.NOBLOCK,
-                                                                           copy=False))
+                                self._on_broker(recv_frames(self.broker, NOBLOCK, 7))
                             except zmq.Again:
                                 break
                     elif sock_or_fd is self.workers_sock:
                         for _ in range(256):
                             try:
-                                self._on_worker(self.workers_sock.recv_multipart(
-                                    zmq.NOBLOCK, copy=False))
+                                self._on_worker(recv_frames(self.workers_sock, NOBLOCK, 7))
                             except zmq.Again:
                                 break
                     else:
@@ -319,7 +317,7 @@ class ServerLoop:
         finally:
             for task in list(self.tasks.values()):
                 self._fail(task, "SHUTTING_DOWN", "the server shut down before the call ended")
-            self.broker.send_multipart([b"", p.MAGIC, p.BYE])
+            send_frames(self.broker, [b"", p.MAGIC, p.BYE])
             self.close()
         return self.exit_code
 

@@ -32,6 +32,7 @@ def build_broker(settings: BrokerSettings, auth: AuthSettings,
         TokenCache(positive_ttl=auth.positive_ttl, negative_ttl=auth.negative_ttl),
         server_ttl=settings.server_ttl,
         max_parked=settings.max_parked,
+        max_checks_per_peer=settings.auth_checks_per_peer,
     )
     return BrokerLoop(
         router, authenticator, host=settings.host,

@@ -69,6 +69,7 @@ class Router:
         cache: TokenCache | None = None,
         server_ttl: float = 2.0,
         max_parked: int = 10_000,
+        max_checks_per_peer: int = 4,
     ) -> None:
         if not server_secret:
             raise ValueError("the broker needs a server secret to authenticate servers")
@@ -81,7 +82,9 @@ class Router:
         self.inflight: dict[tuple[bytes, bytes], InFlight] = {}
         self.parked: dict[bytes, list[Parked]] = defaultdict(list)
         self.parked_count = 0
-        self.tokens: dict[bytes, str] = {}  # key -> token, only while a check is pending
+        self.tokens: dict[bytes, bytes] = {}  # key -> peer that asked, while checked
+        self.checks_by_peer: dict[bytes, int] = defaultdict(int)
+        self.max_checks_per_peer = max_checks_per_peer
         self.draining = False
         self.last_activity: dict[str, float] = {}
         self.outbox: list[tuple[str, list[Any]]] = []
@@ -129,7 +132,14 @@ class Router:
             self._refuse(rid, msg, "BUSY", "broker is busy checking tokens; retry", LEGACY_BUSY)
             return
         if key not in self.tokens:
-            self.tokens[key] = msg.token
+            # One connection may not occupy the checker with many unknown tokens: a
+            # flood of bad tokens from one peer must not starve other users' checks.
+            if self.checks_by_peer[rid] >= self.max_checks_per_peer:
+                self._refuse(rid, msg, "BUSY", "too many token checks in flight from this "
+                             "connection; retry", LEGACY_BUSY)
+                return
+            self.checks_by_peer[rid] += 1
+            self.tokens[key] = rid
             self.auth_requests.append((key, msg.token))
         self.parked[key].append(Parked(rid, msg))
         self.parked_count += 1
@@ -141,7 +151,11 @@ class Router:
         """The outcome of the check requested for token ``key``; replays parked messages."""
         self.now = now
         self.cache.put(key, outcome, now)
-        self.tokens.pop(key, None)
+        peer = self.tokens.pop(key, None)
+        if peer is not None:
+            self.checks_by_peer[peer] -= 1
+            if self.checks_by_peer[peer] <= 0:
+                del self.checks_by_peer[peer]
         for parked in self.parked.pop(key, []):
             self.parked_count -= 1
             if isinstance(parked.msg, p.V1Call):

@@ -158,7 +158,7 @@ def _wait(session: Session, call: PendingCall) -> Any:
     try:
         return call.future.result()
     except KeyboardInterrupt:
-        session.cancel(call, "keyboard_interrupt")
+        session.cancel(call, "keyboard_interrupt", wait=1.0)
         raise
 
 
@@ -179,7 +179,8 @@ class RemoteIterator:
         try:
             marker, value = self._call.items.get()
         except KeyboardInterrupt:
-            self.close()
+            self._session.cancel(self._call, "keyboard_interrupt", wait=1.0)
+            self._done = True
             raise
         if marker is END:
             self._done = True

@@ -68,6 +68,8 @@ class PendingCall:
     items: queue.SimpleQueue | None = None  # set for generator calls
     sent_at: float | None = None
     done: bool = field(default=False)
+    #: Set once a cancel request for this call has left (or needed not leave) this process.
+    cancel_sent: threading.Event = field(default_factory=threading.Event)
 
 
 class Session:
@@ -139,13 +141,18 @@ class Session:
         self.transport.wake()
         return call
 
-    def cancel(self, call: PendingCall, reason: str = "cancelled by the caller") -> None:
-        """Ask the server to stop ``call`` (kills the worker running it)."""
+    def cancel(self, call: PendingCall, reason: str = "cancelled by the caller",
+               wait: float = 0.0) -> None:
+        """Ask the server to stop ``call`` (kills the worker running it). With ``wait``,
+        block up to that many seconds until the request has left this process (after
+        Ctrl-C the program may exit right away)."""
         if call.done or self._closed:
             return
         self._requests.put(("cancel", call, reason))
         if self.transport is not None:
             self.transport.wake()
+        if wait:
+            call.cancel_sent.wait(wait)
 
     def close(self) -> None:
         """Fail calls still in flight and stop the I/O thread."""
@@ -191,6 +198,7 @@ class Session:
                         break
                     msg = transport.recv(0)
                 self._tick(self.clock())
+            self._take_requests(self.clock())  # cancels asked for just before close
         except Exception:  # never leave callers hanging on a crashed I/O thread
             log.exception("zexec client I/O thread failed")
             raise
@@ -209,13 +217,16 @@ class Session:
             if kind == "call":
                 self.pending[call.call_id] = call
                 self._unsent.append(call)
-            elif not call.done:  # cancel
-                if call.sent_at is None:
+            else:  # cancel
+                if call.done:
+                    pass
+                elif call.sent_at is None:
                     self._unsent.remove(call)
                     self._finish(call, error=CallCancelled(reason))
                 else:
                     self.transport.send(p.v1_request(p.CANCEL, self.token, call.call_id,
                                                      [reason.encode()[:256]]))
+                call.cancel_sent.set()
 
     def _send_unsent(self, now: float) -> None:
         sent = 0
@@ -256,7 +267,9 @@ class Session:
                     f"no answer within the call's timeout of {call.timeout:g}s"))
         if now >= self._next_ping:
             ids = [c.call_id for c in in_flight if not c.done]
-            if ids and self.transport.send(p.v1_ping(self.token, ids)):
+            if ids:
+                # A ping that cannot even be queued (no connection) counts as unanswered.
+                self.transport.send(p.v1_ping(self.token, ids))
                 if self._ping_sent is None or self._last_heard >= self._ping_sent:
                     self._ping_sent = now
             self._next_ping = now + self.ping_interval

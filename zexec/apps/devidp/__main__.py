@@ -9,14 +9,18 @@ import uvicorn
 from zexec.apps.devidp import create_app, generate_tokens
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m zexec.apps.devidp", description=__doc__)
-    p.add_argument("--tokens-file", required=True)
+def main(argv: list[str] | None = None, prog: str = "python -m zexec.apps.devidp") -> None:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Development identity provider: answers POST /auth {\"token\"} and "
+        "GET /auth (Bearer) from a token file, like a site's AUTH_API_URL.",
+    )
+    p.add_argument("--tokens-file", required=True, help="JSON token file (token -> claims)")
     p.add_argument(
         "--generate", metavar="USERS", help="comma-separated users: write new tokens first"
     )
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8090)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    p.add_argument("--port", type=int, default=8090, help="port (default %(default)s)")
     args = p.parse_args(argv)
     if args.generate:
         users = [u.strip() for u in args.generate.split(",") if u.strip()]

@@ -19,12 +19,14 @@ import sys
 import threading
 import time
 import traceback
+import types
 from collections import OrderedDict
 from typing import Any
 
 import zmq
 
 from zexec.adapters.serializer import default_registry
+from zexec.adapters.transport_zmq.frames import recv_frames, send_frames
 from zexec.core import protocol as p
 from zexec.core.errors import SerializationError, UnknownSerializerError, ZexecError
 
@@ -56,9 +58,7 @@ class Call:
             buffers = self.serializer.dumps(value) if has_value else []
             body = p.v1_event(self.call_id, kind, seq, fields, buffers)
         self.seq = seq
-        self.out.sock.send_multipart(
-            [self.task_key, p.FINAL if final else p.MORE, *body], copy=False
-        )
+        send_frames(self.out.sock, [self.task_key, p.FINAL if final else p.MORE, *body])
 
     def _legacy_body(self, kind: str, seq: int, fields: dict[str, Any], value: Any) -> bytes:
         import dill
@@ -218,9 +218,9 @@ class Worker:
     def run(self) -> None:
         sock = self.out.sock
         with self.out.lock:
-            sock.send_multipart([READY])
+            send_frames(sock, [READY])
         while True:
-            frames = sock.recv_multipart(copy=False)
+            frames = recv_frames(sock, copy_first=4)
             self.execute(frames)
 
     def execute(self, frames: list[Any]) -> None:
@@ -308,6 +308,9 @@ def main(argv: list[str] | None = None) -> None:
     if len(args) != 4:
         raise SystemExit("usage: python -m zexec.apps.server.worker ENDPOINT ID INTERVAL BYTES")
     endpoint, worker_id, interval, nbytes = args
+    # Functions pickled from a client's __main__ (dill by default) resolve their globals
+    # as this process's __main__: give them a clean one, not this module's namespace.
+    sys.modules["__main__"] = types.ModuleType("__main__")
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.IDENTITY, worker_id.encode())

@@ -1,0 +1,109 @@
+"""The zexec side of the benchmark: the SDK against a running broker + server.
+
+Run by bench/run.py with the project's interpreter:
+    python bench/zexec_side.py --broker tcp://127.0.0.1:PORT --token TOKEN \
+        --sizes '{...}' --workloads latency,pipelined,payload,lines
+Prints one marked JSON line with the results (see common.emit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import MIB, LineCounter, Sizes, emit, log, median_summary, timed_sequential  # noqa: E402
+
+
+def noop():
+    return None
+
+
+def ident(x):
+    return x
+
+
+def printer(n):
+    for i in range(n):
+        print("zexec-line", i)
+
+
+def run(client, sizes: Sizes, workloads: list[str], serializer: str) -> dict:
+    import numpy as np
+
+    res: dict = {"serializer": serializer}
+    client.call(noop)  # connect, warm the worker pool's imports
+
+    if "latency" in workloads:
+        log(f"zexec: {sizes.calls} sequential no-op calls")
+        res["latency"] = timed_sequential(lambda: client.call(noop), sizes.warmup, sizes.calls)
+
+    if "pipelined" in workloads:
+        n = sizes.pipelined
+        log(f"zexec: {n} pipelined calls via .map")
+        fn = client.remote(ident)
+        list(fn.map(range(min(500, n))))  # warm-up
+        t0 = time.perf_counter()
+        out = list(fn.map(range(n)))
+        elapsed = time.perf_counter() - t0
+        assert out == list(range(n)), "pipelined results differ"
+        res["pipelined"] = {"n": n, "elapsed_s": elapsed, "calls_per_s": n / elapsed}
+
+    if "payload" in workloads or "memory" in workloads:
+        nbytes = sizes.payload_mib * MIB
+        arr = np.frombuffer(np.random.default_rng(0).bytes(nbytes), dtype=np.uint8)
+        reps = sizes.payload_reps if "payload" in workloads else 2
+        log(f"zexec: {sizes.payload_mib} MiB round trip x{reps}")
+        if "payload" in workloads:
+            client.call(ident, arr[: MIB])  # warm-up with a small array
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            back = client.call(ident, arr)
+            times.append(time.perf_counter() - t0)
+            assert back.shape == arr.shape and np.array_equal(back, arr), "payload differs"
+            del back
+        res["payload"] = {"bytes": nbytes, "verified": True, **median_summary(times)}
+
+    if "lines" in workloads:
+        n = sizes.lines
+        log(f"zexec: {n} printed lines x{sizes.lines_reps}")
+        client.call(printer, 10)
+        times, complete = [], []
+        for _ in range(sizes.lines_reps):
+            counter = LineCounter("zexec-line ")
+            with contextlib.redirect_stdout(counter):
+                t0 = time.perf_counter()
+                client.call(printer, n)
+                times.append(time.perf_counter() - t0)
+            complete.append(counter.matching == n and counter.in_order)
+        res["lines"] = {"lines": n, "all_lines_at_return": all(complete), **median_summary(times)}
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--broker", required=True)
+    ap.add_argument("--token", required=True)
+    ap.add_argument("--sizes", required=True)
+    ap.add_argument("--workloads", default="latency,pipelined,payload,lines")
+    ap.add_argument("--serializer", default="dill")
+    args = ap.parse_args()
+
+    import zexec
+
+    client = zexec.Client(args.broker, args.token, serializer=args.serializer)
+    try:
+        res = run(client, Sizes.from_json(args.sizes), args.workloads.split(","),
+                  args.serializer)
+    finally:
+        client.close()
+    emit(res)
+
+
+if __name__ == "__main__":
+    main()

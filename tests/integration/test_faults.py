@@ -1,0 +1,148 @@
+"""Failures a production system meets: dead servers, restarted or stopped brokers,
+crashing workers, token floods. Every failure must surface as an error, never a hang
+(the pytest timeout is the only clock here)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import pytest
+import zmq
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+import zexec
+from tests.helpers.http import run_uvicorn
+from tests.helpers.remote_funcs import sleeper
+from tests.helpers.stack import Stack, wait_for
+from zexec.core.protocol import legacy_payload
+
+
+def test_server_killed_mid_call_fails_the_call(stack, capsys):
+    with zexec.Client(stack.frontend, stack.tokens["alice"]) as c:
+        fut = c.submit(sleeper, 60)
+        wait_for(lambda: "sleeping" in capsys.readouterr().out, what="call to start")
+        stack.kill_server("alice", signal.SIGKILL)
+        with pytest.raises(zexec.ServerGone, match="stopped responding"):
+            fut.result(timeout=30)
+        # With no server registered any more, new calls are refused at once.
+        with pytest.raises(zexec.ServerUnavailable):
+            c.call(abs, -1)
+        stack.start_server("alice")
+        assert c.call(abs, -1) == 1
+
+
+def test_client_survives_a_broker_restart(stack):
+    with zexec.Client(stack.frontend, stack.tokens["alice"]) as c:
+        assert c.call(abs, -1) == 1
+        stack.stop_broker(signal.SIGKILL)
+        with pytest.raises(zexec.BrokerUnreachable):
+            c.call(abs, -2)
+        stack.start_broker()
+        # The server re-registers with its next heartbeat; the same client reconnects.
+        wait_for(lambda: "alice" in str(stack.control_command(b"STATUS")["status"]["servers"])
+                 or stack.control_command(b"STATUS")["status"]["servers"],
+                 what="server to re-register")
+        assert c.call(abs, -3) == 3
+
+
+def test_call_in_flight_when_broker_dies_fails(stack, capsys):
+    with zexec.Client(stack.frontend, stack.tokens["alice"]) as c:
+        fut = c.submit(sleeper, 60)
+        wait_for(lambda: "sleeping" in capsys.readouterr().out, what="call to start")
+        stack.stop_broker(signal.SIGKILL)
+        with pytest.raises((zexec.BrokerUnreachable, zexec.CallLost)):
+            fut.result(timeout=30)
+
+
+def test_worker_crash_is_reported_and_replaced(stack):
+    def crash():
+        import os
+
+        os._exit(7)
+
+    with zexec.Client(stack.frontend, stack.tokens["alice"]) as c:
+        with pytest.raises(zexec.ZexecError, match="exit code 7"):
+            c.call(crash)
+        assert [c.call(abs, -i) for i in range(5)] == list(range(5))
+
+
+def test_sigterm_drains_the_broker(stack, capsys):
+    with zexec.Client(stack.frontend, stack.tokens["alice"]) as c:
+        fut = c.submit(sleeper, 1)
+        wait_for(lambda: "sleeping" in capsys.readouterr().out, what="call to start")
+        stack.broker.send_signal(signal.SIGTERM)
+        with pytest.raises(zexec.ZexecError, match="shutting down"):
+            c.call(abs, -1)
+        assert fut.result(timeout=30) == "woke"  # the in-flight call finished
+        assert stack.broker.wait(30) == 0
+
+
+def test_fresh_process_mode_runs_each_call_in_a_new_worker(tmp_path):
+    s = Stack(tmp_path)
+    try:
+        s.start_broker()
+        s.start_server("alice", workers=1, ZEXEC_SERVER_FRESH_PROCESS="true")
+        with zexec.Client(s.frontend, s.tokens["alice"]) as c:
+            pids = {c.call(lambda: __import__("os").getpid()) for _ in range(3)}
+        assert len(pids) == 3
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def slow_idp():
+    """An identity provider that answers alice at once and holds every other token
+    until the test releases it: the worst case for a broker that validates inline."""
+    release = threading.Event()
+    pending = {"bad": 0}
+    app = FastAPI()
+
+    @app.post("/auth")
+    async def auth(request: Request):
+        import asyncio
+
+        token = (await request.json())["token"]
+        if token == "alice-token":
+            return {"sub": "alice-id", "username": "alice"}
+        pending["bad"] += 1
+        while not release.is_set():
+            await asyncio.sleep(0.01)
+        return JSONResponse({"detail": "invalid"}, status_code=401)
+
+    with run_uvicorn(app) as url:
+        yield url, release, pending
+        release.set()
+
+
+def test_token_flood_does_not_delay_other_users(tmp_path, slow_idp):
+    url, release, pending = slow_idp
+    s = Stack(tmp_path, extra_broker_env={"ZEXEC_AUTH_MODE": "http-post",
+                                          "ZEXEC_AUTH_URL": f"{url}/auth"})
+    try:
+        s.start_broker()
+        s.start_server("alice", user_id="alice-id")
+        ctx = zmq.Context.instance()
+        flood = ctx.socket(zmq.DEALER)
+        flood.setsockopt(zmq.LINGER, 0)
+        flood.connect(s.frontend)
+        fn, args = legacy_payload(None), legacy_payload(())
+        for i in range(500):
+            flood.send_multipart([b"", f"bad-token-{i}".encode(), fn, args])
+        wait_for(lambda: pending["bad"] > 0, what="bad tokens to reach the IdP")
+        with zexec.Client(s.frontend, "alice-token") as c:
+            assert c.call(abs, -5) == 5
+        # alice was served while the bad tokens were still held by the IdP.
+        assert not release.is_set() and pending["bad"] > 0
+        release.set()
+        replies = 0
+        poller = zmq.Poller()
+        poller.register(flood, zmq.POLLIN)
+        while replies < 500 and poller.poll(10_000):
+            flood.recv_multipart()
+            replies += 1
+        assert replies == 500  # every flooded message got an answer (refusal or busy)
+        flood.close()
+    finally:
+        s.close()

@@ -1,0 +1,167 @@
+"""Background processes of ``zexec up``: start detached, recognise later, stop for good.
+
+A pid alone is not an identity: after a reboot or a long time the number names some
+other process. Each component is recorded as ``(pid, start)`` where ``start`` is the
+kernel's start time of the process (``/proc/<pid>/stat`` field 22); a pid whose start
+time differs is not ours and is never signalled. Without ``/proc`` (macOS) ``start`` is
+None and the pid is trusted.
+
+Every component runs in its own session (``start_new_session``), so its process group id
+is its pid: one ``killpg`` reaches it and anything it forked, and Ctrl-C in the terminal
+that ran ``zexec up`` never reaches the stack.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+PROC = Path("/proc")
+
+
+def start_time(pid: int) -> int | None:
+    """The kernel start time of ``pid`` (clock ticks since boot), None if unknown."""
+    try:
+        stat = (PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces and parentheses: split after it.
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return int(fields[19])  # field 22 overall; fields[0] is field 3 (state)
+
+
+def alive(pid: int, start: int | None = None) -> bool:
+    """Whether ``pid`` runs (not a zombie) and, if ``start`` is given, is the same
+    process that was recorded."""
+    if pid <= 0:
+        return False
+    stat_path = PROC / str(pid) / "stat"
+    if PROC.is_dir():
+        try:
+            stat = stat_path.read_text()
+        except OSError:
+            return False
+        rest = stat[stat.rfind(")") + 2 :].split()
+        if rest[0] in ("Z", "X"):  # exited, waiting to be reaped: nothing left to stop
+            return False
+        return start is None or int(rest[19]) == start
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def spawn_detached(
+    cmd: Sequence[str], *, env: Mapping[str, str], log: Path, cwd: Path
+) -> subprocess.Popen[bytes]:
+    """Start ``cmd`` in a new session with output appended to ``log``; it outlives us."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            list(cmd),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=dict(env),
+            cwd=str(cwd),
+            start_new_session=True,
+            close_fds=True,
+        )
+
+
+def signal_group(pid: int, sig: int) -> None:
+    """Send ``sig`` to the process group led by ``pid`` (and to ``pid`` itself, in case
+    it left its group); vanished processes are fine."""
+    for send in (os.killpg, os.kill):
+        try:
+            send(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def wait_gone(procs: Iterable[tuple[int, int | None]], timeout: float) -> list[int]:
+    """Wait up to ``timeout`` seconds for every ``(pid, start)`` to exit; return the pids
+    still alive."""
+    left = list(procs)
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [(p, s) for p, s in left if alive(p, s)]
+        if not left or time.monotonic() >= deadline:
+            return [p for p, _ in left]
+        time.sleep(0.05)
+
+
+def stop_groups(procs: Sequence[tuple[int, int | None]], grace: float) -> list[int]:
+    """SIGTERM each live process group, wait up to ``grace`` seconds, then SIGKILL what
+    is left. Returns the pids that needed SIGKILL."""
+    live = [(p, s) for p, s in procs if alive(p, s)]
+    for pid, _ in live:
+        signal_group(pid, signal.SIGTERM)
+    stubborn = wait_gone(live, grace)
+    for pid in stubborn:
+        signal_group(pid, signal.SIGKILL)
+    # SIGKILL cannot be ignored; the short wait only lets the kernel finish the job.
+    wait_gone([(p, start_time(p)) for p in stubborn], 5.0)
+    return stubborn
+
+
+def ancestors(pid: int | None = None) -> set[int]:
+    """``pid`` (default: this process) and its parents up to init."""
+    pid = os.getpid() if pid is None else pid
+    seen: set[int] = set()
+    while pid > 1 and pid not in seen:
+        seen.add(pid)
+        try:
+            stat = (PROC / str(pid) / "stat").read_text()
+        except OSError:
+            break
+        pid = int(stat[stat.rfind(")") + 2 :].split()[1])
+    return seen
+
+
+def processes_under(root: Path) -> list[int]:
+    """Pids (other than ours) whose working directory or ``ZEXEC_SERVER_READY_FILE`` lies
+    under ``root``: what the local orchestrator started there (it runs uv and the
+    servers with ``cwd`` = its state directory). Linux only; elsewhere empty."""
+    root = root.resolve()
+    found: list[int] = []
+    if not PROC.is_dir():
+        return found
+    mine = ancestors()  # never our own shell, even when it sits in ``root``
+    for entry in PROC.iterdir():
+        if not entry.name.isdigit() or int(entry.name) in mine:
+            continue
+        try:
+            cwd = Path(os.readlink(entry / "cwd"))
+        except OSError:
+            cwd = None
+        hit = cwd is not None and (cwd == root or root in cwd.parents)
+        if not hit:
+            try:
+                environ = (entry / "environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            prefix = b"ZEXEC_SERVER_READY_FILE=" + str(root).encode()
+            hit = any(v.startswith(prefix) for v in environ)
+        if hit and alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    """The last ``lines`` lines of a text file ("" if missing)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 64 * 1024))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:]) if lines > 0 else ""

@@ -1,0 +1,134 @@
+"""``zexec status`` and ``zexec logs``: what a running stack is doing.
+
+Status combines three views: the component processes (alive, answering their health
+check), the broker's control ``STATUS`` (which users' servers are registered, their pid
+and Python), and the Deploy API's ``GET /status`` asked with each development user's
+token (phase: pending / installing / starting / ready / failed).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, TextIO
+
+from zexec.apps.cli import procs
+from zexec.apps.cli.stack import (
+    COMPONENTS,
+    StackError,
+    StateDir,
+    UsageError,
+    broker_control,
+    healthy,
+)
+
+
+def collect(d: StateDir) -> dict[str, Any] | None:
+    """The status document (what ``zexec status --json`` prints); None without a stack."""
+    stack = d.load()
+    if stack is None:
+        return None
+    admin = d.admin.read_text().strip() if d.admin.exists() else ""
+    comps: dict[str, Any] = {}
+    for name, comp in stack.get("components", {}).items():
+        if not procs.alive(comp["pid"], comp.get("start")):
+            state = "down"
+        else:
+            state = "up" if healthy(name, comp, stack, admin) else "unhealthy"
+        comps[name] = {"state": state, "pid": comp["pid"], "url": comp["url"]}
+    return {
+        "state_dir": stack["state_dir"],
+        "components": comps,
+        "servers": _servers(stack, admin, broker_up=comps.get("broker", {}).get("state") == "up",
+                            deploy_up=comps.get("deploy-api", {}).get("state") == "up"),
+    }
+
+
+def _servers(stack: dict[str, Any], admin: str, *, broker_up: bool,
+             deploy_up: bool) -> list[dict[str, Any]]:
+    """One row per user with a server known to the Deploy API or the broker."""
+    from zexec.apps.devidp import user_id_for
+
+    names = {user_id_for(u): u for u in stack.get("tokens", {})}
+    rows: dict[str, dict[str, Any]] = {}
+    if deploy_up:
+        import httpx
+
+        base = stack["deploy_api_url"] + stack.get("deploy_api_prefix", "")
+        for user, token in stack.get("tokens", {}).items():
+            try:
+                r = httpx.get(f"{base}/status", headers={"Authorization": f"Bearer {token}"},
+                              timeout=5.0)
+            except httpx.HTTPError:
+                continue
+            if r.status_code == 200:
+                body = r.json()
+                rows[body.get("user_id") or user_id_for(user)] = {
+                    "user": user, "phase": body.get("phase"), "reason": body.get("reason", ""),
+                    "python": (body.get("env") or {}).get("python"),
+                }
+    if broker_up:
+        reply = broker_control(stack["broker_host"], stack["broker_control_port"], admin) or {}
+        for uid, entry in ((reply.get("status") or {}).get("servers") or {}).items():
+            info = entry.get("info") or {}
+            row = rows.setdefault(uid, {"user": names.get(uid, uid), "phase": None})
+            row.update(registered=True, pid=info.get("pid"), workers=info.get("workers"),
+                       inflight=entry.get("inflight"))
+            row.setdefault("python", info.get("python"))
+    for uid, row in rows.items():
+        row["user_id"] = uid
+        row.setdefault("registered", False)
+        row.setdefault("pid", None)
+    return sorted(rows.values(), key=lambda r: r["user"])
+
+
+def status(d: StateDir, out: TextIO, as_json: bool = False) -> int:
+    """Print the status; 0 when every component is up, 1 otherwise."""
+    doc = collect(d)
+    if doc is None:
+        out.write(f"no zexec stack in {d.root} (start one with: zexec up --state-dir {d.root})\n")
+        return 1
+    if as_json:
+        out.write(json.dumps(doc, indent=2) + "\n")
+    else:
+        out.write(f"zexec stack in {doc['state_dir']}\n")
+        for name, c in doc["components"].items():
+            out.write(f"  {name:<11} {c['state']:<10} {c['url']}  (pid {c['pid']})\n")
+        out.write("user servers:\n" if doc["servers"] else "user servers: none\n")
+        for s in doc["servers"]:
+            where = f"pid {s['pid']}" if s["pid"] else "not registered with the broker"
+            phase = s["phase"] or "unknown to the Deploy API"
+            extra = f" - {s['reason']}" if s.get("reason") else ""
+            out.write(f"  {s['user']:<11} {phase:<10} python {s.get('python')}  ({where}){extra}\n")
+    return 0 if all(c["state"] == "up" for c in doc["components"].values()) else 1
+
+
+def log_path(d: StateDir, component: str) -> Path:
+    """The log of a component, or of a user's server (by user name or id)."""
+    if component in COMPONENTS:
+        return d.log(component)
+    from zexec.adapters.orchestrator_local import file_key
+    from zexec.apps.devidp import user_id_for
+
+    stack = d.load() or {}
+    uid = user_id_for(component) if component in stack.get("tokens", {}) else component
+    path = d.orchestrator / "logs" / f"{file_key(uid)}.log"
+    if not path.exists():
+        users = ", ".join(stack.get("tokens", {})) or "none"
+        raise UsageError(
+            f"no log for {component!r}: name a component ({', '.join(COMPONENTS)}) or a user "
+            f"with a server (development users: {users})"
+        )
+    return path
+
+
+def logs(d: StateDir, component: str | None, lines: int, out: TextIO) -> int:
+    """Print the last ``lines`` lines of one log, or of every component's."""
+    if component is not None:
+        out.write(procs.tail(log_path(d, component), lines) + "\n")
+        return 0
+    if not d.logs.is_dir():
+        raise StackError(f"no logs in {d.root} (has `zexec up --state-dir {d.root}` run?)")
+    for name in COMPONENTS:
+        out.write(f"==> {d.log(name)} <==\n{procs.tail(d.log(name), lines)}\n")
+    return 0

@@ -1,0 +1,283 @@
+"""``zexec.connect``: from an EP API URL and a token to a ready server.
+
+    conn = zexec.connect("http://ep.example.org", token)
+    conn.environment(["numpy"])          # python==<this interpreter> is added
+    @zexec.remote
+    def f(x): ...
+    conn.terminate()
+
+Discovery follows the released ``ndp-ep`` client: ``GET {ep}/status/rexec`` names the
+Deploy API (``/rexec`` appended unless the URL ends with it), ``GET
+{deploy}/broker-config`` the broker. ``environment`` POSTs JSON to ``{deploy}/spawn``
+and polls ``GET {deploy}/status`` until the server is ready, with a progress display
+(:mod:`zexec.apps.client.progress`). Every HTTP failure becomes a zexec error whose
+message says what to do (401 Unauthenticated, 409 EnvironmentConflict naming
+``force=True``, 422 InvalidEnvironment, a failed build EnvironmentFailed with the log).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+from zexec.apps.client.api import Client, set_default_client
+from zexec.apps.client.progress import Progress
+from zexec.core import errors as E
+
+PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
+PREFIX = "/rexec"
+_default: Connection | None = None
+
+if TYPE_CHECKING:  # httpx is imported on use: `import zexec` runs in every server too
+    import httpx
+
+
+def deploy_url_from(url: str, prefix: str = PREFIX) -> str:
+    """The Deploy API base the EP API reports, with ``prefix`` appended unless present
+    (what ndp-ep 0.9.0 does)."""
+    url = url.strip().rstrip("/")
+    return url if url.endswith(prefix) else url + prefix
+
+
+def _detail(resp: httpx.Response) -> tuple[str, dict[str, Any]]:
+    try:
+        body = resp.json()
+    except ValueError:
+        return resp.text.strip()[:300] or resp.reason_phrase, {}
+    if not isinstance(body, dict):
+        return str(body)[:300], {}
+    detail = body.get("detail")
+    return (detail if isinstance(detail, str) else str(detail or resp.reason_phrase)), body
+
+
+def check(resp: httpx.Response, what: str) -> dict[str, Any]:
+    """The JSON body of a 2xx answer; otherwise the zexec error the status stands for."""
+    if resp.is_success:
+        try:
+            body = resp.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise E.ControlPlaneError(f"{what}: {resp.url} answered something that is not a "
+                                      "JSON object (is this URL a zexec/NDP endpoint?)")
+        return body
+    detail, body = _detail(resp)
+    code = resp.status_code
+    if code == 401:
+        raise E.Unauthenticated(f"{what}: {detail} (check the token)")
+    if code == 403:
+        raise E.Forbidden(f"{what}: {detail}")
+    if code == 409:
+        raise E.EnvironmentConflict(
+            f"{detail}\nTo replace your server (interrupting its work) call "
+            "environment(..., force=True)."
+        )
+    if code == 422 and body.get("phase") == "failed":
+        raise E.EnvironmentFailed(detail, body.get("reason", ""), tuple(body.get("log_tail", ())))
+    if code == 422:
+        raise E.InvalidEnvironment(detail)
+    if code == 503 and body.get("code") == "AUTH_UNAVAILABLE":
+        raise E.AuthUnavailable(f"{what}: {detail}")
+    raise E.ControlPlaneError(f"{what}: {resp.request.method} {resp.url} -> HTTP {code}: {detail}")
+
+
+def requirement_list(requirements: list[str] | tuple[str, ...] | str | os.PathLike | None,
+                     python: str | None) -> list[str]:
+    """The requirement items to send: a list as given, or a requirements file's lines;
+    ``python==X.Y`` added (``python`` or this interpreter's) unless one is there."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    from zexec.core.envspec import read_requirements_file
+
+    if requirements is None:
+        items: list[str] = []
+    elif isinstance(requirements, str | os.PathLike):
+        path = os.fspath(requirements)
+        if not os.path.isfile(path):
+            raise E.ConfigurationError(
+                f"requirements file {path!r} not found (pass a list such as ['numpy'] for "
+                "requirement strings)"
+            )
+        items = read_requirements_file(path)
+    elif isinstance(requirements, list | tuple) and all(isinstance(r, str) for r in requirements):
+        items = list(requirements)
+    else:
+        raise E.ConfigurationError("requirements must be a list of strings or a file path")
+    pins = []
+    for item in items:
+        try:
+            if Requirement(item.strip()).name.lower() == "python":
+                pins.append(item.strip())
+        except InvalidRequirement:
+            pass  # the Deploy API says what is wrong with it (422)
+    if pins and python is not None and pins != [f"python=={python}"]:
+        raise E.ConfigurationError(f"python={python!r} and the requirement {pins[0]!r} "
+                                   "disagree; pin the Python version once")
+    return items if pins else [f"python=={python or PYTHON}", *items]
+
+
+class Connection:
+    """A user's link to one zexec deployment: ``client`` (a :class:`zexec.Client` to the
+    broker, the default for ``@zexec.remote``), plus ``environment``, ``status`` and
+    ``terminate`` of the user's server through the Deploy API. Made by :func:`connect`."""
+
+    def __init__(self, ep_api_url: str, token: str, deploy_url: str, broker_url: str,
+                 client: Client, http: httpx.Client, user: dict[str, Any] | None = None) -> None:
+        self.ep_api_url = ep_api_url
+        self.deploy_url = deploy_url
+        self.broker_url = broker_url
+        self.client = client
+        self.user = user or {}
+        self._token = token
+        self._http = http
+
+    def __repr__(self) -> str:
+        who = self.user.get("username") or self.user.get("sub") or "?"
+        return f"<zexec.Connection user={who!r} deploy={self.deploy_url!r} broker={self.broker_url!r}>"
+
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._token}"}
+
+    def _request(self, method: str, path: str, what: str, **kw: Any) -> httpx.Response:
+        import httpx
+
+        url = self.deploy_url + path
+        try:
+            return self._http.request(method, url, headers=self._auth(), **kw)
+        except httpx.HTTPError as exc:
+            raise E.ControlPlaneError(f"{what}: cannot reach the Deploy API at {url}: {exc}") from None
+
+    def environment(self, requirements: list[str] | str | os.PathLike | None = None,
+                    python: str | None = None, force: bool = False, timeout: float = 600.0,
+                    progress: bool = True, poll: float = 0.5) -> dict[str, Any]:
+        """Make sure your server runs ``requirements`` (a list, or a requirements file
+        path) under ``python`` (default: this interpreter's ``X.Y``), waiting up to
+        ``timeout`` seconds for it to be ready. The same environment again returns at
+        once; another one raises EnvironmentConflict unless ``force=True``, which
+        replaces the server. Returns the server's status (``phase`` is ``"ready"``)."""
+        body = {"requirements": requirement_list(requirements, python), "force": bool(force)}
+        display = Progress(enabled=progress)
+        started = time.monotonic()
+        try:
+            st = check(self._request("POST", "/spawn", "spawn", json=body), "spawn")
+            while True:
+                phase = st.get("phase")
+                if phase == "ready":
+                    display.close(f"ready ({time.monotonic() - started:.1f}s)")
+                    return st
+                if phase in ("failed", "terminated"):
+                    display.close(phase)
+                    reason = st.get("reason") or "see the log"
+                    raise E.EnvironmentFailed(f"your server {phase}: {reason}", reason,
+                                              tuple(st.get("log_tail") or ()))
+                if time.monotonic() - started > timeout:
+                    display.close(f"still {phase} after {timeout:g}s")
+                    raise E.EnvironmentTimeout(
+                        f"your server was not ready after {timeout:g}s (phase {phase}); "
+                        "call environment() again to keep waiting",
+                        "", tuple(st.get("log_tail") or ()))
+                display.update(st)
+                time.sleep(poll)
+                resp = self._request("GET", "/status", "status")
+                if resp.status_code == 404:
+                    display.close("gone")
+                    raise E.EnvironmentFailed("your server disappeared while starting "
+                                              "(terminated meanwhile?)")
+                st = check(resp, "status")
+        finally:
+            display.close()
+
+    def status(self) -> dict[str, Any] | None:
+        """Your server's status (phase, reason, log tail, environment), None if none."""
+        resp = self._request("GET", "/status", "status")
+        return None if resp.status_code == 404 else check(resp, "status")
+
+    def terminate(self) -> dict[str, Any]:
+        """Stop and remove your server (``terminated`` says whether one was running)."""
+        return check(self._request("DELETE", "/terminate", "terminate"), "terminate")
+
+    def close(self) -> None:
+        """Close the broker connection and the HTTP client."""
+        global _default
+        self.client.close()
+        self._http.close()
+        if _default is self:
+            _default = None
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def connect(ep_api_url: str, token: str, *, timeout: float = 30.0,
+            **client_options: Any) -> Connection:
+    """Discover the Deploy API and the broker from the EP API at ``ep_api_url`` and
+    return a :class:`Connection` whose client is the default of ``@zexec.remote``.
+    ``timeout`` bounds each HTTP request; ``client_options`` go to :class:`zexec.Client`
+    (``serializer``, ``connect_timeout`` ...). The token is checked now (``/user/info``)
+    so a wrong one fails here, not at the first call."""
+    import httpx
+
+    global _default
+    if not token:
+        raise E.ConfigurationError("connect() needs your token")
+    ep = ep_api_url.strip().rstrip("/")
+    if not ep.startswith(("http://", "https://")):
+        raise E.ConfigurationError(f"the EP API URL must start with http:// or https://: {ep!r}")
+    http = httpx.Client(timeout=timeout)
+    auth = {"Authorization": f"Bearer {token}"}
+
+    def get(url: str, what: str, **kw: Any) -> httpx.Response:
+        try:
+            return http.get(url, **kw)
+        except httpx.HTTPError as exc:
+            raise E.ControlPlaneError(f"{what}: cannot reach {url}: {exc}") from None
+
+    try:
+        resp = get(f"{ep}/status/rexec", "discovery", headers=auth)
+        if resp.status_code == 404:
+            raise E.ControlPlaneError(
+                f"remote execution is not enabled at {ep}: {_detail(resp)[0]}")
+        found = check(resp, "discovery").get("deployment_api_url")
+        if not isinstance(found, str) or not found:
+            raise E.ControlPlaneError(f"{ep}/status/rexec did not name a deployment_api_url")
+        deploy = deploy_url_from(found)
+        user = check(get(f"{ep}/user/info", "user info", headers=auth), "user info")
+        cfg = check(get(f"{deploy}/broker-config", "broker-config"), "broker-config")
+        host, port = cfg.get("broker_external_host"), cfg.get("broker_external_port")
+        if not host or not port:
+            raise E.ControlPlaneError(f"{deploy}/broker-config did not name the broker")
+        broker = f"tcp://{host}:{port}"
+        client = Client(broker, token, **client_options)
+    except BaseException:
+        http.close()
+        raise
+    # The newest connection is the default; earlier ones keep working when used
+    # explicitly (two users in one process, e.g. tests).
+    set_default_client(client)
+    _default = Connection(ep, token, deploy, broker, client, http, user)
+    return _default
+
+
+def default_connection() -> Connection:
+    if _default is None:
+        raise E.ConfigurationError("not connected: call zexec.connect(ep_api_url, token) first")
+    return _default
+
+
+def environment(requirements: list[str] | str | os.PathLike | None = None,
+                python: str | None = None, **options: Any) -> dict[str, Any]:
+    """:meth:`Connection.environment` of the last :func:`connect`."""
+    return default_connection().environment(requirements, python, **options)
+
+
+def terminate() -> dict[str, Any]:
+    """:meth:`Connection.terminate` of the last :func:`connect`."""
+    return default_connection().terminate()
+
+
+__all__ = ["Connection", "connect", "deploy_url_from", "environment", "terminate"]
