@@ -85,6 +85,7 @@ class ServerLoop:
         self.last_activity = time.monotonic()
         self.stopping = False
         self.exit_code = 0
+        self._next_deadline = float("inf")  # earliest deadline of any task
 
     # ------------------------------------------------------------------ broker side
 
@@ -154,6 +155,7 @@ class ServerLoop:
             if isinstance(timeout, int | float) and timeout > 0:
                 task.timeout = float(timeout)
                 task.deadline = time.monotonic() + task.timeout
+                self._next_deadline = min(self._next_deadline, task.deadline)
             task.frames = [task.key, b"1", msg.call_key, *msg.rest]
         self.tasks[task.key] = task
         self.by_call[key] = task
@@ -253,6 +255,9 @@ class ServerLoop:
             poller.register(w.pidfd, zmq.POLLIN)
 
     def _check_deadlines(self, now: float) -> None:
+        if now < self._next_deadline:
+            return  # the common case, checked without walking the tasks
+        self._next_deadline = float("inf")
         for task in list(self.tasks.values()):
             if task.deadline is not None and now >= task.deadline:
                 if task.worker is not None:
@@ -262,6 +267,8 @@ class ServerLoop:
                 self._fail(task, "DEADLINE_EXCEEDED",
                            f"the call exceeded its timeout of {task.timeout:g}s and was stopped",
                            "TimeoutError")
+            elif task.deadline is not None:
+                self._next_deadline = min(self._next_deadline, task.deadline)
 
     # ------------------------------------------------------------------ loop
 

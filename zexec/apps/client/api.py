@@ -16,7 +16,9 @@ from zexec.apps.client.session import END, PendingCall, Session
 from zexec.core.errors import ConfigurationError
 from zexec.core.ports import Serializer
 
-DEFAULT_SERIALIZER = "dill"
+#: cloudpickle by default: it pickles interactively defined functions by value like dill
+#: and runs on the C pickler (several times faster per call); dill stays one word away.
+DEFAULT_SERIALIZER = "cloudpickle"
 _default_client: Client | None = None
 
 

@@ -1,0 +1,89 @@
+"""One contract, two implementations: the in-memory fake and the ZeroMQ adapter of the
+Transport port must behave alike for everything the client session relies on."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import zmq
+
+from zexec.adapters.transport_memory import InMemoryTransport
+from zexec.adapters.transport_zmq.client_transport import ZmqTransport
+from zexec.adapters.transport_zmq.frames import recv_frames, send_frames
+
+
+class ZmqPeer:
+    """The far end of a ZmqTransport: a ROUTER that can echo or stay silent."""
+
+    def __init__(self) -> None:
+        self.ctx = zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.port = self.sock.bind_to_random_port("tcp://127.0.0.1")
+        self.last_rid = b""
+
+    def recv(self, timeout: float):
+        if not self.sock.poll(timeout * 1000):
+            return None
+        frames = recv_frames(self.sock)
+        self.last_rid = frames[0]
+        return [bytes(f) for f in frames[1:]]
+
+    def send(self, frames) -> bool:
+        send_frames(self.sock, [self.last_rid, *frames])
+        return True
+
+    def close(self) -> None:
+        self.sock.close(0)
+
+
+@pytest.fixture(params=["memory", "zmq"])
+def ends(request):
+    if request.param == "memory":
+        a, b = InMemoryTransport.pair()
+        yield a, b
+        a.close()
+        return
+    peer = ZmqPeer()
+    client = ZmqTransport(f"tcp://127.0.0.1:{peer.port}")
+    # Wait for the connection: IMMEDIATE makes send() refuse until it is up.
+    for _ in range(500):
+        if client.send([b"", b"hello"]):
+            break
+        threading.Event().wait(0.01)
+    assert peer.recv(5) == [b"", b"hello"]
+    yield client, peer
+    client.close()
+    peer.close()
+
+
+def test_messages_arrive_whole_and_in_order(ends):
+    client, peer = ends
+    big = bytes(range(256)) * 4096  # 1 MiB, sent zero-copy by the zmq adapter
+    for i in range(50):
+        assert client.send([b"", str(i).encode(), big if i == 7 else b"x"])
+    got = [peer.recv(5) for _ in range(50)]
+    assert [m[1] for m in got] == [str(i).encode() for i in range(50)]
+    assert bytes(got[7][2]) == big
+
+
+def test_replies_reach_the_client(ends):
+    client, peer = ends
+    client.send([b"", b"ping"])
+    peer.recv(5)
+    peer.send([b"", b"pong", memoryview(b"payload")])
+    msg = client.recv(5)
+    assert [bytes(f) for f in msg] == [b"", b"pong", b"payload"]
+
+
+def test_recv_times_out_with_none(ends):
+    client, _ = ends
+    assert client.recv(0) is None
+    assert client.recv(0.05) is None
+
+
+def test_wake_interrupts_a_blocked_recv(ends):
+    client, _ = ends
+    threading.Timer(0.05, client.wake).start()
+    assert client.recv(30) is None  # returned because of wake, long before 30 s
