@@ -12,3 +12,15 @@ def sleeper(seconds):
     print("sleeping", flush=True)
     time.sleep(seconds)
     return "woke"
+
+
+def wait_for_file(path):
+    """Print "waiting", then block until ``path`` exists: lets a test hold a call in
+    flight for exactly as long as it needs, with no sleeps."""
+    import os
+    import time
+
+    print("waiting", flush=True)
+    while not os.path.exists(path):
+        time.sleep(0.01)
+    return "released"

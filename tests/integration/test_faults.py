@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 
 import zexec
 from tests.helpers.http import run_uvicorn
-from tests.helpers.remote_funcs import sleeper
+from tests.helpers.remote_funcs import sleeper, wait_for_file
 from tests.helpers.stack import Stack, wait_for
 from zexec.core.protocol import legacy_payload
 
@@ -68,14 +68,16 @@ def test_worker_crash_is_reported_and_replaced(stack):
         assert [c.call(abs, -i) for i in range(5)] == list(range(5))
 
 
-def test_sigterm_drains_the_broker(stack, capsys):
+def test_sigterm_drains_the_broker(stack, capsys, tmp_path):
+    release = tmp_path / "release"
     with zexec.Client(stack.frontend, stack.tokens["alice"]) as c:
-        fut = c.submit(sleeper, 1)
-        wait_for(lambda: "sleeping" in capsys.readouterr().out, what="call to start")
+        fut = c.submit(wait_for_file, str(release))
+        wait_for(lambda: "waiting" in capsys.readouterr().out, what="call to start")
         stack.broker.send_signal(signal.SIGTERM)
         with pytest.raises(zexec.ZexecError, match="shutting down"):
             c.call(abs, -1)
-        assert fut.result(timeout=30) == "woke"  # the in-flight call finished
+        release.touch()
+        assert fut.result(timeout=30) == "released"  # the in-flight call finished
         assert stack.broker.wait(30) == 0
 
 

@@ -422,7 +422,7 @@ def _frames(draw) -> list[bytes]:
     return frames
 
 
-_fuzz = settings(max_examples=600, deadline=None,
+_fuzz = settings(max_examples=300, deadline=None,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 

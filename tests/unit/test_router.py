@@ -688,7 +688,7 @@ _frame = st.one_of(
 )
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.booleans(), st.lists(_frame, max_size=8)), max_size=12))
 @example([(False, [SRV_A, b"", p.MAGIC, p.REGISTER, b"u", b"c", b"[" * 5000])])
 def test_router_never_raises_and_keeps_the_real_server(messages):

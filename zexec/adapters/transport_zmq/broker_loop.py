@@ -172,7 +172,7 @@ class BrokerLoop:
             reply = {"ok": True, "message": "draining"}
         else:
             reply = {"ok": False, "error": f"unknown command {parts[1][:32]!r}"}
-        self.control.send_multipart([rid, b"", json.dumps(reply).encode()])
+        send_frames(self.control, [rid, b"", json.dumps(reply).encode()])
 
     def run(self) -> None:
         """Route until stopped. Returns after draining (or the drain timeout)."""
@@ -199,10 +199,16 @@ class BrokerLoop:
                                 frames = recv_frames(sock, NOBLOCK, small)
                             except zmq.Again:
                                 break
-                            handle(frames, now)
+                            try:
+                                handle(frames, now)
+                            except Exception:  # one bad message must not stop routing
+                                log.exception("failed to handle a message; dropped it")
                         self._flush()
                 if events.get(self.control):
-                    self._on_control(self.control.recv_multipart())
+                    try:
+                        self._on_control(recv_frames(self.control))
+                    except Exception:
+                        log.exception("failed to handle a control message")
                 if self.router.auth_requests:
                     self._start_checks()
                 if now >= next_tick:
