@@ -148,3 +148,17 @@ def test_token_flood_does_not_delay_other_users(tmp_path, slow_idp):
         flood.close()
     finally:
         s.close()
+
+
+def test_idle_server_exits_cleanly_and_unregisters(tmp_path):
+    s = Stack(tmp_path)
+    try:
+        s.start_broker()
+        proc = s.start_server("alice", ZEXEC_SERVER_IDLE_TIMEOUT="1")
+        with zexec.Client(s.frontend, s.tokens["alice"]) as c:
+            assert c.call(abs, -1) == 1
+            assert proc.wait(60) == 0  # culled for idleness, not crashed
+            with pytest.raises(zexec.ServerUnavailable):
+                c.call(abs, -1)
+    finally:
+        s.close()
