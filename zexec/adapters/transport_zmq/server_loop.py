@@ -64,6 +64,10 @@ class ServerLoop:
         self.ctx = context or zmq.Context.instance()
         self.broker = self.ctx.socket(zmq.DEALER)
         self.broker.setsockopt(zmq.LINGER, 2000)
+        # Nothing is queued for a broker that is not connected: a heartbeat or reply
+        # from minutes ago is worthless to a restarted broker, and a full queue would
+        # block this loop (and its signal handling) forever.
+        self.broker.setsockopt(zmq.IMMEDIATE, 1)
         self.broker.setsockopt(zmq.RECONNECT_IVL, 100)
         self.broker.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         self.broker.setsockopt(zmq.HEARTBEAT_IVL, 1000)
@@ -92,7 +96,15 @@ class ServerLoop:
     def _heartbeat(self) -> None:
         info = {"python": PYTHON, "workers": self.pool.size, "pid": os.getpid(),
                 "running": len(self.tasks) - len(self.queue), "queued": len(self.queue)}
-        send_frames(self.broker, p.register(self.user_id, self.credential, info))
+        self._to_broker(p.register(self.user_id, self.credential, info))
+
+    def _to_broker(self, frames: list[Any]) -> None:
+        try:
+            send_frames(self.broker, frames, NOBLOCK)
+        except zmq.Again:
+            # No broker connection right now: the client's liveness check reports the
+            # call; the next heartbeat re-registers once the broker is back.
+            log.debug("broker unreachable; message dropped")
 
     def _on_broker(self, frames: list[Any]) -> None:
         if len(frames) >= 4 and p.frame_bytes(frames[0]) == b"" and \
@@ -164,7 +176,7 @@ class ServerLoop:
 
     def _send_client(self, task: Task, final: bool, body: list[Any]) -> None:
         task.sent += 1
-        send_frames(self.broker, p.reply(task.client_id, task.call_key, final, body))
+        self._to_broker(p.reply(task.client_id, task.call_key, final, body))
 
     def _fail(self, task: Task, code: str, message: str, type_name: str = "") -> None:
         """End ``task`` with an error event generated here (not by a worker)."""
@@ -324,7 +336,7 @@ class ServerLoop:
         finally:
             for task in list(self.tasks.values()):
                 self._fail(task, "SHUTTING_DOWN", "the server shut down before the call ended")
-            send_frames(self.broker, [b"", p.MAGIC, p.BYE])
+            self._to_broker([b"", p.MAGIC, p.BYE])
             self.close()
         return self.exit_code
 
