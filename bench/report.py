@@ -70,17 +70,20 @@ def target_met(row: Row, value: float | None) -> bool | None:
     return value <= row.target if row.better == "lower" else value >= row.target
 
 
-def build(results: dict) -> list[dict]:
+def build(results: dict, sizes: dict, judge: bool = True) -> list[dict]:
+    """Rows for the table. ``judge=False`` (reduced sizes) reports targets as n/a."""
     z, r, lg = (results.get(k) or {} for k in ("zexec", "ray", "legacy"))
     out = []
     for row in ROWS:
         zv, rv, lv = row.get(z), row.get(r), row.get(lg)
+        label = (row.label.replace("100 MiB", f"{sizes['payload_mib']} MiB")
+                 .replace("1000 printed", f"{sizes['lines']} printed"))
         out.append({
-            "key": row.key, "label": row.label, "unit": row.unit, "better": row.better,
+            "key": row.key, "label": label, "unit": row.unit, "better": row.better,
             "zexec": zv, "ray": rv, "legacy": lv,
             "zexec_vs_ray": advantage(row, zv, rv),
             "zexec_vs_legacy": advantage(row, zv, lv),
-            "target": row.target, "target_met": target_met(row, zv),
+            "target": row.target, "target_met": target_met(row, zv) if judge else None,
             "issue_reference": row.issue_reference,
         })
     return out

@@ -266,7 +266,7 @@ def main() -> int:
         doc["elapsed_s"] = time.monotonic() - t_start
         doc["host"]["loadavg_at_end"] = os.getloadavg()
 
-    doc["rows"] = report.build(doc["results"])
+    doc["rows"] = report.build(doc["results"], doc["sizes"], judge=not args.quick)
     out = results_dir / f"{stamp}.json"
     out.write_text(json.dumps(doc, indent=2))
 

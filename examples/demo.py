@@ -81,10 +81,14 @@ def main() -> None:
         b = scale(a, 2.0)
         ms = (time.perf_counter() - t) * 1000
         ok = np.array_equal(b, a * 2.0)
-        print(f"== numpy round trip        {a.nbytes / 1e6:.0f} MB there and back in {ms:.0f} ms,"
-              f" equal: {ok}")
-        print(f"== .map                    add.map(range(5), range(5)) -> "
-              f"{list(add.map(range(5), range(5)))}")
+        print(
+            f"== numpy round trip        {a.nbytes / 1e6:.0f} MB there and back in {ms:.0f} ms,"
+            f" equal: {ok}"
+        )
+        print(
+            f"== .map                    add.map(range(5), range(5)) -> "
+            f"{list(add.map(range(5), range(5)))}"
+        )
     finally:
         print(f"== terminate               {conn.terminate()['message']}")
         conn.close()

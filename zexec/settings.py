@@ -55,6 +55,8 @@ class BrokerSettings(BaseSettings):
     #: ``auth_checks_per_peer`` distinct unknown tokens being checked at once.
     auth_threads: int = 32
     auth_checks_per_peer: int = 4
+    #: Largest frame accepted from a peer, in bytes (larger ones drop the connection).
+    max_frame_bytes: int = 4 * 1024**3
     #: Messages parked while their token is being checked, at most (then "busy").
     max_parked: int = 10_000
 
@@ -72,8 +74,6 @@ class ServerSettings(BaseSettings):
     #: Run every call in a fresh worker process (isolation over speed).
     fresh_process: bool = False
     heartbeat_interval: float = 0.5
-    #: Seconds between liveness notes to clients of long-running calls.
-    keepalive_interval: float = 1.0
     #: Output batching: flush captured stdout/stderr after this many seconds or bytes.
     output_flush_interval: float = 0.02
     output_flush_bytes: int = 64 * 1024

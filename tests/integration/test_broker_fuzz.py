@@ -465,8 +465,8 @@ def test_malformed_messages_get_clear_replies(live):
 
 
 def test_deeply_nested_registration_info_does_not_kill_the_broker(live):
-    """BUG: an unauthenticated peer on the backend port kills the broker with one
-    message: REG with a deeply nested JSON info frame -> RecursionError escapes
+    """An unauthenticated peer on the backend port killed the broker with one message:
+    REG with a deeply nested JSON info frame -> RecursionError escaped
     protocol.load_header, Router.on_backend and BrokerLoop.run."""
     ctx = zmq.Context.instance()
     (sock,) = dealers(ctx, live.backend, [None])

@@ -30,8 +30,9 @@ KEYS = {"ep_api_url", "deploy_api_url", "broker_host", "broker_port", "auth_url"
 
 
 def zexec_cli(*args: str, state: Path, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([*ZEXEC, *args, "--state-dir", str(state)], capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [*ZEXEC, *args, "--state-dir", str(state)], capture_output=True, text=True, timeout=600
+    )
     assert "Traceback" not in proc.stderr, proc.stderr
     if check:
         assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
@@ -67,7 +68,7 @@ def server_row(state: Path, user: str = "alice") -> dict | None:
 
 def test_up_writes_stack_json_and_private_files(state, stack):
     assert KEYS <= set(stack)
-    assert set(stack["tokens"]) == {"alice", "bob"}
+    assert set(stack["tokens"]) == set(stack["users"]) == {"alice", "bob"}
     assert stack["ep_api_url"].startswith("http://127.0.0.1:")
     assert stack["auth_url"].endswith("/auth")
     assert isinstance(stack["broker_port"], int)
@@ -109,9 +110,9 @@ def test_remote_calls_through_connect(alice, capfd):
 def test_status_shows_components_and_the_user_server(state, alice):
     doc = json.loads(zexec_cli("status", "--json", state=state).stdout)
     assert {c["state"] for c in doc["components"].values()} == {"up"}
-    row = server_row(state)
-    assert row["phase"] == "ready" and row["registered"] and row["python"] == PYTHON
-    assert procs.alive(row["pid"])
+    (row,) = doc["servers"]
+    assert row["user"] == "alice" and row["phase"] == "ready" and row["registered"]
+    assert row["python"] == PYTHON and procs.alive(row["pid"])
     table = zexec_cli("status", state=state).stdout
     assert "deploy-api  up" in table and f"alice       ready      python {PYTHON}" in table
 
@@ -141,6 +142,7 @@ def test_down_leaves_no_process_behind(state, stack, alice):
     assert all(procs.alive(p, s) for p, s in tracked)
     out = zexec_cli("down", state=state).stdout
     assert "stopped" in out
+    assert "leftover" not in out  # the Deploy API stopped the server itself, on SIGTERM
     assert [p for p, s in tracked if procs.alive(p, s)] == []
     assert procs.processes_under(state) == []
     assert not (state / "stack.json").exists()

@@ -44,8 +44,12 @@ class Scripted(InMemoryOrchestrator):
             return cur
         if any(r.startswith("brokenpkg") for r in cur.env.requirements):
             del self.step[user_id]
-            return self.advance(user_id, "failed", "building the environment failed: exit 1",
-                                ["Because brokenpkg was not found, no solution exists."])
+            return self.advance(
+                user_id,
+                "failed",
+                "building the environment failed: exit 1",
+                ["Because brokenpkg was not found, no solution exists."],
+            )
         self.step[user_id] = n + 1
         if n + 1 >= len(self.STEPS):
             del self.step[user_id]
@@ -56,8 +60,9 @@ class Scripted(InMemoryOrchestrator):
 def ep_url():
     auth = StaticAuthenticator(TOKENS)
     orch = Scripted()
-    settings = DeploySettings(orchestrator="memory", broker_external_host="127.0.0.1",
-                              broker_external_port=5999)
+    settings = DeploySettings(
+        orchestrator="memory", broker_external_host="127.0.0.1", broker_external_port=5999
+    )
     with run_uvicorn(deploy_api.create_app(settings, orch, auth)) as deploy_url:
         eapp = ep_api.create_app(EPSettings(deploy_api_url=deploy_url), SqliteCatalog(), auth)
         with run_uvicorn(eapp) as url:
@@ -100,9 +105,11 @@ def test_conflict_then_force(alice):
 
 @pytest.mark.parametrize(
     "requirements, reason",
-    [(["six; rm -rf /"], "requirement 'six; rm -rf /'"),
-     (["--index-url https://evil.example"], "pip options"),
-     (["python>=3.8"], "the python pin must be exactly python==X.Y")],
+    [
+        (["six; rm -rf /"], "requirement 'six; rm -rf /'"),
+        (["--index-url https://evil.example"], "pip options"),
+        (["python>=3.8"], "the python pin must be exactly python==X.Y"),
+    ],
 )
 def test_invalid_requirements_are_refused_with_the_reason(alice, requirements, reason):
     with pytest.raises(zexec.InvalidEnvironment, match=reason.replace("(", r"\(")):

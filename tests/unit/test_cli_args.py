@@ -12,8 +12,7 @@ import pytest
 
 from zexec.apps.cli.main import main
 
-SUBCOMMANDS = ["broker", "server", "deploy-api", "ep-api", "devidp", "up", "down", "status",
-               "logs"]
+SUBCOMMANDS = ["broker", "server", "deploy-api", "ep-api", "devidp", "up", "down", "status", "logs"]
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -67,8 +66,9 @@ def test_bad_arguments_exit_2_with_a_message(capsys, argv, message):
 
 
 def test_same_port_twice_is_refused(capsys, tmp_path):
-    code, _, err = run(capsys, "up", "--state-dir", str(tmp_path), "--deploy-port", "5000",
-                       "--ep-port", "5000")
+    code, _, err = run(
+        capsys, "up", "--state-dir", str(tmp_path), "--deploy-port", "5000", "--ep-port", "5000"
+    )
     assert code == 2 and "the same port is given for two components" in err
     assert not (tmp_path / "stack.json").exists()
 
@@ -92,8 +92,10 @@ def test_component_settings_errors_name_the_variable(capsys, monkeypatch):
 
 @pytest.mark.parametrize(
     "cmd, message",
-    [("broker", "ZEXEC_BROKER_SERVER_SECRET is required"),
-     ("server", "ZEXEC_SERVER_USER_ID and ZEXEC_SERVER_CREDENTIAL")],
+    [
+        ("broker", "ZEXEC_BROKER_SERVER_SECRET is required"),
+        ("server", "ZEXEC_SERVER_USER_ID and ZEXEC_SERVER_CREDENTIAL"),
+    ],
 )
 def test_component_configuration_errors_exit_2(capsys, monkeypatch, cmd, message):
     for key in list(os.environ):
@@ -134,31 +136,55 @@ def test_logs_prints_the_last_lines(capsys, tmp_path):
 
 def _fake_stack(tmp_path, components: dict) -> None:
     stack = {
-        "ep_api_url": "http://127.0.0.1:9", "deploy_api_url": "http://127.0.0.1:9",
-        "broker_host": "127.0.0.1", "broker_port": 9, "auth_url": "http://127.0.0.1:9/auth",
-        "tokens": {}, "state_dir": str(tmp_path), "ready": True, "components": components,
+        "ep_api_url": "http://127.0.0.1:9",
+        "deploy_api_url": "http://127.0.0.1:9",
+        "broker_host": "127.0.0.1",
+        "broker_port": 9,
+        "auth_url": "http://127.0.0.1:9/auth",
+        "tokens": {},
+        "state_dir": str(tmp_path),
+        "ready": True,
+        "components": components,
     }
     (tmp_path / "stack.json").write_text(json.dumps(stack))
 
 
 def test_up_refuses_a_partly_running_stack(capsys, tmp_path):
     # This test process stands in for a live component; pid 0 is never alive.
-    _fake_stack(tmp_path, {
-        "ep-api": {"pid": os.getpid(), "start": None, "url": "http://127.0.0.1:9",
-                   "health": "http://127.0.0.1:9/health"},
-        "devidp": {"pid": 0, "start": None, "url": "x", "health": "http://127.0.0.1:9/h"},
-    })
+    _fake_stack(
+        tmp_path,
+        {
+            "ep-api": {
+                "pid": os.getpid(),
+                "start": None,
+                "url": "http://127.0.0.1:9",
+                "health": "http://127.0.0.1:9/health",
+            },
+            "devidp": {"pid": 0, "start": None, "url": "x", "health": "http://127.0.0.1:9/h"},
+        },
+    )
     code, _, err = run(capsys, "up", "--state-dir", str(tmp_path))
     assert code == 1 and "partly running (ep-api)" in err and "zexec down" in err
 
 
 def test_status_reports_down_and_unhealthy_components(capsys, tmp_path):
-    _fake_stack(tmp_path, {
-        "ep-api": {"pid": os.getpid(), "start": None, "url": "http://127.0.0.1:9",
-                   "health": "http://127.0.0.1:9/health"},
-        "devidp": {"pid": 0, "start": None, "url": "http://127.0.0.1:9/auth",
-                   "health": "http://127.0.0.1:9/healthz"},
-    })
+    _fake_stack(
+        tmp_path,
+        {
+            "ep-api": {
+                "pid": os.getpid(),
+                "start": None,
+                "url": "http://127.0.0.1:9",
+                "health": "http://127.0.0.1:9/health",
+            },
+            "devidp": {
+                "pid": 0,
+                "start": None,
+                "url": "http://127.0.0.1:9/auth",
+                "health": "http://127.0.0.1:9/healthz",
+            },
+        },
+    )
     code, out, _ = run(capsys, "status", "--state-dir", str(tmp_path), "--json")
     doc = json.loads(out)
     assert code == 1

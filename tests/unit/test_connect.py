@@ -24,10 +24,13 @@ PY = C.PYTHON
 @pytest.fixture
 def mocked():
     with respx.mock(assert_all_called=False) as router:
-        router.get(f"{EP}/status/rexec").respond(json={"deployment_api_url": "http://deploy.test:8000"})
+        router.get(f"{EP}/status/rexec").respond(
+            json={"deployment_api_url": "http://deploy.test:8000"}
+        )
         router.get(f"{EP}/user/info").respond(json={"sub": "u-1", "username": "alice"})
         router.get(f"{DEPLOY}/broker-config").respond(
-            json={"broker_external_host": "broker.test", "broker_external_port": 5559})
+            json={"broker_external_host": "broker.test", "broker_external_port": 5559}
+        )
         yield router
 
 
@@ -40,9 +43,13 @@ def conn(mocked):
 
 @pytest.mark.parametrize(
     "reported, expected",
-    [("http://d:1", "http://d:1/rexec"), ("http://d:1/", "http://d:1/rexec"),
-     ("http://d:1/rexec", "http://d:1/rexec"), ("http://d:1/rexec/", "http://d:1/rexec"),
-     (" http://d:1/api ", "http://d:1/api/rexec")],
+    [
+        ("http://d:1", "http://d:1/rexec"),
+        ("http://d:1/", "http://d:1/rexec"),
+        ("http://d:1/rexec", "http://d:1/rexec"),
+        ("http://d:1/rexec/", "http://d:1/rexec"),
+        (" http://d:1/api ", "http://d:1/api/rexec"),
+    ],
 )
 def test_deploy_url_appends_rexec_unless_present(reported, expected):
     assert C.deploy_url_from(reported) == expected
@@ -60,19 +67,44 @@ def test_connect_discovers_deploy_api_and_broker(conn, mocked):
 @pytest.mark.parametrize(
     "route, response, error, text",
     [
-        ("status/rexec", httpx.Response(404, json={"detail": "not configured"}),
-         zexec.ControlPlaneError, "remote execution is not enabled at http://ep.test"),
-        ("status/rexec", httpx.Response(200, json={}), zexec.ControlPlaneError,
-         "did not name a deployment_api_url"),
-        ("status/rexec", httpx.Response(200, text="<html>"), zexec.ControlPlaneError,
-         "not a JSON object"),
-        ("user/info", httpx.Response(401, json={"detail": "not authenticated: bad token"}),
-         zexec.ZexecError, "check the token"),
-        ("user/info", httpx.Response(503, json={"detail": "identity provider unavailable",
-                                                "code": "AUTH_UNAVAILABLE"}),
-         zexec.ZexecError, "identity provider unavailable"),
-        ("status/rexec", httpx.ConnectError("refused"), zexec.ControlPlaneError,
-         "cannot reach http://ep.test/status/rexec"),
+        (
+            "status/rexec",
+            httpx.Response(404, json={"detail": "not configured"}),
+            zexec.ControlPlaneError,
+            "remote execution is not enabled at http://ep.test",
+        ),
+        (
+            "status/rexec",
+            httpx.Response(200, json={}),
+            zexec.ControlPlaneError,
+            "did not name a deployment_api_url",
+        ),
+        (
+            "status/rexec",
+            httpx.Response(200, text="<html>"),
+            zexec.ControlPlaneError,
+            "not a JSON object",
+        ),
+        (
+            "user/info",
+            httpx.Response(401, json={"detail": "not authenticated: bad token"}),
+            zexec.ZexecError,
+            "check the token",
+        ),
+        (
+            "user/info",
+            httpx.Response(
+                503, json={"detail": "identity provider unavailable", "code": "AUTH_UNAVAILABLE"}
+            ),
+            zexec.ZexecError,
+            "identity provider unavailable",
+        ),
+        (
+            "status/rexec",
+            httpx.ConnectError("refused"),
+            zexec.ControlPlaneError,
+            "cannot reach http://ep.test/status/rexec",
+        ),
     ],
 )
 def test_connect_errors_say_what_went_wrong(mocked, route, response, error, text):
@@ -105,8 +137,11 @@ def test_requirement_list_adds_the_python_pin(tmp_path):
 
 @pytest.mark.parametrize(
     "requirements, python, text",
-    [(["python==3.10"], "3.12", "disagree"), ("numpy", None, "requirements file 'numpy' not "
-                                               "found"), ([1, 2], None, "list of strings")],
+    [
+        (["python==3.10"], "3.12", "disagree"),
+        ("numpy", None, "requirements file 'numpy' not found"),
+        ([1, 2], None, "list of strings"),
+    ],
 )
 def test_requirement_list_refusals(requirements, python, text):
     with pytest.raises(zexec.ZexecError, match=text):
@@ -115,28 +150,34 @@ def test_requirement_list_refusals(requirements, python, text):
 
 def _status(phase: str, **extra) -> dict:
     progress = {"pending": 0.0, "installing": 0.25, "starting": 0.75, "ready": 1.0}
-    return {"phase": phase, "progress": progress.get(phase), "reason": "", "log_tail": [],
-            **extra}
+    return {"phase": phase, "progress": progress.get(phase), "reason": "", "log_tail": [], **extra}
 
 
 def test_environment_posts_json_and_polls_until_ready(conn, mocked, capsys):
     spawn = mocked.post(f"{DEPLOY}/spawn").respond(json=_status("pending"))
-    mocked.get(f"{DEPLOY}/status").mock(side_effect=[
-        httpx.Response(200, json=_status("installing", log_tail=["Resolved 3 packages"])),
-        httpx.Response(200, json=_status("starting")),
-        httpx.Response(200, json=_status("ready")),
-    ])
+    mocked.get(f"{DEPLOY}/status").mock(
+        side_effect=[
+            httpx.Response(200, json=_status("installing", log_tail=["Resolved 3 packages"])),
+            httpx.Response(200, json=_status("starting")),
+            httpx.Response(200, json=_status("ready")),
+        ]
+    )
     st = conn.environment(["six"], poll=0)
     assert st["phase"] == "ready"
     req = spawn.calls[0].request
     assert req.headers["authorization"] == "Bearer tok"
     assert req.headers["content-type"] == "application/json"
     assert httpx.Response(200, content=req.content).json() == {
-        "requirements": [f"python=={PY}", "six"], "force": False}
+        "requirements": [f"python=={PY}", "six"],
+        "force": False,
+    }
     err = capsys.readouterr().err  # not a TTY here: one plain line per phase
     lines = err.splitlines()
-    assert [ln.split("]")[1].split()[0] for ln in lines[:-1]] == ["pending", "installing",
-                                                                  "starting"]
+    assert [ln.split("]")[1].split()[0] for ln in lines[:-1]] == [
+        "pending",
+        "installing",
+        "starting",
+    ]
     assert "Resolved 3 packages" in lines[1]
     assert lines[-1].startswith("zexec environment: ready (")
 
@@ -149,16 +190,21 @@ def test_environment_conflict_tells_to_force(conn, mocked):
 
 def test_environment_invalid_requirement(conn, mocked):
     mocked.post(f"{DEPLOY}/spawn").respond(
-        422, json={"detail": "invalid environment: requirement '-e .': pip options"})
+        422, json={"detail": "invalid environment: requirement '-e .': pip options"}
+    )
     with pytest.raises(zexec.InvalidEnvironment, match="pip options"):
         conn.environment(["-e ."], progress=False)
 
 
 def test_environment_failed_build_carries_reason_and_log(conn, mocked):
     mocked.post(f"{DEPLOY}/spawn").respond(json=_status("installing"))
-    mocked.get(f"{DEPLOY}/status").respond(json=_status(
-        "failed", reason="building the environment failed: uv exited 1",
-        log_tail=["error: No solution found", "nosuchpkg was not found"]))
+    mocked.get(f"{DEPLOY}/status").respond(
+        json=_status(
+            "failed",
+            reason="building the environment failed: uv exited 1",
+            log_tail=["error: No solution found", "nosuchpkg was not found"],
+        )
+    )
     with pytest.raises(zexec.EnvironmentFailed) as info:
         conn.environment(["nosuchpkg"], progress=False, poll=0)
     assert info.value.reason.endswith("uv exited 1")

@@ -12,13 +12,19 @@ from pydantic_settings import BaseSettings
 import zexec.settings as settings
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-CLASSES = [c for c in vars(settings).values()
-           if isinstance(c, type) and issubclass(c, BaseSettings) and c is not BaseSettings]
+CLASSES = [
+    c
+    for c in vars(settings).values()
+    if isinstance(c, type) and issubclass(c, BaseSettings) and c is not BaseSettings
+]
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
 def test_every_setting_has_a_row(cls):
     prefix = cls.model_config["env_prefix"]
-    missing = [f"{prefix}{name.upper()}" for name in cls.model_fields
-               if f"`{prefix}{name.upper()}`" not in README and f"`_{name.upper()}`" not in README]
+    missing = [
+        f"{prefix}{name.upper()}"
+        for name in cls.model_fields
+        if f"`{prefix}{name.upper()}`" not in README and f"`_{name.upper()}`" not in README
+    ]
     assert not missing, f"README.md lacks rows for {missing}"

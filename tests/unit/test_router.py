@@ -693,7 +693,7 @@ _frame = st.one_of(
 @example([(False, [SRV_A, b"", p.MAGIC, p.REGISTER, b"u", b"c", b"[" * 5000])])
 def test_router_never_raises_and_keeps_the_real_server(messages):
     """BUG (with the explicit example): deeply nested JSON in a REG info frame raises
-    RecursionError out of on_backend, which kills the broker loop."""
+    RecursionError out of on_backend (protocol.load_header does not catch it)."""
     r = ready()
     front(r, CLI, call(T_ALICE, ID1), 1.0)
     take(r)
@@ -713,3 +713,29 @@ def test_router_never_raises_and_keeps_the_real_server(messages):
         take(r)
     # The fuzz never holds a valid credential, so alice's server is intact.
     assert r.servers["alice-id"].rid == SRV_A
+
+
+def test_one_connection_registering_for_two_users_keeps_state_consistent():
+    """BUG: a connection registered for alice that also registers (valid credential) for
+    bob overwrites ``server_users[rid]`` but leaves ``servers["alice-id"].rid == rid``.
+    When alice's entry then expires, ``_drop_server`` pops ``server_users[rid]`` (now
+    bob's mapping), so bob's entry stays registered (its REG heartbeats keep refreshing
+    it) while every RPL from that connection is dropped as "unregistered": bob's calls
+    are routed to it and never answered. Either refuse the second registration or keep
+    the two maps consistent."""
+    r = make()
+    login(r, T_BOB, BOB, 0.0)
+    assert register(r, SRV_A, ALICE, 0.0) == {"ok": True}
+    assert register(r, SRV_A, BOB, 0.0)["ok"] in (True, False)
+    # Only bob's registration is refreshed from now on.
+    register(r, SRV_A, BOB, 1.5)
+    r.tick(2.5)
+    take(r)
+    for user, entry in r.servers.items():
+        assert r.server_users.get(entry.rid) == user
+    if "bob-id" in r.servers:
+        front(r, CLI_B, call(T_BOB, ID1), 2.6)
+        (dest, frames), = take(r)
+        assert dest == BACK and frames[0] == SRV_A
+        back(r, SRV_A, p.reply(CLI_B, ID1, True, p.v1_event(ID1, "return", 1)), 2.7)
+        assert [d for d, _ in take(r)] == [FRONT], "bob's server's reply was dropped"

@@ -93,6 +93,12 @@ class ProtocolError(CallError):
     code = "BAD_REQUEST"
 
 
+class Busy(CallError):
+    """The broker is saturated (token checks, parked messages); retry shortly."""
+
+    code = "BUSY"
+
+
 class ShuttingDown(CallError):
     """The broker or server is draining and accepts no new calls."""
 
@@ -158,6 +164,7 @@ BY_CODE: dict[str, type[ZexecError]] = {
         SerializationError,
         ProtocolError,
         ShuttingDown,
+        Busy,
         CallCancelled,
         CallTimeout,
         WorkerDied,

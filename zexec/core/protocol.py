@@ -88,6 +88,8 @@ def load_header(frame: Any) -> dict[str, Any]:
         value = json.loads(frame_bytes(frame))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"header frame is not JSON: {exc}") from None
+    except RecursionError:  # absurdly nested JSON: refuse it, do not die on it
+        raise ProtocolError("header frame is nested too deeply") from None
     if not isinstance(value, dict):
         raise ProtocolError("header frame must be a JSON object")
     return value
@@ -164,6 +166,9 @@ def parse_frontend(body: Sequence[Any]) -> FrontendMessage:
     if not body:
         raise ProtocolError("empty message")
     first = frame_bytes(body[0])
+    if first[:1] == b"\x00" and first != MAGIC:
+        # Reserved for zexec protocol markers (a real token never starts with NUL).
+        raise ProtocolError(f"unsupported protocol marker {first[:8]!r}; this broker speaks v1")
     if first == MAGIC:
         if len(body) < 4:
             raise ProtocolError("v1 message needs at least [MAGIC, verb, token, call_id]")
@@ -249,8 +254,11 @@ def parse_client_bound(body: Sequence[Any]) -> Event | dict[str, Any]:
         return header
     if kind != EVT:
         raise ProtocolError(f"unknown v1 kind {kind[:16]!r}")
+    seq = header.get("seq", 0)
+    if not isinstance(seq, int) or isinstance(seq, bool):
+        raise ProtocolError("event seq must be an integer")
     return Event(
-        call_id=frame_bytes(body[2]), kind=str(header.get("e", "")), seq=int(header.get("seq", 0)),
+        call_id=frame_bytes(body[2]), kind=str(header.get("e", "")), seq=seq,
         header=header, buffers=tuple(body[4:]),
     )
 

@@ -51,6 +51,7 @@ class BrokerLoop:
         ports: tuple[int, int, int] = (5559, 5560, 5561),
         admin_token: str = "",
         auth_threads: int = 16,
+        max_frame_bytes: int = -1,
         drain_timeout: float = 30.0,
         context: zmq.Context | None = None,
     ) -> None:
@@ -62,6 +63,8 @@ class BrokerLoop:
         self.front = self._socket(zmq.ROUTER)
         self.back = self._socket(zmq.ROUTER)
         self.control = self._socket(zmq.ROUTER)
+        for s in (self.front, self.back, self.control):
+            s.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes)
         # A server that vanished must surface as an error, not a silent drop.
         self.back.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.ports = (
@@ -160,9 +163,8 @@ class BrokerLoop:
         parts = [frame_bytes(f) for f in frames[1:]]
         if parts and parts[0] == b"":
             parts = parts[1:]
-        if len(parts) < 2:
-            reply = {"ok": False, "error": "expected [admin token, command]"}
-        elif not self.admin_token or not hmac.compare_digest(parts[0], self.admin_token):
+        if len(parts) < 2 or not self.admin_token or \
+                not hmac.compare_digest(parts[0], self.admin_token):
             log.warning("refused an unauthenticated control command")
             reply = {"ok": False, "error": "forbidden: admin credential required"}
         elif parts[1] == b"STATUS":

@@ -306,9 +306,13 @@ class ServerLoop:
                     if sock_or_fd is self.broker:
                         for _ in range(256):
                             try:
-                                self._on_broker(recv_frames(self.broker, NOBLOCK, 7))
+                                frames = recv_frames(self.broker, NOBLOCK, 7)
                             except zmq.Again:
                                 break
+                            try:
+                                self._on_broker(frames)
+                            except Exception:  # a bad message must not kill the server
+                                log.exception("failed to handle a broker message")
                     elif sock_or_fd is self.workers_sock:
                         for _ in range(256):
                             try:

@@ -39,6 +39,7 @@ def build_broker(settings: BrokerSettings, auth: AuthSettings,
         ports=(settings.frontend_port, settings.backend_port, settings.control_port),
         admin_token=settings.admin_token.get_secret_value(),
         auth_threads=settings.auth_threads, drain_timeout=settings.drain_timeout,
+        max_frame_bytes=settings.max_frame_bytes,
     )
 
 

@@ -274,6 +274,14 @@ class Router:
             self.outbox.append((BACK, [rid, b"", p.MAGIC, p.REGISTER_ACK,
                                        p.dump_header({"ok": False, "error": "bad credential"})]))
             return
+        serving = self.server_users.get(rid)
+        if serving is not None and serving != msg.user_id:
+            # One connection serves one user; a second identity on it is refused so
+            # the two maps (user -> server, server -> user) can never disagree.
+            self.stats["bad_registration"] += 1
+            self.outbox.append((BACK, [rid, b"", p.MAGIC, p.REGISTER_ACK, p.dump_header(
+                {"ok": False, "error": "this connection already serves another user"})]))
+            return
         current = self.servers.get(msg.user_id)
         if current is not None and current.rid != rid:
             # A replacement server (restart, force reinstall): the old one is gone.

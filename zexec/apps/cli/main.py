@@ -27,24 +27,35 @@ ZEXEC_* environment variables; see the README's configuration table.
 """
 
 COMPONENT_HELP = {
-    "broker": ("run the ZeroMQ broker",
-               "Run the broker (settings: ZEXEC_BROKER_*, identity: ZEXEC_AUTH_*). "
-               "SIGTERM drains in-flight calls, then exits."),
-    "server": ("run one user's server (normally started by an orchestrator)",
-               "Run a per-user server (settings: ZEXEC_SERVER_*: broker URL, user id and "
-               "the credential derived from the broker secret)."),
-    "deploy-api": ("run the Deploy API (uvicorn)",
-                   "Serve the Deploy API (settings: ZEXEC_DEPLOY_*, ZEXEC_AUTH_*, the "
-                   "broker's ZEXEC_BROKER_HOST/BACKEND_PORT/SERVER_SECRET, ZEXEC_K8S_*). "
-                   "On SIGTERM it stops the servers it started."),
-    "ep-api": ("run the EP API (uvicorn)",
-               "Serve the Endpoint API (settings: ZEXEC_EP_*, ZEXEC_AUTH_*)."),
+    "broker": (
+        "run the ZeroMQ broker",
+        "Run the broker (settings: ZEXEC_BROKER_*, identity: ZEXEC_AUTH_*). "
+        "SIGTERM drains in-flight calls, then exits.",
+    ),
+    "server": (
+        "run one user's server (normally started by an orchestrator)",
+        "Run a per-user server (settings: ZEXEC_SERVER_*: broker URL, user id and "
+        "the credential derived from the broker secret).",
+    ),
+    "deploy-api": (
+        "run the Deploy API (uvicorn)",
+        "Serve the Deploy API (settings: ZEXEC_DEPLOY_*, ZEXEC_AUTH_*, the "
+        "broker's ZEXEC_BROKER_HOST/BACKEND_PORT/SERVER_SECRET, ZEXEC_K8S_*). "
+        "On SIGTERM it stops the servers it started.",
+    ),
+    "ep-api": (
+        "run the EP API (uvicorn)",
+        "Serve the Endpoint API (settings: ZEXEC_EP_*, ZEXEC_AUTH_*).",
+    ),
 }
 
 PORT_LABELS = {
-    "auth": "development IdP", "broker": "broker client (frontend)",
-    "broker_backend": "broker server (backend)", "broker_control": "broker control",
-    "deploy": "Deploy API", "ep": "EP API",
+    "auth": "development IdP",
+    "broker": "broker client (frontend)",
+    "broker_backend": "broker server (backend)",
+    "broker_control": "broker control",
+    "deploy": "Deploy API",
+    "ep": "EP API",
 }
 
 
@@ -80,16 +91,19 @@ def lines(text: str) -> int:
 
 def _state_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--state-dir", metavar="DIR",
+        "--state-dir",
+        metavar="DIR",
         default=os.environ.get("ZEXEC_STATE_DIR") or DEFAULT_STATE_DIR,
         help="where the stack keeps stack.json, tokens, secrets, logs and environments "
-             f"(default: $ZEXEC_STATE_DIR, else {DEFAULT_STATE_DIR})",
+        f"(default: $ZEXEC_STATE_DIR, else {DEFAULT_STATE_DIR})",
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="zexec", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="zexec",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="zexec: run Python functions on remote compute through a ZeroMQ broker.",
     )
     from zexec import __version__
@@ -100,14 +114,17 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (short, long) in COMPONENT_HELP.items():
         sub.add_parser(name, help=short, description=long).set_defaults(func=run_component)
     idp = sub.add_parser(
-        "devidp", help="run the development identity provider (uvicorn)", add_help=False,
+        "devidp",
+        help="run the development identity provider (uvicorn)",
+        add_help=False,
         description="Run the development identity provider; `zexec devidp --help` for options.",
     )
     idp.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     idp.set_defaults(func=run_devidp)
 
     p = sub.add_parser(
-        "up", help="run the whole stack on this machine, in the background",
+        "up",
+        help="run the whole stack on this machine, in the background",
         description="Start the development IdP (tokens for alice and bob), the broker, the "
         "Deploy API with the local orchestrator and the EP API as background processes; "
         "return when all answer; print URLs and tokens; write DIR/stack.json. Ports not "
@@ -116,28 +133,46 @@ def build_parser() -> argparse.ArgumentParser:
     _state_dir(p)
     for name in st.PORT_NAMES:
         flag = name.replace("_", "-")
-        p.add_argument(f"--{flag}-port", type=port, metavar="PORT", dest=f"port_{name}",
-                       help=f"{PORT_LABELS[name]} port (default: a free one)")
-    p.add_argument("--timeout", type=seconds, default=120.0,
-                   help="seconds to wait for every component to be ready (default %(default)s)")
-    p.add_argument("--idle-timeout", type=seconds, default=3600.0,
-                   help="stop a user's server after this many idle seconds; 0 = never "
-                        "(default %(default)s)")
+        p.add_argument(
+            f"--{flag}-port",
+            type=port,
+            metavar="PORT",
+            dest=f"port_{name}",
+            help=f"{PORT_LABELS[name]} port (default: a free one)",
+        )
+    p.add_argument(
+        "--timeout",
+        type=seconds,
+        default=120.0,
+        help="seconds to wait for every component to be ready (default %(default)s)",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=seconds,
+        default=3600.0,
+        help="stop a user's server after this many idle seconds; 0 = never (default %(default)s)",
+    )
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser(
-        "down", help="stop the stack and every user server it started",
+        "down",
+        help="stop the stack and every user server it started",
         description="SIGTERM every component's process group (the Deploy API first: it "
         "stops the users' servers), SIGKILL what is left after --grace seconds, then stop "
         "any server process still running under DIR/orchestrator.",
     )
     _state_dir(p)
-    p.add_argument("--grace", type=seconds, default=15.0,
-                   help="seconds between SIGTERM and SIGKILL (default %(default)s)")
+    p.add_argument(
+        "--grace",
+        type=seconds,
+        default=15.0,
+        help="seconds between SIGTERM and SIGKILL (default %(default)s)",
+    )
     p.set_defaults(func=cmd_down)
 
     p = sub.add_parser(
-        "status", help="show components and user servers",
+        "status",
+        help="show components and user servers",
         description="Show each component (up / unhealthy / down, URL, pid) and each user "
         "server (phase from the Deploy API, pid from the broker). Exit 1 if a component is "
         "not up or no stack runs.",
@@ -147,15 +182,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser(
-        "logs", help="show the last lines of component or server logs",
+        "logs",
+        help="show the last lines of component or server logs",
         description="Print the last lines of COMPONENT's log (devidp, broker, deploy-api, "
         "ep-api, or a user's server by user name or id); without COMPONENT, of every "
         "component.",
     )
     _state_dir(p)
     p.add_argument("component", nargs="?", metavar="COMPONENT", help="whose log")
-    p.add_argument("-n", "--lines", type=lines, default=40,
-                   help="how many lines (default %(default)s)")
+    p.add_argument(
+        "-n", "--lines", type=lines, default=40, help="how many lines (default %(default)s)"
+    )
     p.set_defaults(func=cmd_logs)
     return parser
 
@@ -184,8 +221,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     given = [p for p in ports.values() if p]
     if len(given) != len(set(given)):
         raise st.UsageError("the same port is given for two components")
-    st.up(st.StateDir(args.state_dir), ports=ports, timeout=args.timeout,
-          idle_timeout=args.idle_timeout)
+    st.up(
+        st.StateDir(args.state_dir),
+        ports=ports,
+        timeout=args.timeout,
+        idle_timeout=args.idle_timeout,
+    )
     return 0
 
 
@@ -213,8 +254,10 @@ def _settings_message(exc) -> str:
     title = getattr(exc, "title", "settings")
     model = getattr(zexec.settings, title, None)
     prefix = model.model_config.get("env_prefix", "") if model is not None else ""
-    rows = [f"{prefix}{'_'.join(str(x) for x in e['loc']).upper()}: {e['msg']} "
-            f"(got {e.get('input')!r})" for e in exc.errors()]
+    rows = [
+        f"{prefix}{'_'.join(str(x) for x in e['loc']).upper()}: {e['msg']} (got {e.get('input')!r})"
+        for e in exc.errors()
+    ]
     return f"invalid {title}:\n  " + "\n  ".join(rows)
 
 

@@ -39,17 +39,21 @@ def collect(d: StateDir) -> dict[str, Any] | None:
     return {
         "state_dir": stack["state_dir"],
         "components": comps,
-        "servers": _servers(stack, admin, broker_up=comps.get("broker", {}).get("state") == "up",
-                            deploy_up=comps.get("deploy-api", {}).get("state") == "up"),
+        "servers": _servers(
+            stack,
+            admin,
+            broker_up=comps.get("broker", {}).get("state") == "up",
+            deploy_up=comps.get("deploy-api", {}).get("state") == "up",
+        ),
     }
 
 
-def _servers(stack: dict[str, Any], admin: str, *, broker_up: bool,
-             deploy_up: bool) -> list[dict[str, Any]]:
+def _servers(
+    stack: dict[str, Any], admin: str, *, broker_up: bool, deploy_up: bool
+) -> list[dict[str, Any]]:
     """One row per user with a server known to the Deploy API or the broker."""
-    from zexec.apps.devidp import user_id_for
-
-    names = {user_id_for(u): u for u in stack.get("tokens", {})}
+    ids = stack.get("users", {})  # name -> user id (the IdP's ``sub``)
+    names = {uid: user for user, uid in ids.items()}
     rows: dict[str, dict[str, Any]] = {}
     if deploy_up:
         import httpx
@@ -57,14 +61,17 @@ def _servers(stack: dict[str, Any], admin: str, *, broker_up: bool,
         base = stack["deploy_api_url"] + stack.get("deploy_api_prefix", "")
         for user, token in stack.get("tokens", {}).items():
             try:
-                r = httpx.get(f"{base}/status", headers={"Authorization": f"Bearer {token}"},
-                              timeout=5.0)
+                r = httpx.get(
+                    f"{base}/status", headers={"Authorization": f"Bearer {token}"}, timeout=5.0
+                )
             except httpx.HTTPError:
                 continue
             if r.status_code == 200:
                 body = r.json()
-                rows[body.get("user_id") or user_id_for(user)] = {
-                    "user": user, "phase": body.get("phase"), "reason": body.get("reason", ""),
+                rows[body.get("user_id") or ids.get(user, user)] = {
+                    "user": user,
+                    "phase": body.get("phase"),
+                    "reason": body.get("reason", ""),
                     "python": (body.get("env") or {}).get("python"),
                 }
     if broker_up:
@@ -72,8 +79,12 @@ def _servers(stack: dict[str, Any], admin: str, *, broker_up: bool,
         for uid, entry in ((reply.get("status") or {}).get("servers") or {}).items():
             info = entry.get("info") or {}
             row = rows.setdefault(uid, {"user": names.get(uid, uid), "phase": None})
-            row.update(registered=True, pid=info.get("pid"), workers=info.get("workers"),
-                       inflight=entry.get("inflight"))
+            row.update(
+                registered=True,
+                pid=info.get("pid"),
+                workers=info.get("workers"),
+                inflight=entry.get("inflight"),
+            )
             row.setdefault("python", info.get("python"))
     for uid, row in rows.items():
         row["user_id"] = uid
@@ -108,10 +119,9 @@ def log_path(d: StateDir, component: str) -> Path:
     if component in COMPONENTS:
         return d.log(component)
     from zexec.adapters.orchestrator_local import file_key
-    from zexec.apps.devidp import user_id_for
 
     stack = d.load() or {}
-    uid = user_id_for(component) if component in stack.get("tokens", {}) else component
+    uid = stack.get("users", {}).get(component, component)
     path = d.orchestrator / "logs" / f"{file_key(uid)}.log"
     if not path.exists():
         users = ", ".join(stack.get("tokens", {})) or "none"

@@ -16,108 +16,25 @@ pasted into a notebook keep working across restarts. Everything listens on 127.0
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
-import secrets
 import socket
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, TextIO
 
 from zexec.apps.cli import procs
+from zexec.apps.cli.state import StackError, StateDir, UsageError, dev_tokens, save, secret_file
+
+__all__ = ["StackError", "StateDir", "UsageError", "down", "up"]
 
 HOST = "127.0.0.1"
-USERS = ("alice", "bob")
 #: Start order; ``down`` stops the Deploy API first (it stops the users' servers while
 #: the broker still runs), then the rest together.
 COMPONENTS = ("devidp", "broker", "deploy-api", "ep-api")
 PORT_NAMES = ("auth", "broker", "broker_backend", "broker_control", "deploy", "ep")
 PREFIX = "/rexec"
-
-
-class StackError(Exception):
-    """``up``/``down`` could not do their job; the message says why (exit status 1)."""
-
-
-class UsageError(Exception):
-    """Arguments that parse but do not make sense, or name nothing (exit status 2)."""
-
-
-class StateDir:
-    """Paths inside a state directory."""
-
-    def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root).expanduser().resolve()
-        self.stack_json = self.root / "stack.json"
-        self.tokens = self.root / "tokens.json"
-        self.secret = self.root / "server_secret"
-        self.admin = self.root / "admin_token"
-        self.logs = self.root / "logs"
-        self.orchestrator = self.root / "orchestrator"
-
-    def log(self, component: str) -> Path:
-        return self.logs / f"{component}.log"
-
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """Serialise ``up``/``down`` on one directory (two ``up`` at once would race
-        for the ports and both write stack.json)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "w") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            yield
-
-    def load(self) -> dict[str, Any] | None:
-        try:
-            return json.loads(self.stack_json.read_text())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            raise StackError(f"cannot read {self.stack_json}: {exc}") from None
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` with mode 0600 from the first byte, atomically."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)  # mode 0600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def secret_file(path: Path) -> str:
-    """The secret stored in ``path``, created (random, 0600) if missing or empty."""
-    with contextlib.suppress(OSError):
-        value = path.read_text().strip()
-        if value:
-            os.chmod(path, 0o600)
-            return value
-    value = secrets.token_urlsafe(32)
-    write_private(path, value + "\n")
-    return value
-
-
-def dev_tokens(path: Path) -> dict[str, str]:
-    """``{user: token}`` for USERS from the IdP token file, generating a new file if it
-    lacks one of them."""
-    from zexec.apps.devidp import generate_tokens
-
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        mapping = json.loads(path.read_text())
-        found = {claims.get("username"): tok for tok, claims in mapping.items()}
-        if all(u in found for u in USERS):
-            os.chmod(path, 0o600)
-            return {u: found[u] for u in USERS}
-    return generate_tokens(path, USERS)
 
 
 def free_port() -> int:
@@ -144,8 +61,9 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def plan(d: StateDir, ports: dict[str, int], secret: str, admin: str,
-         idle_timeout: float) -> dict[str, dict[str, Any]]:
+def plan(
+    d: StateDir, ports: dict[str, int], secret: str, admin: str, idle_timeout: float
+) -> dict[str, dict[str, Any]]:
     """Command, environment, URL and readiness check of each component."""
     base = [sys.executable, "-m", "zexec.apps.cli"]
     auth = f"http://{HOST}:{ports['auth']}"
@@ -161,8 +79,16 @@ def plan(d: StateDir, ports: dict[str, int], secret: str, admin: str,
     ep = f"http://{HOST}:{ports['ep']}"
     return {
         "devidp": {
-            "cmd": [*base, "devidp", "--tokens-file", str(d.tokens), "--host", HOST,
-                    "--port", str(ports["auth"])],
+            "cmd": [
+                *base,
+                "devidp",
+                "--tokens-file",
+                str(d.tokens),
+                "--host",
+                HOST,
+                "--port",
+                str(ports["auth"]),
+            ],
             "env": child_env(),
             "url": f"{auth}/auth",
             "health": f"{auth}/healthz",
@@ -177,9 +103,12 @@ def plan(d: StateDir, ports: dict[str, int], secret: str, admin: str,
             "cmd": [*base, "deploy-api"],
             # The local orchestrator reads the broker's host, backend port and secret.
             "env": child_env(
-                **broker_env, **auth_env,
-                ZEXEC_DEPLOY_HOST=HOST, ZEXEC_DEPLOY_PORT=str(ports["deploy"]),
-                ZEXEC_DEPLOY_PREFIX=PREFIX, ZEXEC_DEPLOY_ORCHESTRATOR="local",
+                **broker_env,
+                **auth_env,
+                ZEXEC_DEPLOY_HOST=HOST,
+                ZEXEC_DEPLOY_PORT=str(ports["deploy"]),
+                ZEXEC_DEPLOY_PREFIX=PREFIX,
+                ZEXEC_DEPLOY_ORCHESTRATOR="local",
                 ZEXEC_DEPLOY_STATE_DIR=str(d.orchestrator),
                 ZEXEC_DEPLOY_BROKER_EXTERNAL_HOST=HOST,
                 ZEXEC_DEPLOY_BROKER_EXTERNAL_PORT=str(ports["broker"]),
@@ -190,16 +119,21 @@ def plan(d: StateDir, ports: dict[str, int], secret: str, admin: str,
         },
         "ep-api": {
             "cmd": [*base, "ep-api"],
-            "env": child_env(**auth_env, ZEXEC_EP_HOST=HOST, ZEXEC_EP_PORT=str(ports["ep"]),
-                             ZEXEC_EP_DEPLOY_API_URL=deploy),
+            "env": child_env(
+                **auth_env,
+                ZEXEC_EP_HOST=HOST,
+                ZEXEC_EP_PORT=str(ports["ep"]),
+                ZEXEC_EP_DEPLOY_API_URL=deploy,
+            ),
             "url": ep,
             "health": f"{ep}/health",
         },
     }
 
 
-def broker_control(host: str, port: int, admin: str, command: bytes = b"STATUS",
-                   timeout: float = 2.0) -> dict[str, Any] | None:
+def broker_control(
+    host: str, port: int, admin: str, command: bytes = b"STATUS", timeout: float = 2.0
+) -> dict[str, Any] | None:
     """One control command (``[b"", admin, command]`` on a DEALER); None if no answer."""
     import zmq
 
@@ -217,12 +151,14 @@ def broker_control(host: str, port: int, admin: str, command: bytes = b"STATUS",
         s.close()
 
 
-def healthy(name: str, comp: dict[str, Any], stack: dict[str, Any], admin: str,
-            timeout: float = 2.0) -> bool:
+def healthy(
+    name: str, comp: dict[str, Any], stack: dict[str, Any], admin: str, timeout: float = 2.0
+) -> bool:
     """Whether a component answers its health check now."""
     if name == "broker":
-        reply = broker_control(stack["broker_host"], stack["broker_control_port"], admin,
-                               timeout=timeout)
+        reply = broker_control(
+            stack["broker_host"], stack["broker_control_port"], admin, timeout=timeout
+        )
         return bool(reply and reply.get("ok"))
     import httpx
 
@@ -254,9 +190,17 @@ def _choose_ports(requested: dict[str, int | None]) -> dict[str, int]:
     return ports
 
 
-def up(d: StateDir, *, ports: dict[str, int | None], timeout: float, idle_timeout: float,
-       out: TextIO | None = None) -> dict[str, Any]:
+def up(
+    d: StateDir,
+    *,
+    ports: dict[str, int | None],
+    timeout: float,
+    idle_timeout: float,
+    out: TextIO | None = None,
+) -> dict[str, Any]:
     """Start the stack in ``d`` (or report the running one) and return its stack.json."""
+    from zexec.apps.devidp.tokens import user_id_for  # imports FastAPI: only here
+
     out = out or sys.stdout
     with d.locked():
         stack = d.load()
@@ -274,7 +218,6 @@ def up(d: StateDir, *, ports: dict[str, int | None], timeout: float, idle_timeou
                 )
         for sub in (d.logs, d.orchestrator):
             sub.mkdir(parents=True, exist_ok=True)
-        os.chmod(d.root, 0o700)  # tokens and secrets live here
         secret, admin = secret_file(d.secret), secret_file(d.admin)
         tokens = dev_tokens(d.tokens)
         chosen = _choose_ports(ports)
@@ -286,6 +229,7 @@ def up(d: StateDir, *, ports: dict[str, int | None], timeout: float, idle_timeou
             "broker_port": chosen["broker"],
             "auth_url": steps["devidp"]["url"],
             "tokens": tokens,
+            "users": {user: user_id_for(user) for user in tokens},  # the IdP's ``sub``
             "deploy_api_prefix": PREFIX,
             "broker_url": steps["broker"]["url"],
             "broker_backend_port": chosen["broker_backend"],
@@ -300,11 +244,15 @@ def up(d: StateDir, *, ports: dict[str, int | None], timeout: float, idle_timeou
             for name in COMPONENTS:
                 step = steps[name]
                 d.log(name).write_text("")  # one run per log: old runs are noise here
-                proc = procs.spawn_detached(step["cmd"], env=step["env"], log=d.log(name),
-                                            cwd=d.root)
+                proc = procs.spawn_detached(
+                    step["cmd"], env=step["env"], log=d.log(name), cwd=d.root
+                )
                 stack["components"][name] = {
-                    "pid": proc.pid, "start": procs.start_time(proc.pid), "url": step["url"],
-                    "health": step["health"], "log": str(d.log(name)),
+                    "pid": proc.pid,
+                    "start": procs.start_time(proc.pid),
+                    "url": step["url"],
+                    "health": step["health"],
+                    "log": str(d.log(name)),
                 }
                 save(d, stack)  # from here on `zexec down` can stop what exists
             _wait_ready(d, stack, admin, timeout)
@@ -342,10 +290,6 @@ def _failure(d: StateDir, name: str, what: str) -> str:
     return f"{name} {what}; last lines of {d.log(name)}:\n{log}"
 
 
-def save(d: StateDir, stack: dict[str, Any]) -> None:
-    write_private(d.stack_json, json.dumps(stack, indent=2) + "\n")
-
-
 def show(stack: dict[str, Any], out: TextIO) -> None:
     """The URLs and tokens a user needs, and how to stop."""
     rows = [
@@ -362,8 +306,9 @@ def show(stack: dict[str, Any], out: TextIO) -> None:
     out.write(f"stop it with: zexec down --state-dir {state}\n")
 
 
-def stop(d: StateDir, stack: dict[str, Any], *, grace: float, out: TextIO,
-         quiet: bool = False) -> list[str]:
+def stop(
+    d: StateDir, stack: dict[str, Any], *, grace: float, out: TextIO, quiet: bool = False
+) -> list[str]:
     """Stop the components of ``stack`` and every process the local orchestrator left
     under ``d``; returns notes on what needed force."""
     notes: list[str] = []
@@ -391,6 +336,9 @@ def stop(d: StateDir, stack: dict[str, Any], *, grace: float, out: TextIO,
 def down(d: StateDir, *, grace: float, out: TextIO | None = None) -> bool:
     """Stop the stack in ``d``; False if there was nothing to stop."""
     out = out or sys.stdout
+    if not d.root.is_dir():
+        out.write(f"no zexec stack in {d.root}\n")
+        return False
     with d.locked():
         stack = d.load()
         if stack is None:

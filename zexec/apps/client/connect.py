@@ -60,8 +60,10 @@ def check(resp: httpx.Response, what: str) -> dict[str, Any]:
         except ValueError:
             body = None
         if not isinstance(body, dict):
-            raise E.ControlPlaneError(f"{what}: {resp.url} answered something that is not a "
-                                      "JSON object (is this URL a zexec/NDP endpoint?)")
+            raise E.ControlPlaneError(
+                f"{what}: {resp.url} answered something that is not a "
+                "JSON object (is this URL a zexec/NDP endpoint?)"
+            )
         return body
     detail, body = _detail(resp)
     code = resp.status_code
@@ -83,8 +85,9 @@ def check(resp: httpx.Response, what: str) -> dict[str, Any]:
     raise E.ControlPlaneError(f"{what}: {resp.request.method} {resp.url} -> HTTP {code}: {detail}")
 
 
-def requirement_list(requirements: list[str] | tuple[str, ...] | str | os.PathLike | None,
-                     python: str | None) -> list[str]:
+def requirement_list(
+    requirements: list[str] | tuple[str, ...] | str | os.PathLike | None, python: str | None
+) -> list[str]:
     """The requirement items to send: a list as given, or a requirements file's lines;
     ``python==X.Y`` added (``python`` or this interpreter's) unless one is there."""
     from packaging.requirements import InvalidRequirement, Requirement
@@ -113,8 +116,10 @@ def requirement_list(requirements: list[str] | tuple[str, ...] | str | os.PathLi
         except InvalidRequirement:
             pass  # the Deploy API says what is wrong with it (422)
     if pins and python is not None and pins != [f"python=={python}"]:
-        raise E.ConfigurationError(f"python={python!r} and the requirement {pins[0]!r} "
-                                   "disagree; pin the Python version once")
+        raise E.ConfigurationError(
+            f"python={python!r} and the requirement {pins[0]!r} "
+            "disagree; pin the Python version once"
+        )
     return items if pins else [f"python=={python or PYTHON}", *items]
 
 
@@ -123,8 +128,16 @@ class Connection:
     broker, the default for ``@zexec.remote``), plus ``environment``, ``status`` and
     ``terminate`` of the user's server through the Deploy API. Made by :func:`connect`."""
 
-    def __init__(self, ep_api_url: str, token: str, deploy_url: str, broker_url: str,
-                 client: Client, http: httpx.Client, user: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        ep_api_url: str,
+        token: str,
+        deploy_url: str,
+        broker_url: str,
+        client: Client,
+        http: httpx.Client,
+        user: dict[str, Any] | None = None,
+    ) -> None:
         self.ep_api_url = ep_api_url
         self.deploy_url = deploy_url
         self.broker_url = broker_url
@@ -135,7 +148,9 @@ class Connection:
 
     def __repr__(self) -> str:
         who = self.user.get("username") or self.user.get("sub") or "?"
-        return f"<zexec.Connection user={who!r} deploy={self.deploy_url!r} broker={self.broker_url!r}>"
+        return (
+            f"<zexec.Connection user={who!r} deploy={self.deploy_url!r} broker={self.broker_url!r}>"
+        )
 
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._token}"}
@@ -147,11 +162,19 @@ class Connection:
         try:
             return self._http.request(method, url, headers=self._auth(), **kw)
         except httpx.HTTPError as exc:
-            raise E.ControlPlaneError(f"{what}: cannot reach the Deploy API at {url}: {exc}") from None
+            raise E.ControlPlaneError(
+                f"{what}: cannot reach the Deploy API at {url}: {exc}"
+            ) from None
 
-    def environment(self, requirements: list[str] | str | os.PathLike | None = None,
-                    python: str | None = None, force: bool = False, timeout: float = 600.0,
-                    progress: bool = True, poll: float = 0.5) -> dict[str, Any]:
+    def environment(
+        self,
+        requirements: list[str] | str | os.PathLike | None = None,
+        python: str | None = None,
+        force: bool = False,
+        timeout: float = 600.0,
+        progress: bool = True,
+        poll: float = 0.5,
+    ) -> dict[str, Any]:
         """Make sure your server runs ``requirements`` (a list, or a requirements file
         path) under ``python`` (default: this interpreter's ``X.Y``), waiting up to
         ``timeout`` seconds for it to be ready. The same environment again returns at
@@ -170,21 +193,25 @@ class Connection:
                 if phase in ("failed", "terminated"):
                     display.close(phase)
                     reason = st.get("reason") or "see the log"
-                    raise E.EnvironmentFailed(f"your server {phase}: {reason}", reason,
-                                              tuple(st.get("log_tail") or ()))
+                    raise E.EnvironmentFailed(
+                        f"your server {phase}: {reason}", reason, tuple(st.get("log_tail") or ())
+                    )
                 if time.monotonic() - started > timeout:
                     display.close(f"still {phase} after {timeout:g}s")
                     raise E.EnvironmentTimeout(
                         f"your server was not ready after {timeout:g}s (phase {phase}); "
                         "call environment() again to keep waiting",
-                        "", tuple(st.get("log_tail") or ()))
+                        "",
+                        tuple(st.get("log_tail") or ()),
+                    )
                 display.update(st)
                 time.sleep(poll)
                 resp = self._request("GET", "/status", "status")
                 if resp.status_code == 404:
                     display.close("gone")
-                    raise E.EnvironmentFailed("your server disappeared while starting "
-                                              "(terminated meanwhile?)")
+                    raise E.EnvironmentFailed(
+                        "your server disappeared while starting (terminated meanwhile?)"
+                    )
                 st = check(resp, "status")
         finally:
             display.close()
@@ -213,8 +240,9 @@ class Connection:
         self.close()
 
 
-def connect(ep_api_url: str, token: str, *, timeout: float = 30.0,
-            **client_options: Any) -> Connection:
+def connect(
+    ep_api_url: str, token: str, *, timeout: float = 30.0, **client_options: Any
+) -> Connection:
     """Discover the Deploy API and the broker from the EP API at ``ep_api_url`` and
     return a :class:`Connection` whose client is the default of ``@zexec.remote``.
     ``timeout`` bounds each HTTP request; ``client_options`` go to :class:`zexec.Client`
@@ -241,7 +269,8 @@ def connect(ep_api_url: str, token: str, *, timeout: float = 30.0,
         resp = get(f"{ep}/status/rexec", "discovery", headers=auth)
         if resp.status_code == 404:
             raise E.ControlPlaneError(
-                f"remote execution is not enabled at {ep}: {_detail(resp)[0]}")
+                f"remote execution is not enabled at {ep}: {_detail(resp)[0]}"
+            )
         found = check(resp, "discovery").get("deployment_api_url")
         if not isinstance(found, str) or not found:
             raise E.ControlPlaneError(f"{ep}/status/rexec did not name a deployment_api_url")
@@ -269,8 +298,11 @@ def default_connection() -> Connection:
     return _default
 
 
-def environment(requirements: list[str] | str | os.PathLike | None = None,
-                python: str | None = None, **options: Any) -> dict[str, Any]:
+def environment(
+    requirements: list[str] | str | os.PathLike | None = None,
+    python: str | None = None,
+    **options: Any,
+) -> dict[str, Any]:
     """:meth:`Connection.environment` of the last :func:`connect`."""
     return default_connection().environment(requirements, python, **options)
 

@@ -47,8 +47,9 @@ def describe(status: dict[str, Any], elapsed: float, label: str) -> str:
 class Progress:
     """``update(status)`` while waiting; ``close(final)`` once (idempotent)."""
 
-    def __init__(self, enabled: bool = True, stream: TextIO | None = None,
-                 label: str = "zexec environment") -> None:
+    def __init__(
+        self, enabled: bool = True, stream: TextIO | None = None, label: str = "zexec environment"
+    ) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.label = label
         self.started = time.monotonic()

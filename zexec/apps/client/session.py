@@ -215,6 +215,9 @@ class Session:
             except queue.Empty:
                 return
             if kind == "call":
+                if self._closed:
+                    self._finish(call, error=BrokerUnreachable("the zexec client was closed"))
+                    continue
                 self.pending[call.call_id] = call
                 self._unsent.append(call)
             else:  # cancel
@@ -279,13 +282,12 @@ class Session:
             if not frames or p.frame_bytes(frames[0]) != b"":
                 raise ProtocolError("missing delimiter")
             msg = p.parse_client_bound(frames[1:])
-        except ProtocolError as exc:
+            if isinstance(msg, dict):
+                self._on_pong(msg)
+            else:
+                self._on_event(msg)
+        except Exception as exc:  # a bad message must never kill the I/O thread
             log.warning("ignored a malformed message from the broker: %s", exc)
-            return
-        if isinstance(msg, dict):
-            self._on_pong(msg)
-        else:
-            self._on_event(msg)
 
     def _on_pong(self, header: dict[str, Any]) -> None:
         for hex_id in header.get("unknown", ()):

@@ -1,0 +1,98 @@
+"""How ``zexec down`` stops processes, with real stand-in processes: whole process groups,
+SIGKILL for one that ignores SIGTERM, pid reuse never signalled, and leftovers of the
+local orchestrator (found by their working directory) stopped even without stack.json."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from zexec.apps.cli import procs
+from zexec.apps.cli.stack import StateDir, down
+
+# A parent that forks a child into its own group, then both wait; with IGNORE set the
+# parent ignores SIGTERM (only SIGKILL stops it).
+FAMILY = textwrap.dedent("""
+    import os, signal, sys, time
+    if sys.argv[1] == "ignore":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    child = os.fork()
+    if child:
+        print(child, flush=True)
+    time.sleep(600)
+""")
+
+
+def start_family(cwd, mode: str = "obey") -> tuple[int, int]:
+    """(parent pid, child pid), the parent leading a new session, like a component."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", FAMILY, mode],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    child = int(proc.stdout.readline())
+    return proc.pid, child
+
+
+@pytest.mark.parametrize("mode", ["obey", "ignore"])
+def test_stop_groups_leaves_no_member_alive(tmp_path, mode):
+    parent, child = start_family(tmp_path, mode)
+    killed = procs.stop_groups([(parent, procs.start_time(parent))], grace=0.5)
+    assert killed == ([parent] if mode == "ignore" else [])
+    assert not procs.alive(parent) and not procs.alive(child)
+
+
+def test_a_reused_pid_is_never_signalled(tmp_path):
+    parent, child = start_family(tmp_path)
+    try:
+        wrong_start = procs.start_time(parent) + 1  # what a reused pid looks like
+        assert not procs.alive(parent, wrong_start)
+        assert procs.stop_groups([(parent, wrong_start)], grace=0.5) == []
+        assert procs.alive(parent) and procs.alive(child)
+    finally:
+        procs.stop_groups([(parent, None)], grace=0.5)
+
+
+def test_down_stops_components_and_orchestrator_leftovers(tmp_path):
+    d = StateDir(tmp_path)
+    (d.orchestrator / "envs").mkdir(parents=True)
+    comp, comp_child = start_family(tmp_path)
+    # A "server" the Deploy API did not stop: found through its cwd.
+    server, worker = start_family(d.orchestrator / "envs", "ignore")
+    d.stack_json.write_text(
+        json.dumps(
+            {
+                "components": {
+                    "broker": {"pid": comp, "start": procs.start_time(comp), "url": "tcp://x"}
+                }
+            }
+        )
+    )
+    out = io.StringIO()
+    assert down(d, grace=0.5, out=out) is True
+    assert "leftover server process(es)" in out.getvalue() and str(server) in out.getvalue()
+    assert not any(procs.alive(p) for p in (comp, comp_child, server, worker))
+    assert not d.stack_json.exists()
+
+
+def test_down_without_stack_json_still_sweeps_the_orchestrator_dir(tmp_path):
+    d = StateDir(tmp_path)
+    d.orchestrator.mkdir()
+    server, worker = start_family(d.orchestrator)
+    out = io.StringIO()
+    assert down(d, grace=0.5, out=out) is True
+    assert "stopped 2 leftover process(es)" in out.getvalue()
+    assert not procs.alive(server) and not procs.alive(worker)
+
+
+def test_processes_under_never_names_our_own_ancestors(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert os.getpid() not in procs.processes_under(tmp_path)

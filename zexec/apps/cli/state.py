@@ -1,0 +1,105 @@
+"""The state directory of ``zexec up``: its paths, private files and errors.
+
+Every file holding a secret is written with mode 0600 from its first byte (``mkstemp``)
+and swapped in atomically, so no reader sees a partial or world-readable file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+#: The development users ``zexec up`` makes tokens for.
+USERS = ("alice", "bob")
+
+
+class StackError(Exception):
+    """``up``/``down`` could not do their job; the message says why (exit status 1)."""
+
+
+class UsageError(Exception):
+    """Arguments that parse but do not make sense, or name nothing (exit status 2)."""
+
+
+class StateDir:
+    """Paths inside a state directory."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.stack_json = self.root / "stack.json"
+        self.tokens = self.root / "tokens.json"
+        self.secret = self.root / "server_secret"
+        self.admin = self.root / "admin_token"
+        self.logs = self.root / "logs"
+        self.orchestrator = self.root / "orchestrator"
+
+    def log(self, component: str) -> Path:
+        return self.logs / f"{component}.log"
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Serialise ``up``/``down`` on one directory (two ``up`` at once would race
+        for the ports and both write stack.json)."""
+        # A new directory is private (tokens and secrets); an existing one is left as
+        # it is (it may be a project directory), its secret files are 0600 anyway.
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with open(self.root / ".lock", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+
+    def load(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.stack_json.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise StackError(f"cannot read {self.stack_json}: {exc}") from None
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` with mode 0600 from the first byte, atomically."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)  # mode 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def secret_file(path: Path) -> str:
+    """The secret stored in ``path``, created (random, 0600) if missing or empty."""
+    with contextlib.suppress(OSError):
+        value = path.read_text().strip()
+        if value:
+            os.chmod(path, 0o600)
+            return value
+    value = secrets.token_urlsafe(32)
+    write_private(path, value + "\n")
+    return value
+
+
+def dev_tokens(path: Path) -> dict[str, str]:
+    """``{user: token}`` for USERS from the IdP token file, generating a new file if it
+    lacks one of them."""
+    from zexec.apps.devidp import generate_tokens
+
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        mapping = json.loads(path.read_text())
+        found = {claims.get("username"): tok for tok, claims in mapping.items()}
+        if all(u in found for u in USERS):
+            os.chmod(path, 0o600)
+            return {u: found[u] for u in USERS}
+    return generate_tokens(path, USERS)
+
+
+def save(d: StateDir, stack: dict[str, Any]) -> None:
+    write_private(d.stack_json, json.dumps(stack, indent=2) + "\n")
