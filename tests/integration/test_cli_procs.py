@@ -96,3 +96,14 @@ def test_down_without_stack_json_still_sweeps_the_orchestrator_dir(tmp_path):
 def test_processes_under_never_names_our_own_ancestors(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert os.getpid() not in procs.processes_under(tmp_path)
+
+
+def test_a_failed_up_reports_and_stops_what_it_started(tmp_path, capsys):
+    from zexec.apps.cli.main import main
+
+    # --timeout 0: no component can be ready in time, so up must clean up after itself.
+    assert main(["up", "--state-dir", str(tmp_path), "--timeout", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "not ready after 0s; last lines of" in err and "Traceback" not in err
+    assert not (tmp_path / "stack.json").exists()
+    assert procs.processes_under(tmp_path) == []  # components run with cwd = state dir
