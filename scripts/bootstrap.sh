@@ -7,4 +7,4 @@ fi
 if [ ! -x .venv/bin/uv ]; then
   .venv/bin/python -m pip install --quiet --disable-pip-version-check "uv>=0.4"
 fi
-.venv/bin/uv pip install --quiet --python .venv/bin/python -e '.[dev]'
+.venv/bin/uv pip install --quiet --compile-bytecode --python .venv/bin/python -e '.[dev]'

@@ -113,8 +113,10 @@ class EnvStore:
                 reqs = env / REQUIREMENTS
                 reqs.write_text(requirements_text(spec), encoding="utf-8")
                 step = [
-                    self.uv, "pip", "install", "--python", str(self.python(spec)),
-                    "-r", str(reqs), *self.zexec_args,
+                    # Bytecode compiled once here, not by every server start (machines
+                    # with PYTHONDONTWRITEBYTECODE would otherwise compile each time).
+                    self.uv, "pip", "install", "--compile-bytecode",
+                    "--python", str(self.python(spec)), "-r", str(reqs), *self.zexec_args,
                 ]  # fmt: skip
             code = run(step)
             if code != 0:

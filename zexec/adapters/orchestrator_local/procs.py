@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
@@ -53,7 +54,25 @@ def stop(proc: subprocess.Popen[bytes], grace: float) -> int:
             pass
     # Also when the leader already exited: its workers may still be around.
     _killpg(pgid, signal.SIGKILL)
-    return proc.wait()
+    code = proc.wait()
+    wait_group_gone(pgid, timeout=max(grace, 5.0))
+    return code
+
+
+def wait_group_gone(pgid: int, timeout: float) -> bool:
+    """Wait until no process of group ``pgid`` exists (workers die a moment after the
+    server); True when the group is gone."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
 
 
 def reap_group(proc: subprocess.Popen[bytes]) -> None:

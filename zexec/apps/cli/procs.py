@@ -86,30 +86,60 @@ def signal_group(pid: int, sig: int) -> None:
             pass
 
 
-def wait_gone(procs: Iterable[tuple[int, int | None]], timeout: float) -> list[int]:
-    """Wait up to ``timeout`` seconds for every ``(pid, start)`` to exit; return the pids
-    still alive."""
-    left = list(procs)
+def live_groups(pgids: Iterable[int]) -> set[int]:
+    """Which of the process groups ``pgids`` still have a live (non-zombie) member.
+    Without ``/proc``: those whose leader is alive."""
+    wanted = set(pgids)
+    if not PROC.is_dir():
+        return {g for g in wanted if alive(g)}
+    found: set[int] = set()
+    for entry in PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        rest = stat[stat.rfind(")") + 2 :].split()
+        if rest[0] not in ("Z", "X") and int(rest[2]) in wanted:  # rest[2]: field 5, pgrp
+            found.add(int(rest[2]))
+    return found
+
+
+def wait_groups_gone(pgids: Iterable[int], timeout: float) -> set[int]:
+    """Wait up to ``timeout`` seconds for every member of the groups to exit; return the
+    groups that still have members."""
+    left = set(pgids)
     deadline = time.monotonic() + timeout
     while True:
-        left = [(p, s) for p, s in left if alive(p, s)]
+        left = live_groups(left)
         if not left or time.monotonic() >= deadline:
-            return [p for p, _ in left]
+            return left
         time.sleep(0.05)
 
 
 def stop_groups(procs: Sequence[tuple[int, int | None]], grace: float) -> list[int]:
-    """SIGTERM each live process group, wait up to ``grace`` seconds, then SIGKILL what
-    is left. Returns the pids that needed SIGKILL."""
-    live = [(p, s) for p, s in procs if alive(p, s)]
-    for pid, _ in live:
-        signal_group(pid, signal.SIGTERM)
-    stubborn = wait_gone(live, grace)
-    for pid in stubborn:
-        signal_group(pid, signal.SIGKILL)
-    # SIGKILL cannot be ignored; the short wait only lets the kernel finish the job.
-    wait_gone([(p, start_time(p)) for p in stubborn], 5.0)
-    return stubborn
+    """SIGTERM the process group of each live ``(pid, start)``, wait up to ``grace``
+    seconds for every member of those groups (not just the leader: a server's workers
+    die a moment after it), then SIGKILL the groups with survivors and wait for them.
+    Returns the groups that needed SIGKILL. Our own group is never signalled."""
+    groups: set[int] = set()
+    for pid, start in procs:
+        if alive(pid, start):
+            try:
+                pgid = os.getpgid(pid)
+            except ProcessLookupError:
+                continue
+            if pgid != os.getpgrp():
+                groups.add(pgid)
+    for pgid in groups:
+        signal_group(pgid, signal.SIGTERM)
+    stubborn = wait_groups_gone(groups, grace)
+    for pgid in stubborn:
+        signal_group(pgid, signal.SIGKILL)
+    # SIGKILL cannot be ignored; the wait only lets the kernel finish the job.
+    wait_groups_gone(stubborn, 5.0)
+    return sorted(stubborn)
 
 
 def ancestors(pid: int | None = None) -> set[int]:

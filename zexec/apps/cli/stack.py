@@ -320,7 +320,7 @@ def stop(
     # The Deploy API first: on SIGTERM it stops the users' servers (orchestrator close).
     for names in (("deploy-api",), ("ep-api", "broker", "devidp")):
         killed = procs.stop_groups(group(names), grace)
-        notes += [f"pid {pid} ignored SIGTERM for {grace:g}s: killed" for pid in killed]
+        notes += [f"process group {g} outlived SIGTERM by {grace:g}s: killed" for g in killed]
     # Safety net: servers or builds the Deploy API could not stop (it was killed, or
     # crashed earlier) still have their cwd or ready file under the orchestrator dir.
     leftovers = procs.processes_under(d.orchestrator)
