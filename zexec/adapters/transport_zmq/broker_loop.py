@@ -205,6 +205,7 @@ class BrokerLoop:
                                 handle(frames, now)
                             except Exception:  # one bad message must not stop routing
                                 log.exception("failed to handle a message; dropped it")
+                            del frames  # a large payload must not outlive its message
                         self._flush()
                 if events.get(self.control):
                     try:

@@ -17,7 +17,6 @@ import zmq
 
 NOBLOCK = int(zmq.NOBLOCK)
 SNDMORE = int(zmq.SNDMORE)
-RCVMORE = int(zmq.RCVMORE)
 #: Payload frames at least this large are sent without copying; smaller ones are copied
 #: (ZeroMQ's own zero-copy bookkeeping costs more than copying a few KiB).
 ZERO_COPY_MIN = 64 * 1024
@@ -36,10 +35,15 @@ def send_frames(sock: zmq.Socket, frames: Sequence[Any], flags: int = 0) -> None
 
 
 def recv_frames(sock: zmq.Socket, flags: int = 0, copy_first: int = 16) -> list[Any]:
-    """Receive one multipart message (``zmq.Again`` with ``NOBLOCK`` when none waits)."""
-    frames = [sock.recv(flags, copy=copy_first > 0)]
+    """Receive one multipart message (``zmq.Again`` with ``NOBLOCK`` when none waits).
+
+    Frames are taken zero-copy and asked ``frame.more`` (a field, where ``RCVMORE`` is a
+    getsockopt call per frame: half the cost measured here)."""
+    frame = sock.recv(flags, copy=False)
+    frames = [frame.bytes if copy_first > 0 else frame]
     i = 1
-    while sock.get(RCVMORE):
-        frames.append(sock.recv(0, copy=i < copy_first))
+    while frame.more:
+        frame = sock.recv(0, copy=False)
+        frames.append(frame.bytes if i < copy_first else frame)
         i += 1
     return frames

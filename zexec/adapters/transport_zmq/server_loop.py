@@ -225,6 +225,7 @@ class ServerLoop:
                 self.queue.appendleft(task)
                 w.ready = False
                 return
+            task.frames = []  # the worker has the arguments: do not hold them twice
 
     def _on_worker(self, frames: list[Any]) -> None:
         wid = p.frame_bytes(frames[0])
