@@ -4,8 +4,10 @@ crashing workers, token floods. Every failure must surface as an error, never a 
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
+from pathlib import Path
 
 import pytest
 import zmq
@@ -185,3 +187,32 @@ def test_server_stays_responsive_while_the_broker_is_gone(tmp_path):
         s.servers.pop("alice")
     finally:
         s.close()
+
+
+def test_workers_exit_when_their_server_dies_alone(stack):
+    """kill -9 of the server's main process only (say, the OOM killer): its workers
+    must not live on as orphans."""
+    server = stack.servers["alice"]
+    workers = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+               and _ppid(p) == server.pid]
+    assert workers
+    os.kill(server.pid, signal.SIGKILL)
+    server.wait(10)
+    wait_for(lambda: not any(Path(f"/proc/{w}").exists() and _state(w) != "Z"
+                             for w in workers), what="orphaned workers to exit")
+
+
+def _ppid(proc_dir: Path) -> int:
+    try:
+        stat = (proc_dir / "stat").read_text()
+    except OSError:
+        return -1
+    return int(stat[stat.rfind(")") + 2:].split()[1])
+
+
+def _state(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "gone"
+    return stat[stat.rfind(")") + 2:].split()[0]

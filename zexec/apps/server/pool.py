@@ -52,7 +52,7 @@ class WorkerPool:
         wid = f"w{next(self._ids)}".encode()
         proc = subprocess.Popen(
             [self.python, "-m", "zexec.apps.server.worker", self.endpoint, wid.decode(),
-             str(self.flush[0]), str(self.flush[1])],
+             str(self.flush[0]), str(self.flush[1]), str(os.getpid())],
             stdin=subprocess.DEVNULL,
         )
         w = WorkerProcess(wid, proc, os.pidfd_open(proc.pid))

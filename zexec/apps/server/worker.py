@@ -1,6 +1,6 @@
 """A warm worker process: runs calls one at a time and streams their events.
 
-Started by the server (``python -m zexec.apps.server.worker ENDPOINT WORKER_ID``), it
+Started by the server (``python -m zexec.apps.server.worker ENDPOINT ID ... SERVER_PID``), it
 connects a DEALER to the server's ipc ROUTER, says READY, then loops over tasks:
 
     server -> worker: [task_key, proto, call_id, header, fn, args, *buffers]
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import os
 import sys
 import threading
 import time
@@ -89,8 +90,10 @@ class Outbound:
     yielded items keep their order.
     """
 
-    def __init__(self, sock: zmq.Socket, flush_interval: float, flush_bytes: int) -> None:
+    def __init__(self, sock: zmq.Socket, flush_interval: float, flush_bytes: int,
+                 parent: int | None = None) -> None:
         self.sock = sock
+        self.parent = os.getppid() if parent is None else parent
         self.lock = threading.Lock()
         self.flush_interval = flush_interval
         self.flush_bytes = flush_bytes
@@ -137,6 +140,10 @@ class Outbound:
     def _flusher(self) -> None:
         while True:
             time.sleep(self.flush_interval)
+            if os.getppid() != self.parent:
+                # The server died without killing us (OOM killer, kill -9 of the main
+                # process alone): nobody will ever send work or read results.
+                os._exit(1)
             with self.lock:
                 if self.segments and time.monotonic() - self.last_flush >= self.flush_interval:
                     self._flush_locked()
@@ -208,8 +215,9 @@ def _user_traceback(exc: BaseException) -> str:
 
 
 class Worker:
-    def __init__(self, sock: zmq.Socket, flush_interval: float, flush_bytes: int) -> None:
-        self.out = Outbound(sock, flush_interval, flush_bytes)
+    def __init__(self, sock: zmq.Socket, flush_interval: float, flush_bytes: int,
+                 parent: int | None = None) -> None:
+        self.out = Outbound(sock, flush_interval, flush_bytes, parent)
         self.registry = default_registry()
         self.functions = FunctionCache()
         self.stdout = _Stream(self.out, "stdout")
@@ -305,9 +313,10 @@ class Worker:
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 4:
-        raise SystemExit("usage: python -m zexec.apps.server.worker ENDPOINT ID INTERVAL BYTES")
-    endpoint, worker_id, interval, nbytes = args
+    if len(args) != 5:
+        raise SystemExit(
+            "usage: python -m zexec.apps.server.worker ENDPOINT ID INTERVAL BYTES SERVER_PID")
+    endpoint, worker_id, interval, nbytes, server_pid = args
     # Functions pickled from a client's __main__ (dill by default) resolve their globals
     # as this process's __main__: give them a clean one, not this module's namespace.
     sys.modules["__main__"] = types.ModuleType("__main__")
@@ -316,7 +325,9 @@ def main(argv: list[str] | None = None) -> None:
     sock.setsockopt(zmq.IDENTITY, worker_id.encode())
     sock.setsockopt(zmq.LINGER, 1000)
     sock.connect(endpoint)
-    Worker(sock, float(interval), int(nbytes)).run()
+    # The server's pid comes from the server itself: checking our parent at start-up
+    # would miss a server that died while this worker was still importing.
+    Worker(sock, float(interval), int(nbytes), int(server_pid)).run()
 
 
 if __name__ == "__main__":
