@@ -479,7 +479,8 @@ def _range(x: dict | None) -> str:
 def _ratio(other: dict | None, mine: dict | None) -> str:
     if not other or not mine or not mine["median_s"]:
         return ""
-    return f"{other['median_s'] / mine['median_s']:.1f}x"
+    r = other["median_s"] / mine["median_s"]
+    return f"{r:.2f}x" if r < 1 else f"{r:.1f}x"
 
 
 def markdown(doc: dict) -> str:
