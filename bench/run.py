@@ -142,7 +142,7 @@ def zexec_phase(args, sizes: Sizes, legacy_py: Path | None, logdir: Path) -> dic
         broker_pid, server_pid = stack.broker.pid, stack.servers["alice"].pid
         token = stack.tokens["alice"]
         zcmd = [sys.executable, str(BENCH / "zexec_side.py"), "--broker", stack.frontend,
-                "--token", token, "--serializer", args.serializer]
+                f"--token={token}", "--serializer", args.serializer]
         host, port = stack.frontend.removeprefix("tcp://").rsplit(":", 1)
         lsizes = Sizes(warmup=min(sizes.warmup, 50), calls=min(sizes.calls, 500),
                        pipelined=0, payload_mib=sizes.payload_mib,
@@ -150,7 +150,7 @@ def zexec_phase(args, sizes: Sizes, legacy_py: Path | None, logdir: Path) -> dic
                        lines_reps=min(sizes.lines_reps, 3))
         lcmd = None if legacy_py is None else [
             str(legacy_py), str(BENCH / "legacy_side.py"), "--host", host, "--port", port,
-            "--token", token]
+            f"--token={token}"]
 
         # Memory first, on the fresh stack (pool warmed by one call, RSS settled); then
         # the timed workloads.
@@ -201,7 +201,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     ap.add_argument("--sides", default="zexec,legacy,ray",
                     help="comma-separated subset of zexec,legacy,ray (zexec always runs)")
-    ap.add_argument("--serializer", default="dill", help="zexec serializer (dill/cloudpickle)")
+    ap.add_argument("--serializer", default="cloudpickle", help="zexec serializer (cloudpickle, the SDK default, or dill)")
     ap.add_argument("--no-install", action="store_true",
                     help="fail instead of creating bench/.venv-ray / bench/.venv-legacy")
     ap.add_argument("--results-dir", default=str(BENCH / "results"))

@@ -91,7 +91,7 @@ def main() -> None:
     ap.add_argument("--token", required=True)
     ap.add_argument("--sizes", required=True)
     ap.add_argument("--workloads", default="latency,pipelined,payload,lines")
-    ap.add_argument("--serializer", default="dill")
+    ap.add_argument("--serializer", default="cloudpickle")
     args = ap.parse_args()
 
     import zexec

@@ -314,12 +314,15 @@ class ServerLoop:
                                 self._on_broker(frames)
                             except Exception:  # a bad message must not kill the server
                                 log.exception("failed to handle a broker message")
+                            del frames  # the worker has the payload now; do not keep it
                     elif sock_or_fd is self.workers_sock:
                         for _ in range(256):
                             try:
-                                self._on_worker(recv_frames(self.workers_sock, NOBLOCK, 7))
+                                frames = recv_frames(self.workers_sock, NOBLOCK, 7)
                             except zmq.Again:
                                 break
+                            self._on_worker(frames)
+                            del frames
                     else:
                         poller.unregister(sock_or_fd)
                         self._on_worker_exit(sock_or_fd)

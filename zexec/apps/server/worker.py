@@ -228,8 +228,9 @@ class Worker:
         with self.out.lock:
             send_frames(sock, [READY])
         while True:
-            frames = recv_frames(sock, copy_first=4)
-            self.execute(frames)
+            # No local name for the frames: the last call's payload must not stay alive
+            # while the next one is being received (a 2x peak for large arguments).
+            self.execute(recv_frames(sock, copy_first=4))
 
     def execute(self, frames: list[Any]) -> None:
         task_key, proto, call_id = (p.frame_bytes(f) for f in frames[:3])
