@@ -183,6 +183,7 @@ class Connection:
         body = {"requirements": requirement_list(requirements, python), "force": bool(force)}
         display = Progress(enabled=progress)
         started = time.monotonic()
+        polls = 0
         try:
             st = check(self._request("POST", "/spawn", "spawn", json=body), "spawn")
             while True:
@@ -205,7 +206,10 @@ class Connection:
                         tuple(st.get("log_tail") or ()),
                     )
                 display.update(st)
-                time.sleep(poll)
+                # Quick first looks (a cached environment is ready in about a second),
+                # backing off to ``poll`` for long builds.
+                time.sleep(min(poll, 0.05 * 2 ** min(polls, 10)))
+                polls += 1
                 resp = self._request("GET", "/status", "status")
                 if resp.status_code == 404:
                     display.close("gone")
