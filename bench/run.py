@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import signal
 import subprocess
 import sys
@@ -31,6 +30,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(BENCH))
 
 import report  # noqa: E402
+import venvs  # noqa: E402
 from common import MIB, RESULT_MARKER, Sizes  # noqa: E402
 from memory import PeakSampler, settle  # noqa: E402
 
@@ -51,25 +51,9 @@ def say(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def uv() -> str:
-    local = REPO / ".venv" / "bin" / "uv"
-    return str(local) if local.exists() else (shutil.which("uv") or "uv")
-
-
 def ensure_venv(name: str, install: bool) -> Path:
-    """The side's interpreter, creating its venv with uv if it is missing or broken."""
     venv, packages, check = VENVS[name]
-    py = venv / "bin" / "python"
-    if py.exists() and subprocess.run([str(py), "-c", check], capture_output=True).returncode == 0:
-        return py
-    if not install:
-        raise RuntimeError(f"{venv} is missing or incomplete (run without --no-install)")
-    say(f"creating {venv.relative_to(REPO)} with uv: {' '.join(packages)}")
-    subprocess.run([uv(), "venv", "-q", "--allow-existing", "--python", "python3.11",
-                    str(venv)], check=True, timeout=300)
-    subprocess.run([uv(), "pip", "install", "-q", "--python", str(py), *packages],
-                   check=True, timeout=600)
-    return py
+    return venvs.ensure_venv(venv, packages, check, install=install, say=say)
 
 
 def run_side(name: str, cmd: list[str], logdir: Path, timeout: float) -> dict:

@@ -56,6 +56,9 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
+sys.path.insert(0, str(BENCH))
+import venvs  # noqa: E402
+
 MARK = "@@SPAWN_JSON@@ "
 PY_XY = f"{sys.version_info[0]}.{sys.version_info[1]}"
 SIX_VERSIONS = ["1.17.0", "1.16.0", "1.15.0", "1.14.0", "1.13.0", "1.12.0", "1.11.0"]
@@ -184,28 +187,9 @@ def say(msg: str) -> None:
     print(f"[spawn-bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def uv() -> str:
-    local = REPO / ".venv" / "bin" / "uv"
-    return str(local) if local.exists() else (shutil.which("uv") or "uv")
-
-
 def ensure_venv(name: str, install: bool) -> Path:
     venv, packages, check = VENVS[name]
-    py = venv / "bin" / "python"
-    if py.exists() and subprocess.run([str(py), "-c", check], capture_output=True).returncode == 0:
-        return py
-    if not install:
-        raise RuntimeError(f"{venv} is missing or incomplete (run without --no-install)")
-    say(f"creating {venv.relative_to(REPO)} with uv: {' '.join(packages)}")
-    subprocess.run(
-        [uv(), "venv", "-q", "--allow-existing", "--python", sys.executable, str(venv)],
-        check=True,
-        timeout=300,
-    )
-    subprocess.run(
-        [uv(), "pip", "install", "-q", "--python", str(py), *packages], check=True, timeout=900
-    )
-    return py
+    return venvs.ensure_venv(venv, packages, check, install=install, say=say)
 
 
 def kill_group(pid: int) -> None:
