@@ -8,7 +8,7 @@ PREFIX=${1:-zexec}
 DOCKER=${DOCKER:-docker}
 TAG=${TAG:-0.1.0}
 # Pinned patch releases of the python:<version>-slim-bookworm base images.
-PYTHONS="3.10.18 3.11.13 3.12.11 3.13.5"
+PYTHONS="3.11.13 3.12.11 3.13.5"  # zexec needs Python >= 3.11
 
 cd "$ROOT"
 "$DOCKER" build -f deploy/docker/Dockerfile -t "$PREFIX/apps:$TAG" .
