@@ -55,6 +55,12 @@ class BrokerSettings(BaseSettings):
     #: ``auth_checks_per_peer`` distinct unknown tokens being checked at once.
     auth_threads: int = 32
     auth_checks_per_peer: int = 4
+    #: CurveZMQ secret key (Z85, 40 characters) of the broker. When set, a second,
+    #: encrypted client port ``secure_port`` opens: tokens and payloads of zexec SDK
+    #: clients that know the public key cross the network encrypted. The plain
+    #: ``frontend_port`` stays for the released legacy clients.
+    curve_secret_key: SecretStr = SecretStr("")
+    secure_port: int = 5562
     #: Largest frame accepted from a peer, in bytes (larger ones drop the connection).
     max_frame_bytes: int = 4 * 1024**3
     #: Messages parked while their token is being checked, at most (then "busy").
@@ -139,6 +145,10 @@ class DeploySettings(BaseSettings):
     #: Broker address clients are told by ``GET {prefix}/broker-config``.
     broker_external_host: str = "127.0.0.1"
     broker_external_port: int = 5559
+    #: The broker's encrypted port and CurveZMQ public key (Z85), told to clients by
+    #: ``/broker-config`` so the zexec SDK connects encrypted; empty key = plain only.
+    broker_external_secure_port: int = 5562
+    broker_curve_public_key: str = ""
     #: Where the local orchestrator keeps environments, logs and server state.
     state_dir: str = Field(default_factory=lambda: os.path.expanduser("~/.zexec"))
     #: A server without calls for this many seconds is stopped; 0 = never.

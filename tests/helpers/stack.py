@@ -58,6 +58,10 @@ class Stack:
     broker: subprocess.Popen | None = None
     servers: dict[str, subprocess.Popen] = field(default_factory=dict)
     extra_broker_env: dict[str, str] = field(default_factory=dict)
+    #: CurveZMQ key pair of the broker: its encrypted client port is ``secure_frontend``.
+    curve: tuple[str, str] = field(default_factory=lambda: tuple(
+        k.decode() for k in __import__("zmq").curve_keypair()))
+    secure_port: int = field(default_factory=free_port)
 
     def __post_init__(self) -> None:
         self.tokens_file = self.workdir / "tokens.json"
@@ -66,6 +70,14 @@ class Stack:
     @property
     def frontend(self) -> str:
         return f"tcp://127.0.0.1:{self.ports[0]}"
+
+    @property
+    def secure_frontend(self) -> str:
+        return f"tcp://127.0.0.1:{self.secure_port}"
+
+    @property
+    def public_key(self) -> str:
+        return self.curve[0]
 
     @property
     def backend(self) -> str:
@@ -85,6 +97,8 @@ class Stack:
             ZEXEC_BROKER_ADMIN_TOKEN=ADMIN,
             ZEXEC_AUTH_MODE="static",
             ZEXEC_AUTH_STATIC_FILE=str(self.tokens_file),
+            ZEXEC_BROKER_CURVE_SECRET_KEY=self.curve[1],
+            ZEXEC_BROKER_SECURE_PORT=str(self.secure_port),
         )
         env = _env(**{**settings, **self.extra_broker_env})
         log = open(self.workdir / "broker.log", "ab")

@@ -64,6 +64,19 @@ def test_connect_discovers_deploy_api_and_broker(conn, mocked):
     assert mocked.calls[1].request.headers["authorization"] == "Bearer tok"
 
 
+def test_connect_prefers_the_encrypted_port_when_offered(mocked):
+    key = "Yk{GwL.y(y1YsPZNd8p^s[^G6uYGW@[NOra(I(6e"
+    mocked.get(f"{DEPLOY}/broker-config").respond(json={
+        "broker_external_host": "broker.test", "broker_external_port": 5559,
+        "broker_external_secure_port": 5562, "broker_curve_public_key": key,
+    })
+    c = zexec.connect(EP, "tok")
+    try:
+        assert c.broker_url == "tcp://broker.test:5562"
+    finally:
+        c.close()
+
+
 @pytest.mark.parametrize(
     "route, response, error, text",
     [

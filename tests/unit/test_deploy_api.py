@@ -326,6 +326,16 @@ def test_broker_config_answers_with_or_without_a_session(headers):
     }
 
 
+def test_broker_config_offers_the_encrypted_port_when_keyed():
+    app, _ = make(broker_external_host="b", broker_external_port=30001,
+                  broker_external_secure_port=30002, broker_curve_public_key="K" * 40)
+    with TestClient(app) as client:
+        body = client.get("/rexec/broker-config").json()
+    assert body["broker_external_port"] == 30001  # the legacy clients' port is unchanged
+    assert body["broker_external_secure_port"] == 30002
+    assert body["broker_curve_public_key"] == "K" * 40
+
+
 def test_healthz_and_metrics_use_a_registry_per_app(api):
     client, _ = api
     assert client.get("/rexec/healthz").json()["status"] == "ok"

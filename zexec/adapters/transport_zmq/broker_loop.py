@@ -31,6 +31,7 @@ log = logging.getLogger("zexec.broker")
 
 #: Messages taken from one socket before looking at the others (fairness vs. syscalls).
 BATCH = 256
+PLAIN, SECURE = b"P", b"S"
 TICK = 0.25
 
 
@@ -53,6 +54,8 @@ class BrokerLoop:
         auth_threads: int = 16,
         max_frame_bytes: int = -1,
         drain_timeout: float = 30.0,
+        curve_secret_key: bytes = b"",
+        secure_port: int = 5562,
         context: zmq.Context | None = None,
     ) -> None:
         self.router = router
@@ -72,6 +75,17 @@ class BrokerLoop:
             bind(self.back, host, ports[1]),
             bind(self.control, host, ports[2]),
         )
+        # The encrypted frontend (CurveZMQ): same protocol, for clients that know the
+        # broker's public key. The plain one stays for the released legacy clients.
+        self.secure: zmq.Socket | None = None
+        self.secure_port: int | None = None
+        if curve_secret_key:
+            self.secure = self._socket(zmq.ROUTER)
+            self.secure.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes)
+            self.secure.curve_secretkey = curve_secret_key
+            self.secure.curve_publickey = zmq.curve_public(curve_secret_key)
+            self.secure.curve_server = True
+            self.secure_port = bind(self.secure, host, secure_port)
         self._results: queue.SimpleQueue[tuple[bytes, Any]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -145,7 +159,13 @@ class BrokerLoop:
         if not out:
             return
         for dest, frames in out:
-            sock = self.front if dest == FRONT else self.back
+            if dest == FRONT:
+                # Client ids carry the tag of the socket they came in on (see _tagged).
+                rid = frames[0]
+                sock = self.secure if rid[:1] == SECURE else self.front
+                frames[0] = rid[1:]
+            else:
+                sock = self.back
             try:
                 send_frames(sock, frames, NOBLOCK)
             except zmq.Again:
@@ -183,7 +203,16 @@ class BrokerLoop:
         poller.register(self.back, zmq.POLLIN)
         poller.register(self.control, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        # Client routing ids are tagged with their socket (P plain, S secure) so the two
+        # frontends' id spaces can never collide, whatever identity a peer claims.
+        self._inputs = [(self.back, self.router.on_backend, 11, b""),
+                        (self.front, self.router.on_frontend, 7, PLAIN)]
+        if self.secure is not None:
+            poller.register(self.secure, zmq.POLLIN)
+            self._inputs.append((self.secure, self.router.on_frontend, 7, SECURE))
         log.info("broker listening: frontend %d, backend %d, control %d", *self.ports)
+        if self.secure_port is not None:
+            log.info("encrypted (CurveZMQ) frontend on %d", self.secure_port)
         self.ready.set()
         next_tick = time.monotonic() + TICK
         try:
@@ -193,14 +222,15 @@ class BrokerLoop:
                 now = time.monotonic()
                 if events.get(self._wake_r):
                     self._take_results(now)
-                for sock, handle, small in ((self.back, self.router.on_backend, 11),
-                                            (self.front, self.router.on_frontend, 7)):
+                for sock, handle, small, tag in self._inputs:
                     if events.get(sock):
                         for _ in range(BATCH):
                             try:
                                 frames = recv_frames(sock, NOBLOCK, small)
                             except zmq.Again:
                                 break
+                            if tag:
+                                frames[0] = tag + frames[0]
                             try:
                                 handle(frames, now)
                             except Exception:  # one bad message must not stop routing
@@ -237,8 +267,9 @@ class BrokerLoop:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-        for s in (self.front, self.back, self.control):
-            s.close(0)
+        for s in (self.front, self.back, self.control, self.secure):
+            if s is not None:
+                s.close(0)
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)

@@ -19,10 +19,19 @@ class ZmqTransport:
     ZeroMQ heartbeats notice a silent peer; reconnection is automatic.
     """
 
-    def __init__(self, url: str, context: zmq.Context | None = None) -> None:
+    def __init__(self, url: str, context: zmq.Context | None = None,
+                 server_key: bytes | str | None = None) -> None:
         self.url = url
         self.ctx = context or zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.DEALER)
+        if server_key:
+            # CurveZMQ: an ephemeral key pair for this connection; the broker's public
+            # key authenticates the broker and encrypts everything, token included.
+            public, secret = zmq.curve_keypair()
+            self.sock.curve_serverkey = (server_key.encode() if isinstance(server_key, str)
+                                         else server_key)
+            self.sock.curve_publickey = public
+            self.sock.curve_secretkey = secret
         for opt, value in (
             (zmq.LINGER, 0), (zmq.IMMEDIATE, 1), (zmq.SNDHWM, 100_000), (zmq.RCVHWM, 100_000),
             (zmq.RECONNECT_IVL, 100), (zmq.RECONNECT_IVL_MAX, 1000),

@@ -40,6 +40,8 @@ def build_broker(settings: BrokerSettings, auth: AuthSettings,
         admin_token=settings.admin_token.get_secret_value(),
         auth_threads=settings.auth_threads, drain_timeout=settings.drain_timeout,
         max_frame_bytes=settings.max_frame_bytes,
+        curve_secret_key=settings.curve_secret_key.get_secret_value().encode(),
+        secure_port=settings.secure_port,
     )
 
 

@@ -25,7 +25,15 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from zexec.apps.cli import procs
-from zexec.apps.cli.state import StackError, StateDir, UsageError, dev_tokens, save, secret_file
+from zexec.apps.cli.state import (
+    StackError,
+    StateDir,
+    UsageError,
+    curve_key_file,
+    dev_tokens,
+    save,
+    secret_file,
+)
 
 __all__ = ["StackError", "StateDir", "UsageError", "down", "up"]
 
@@ -33,7 +41,8 @@ HOST = "127.0.0.1"
 #: Start order; ``down`` stops the Deploy API first (it stops the users' servers while
 #: the broker still runs), then the rest together.
 COMPONENTS = ("devidp", "broker", "deploy-api", "ep-api")
-PORT_NAMES = ("auth", "broker", "broker_backend", "broker_control", "deploy", "ep")
+PORT_NAMES = ("auth", "broker", "broker_secure", "broker_backend", "broker_control", "deploy",
+              "ep")
 PREFIX = "/rexec"
 
 
@@ -61,10 +70,19 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def curve_public_key(secret: str) -> str:
+    """The CurveZMQ public key (Z85) that belongs to ``secret``."""
+    import zmq
+
+    return zmq.curve_public(secret.encode()).decode()
+
+
 def plan(
-    d: StateDir, ports: dict[str, int], secret: str, admin: str, idle_timeout: float
+    d: StateDir, ports: dict[str, int], secret: str, admin: str, idle_timeout: float,
+    curve_secret: str,
 ) -> dict[str, dict[str, Any]]:
     """Command, environment, URL and readiness check of each component."""
+    curve_public = curve_public_key(curve_secret)
     base = [sys.executable, "-m", "zexec.apps.cli"]
     auth = f"http://{HOST}:{ports['auth']}"
     auth_env = {"ZEXEC_AUTH_MODE": "http-post", "ZEXEC_AUTH_URL": f"{auth}/auth"}
@@ -95,7 +113,9 @@ def plan(
         },
         "broker": {
             "cmd": [*base, "broker"],
-            "env": child_env(**broker_env, **auth_env, ZEXEC_BROKER_ADMIN_TOKEN=admin),
+            "env": child_env(**broker_env, **auth_env, ZEXEC_BROKER_ADMIN_TOKEN=admin,
+                             ZEXEC_BROKER_CURVE_SECRET_KEY=curve_secret,
+                             ZEXEC_BROKER_SECURE_PORT=str(ports["broker_secure"])),
             "url": f"tcp://{HOST}:{ports['broker']}",
             "health": None,  # the control port's STATUS
         },
@@ -112,6 +132,8 @@ def plan(
                 ZEXEC_DEPLOY_STATE_DIR=str(d.orchestrator),
                 ZEXEC_DEPLOY_BROKER_EXTERNAL_HOST=HOST,
                 ZEXEC_DEPLOY_BROKER_EXTERNAL_PORT=str(ports["broker"]),
+                ZEXEC_DEPLOY_BROKER_EXTERNAL_SECURE_PORT=str(ports["broker_secure"]),
+                ZEXEC_DEPLOY_BROKER_CURVE_PUBLIC_KEY=curve_public,
                 ZEXEC_DEPLOY_IDLE_TIMEOUT=str(idle_timeout),
             ),
             "url": deploy + PREFIX,
@@ -221,12 +243,16 @@ def up(
         secret, admin = secret_file(d.secret), secret_file(d.admin)
         tokens = dev_tokens(d.tokens)
         chosen = _choose_ports(ports)
-        steps = plan(d, chosen, secret, admin, idle_timeout)
+        curve_secret = curve_key_file(d.curve_key)
+        steps = plan(d, chosen, secret, admin, idle_timeout, curve_secret)
         stack = {
             "ep_api_url": steps["ep-api"]["url"],
             "deploy_api_url": f"http://{HOST}:{chosen['deploy']}",
             "broker_host": HOST,
             "broker_port": chosen["broker"],
+            # The encrypted client port and the key to use it (public: safe to share).
+            "broker_secure_port": chosen["broker_secure"],
+            "broker_public_key": curve_public_key(curve_secret),
             "auth_url": steps["devidp"]["url"],
             "tokens": tokens,
             "users": {user: user_id_for(user) for user in tokens},  # the IdP's ``sub``

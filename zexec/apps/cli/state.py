@@ -37,6 +37,7 @@ class StateDir:
         self.tokens = self.root / "tokens.json"
         self.secret = self.root / "server_secret"
         self.admin = self.root / "admin_token"
+        self.curve_key = self.root / "broker_curve_secret"
         self.logs = self.root / "logs"
         self.orchestrator = self.root / "orchestrator"
 
@@ -83,6 +84,21 @@ def secret_file(path: Path) -> str:
             os.chmod(path, 0o600)
             return value
     value = secrets.token_urlsafe(32)
+    write_private(path, value + "\n")
+    return value
+
+
+def curve_key_file(path: Path) -> str:
+    """The broker's CurveZMQ secret key (Z85) stored in ``path``, created (0600) if
+    missing; its public key is derived from it, so only the secret is stored."""
+    import zmq
+
+    with contextlib.suppress(OSError):
+        value = path.read_text().strip()
+        if len(value) == 40:
+            os.chmod(path, 0o600)
+            return value
+    value = zmq.curve_keypair()[1].decode()
     write_private(path, value + "\n")
     return value
 

@@ -27,7 +27,9 @@ class Client:
 
     ``broker`` is ``"tcp://host:port"`` (or ``"host:port"``) of the broker's client port;
     ``token`` your bearer token. Both default to the ``ZEXEC_BROKER_URL`` and
-    ``ZEXEC_TOKEN`` environment variables. ``serializer`` (``"dill"`` or
+    ``ZEXEC_TOKEN`` environment variables. With ``server_key`` (the broker's CurveZMQ
+    public key, ``ZEXEC_BROKER_KEY``), ``broker`` names the broker's encrypted port and
+    everything, token included, crosses the network encrypted. ``serializer`` (``"dill"`` or
     ``"cloudpickle"``, or any a plugin installs) is the default for calls that do not
     name one. The connection is opened lazily on the first call, survives broker
     restarts, and a call fails (never hangs) within about ``connect_timeout`` /
@@ -45,9 +47,11 @@ class Client:
         serializer: str = DEFAULT_SERIALIZER,
         connect_timeout: float = 3.0,
         liveness_timeout: float = 3.0,
+        server_key: str | None = None,
         transport_factory: Callable[[], Any] | None = None,
     ) -> None:
         broker = broker or os.environ.get("ZEXEC_BROKER_URL", "")
+        server_key = server_key or os.environ.get("ZEXEC_BROKER_KEY") or None
         token = token or os.environ.get("ZEXEC_TOKEN", "")
         if not broker and transport_factory is None:
             raise ConfigurationError(
@@ -65,7 +69,7 @@ class Client:
             from zexec.adapters.transport_zmq.client_transport import ZmqTransport
 
             def transport_factory() -> Any:
-                return ZmqTransport(broker)
+                return ZmqTransport(broker, server_key=server_key)
 
         self._session = Session(transport_factory, token, connect_timeout=connect_timeout,
                                 liveness_timeout=liveness_timeout)

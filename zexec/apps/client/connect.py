@@ -284,6 +284,11 @@ def connect(
         host, port = cfg.get("broker_external_host"), cfg.get("broker_external_port")
         if not host or not port:
             raise E.ControlPlaneError(f"{deploy}/broker-config did not name the broker")
+        key = cfg.get("broker_curve_public_key")
+        if key and cfg.get("broker_external_secure_port"):
+            # The broker offers encryption: take it (the token travels in every message).
+            port = cfg["broker_external_secure_port"]
+            client_options.setdefault("server_key", key)
         broker = f"tcp://{host}:{port}"
         client = Client(broker, token, **client_options)
     except BaseException:

@@ -268,11 +268,17 @@ def create_app(
     async def broker_config() -> dict[str, Any]:
         """Where clients reach the broker (the same for every user)."""
         host, port = settings.broker_external_host, settings.broker_external_port
-        return {
+        config: dict[str, Any] = {
             "broker_external_host": host,
             "broker_external_port": port,
             "broker_external_url": f"{host}:{port}",
         }
+        if settings.broker_curve_public_key:
+            # Extra keys: the released clients ignore them; the zexec SDK connects to
+            # the encrypted port with this key.
+            config["broker_external_secure_port"] = settings.broker_external_secure_port
+            config["broker_curve_public_key"] = settings.broker_curve_public_key
+        return config
 
     @app.get(prefix + "/healthz")
     async def healthz() -> dict[str, Any]:
