@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import zmq
+
 from zexec.apps.devidp.tokens import generate_tokens, user_id_for
 from zexec.core.protocol import server_credential
 
@@ -60,7 +62,7 @@ class Stack:
     extra_broker_env: dict[str, str] = field(default_factory=dict)
     #: CurveZMQ key pair of the broker: its encrypted client port is ``secure_frontend``.
     curve: tuple[str, str] = field(default_factory=lambda: tuple(
-        k.decode() for k in __import__("zmq").curve_keypair()))
+        k.decode() for k in zmq.curve_keypair()))
     secure_port: int = field(default_factory=free_port)
 
     def __post_init__(self) -> None:
@@ -161,8 +163,6 @@ class Stack:
         return code
 
     def control_command(self, command: bytes, token: str = ADMIN) -> dict:
-        import zmq
-
         ctx = zmq.Context.instance()
         s = ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)

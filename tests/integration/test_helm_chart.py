@@ -345,6 +345,35 @@ def test_network_policies_cover_the_control_plane(default_docs):
     assert labels["pod-security.kubernetes.io/warn"] == "restricted"
 
 
+def test_curve_example_opens_and_advertises_the_encrypted_client_port(rendered):
+    docs = rendered["curve"]
+    values = yaml.safe_load((CHART / "examples" / "curve.yaml").read_text())["broker"]
+    broker = container(deployment(docs, "broker"))
+    assert {"name": "secure", "containerPort": 5562, "protocol": "TCP"} in broker["ports"]
+    env = {e["name"]: e for e in broker["env"]}
+    assert env["ZEXEC_BROKER_SECURE_PORT"]["value"] == "5562"
+    ref = env["ZEXEC_BROKER_CURVE_SECRET_KEY"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "zexec-broker-curve", "key": "curve-secret-key"}
+    secret = one(docs, "Secret", "zexec-broker-curve")
+    stored = base64.b64decode(secret["data"]["curve-secret-key"]).decode()
+    assert stored == values["curve"]["secretKey"]
+    ports = {p["name"]: p for p in one(docs, "Service", "zexec-broker-external")["spec"]["ports"]}
+    assert ports["secure"]["targetPort"] == "secure"
+    assert ports["secure"]["nodePort"] == 30002
+    broker_np = one(docs, "NetworkPolicy", "zexec-broker")
+    client_rule = broker_np["spec"]["ingress"][0]
+    assert {p["port"] for p in client_rule["ports"]} == {5559, 5562}
+    assert "from" not in client_rule
+    api = env_of(container(deployment(docs, "deploy-api")), docs)
+    assert api["ZEXEC_DEPLOY_BROKER_EXTERNAL_SECURE_PORT"] == "30002"
+    assert api["ZEXEC_DEPLOY_BROKER_CURVE_PUBLIC_KEY"] == values["curve"]["publicKey"]
+    assert checks.network_errors(docs) == []
+    # Off by default: nothing of it is rendered.
+    default_broker = container(deployment(rendered["default"], "broker"))
+    assert "secure" not in {p["name"] for p in default_broker["ports"]}
+    assert not any("CURVE" in e["name"] for e in default_broker["env"])
+
+
 # --------------------------------------------------------------------------- chart <-> code
 
 

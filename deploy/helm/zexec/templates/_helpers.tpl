@@ -104,6 +104,21 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
+{{- define "zexec.brokerExternalSecurePort" -}}
+{{- $svc := .Values.broker.service -}}
+{{- if not (kindIs "invalid" .Values.broker.external.securePort) -}}
+{{- .Values.broker.external.securePort -}}
+{{- else if and (eq $svc.type "NodePort") (not (kindIs "invalid" $svc.secureNodePort)) -}}
+{{- $svc.secureNodePort -}}
+{{- else -}}
+{{- .Values.broker.ports.secure -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "zexec.curveSecretName" -}}
+{{- .Values.broker.curve.existingSecret | default (printf "%s-broker-curve" (include "zexec.fullname" .)) -}}
+{{- end -}}
+
 {{- define "zexec.ingressScheme" -}}
 {{- if .Values.ingress.tls.enabled -}}https{{- else -}}http{{- end -}}
 {{- end -}}
