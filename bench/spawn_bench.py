@@ -546,7 +546,7 @@ def notes(doc: dict) -> list[str]:
             f"(b) breakdown, medians: up {_s(s['up'])} s + connect "
             f"{parts['connect_s']:.2f} s + environment {parts['environment_s']:.2f} s "
             f"+ first call {parts['first_call_s']:.2f} s; the SDK polls the Deploy "
-            "API every 0.5 s while the server starts (its default)"
+            "API from 50 ms, backing off to 0.5 s, while the server starts"
         )
     w = doc.get("warmup")
     if w and "first_up_s" in w:
