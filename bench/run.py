@@ -29,8 +29,8 @@ REPO = BENCH.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(BENCH))
 
+import harness  # noqa: E402
 import report  # noqa: E402
-import venvs  # noqa: E402
 from common import MIB, RESULT_MARKER, Sizes  # noqa: E402
 from memory import PeakSampler, settle  # noqa: E402
 
@@ -53,7 +53,7 @@ def say(msg: str) -> None:
 
 def ensure_venv(name: str, install: bool) -> Path:
     venv, packages, check = VENVS[name]
-    return venvs.ensure_venv(venv, packages, check, install=install, say=say)
+    return harness.ensure_venv(venv, packages, check, install=install, say=say)
 
 
 def run_side(name: str, cmd: list[str], logdir: Path, timeout: float) -> dict:
@@ -85,24 +85,7 @@ def kill_group(pid: int) -> None:
 
 
 def sweep() -> list[int]:
-    """SIGKILL every process still carrying this run's BENCH_RUN_ID (by pid)."""
-    marker = f"BENCH_RUN_ID={RUN_ID}".encode()
-    killed = []
-    me = os.getpid()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == me:
-            continue
-        try:
-            env = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if marker in env.split(b"\0"):
-            try:
-                os.kill(int(entry.name), signal.SIGKILL)
-                killed.append(int(entry.name))
-            except ProcessLookupError:
-                pass
-    return killed
+    return harness.sweep(RUN_ID)
 
 
 def git_info() -> dict:

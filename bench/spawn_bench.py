@@ -57,7 +57,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(BENCH))
-import venvs  # noqa: E402
+import harness  # noqa: E402
 
 MARK = "@@SPAWN_JSON@@ "
 PY_XY = f"{sys.version_info[0]}.{sys.version_info[1]}"
@@ -189,7 +189,7 @@ def say(msg: str) -> None:
 
 def ensure_venv(name: str, install: bool) -> Path:
     venv, packages, check = VENVS[name]
-    return venvs.ensure_venv(venv, packages, check, install=install, say=say)
+    return harness.ensure_venv(venv, packages, check, install=install, say=say)
 
 
 def kill_group(pid: int) -> None:
@@ -261,23 +261,7 @@ def zexec_cli(*args: str, state: Path, timeout: float = 300) -> tuple[float, str
 
 
 def sweep() -> list[int]:
-    """SIGKILL every process still carrying this run's BENCH_RUN_ID (by pid)."""
-    marker = f"BENCH_RUN_ID={RUN_ID}".encode()
-    killed, me = [], os.getpid()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == me:
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if marker in environ.split(b"\0"):
-            try:
-                os.kill(int(entry.name), signal.SIGKILL)
-                killed.append(int(entry.name))
-            except ProcessLookupError:
-                pass
-    return killed
+    return harness.sweep(RUN_ID)
 
 
 def summary(values: list[float]) -> dict | None:

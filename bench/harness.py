@@ -1,9 +1,12 @@
-"""Virtual environments of the peers the benchmarks compare with (Ray, Dask, the legacy
-client), built with uv on first use and reused while they still import."""
+"""What both benchmark scripts need around the measurements: the peers' virtual
+environments (Ray, Dask, the legacy client), built with uv on first use and reused while
+they still import, and a sweep that leaves no process of a run behind."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -33,3 +36,24 @@ def ensure_venv(venv: Path, packages: Sequence[str], check: str, *, install: boo
     subprocess.run([uv(), "pip", "install", "-q", "--python", str(py), *packages],
                    check=True, timeout=900)
     return py
+
+
+def sweep(run_id: str) -> list[int]:
+    """SIGKILL every process whose environment carries ``BENCH_RUN_ID=run_id``; returns
+    their pids (every process a run starts inherits the variable)."""
+    marker = f"BENCH_RUN_ID={run_id}".encode()
+    killed, me = [], os.getpid()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker in environ.split(b"\0"):
+            try:
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed.append(int(entry.name))
+            except ProcessLookupError:
+                pass
+    return killed
