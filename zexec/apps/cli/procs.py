@@ -20,6 +20,8 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from zexec.adapters.orchestrator_local.procs import spawn
+
 PROC = Path("/proc")
 
 
@@ -64,16 +66,7 @@ def spawn_detached(
     """Start ``cmd`` in a new session with output appended to ``log``; it outlives us."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
-        return subprocess.Popen(
-            list(cmd),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=dict(env),
-            cwd=str(cwd),
-            start_new_session=True,
-            close_fds=True,
-        )
+        return spawn(cmd, env=env, log=out, cwd=cwd)
 
 
 def signal_group(pid: int, sig: int) -> None:
