@@ -32,6 +32,7 @@ log = logging.getLogger("zexec.broker")
 #: Messages taken from one socket before looking at the others (fairness vs. syscalls).
 BATCH = 256
 PLAIN, SECURE = b"P", b"S"
+CLOSE_LINGER_MS = 2000
 TICK = 0.25
 
 
@@ -247,9 +248,9 @@ class BrokerLoop:
                 if now >= next_tick:
                     self.router.tick(now)
                     next_tick = now + TICK
+                self._flush()
                 if self._stop_requested and self._should_exit(now):
                     break
-                self._flush()
         finally:
             self.close()
 
@@ -267,9 +268,13 @@ class BrokerLoop:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-        for s in (self.front, self.back, self.control, self.secure):
+        # The last replies of a drain may still sit in ZeroMQ's queues: give them a
+        # moment to leave instead of discarding them (LINGER 0 did, losing results).
+        for s in (self.front, self.secure):
             if s is not None:
-                s.close(0)
+                s.close(linger=CLOSE_LINGER_MS)
+        for s in (self.back, self.control):
+            s.close(0)
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)
