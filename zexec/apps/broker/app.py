@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import logging
-
 from zexec.adapters.transport_zmq.broker_loop import BrokerLoop
 from zexec.apps.broker.router import Router
+from zexec.apps.runtime import configure_logging
 from zexec.core.errors import ConfigurationError
 from zexec.core.ports import Authenticator
 from zexec.core.tokencache import TokenCache
@@ -46,7 +45,7 @@ def build_broker(settings: BrokerSettings, auth: AuthSettings,
 
 
 def main(settings: BrokerSettings | None = None, auth: AuthSettings | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging()
     broker = build_broker(settings or BrokerSettings(), auth or AuthSettings())
     broker.install_signal_handlers()
     broker.run()

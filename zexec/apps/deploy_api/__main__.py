@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import logging
-
-import uvicorn
-
 from zexec.apps.deploy_api.container import build_app_from_settings
+from zexec.apps.runtime import configure_logging, serve
 from zexec.settings import DeploySettings
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging()
     settings = DeploySettings()
-    app = build_app_from_settings(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
-    return 0
+    return serve(build_app_from_settings(settings), settings.host, settings.port)
 
 
 if __name__ == "__main__":

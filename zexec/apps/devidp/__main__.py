@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-import uvicorn
-
 from zexec.apps.devidp import create_app, generate_tokens
+from zexec.apps.runtime import serve
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m zexec.apps.devidp") -> None:
@@ -27,7 +26,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m zexec.apps.devidp
         generate_tokens(args.tokens_file, users)
         # Tokens are in the 0600 file; printing them would put them in shell history/logs.
         print(f"wrote tokens for {', '.join(users)} to {args.tokens_file}")
-    uvicorn.run(create_app(args.tokens_file), host=args.host, port=args.port, log_level="info")
+    serve(create_app(args.tokens_file), args.host, args.port)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 from functools import partial
 
 from zexec.adapters.transport_zmq.server_loop import ServerLoop
+from zexec.apps.runtime import configure_logging
 from zexec.apps.server.pool import WorkerPool
 from zexec.core.errors import ConfigurationError
 from zexec.settings import ServerSettings
@@ -38,7 +38,7 @@ def build_server(settings: ServerSettings) -> ServerLoop:
 
 
 def main(settings: ServerSettings | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging()
     server = build_server(settings or ServerSettings())
     server.install_signal_handlers()
     return server.run()
