@@ -83,7 +83,16 @@ def test_recv_times_out_with_none(ends):
     assert client.recv(0.05) is None
 
 
+@pytest.mark.timeout(30)
 def test_wake_interrupts_a_blocked_recv(ends):
     client, _ = ends
-    threading.Timer(0.05, client.wake).start()
-    assert client.recv(30) is None  # returned because of wake, long before 30 s
+    woken = threading.Event()
+
+    def wake():
+        woken.set()
+        client.wake()
+
+    threading.Timer(0.05, wake).start()
+    # Without a working wake() this recv would block for an hour and the test time out.
+    assert client.recv(3600) is None
+    assert woken.is_set()
