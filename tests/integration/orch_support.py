@@ -28,15 +28,6 @@ def wait_for(fn: Callable[[], T], *, timeout: float = 120.0, what: str = "") -> 
     return last
 
 
-def alive(pid: int) -> bool:
-    """Whether ``pid`` is a live process (a zombie nobody reaped yet counts as gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 STANDIN_SERVER = r'''
 """Stand-in server: argv[1] is a directory for its report; behaviour by user id."""
 import json, os, signal, subprocess, sys, time

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from pathlib import Path
 
 import pytest
 import zmq
@@ -16,6 +15,7 @@ from fastapi.responses import JSONResponse
 
 import zexec
 from tests.helpers.http import run_uvicorn
+from tests.helpers.procs import alive, live_children
 from tests.helpers.remote_funcs import sleeper, wait_for_file
 from tests.helpers.stack import Stack, wait_for
 from zexec.core.protocol import legacy_payload
@@ -193,26 +193,8 @@ def test_workers_exit_when_their_server_dies_alone(stack):
     """kill -9 of the server's main process only (say, the OOM killer): its workers
     must not live on as orphans."""
     server = stack.servers["alice"]
-    workers = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
-               and _ppid(p) == server.pid]
+    workers = live_children(server.pid)
     assert workers
     os.kill(server.pid, signal.SIGKILL)
     server.wait(10)
-    wait_for(lambda: not any(Path(f"/proc/{w}").exists() and _state(w) != "Z"
-                             for w in workers), what="orphaned workers to exit")
-
-
-def _ppid(proc_dir: Path) -> int:
-    try:
-        stat = (proc_dir / "stat").read_text()
-    except OSError:
-        return -1
-    return int(stat[stat.rfind(")") + 2:].split()[1])
-
-
-def _state(pid: int) -> str:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return "gone"
-    return stat[stat.rfind(")") + 2:].split()[0]
+    wait_for(lambda: not any(alive(w) for w in workers), what="orphaned workers to exit")

@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 
 import zexec
+from tests.helpers.procs import alive, start_time
 
 pytest_plugins = ["legacy_env"]
 
@@ -61,28 +62,6 @@ def client():
 
 
 # --------------------------------------------------------------------------- processes
-
-
-def _stat(pid: int) -> list[str] | None:
-    """Fields 3.. of /proc/<pid>/stat (state first), None when there is no such process."""
-    try:
-        data = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return data[data.rindex(")") + 2 :].split()
-
-
-def start_time(pid: int) -> int | None:
-    fields = _stat(pid)
-    return None if fields is None else int(fields[19])
-
-
-def alive(pid: int, start: int | None = None) -> bool:
-    """``pid`` runs (not a zombie) and, if ``start`` is given, is the recorded process."""
-    fields = _stat(pid)
-    if fields is None or fields[0] in ("Z", "X"):
-        return False
-    return start is None or int(fields[19]) == start
 
 
 def processes_naming(text: str) -> list[str]:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.procs import alive, live_children, parent_pid
 from tests.helpers.stack import Stack, wait_for
 from zexec.apps.devidp.tokens import user_id_for
 
@@ -89,31 +90,6 @@ def results(proc: subprocess.CompletedProcess) -> list:
     assert proc.returncode == 0, f"client failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     return [ast.literal_eval(line[len("RESULT "):])
             for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state, ppid) of a process, or None when there is no such process."""
-    try:
-        data = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    fields = data[data.rindex(")") + 2:].split()
-    return fields[0], int(fields[1])
-
-
-def _gone(pid: int) -> bool:
-    stat = _proc_stat(pid)
-    return stat is None or stat[0] in ("Z", "X")  # killed, maybe not yet reaped
-
-
-def _live_children(ppid: int) -> set[int]:
-    kids = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            stat = _proc_stat(int(entry.name))
-            if stat is not None and stat[1] == ppid and stat[0] not in ("Z", "X"):
-                kids.add(int(entry.name))
-    return kids
 
 
 # --------------------------------------------------------------------------- basics
@@ -293,9 +269,8 @@ def test_sigint_cancels_remote_work(legacy_env, shared_stack, tmp_path):
                         f"server log:\n{shared_stack.log('server-alice')}")
         worker = int(first)
         server = shared_stack.servers["alice"].pid
-        stat = _proc_stat(worker)
-        assert stat is not None and stat[1] == server, \
-            f"PID {worker} should be a worker of alice's server {server}: {stat}"
+        assert parent_pid(worker) == server, \
+            f"PID {worker} should be a worker of alice's server {server}"
 
         client.send_signal(signal.SIGINT)
         try:
@@ -306,11 +281,11 @@ def test_sigint_cancels_remote_work(legacy_env, shared_stack, tmp_path):
         assert client.returncode != 0
         assert "KeyboardInterrupt" in stderr, stderr
 
-        wait_for(lambda: _gone(worker), timeout=15,
+        wait_for(lambda: not alive(worker), timeout=15,
                  what=f"worker {worker} to be killed after the client's cancel")
         # The server replaces the worker and keeps serving.
-        wait_for(lambda: len(_live_children(server)) == 2 and worker not in
-                 _live_children(server), timeout=15, what="the server to replace the worker")
+        wait_for(lambda: len(live_children(server)) == 2 and worker not in
+                 live_children(server), timeout=15, what="the server to replace the worker")
     finally:
         if client.poll() is None:
             client.kill()

@@ -9,8 +9,9 @@ import threading
 from pathlib import Path
 
 import pytest
-from orch_support import FAKE_UV, PY, SECRET, alive, wait_for, write_script
+from orch_support import FAKE_UV, PY, SECRET, wait_for, write_script
 
+from tests.helpers.procs import alive
 from zexec.adapters.orchestrator_local import LocalOrchestrator
 from zexec.core.envspec import parse_env_spec
 from zexec.core.errors import InvalidEnvironment

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import zexec
+from tests.helpers.procs import alive
 from tests.helpers.remote_funcs import AppError
 from tests.helpers.stack import wait_for
 from zexec.core.errors import UnknownSerializerError
@@ -27,18 +28,6 @@ def client(request, shared_stack):
                      serializer=request.param)
     yield c
     c.close()
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is dead for our purposes.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
 
 
 def test_positional_and_keyword_arguments(client):
@@ -196,7 +185,7 @@ def test_future_cancel_kills_the_worker(client, capsys):
     out = wait_for(lambda: capsys.readouterr().out.strip(), what="worker pid")
     pid = int(out.split()[0])
     assert fut.cancel()
-    wait_for(lambda: not pid_alive(pid), what="worker to be killed")
+    wait_for(lambda: not alive(pid), what="worker to be killed")
 
 
 def test_hundred_mib_numpy_round_trip(client):
@@ -269,7 +258,7 @@ def test_ctrl_c_cancels_the_remote_call(shared_stack, tmp_path):
         pid = int(line.split()[1])
         proc.send_signal(signal.SIGINT)
         assert proc.stdout.readline().strip() == "INTERRUPTED"
-        wait_for(lambda: not pid_alive(pid), what="the remote worker to be killed")
+        wait_for(lambda: not alive(pid), what="the remote worker to be killed")
     finally:
         proc.kill()
         proc.wait()

@@ -25,15 +25,28 @@ from zexec.adapters.orchestrator_local.procs import spawn
 PROC = Path("/proc")
 
 
-def start_time(pid: int) -> int | None:
-    """The kernel start time of ``pid`` (clock ticks since boot), None if unknown."""
+def stat_fields(pid: int) -> list[str] | None:
+    """Fields 3.. of ``/proc/<pid>/stat`` (state, ppid, ...), None if there is no such
+    process (or no ``/proc``). The process may vanish between open and read: that is
+    "no such process" too."""
     try:
         stat = (PROC / str(pid) / "stat").read_text()
-    except OSError:
+    except OSError:  # FileNotFoundError, or ProcessLookupError mid-read
         return None
     # The command name (field 2) may contain spaces and parentheses: split after it.
-    fields = stat[stat.rfind(")") + 2 :].split()
-    return int(fields[19])  # field 22 overall; fields[0] is field 3 (state)
+    return stat[stat.rfind(")") + 2 :].split()
+
+
+def start_time(pid: int) -> int | None:
+    """The kernel start time of ``pid`` (clock ticks since boot), None if unknown."""
+    fields = stat_fields(pid)
+    return None if fields is None else int(fields[19])  # field 22 overall
+
+
+def parent_pid(pid: int) -> int | None:
+    """The parent of ``pid``, None if there is no such process."""
+    fields = stat_fields(pid)
+    return None if fields is None else int(fields[1])
 
 
 def alive(pid: int, start: int | None = None) -> bool:
@@ -41,16 +54,11 @@ def alive(pid: int, start: int | None = None) -> bool:
     process that was recorded."""
     if pid <= 0:
         return False
-    stat_path = PROC / str(pid) / "stat"
     if PROC.is_dir():
-        try:
-            stat = stat_path.read_text()
-        except OSError:
+        fields = stat_fields(pid)
+        if fields is None or fields[0] in ("Z", "X"):  # a zombie has nothing left to stop
             return False
-        rest = stat[stat.rfind(")") + 2 :].split()
-        if rest[0] in ("Z", "X"):  # exited, waiting to be reaped: nothing left to stop
-            return False
-        return start is None or int(rest[19]) == start
+        return start is None or int(fields[19]) == start
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -87,13 +95,9 @@ def live_groups(pgids: Iterable[int]) -> set[int]:
         return {g for g in wanted if alive(g)}
     found: set[int] = set()
     for entry in PROC.iterdir():
-        if not entry.name.isdigit():
+        rest = stat_fields(int(entry.name)) if entry.name.isdigit() else None
+        if rest is None:
             continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        rest = stat[stat.rfind(")") + 2 :].split()
         if rest[0] not in ("Z", "X") and int(rest[2]) in wanted:  # rest[2]: field 5, pgrp
             found.add(int(rest[2]))
     return found
@@ -141,11 +145,10 @@ def ancestors(pid: int | None = None) -> set[int]:
     seen: set[int] = set()
     while pid > 1 and pid not in seen:
         seen.add(pid)
-        try:
-            stat = (PROC / str(pid) / "stat").read_text()
-        except OSError:
+        parent = parent_pid(pid)
+        if parent is None:
             break
-        pid = int(stat[stat.rfind(")") + 2 :].split()[1])
+        pid = parent
     return seen
 
 
