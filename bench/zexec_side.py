@@ -44,14 +44,18 @@ def run(client, sizes: Sizes, workloads: list[str], serializer: str) -> dict:
 
     if "pipelined" in workloads:
         n = sizes.pipelined
-        log(f"zexec: {n} pipelined calls via .map")
         fn = client.remote(ident)
-        list(fn.map(range(min(500, n))))  # warm-up
-        t0 = time.perf_counter()
-        out = list(fn.map(range(n)))
-        elapsed = time.perf_counter() - t0
-        assert out == list(range(n)), "pipelined results differ"
-        res["pipelined"] = {"n": n, "elapsed_s": elapsed, "calls_per_s": n / elapsed}
+        # The default .map (batch_size="auto": items batched once their pace is known),
+        # and one call per item (batch_size=1), the per-call cost of the whole path.
+        for key, batch_size in (("pipelined", "auto"), ("pipelined_single", 1)):
+            log(f"zexec: {n} pipelined calls via .map(batch_size={batch_size!r})")
+            list(fn.map(range(min(500, n)), batch_size=batch_size))  # warm-up
+            t0 = time.perf_counter()
+            out = list(fn.map(range(n), batch_size=batch_size))
+            elapsed = time.perf_counter() - t0
+            assert out == list(range(n)), "pipelined results differ"
+            res[key] = {"n": n, "elapsed_s": elapsed, "calls_per_s": n / elapsed,
+                        "batch_size": batch_size}
 
     if "payload" in workloads or "memory" in workloads:
         nbytes = sizes.payload_mib * MIB

@@ -152,6 +152,50 @@ def test_submit_map_and_asyncio(client):
     assert asyncio.run(main()) == list(range(10))
 
 
+def test_map_batches_quick_items_after_measuring_the_first(client):
+    import sys
+
+    def batch_len(x):  # the size of the batch this item came in (run_batch's argument)
+        return x, len(sys._getframe(1).f_locals["arg_tuples"])
+
+    out = list(client.map(batch_len, range(2000)))
+    assert [x for x, _ in out] == list(range(2000))
+    assert out[0][1] == 1  # nothing is known of the function's pace yet
+    assert max(size for _, size in out) > 1
+
+
+def test_map_with_a_fixed_batch_size_runs_each_batch_in_one_call(client):
+    def pid(x):
+        import os
+
+        return os.getpid()
+
+    pids = list(client.map(pid, range(100), batch_size=25))
+    assert all(len(set(pids[i:i + 25])) == 1 for i in range(0, 100, 25))
+    single = zexec.remote(lambda x: -x, client=client)
+    assert list(single.map(range(10), batch_size=1)) == [-x for x in range(10)]
+    with pytest.raises(ValueError, match="batch_size"):
+        client.map(abs, [1], batch_size=0)
+
+
+def test_batched_map_yields_the_items_before_a_failure_then_raises_it(client, capsys):
+    def item(x):
+        print("item", x)
+        if x == 7:
+            raise ValueError(f"bad item {x}")
+        return x * 10
+
+    got = []
+    with pytest.raises(ValueError, match="bad item 7") as info:
+        for value in client.map(item, range(20), batch_size=5):
+            got.append(value)
+    assert got == [x * 10 for x in range(7)]
+    notes = "".join(getattr(info.value, "__notes__", []))
+    assert "in item" in notes and "run_batch" not in notes
+    out = capsys.readouterr().out
+    assert all(f"item {x}\n" in out for x in range(8))
+
+
 def test_remote_function_methods(client):
     square = zexec.remote(lambda x: x * x, client=client)
     assert square(7) == 49

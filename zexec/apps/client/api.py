@@ -5,21 +5,28 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import queue
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from functools import update_wrapper
+from itertools import islice
 from typing import Any
 
 from zexec.adapters.serializer import default_registry
 from zexec.apps.client.session import END, PendingCall, Session
-from zexec.core.errors import ConfigurationError
+from zexec.core.batching import MAX_BATCH, BatchSizer, run_batch
+from zexec.core.errors import ConfigurationError, ProtocolError
 from zexec.core.ports import Serializer
 
 #: cloudpickle by default: it pickles interactively defined functions by value like dill
 #: and runs on the C pickler (several times faster per call); dill stays one word away.
 DEFAULT_SERIALIZER = "cloudpickle"
 _default_client: Client | None = None
+#: A batched map sends at most this many single-item calls before it knows how long an
+#: item takes, and waits at most PROBE_WAIT seconds for the first one to tell it.
+PROBE_CALLS = 8
+PROBE_WAIT = 0.05
 
 
 class Client:
@@ -84,13 +91,15 @@ class Client:
         return self.serializer if name is None else self.serializers.get(name)
 
     def _start(self, fn: Callable, args: tuple, kwargs: dict, *, serializer: str | None,
-               timeout: float | None, fn_frame: Any = None) -> PendingCall:
+               timeout: float | None, fn_frame: Any = None,
+               name: str | None = None) -> PendingCall:
         ser = self._serializer(serializer)
         if fn_frame is None:
             fn_frame = ser.dumps(fn, out_of_band=False)[0]
         return self._session.start_call(
             fn_frame, args, kwargs, ser, timeout=timeout,
-            stream=inspect.isgeneratorfunction(fn), name=getattr(fn, "__name__", ""),
+            stream=inspect.isgeneratorfunction(fn),
+            name=getattr(fn, "__name__", "") if name is None else name,
         )
 
     def submit(self, fn: Callable, /, *args: Any, _serializer: str | None = None,
@@ -124,11 +133,31 @@ class Client:
             raise
 
     def map(self, fn: Callable, *iterables: Iterable[Any], serializer: str | None = None,
-            timeout: float | None = None, window: int = 1024) -> Iterator[Any]:
-        """Like :func:`map`, remotely and pipelined: up to ``window`` calls in flight at
-        once, results yielded in input order. The function is serialized once."""
+            timeout: float | None = None, window: int = 1024,
+            batch_size: int | str = "auto") -> Iterator[Any]:
+        """Like :func:`map`, remotely and pipelined: up to ``window`` items in flight at
+        once, results yielded in input order. An exception raised for an item is raised
+        when the iteration reaches that item.
+
+        ``batch_size`` is how many items one remote call runs: ``"auto"`` (the default)
+        starts with one and, once it has seen how long an item takes on the server,
+        sends as many per call as run in about 20 ms (so quick functions are not
+        drowned in messaging while slow ones still spread over every worker); an int
+        fixes it (``1``: one call per item). ``timeout`` is per item (a batch gets
+        ``timeout`` times its size). Generator functions always go one per call."""
+        fixed = _batch_size(batch_size)
+        if window < 1:
+            raise ValueError(f"window must be at least 1, not {window}")
+        if fixed == 1 or inspect.isgeneratorfunction(fn):
+            return self._map_calls(fn, iterables, serializer, timeout, window)
+        return self._map_batches(fn, iterables, serializer, timeout, window,
+                                 BatchSizer(fixed, cap=min(MAX_BATCH, max(1, window // 4))))
+
+    def _map_calls(self, fn: Callable, iterables: tuple[Iterable[Any], ...],
+                   serializer: str | None, timeout: float | None,
+                   window: int) -> Iterator[Any]:
         ser = self._serializer(serializer)
-        fn_frame = ser.dumps(fn, out_of_band=False)[0]
+        fn_frame = ser.dumps(fn, out_of_band=False)[0]  # serialized once for all calls
         inflight: deque[PendingCall] = deque()
         try:
             for args in zip(*iterables, strict=False):
@@ -141,6 +170,46 @@ class Client:
         finally:
             for call in inflight:
                 self._session.cancel(call, "map abandoned")
+
+    def _map_batches(self, fn: Callable, iterables: tuple[Iterable[Any], ...],
+                     serializer: str | None, timeout: float | None, window: int,
+                     sizer: BatchSizer) -> Iterator[Any]:
+        ser = self._serializer(serializer)
+        runner = ser.dumps(run_batch, out_of_band=False)[0]  # a reference: same every time
+        name = getattr(fn, "__name__", "")
+        source = zip(*iterables, strict=False)
+        inflight: deque[_Batch] = deque()
+        queued = 0  # items in flight
+        exhausted = False
+        try:
+            while True:
+                while not exhausted:
+                    if not sizer.measured and len(inflight) >= PROBE_CALLS:
+                        # Learn the function's pace from the first call before sending
+                        # more one by one; one slower than PROBE_WAIT stays one per call.
+                        if not inflight[0].wait_first(sizer, PROBE_WAIT):
+                            sizer.record(1, PROBE_WAIT)
+                    size = sizer.next_size()
+                    if inflight and queued + size > window:
+                        break  # wait for room for a whole batch
+                    chunk = list(islice(source, size))
+                    if not chunk:
+                        exhausted = True
+                        break
+                    call = self._start(
+                        run_batch, (fn, chunk), {}, serializer=serializer,
+                        timeout=None if timeout is None else timeout * len(chunk),
+                        fn_frame=runner, name=name)
+                    inflight.append(_Batch(call, len(chunk)))
+                    queued += len(chunk)
+                if not inflight:
+                    return
+                batch = inflight.popleft()
+                queued -= batch.size
+                yield from batch.results(self._session, sizer)
+        finally:
+            for batch in inflight:
+                self._session.cancel(batch.call, "map abandoned")
 
     def remote(self, fn: Callable | None = None, **options: Any) -> Any:
         """Decorator: like :func:`zexec.remote` bound to this client."""
@@ -168,6 +237,68 @@ def _wait(session: Session, call: PendingCall) -> Any:
         raise
 
 
+def _next_item(session: Session, call: PendingCall) -> tuple[Any, Any]:
+    """The next ``(marker, value)`` a streaming call produced (``marker`` is END with
+    the error or None last); Ctrl-C while waiting cancels the remote call."""
+    try:
+        return call.items.get()
+    except KeyboardInterrupt:
+        session.cancel(call, "keyboard_interrupt", wait=1.0)
+        raise
+
+
+def _batch_size(value: int | str) -> int | None:
+    """``batch_size`` checked: None for "auto", else the fixed size."""
+    if value == "auto":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f'batch_size must be "auto" or an int >= 1, not {value!r}')
+    return value
+
+
+def _measure(sizer: BatchSizer, item: tuple[Any, Any]) -> None:
+    """Feed the pace a batch reported (``(seconds, values, failed)``) to ``sizer``."""
+    marker, value = item
+    if marker is not END:
+        seconds, values, failed = value
+        sizer.record(len(values) + (failed is not None), seconds)
+
+
+class _Batch:
+    """One in-flight call of a batched map: ``size`` items run by :func:`run_batch`."""
+
+    def __init__(self, call: PendingCall, size: int) -> None:
+        self.call = call
+        self.size = size
+        self._first: tuple[Any, Any] | None = None  # taken early by peek()
+
+    def wait_first(self, sizer: BatchSizer, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for this batch's report and feed its pace to
+        ``sizer``; False if it has not come."""
+        if self._first is None:
+            try:
+                self._first = self.call.items.get(timeout=timeout)
+            except queue.Empty:
+                return False
+            _measure(sizer, self._first)
+        return True
+
+    def results(self, session: Session, sizer: BatchSizer) -> Iterator[Any]:
+        """The batch's values in order; raises the error of the item that failed."""
+        first, self._first = self._first, None
+        if first is None:
+            first = _next_item(session, self.call)
+            _measure(sizer, first)
+        marker, value = first
+        if marker is END:  # failed as a whole: cancelled, timed out, server gone ...
+            raise value or ProtocolError("a batch of map() ended without its results")
+        _, values, failed = value
+        yield from values
+        if failed is not None:
+            marker, error = _next_item(session, self.call)
+            raise error or ProtocolError("a failed item of map() came without its error")
+
+
 class RemoteIterator:
     """Items of a remote generator, as they are yielded remotely."""
 
@@ -183,9 +314,8 @@ class RemoteIterator:
         if self._done:
             raise StopIteration
         try:
-            marker, value = self._call.items.get()
+            marker, value = _next_item(self._session, self._call)
         except KeyboardInterrupt:
-            self._session.cancel(self._call, "keyboard_interrupt", wait=1.0)
             self._done = True
             raise
         if marker is END:
@@ -244,10 +374,11 @@ class RemoteFunction:
         return self._client().submit(self.fn, *args, _serializer=self.serializer,
                                      _timeout=self.timeout, **kwargs)
 
-    def map(self, *iterables: Iterable[Any], window: int = 1024) -> Iterator[Any]:
-        """Pipelined map over the iterables; results in order."""
+    def map(self, *iterables: Iterable[Any], window: int = 1024,
+            batch_size: int | str = "auto") -> Iterator[Any]:
+        """Pipelined map over the iterables; results in order (see :meth:`Client.map`)."""
         return self._client().map(self.fn, *iterables, serializer=self.serializer,
-                                  timeout=self.timeout, window=window)
+                                  timeout=self.timeout, window=window, batch_size=batch_size)
 
     async def aio(self, *args: Any, **kwargs: Any) -> Any:
         """Awaitable call."""

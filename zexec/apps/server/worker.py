@@ -28,6 +28,7 @@ import zmq
 
 from zexec.adapters.serializer import default_registry
 from zexec.adapters.transport_zmq.frames import recv_frames, send_frames
+from zexec.core import batching
 from zexec.core import protocol as p
 from zexec.core.errors import SerializationError, UnknownSerializerError, ZexecError
 
@@ -206,10 +207,14 @@ def _qualname(exc: BaseException) -> str:
     return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
 
 
+#: Frames of these files lead into the user's code and are left out of its traceback.
+_OWN_FILES = frozenset({__file__, batching.__file__})
+
+
 def _user_traceback(exc: BaseException) -> str:
-    """The traceback without this module's frames: the user's code is what matters."""
+    """The traceback without zexec's frames: the user's code is what matters."""
     tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+    while tb is not None and tb.tb_frame.f_code.co_filename in _OWN_FILES:
         tb = tb.tb_next
     return "".join(traceback.format_exception(type(exc), exc, tb))
 
