@@ -290,7 +290,8 @@ def zexec_rep(state: Path, logdir: Path, rep: int, six: str | None, raw: dict) -
     """One repetition of (a), (b) and (c): down, up, cached spawn, new-env spawn."""
     up_s, _ = zexec_cli("up", state=state)
     stack = json.loads((state / "stack.json").read_text())
-    base = ["--ep", stack["ep_api_url"], "--token", stack["tokens"]["alice"]]
+    # "--token=T": a token may start with "-", which argparse would take for an option.
+    base = ["--ep", stack["ep_api_url"], f"--token={stack['tokens']['alice']}"]
     cached = run_side(sys.executable, "zexec", base, logdir)
     cached["up_s"] = up_s
     cached["total_with_up_s"] = up_s + cached["total_s"]
@@ -369,7 +370,7 @@ def run(args: argparse.Namespace) -> dict:
             build = run_side(
                 sys.executable,
                 "zexec",
-                ["--ep", stack["ep_api_url"], "--token", stack["tokens"]["alice"]],
+                ["--ep", stack["ep_api_url"], f"--token={stack['tokens']['alice']}"],
                 logdir,
             )
             doc["warmup"] = {"first_up_s": first_up, "first_build": build}
@@ -530,7 +531,7 @@ def notes(doc: dict) -> list[str]:
             f"(b) breakdown, medians: up {_s(s['up'])} s + connect "
             f"{parts['connect_s']:.2f} s + environment {parts['environment_s']:.2f} s "
             f"+ first call {parts['first_call_s']:.2f} s; the SDK polls the Deploy "
-            "API from 50 ms, backing off to 0.5 s, while the server starts"
+            "API every 50 ms for 3 s, then every 0.5 s, while the server starts"
         )
     w = doc.get("warmup")
     if w and "first_up_s" in w:

@@ -83,6 +83,46 @@ def test_down_stops_components_and_orchestrator_leftovers(tmp_path):
     assert not d.stack_json.exists()
 
 
+# A web process stand-in: on SIGTERM it notes whether the broker (pid argv[1]) still
+# runs, as the real one's Deploy API needs it while stopping the users' servers.
+WEB = textwrap.dedent("""
+    import os, signal, sys, time
+    def term(*_):
+        try:
+            os.kill(int(sys.argv[1]), 0)
+            seen = "broker alive"
+        except ProcessLookupError:
+            seen = "broker gone"
+        open(sys.argv[2], "w").write(seen)
+        sys.exit(0)
+    signal.signal(signal.SIGTERM, term)
+    print("ready", flush=True)
+    time.sleep(600)
+""")
+
+
+def test_down_stops_the_web_process_before_the_broker(tmp_path):
+    d = StateDir(tmp_path)
+    broker, broker_child = start_family(tmp_path)
+    note = tmp_path / "seen"
+    web = subprocess.Popen(
+        [sys.executable, "-c", WEB, str(broker), str(note)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert web.stdout.readline() == "ready\n"
+    web_entry = {"pid": web.pid, "start": procs.start_time(web.pid), "apps": {"deploy-api": {}}}
+    broker_entry = {"pid": broker, "start": procs.start_time(broker), "url": "tcp://x"}
+    # The broker first in the file: the order of stack.json is not the order of `down`.
+    d.stack_json.write_text(json.dumps({"components": {"broker": broker_entry, "web": web_entry}}))
+    assert down(d, grace=5.0, out=io.StringIO()) is True
+    web.wait(5)
+    assert note.read_text() == "broker alive"
+    assert not any(procs.alive(p) for p in (web.pid, broker, broker_child))
+
+
 def test_down_without_stack_json_still_sweeps_the_orchestrator_dir(tmp_path):
     d = StateDir(tmp_path)
     d.orchestrator.mkdir()

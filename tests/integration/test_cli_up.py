@@ -4,16 +4,19 @@ through ``zexec.connect`` with the real local orchestrator.
 One stack and one environment build for the whole module: ``python==<this X.Y>`` and
 nothing else, so uv builds a single venv (the local orchestrator installs this zexec
 source tree into it, editable). The tests run in file order and share the stack; the
-last one stops it and checks that no process of it is left.
+down test stops it and checks that no process of it is left; the last one starts it again
+and stops the web process alone with SIGTERM, as a supervisor would.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -72,7 +75,13 @@ def test_up_writes_stack_json_and_private_files(state, stack):
     assert stack["ep_api_url"].startswith("http://127.0.0.1:")
     assert stack["auth_url"].endswith("/auth")
     assert isinstance(stack["broker_port"], int)
-    assert set(stack["components"]) == {"devidp", "broker", "deploy-api", "ep-api"}
+    # Two processes: the broker and the web process serving the three HTTP apps.
+    assert set(stack["components"]) == {"broker", "web"}
+    web = stack["components"]["web"]
+    assert set(web["apps"]) == {"devidp", "deploy-api", "ep-api"}
+    assert web["apps"]["ep-api"]["url"] == stack["ep_api_url"]
+    assert web["apps"]["devidp"]["url"] == stack["auth_url"]
+    assert web["log"] == str(state / "logs" / "web.log")
     for name in ("stack.json", "tokens.json", "server_secret", "admin_token"):
         assert stat.S_IMODE((state / name).stat().st_mode) == 0o600, name
 
@@ -109,7 +118,10 @@ def test_remote_calls_through_connect(alice, capfd):
 
 def test_status_shows_components_and_the_user_server(state, alice):
     doc = json.loads(zexec_cli("status", "--json", state=state).stdout)
+    assert list(doc["components"]) == ["devidp", "broker", "deploy-api", "ep-api"]
     assert {c["state"] for c in doc["components"].values()} == {"up"}
+    web = json.loads((state / "stack.json").read_text())["components"]["web"]["pid"]
+    assert {doc["components"][n]["pid"] for n in ("devidp", "deploy-api", "ep-api")} == {web}
     (row,) = doc["servers"]
     assert row["user"] == "alice" and row["phase"] == "ready" and row["registered"]
     assert row["python"] == PYTHON and procs.alive(row["pid"])
@@ -121,6 +133,14 @@ def test_logs_of_a_component_and_of_a_server(state, alice):
     out = zexec_cli("logs", "broker", "-n", "50", state=state).stdout
     assert "broker listening" in out
     assert "zexec.apps.server" in zexec_cli("logs", "alice", state=state).stdout
+    # The web process's log tags each line with its app; `logs APP` shows that app's.
+    web = zexec_cli("logs", "web", "-n", "1000", state=state).stdout
+    for app in ("devidp", "deploy-api", "ep-api"):
+        assert f"[{app}] uvicorn.error INFO Application startup complete" in web
+    deploy = zexec_cli("logs", "deploy-api", "-n", "1000", state=state).stdout
+    assert "[deploy-api] uvicorn.access INFO" in deploy and "POST /rexec/spawn" in deploy
+    assert "[ep-api]" not in deploy and "[devidp]" not in deploy
+    assert "GET /status/rexec" in zexec_cli("logs", "ep-api", "-n", "1000", state=state).stdout
 
 
 def test_terminate_stops_the_server_and_respawn_reuses_the_env(state, alice):
@@ -149,3 +169,37 @@ def test_down_leaves_no_process_behind(state, stack, alice):
     assert "no zexec stack" in zexec_cli("down", state=state).stdout
     with pytest.raises(zexec.ZexecError):  # a call now fails cleanly instead of hanging
         alice.client.call(os.getpid)
+
+
+def test_sigterm_to_the_web_process_stops_the_users_servers(state):
+    """The web process alone gets SIGTERM (a supervisor, a reboot): every app's lifespan
+    shutdown runs, and the Deploy API's stops alice's server before the process exits."""
+    zexec_cli("up", state=state)  # again, after the down test; the environment is cached
+    stack = json.loads((state / "stack.json").read_text())
+    web = stack["components"]["web"]
+    with zexec.connect(stack["ep_api_url"], stack["tokens"]["alice"]) as conn:
+        conn.environment([f"python=={PYTHON}"], progress=False, timeout=600)
+        server = server_row(state)["pid"]
+    server_start = procs.start_time(server)
+    assert procs.alive(server, server_start)
+    os.kill(web["pid"], signal.SIGTERM)
+    deadline = time.monotonic() + 120  # a hang guard, not a measurement
+    while procs.alive(web["pid"], web["start"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not procs.alive(web["pid"], web["start"])
+    assert not procs.alive(server, server_start)  # stopped by the Deploy API, not by us
+    assert procs.processes_under(state / "orchestrator") == []
+    log = (state / "logs" / "web.log").read_text()
+    for app in ("devidp", "deploy-api", "ep-api"):
+        assert f"[{app}] uvicorn.error INFO Application shutdown complete" in log
+        assert f"[{app}] uvicorn.error INFO Finished server process" in log
+    doc = json.loads(zexec_cli("status", "--json", state=state, check=False).stdout)
+    assert {n: c["state"] for n, c in doc["components"].items()} == {
+        "devidp": "down",
+        "broker": "up",
+        "deploy-api": "down",
+        "ep-api": "down",
+    }
+    out = zexec_cli("down", state=state).stdout
+    assert "leftover" not in out and "killed" not in out
+    assert not procs.alive(stack["components"]["broker"]["pid"])

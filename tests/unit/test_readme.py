@@ -1,6 +1,7 @@
 """The README's configuration tables cover every setting in zexec/settings.py (a new
-setting without a row fails here). Rows may abbreviate ``ZEXEC_BROKER_BACKEND_PORT`` as
-``_BACKEND_PORT`` after the full name of a sibling."""
+setting without a row fails here), and its command table every ``zexec`` subcommand. Rows
+may abbreviate ``ZEXEC_BROKER_BACKEND_PORT`` as ``_BACKEND_PORT`` after the full name of a
+sibling, and ``zexec broker`` / ``server`` as `` / `server` `` after a sibling command."""
 
 from __future__ import annotations
 
@@ -28,3 +29,16 @@ def test_every_setting_has_a_row(cls):
         if f"`{prefix}{name.upper()}`" not in README and f"`_{name.upper()}`" not in README
     ]
     assert not missing, f"README.md lacks rows for {missing}"
+
+
+def test_every_command_has_a_row():
+    import argparse
+
+    from zexec.apps.cli.main import build_parser
+
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    table = README[README.index("## The `zexec` command") :]
+    missing = [
+        cmd for cmd in sub.choices if f"| `zexec {cmd}" not in table and f"/ `{cmd}`" not in table
+    ]
+    assert not missing, f"README.md's command table lacks {missing}"

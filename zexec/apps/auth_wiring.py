@@ -11,13 +11,20 @@ from dependency_injector import containers, providers
 
 from zexec.adapters.auth_cache import CachingAuthenticator
 from zexec.adapters.auth_http import HttpAuthenticator
-from zexec.adapters.auth_oidc import OidcAuthenticator
 from zexec.adapters.auth_static import StaticAuthenticator
 from zexec.core.errors import ConfigurationError
 from zexec.core.groups import parse_allowed_groups
 from zexec.core.ports import Authenticator
 from zexec.core.tokencache import TokenCache
 from zexec.settings import AuthSettings
+
+
+def oidc_authenticator(**options: object) -> Authenticator:
+    """An :class:`~zexec.adapters.auth_oidc.OidcAuthenticator`, imported here: its JWT
+    and cryptography libraries take a noticeable part of a process's start otherwise."""
+    from zexec.adapters.auth_oidc import OidcAuthenticator
+
+    return OidcAuthenticator(**options)  # type: ignore[arg-type]
 
 
 class AuthContainer(containers.DeclarativeContainer):
@@ -50,7 +57,7 @@ class AuthContainer(containers.DeclarativeContainer):
                 allowed_groups=allowed_groups,
             ),
             "oidc": providers.Singleton(
-                OidcAuthenticator,
+                oidc_authenticator,
                 jwks_url=config.jwks_url,
                 issuer=config.issuer,
                 audience=config.audience,

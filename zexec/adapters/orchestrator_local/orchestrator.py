@@ -28,7 +28,7 @@ from pathlib import Path
 
 from zexec.adapters.orchestrator_local import procs
 from zexec.adapters.orchestrator_local.envs import BuildCancelled, BuildFailed, EnvStore
-from zexec.adapters.orchestrator_local.pythons import discover_pythons, find_uv
+from zexec.adapters.orchestrator_local.pythons import discover_pythons, find_uv, running_python
 from zexec.adapters.orchestrator_memory import TERMINAL, conflict_message
 from zexec.core.errors import EnvironmentConflict, InvalidEnvironment
 from zexec.core.model import EnvSpec, ServerStatus, UserIdentity
@@ -36,6 +36,9 @@ from zexec.core.protocol import server_credential
 
 #: Server command when none is injected; ``{python}`` becomes the env's interpreter.
 DEFAULT_SERVER_COMMAND = ("{python}", "-m", "zexec.apps.server")
+#: Seconds between two looks for a starting server's ready file (a stat call): every
+#: look missed is latency added to the user's first call.
+READY_POLL = 0.01
 _SCRUB = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP", "PYTHONUSERBASE")
 
 
@@ -68,7 +71,10 @@ class _Server:
 class LocalOrchestrator:
     """:class:`~zexec.core.ports.Orchestrator` running servers as local processes.
 
-    ``available_pythons`` maps ``"X.Y"`` to an interpreter (None: discover on first use);
+    ``available_pythons`` maps ``"X.Y"`` to an interpreter (None: discover them the first
+    time a pin names another version than the running interpreter's, which discovery
+    would map to the running interpreter anyway: the common pin costs no discovery, whose
+    seconds of CPU would otherwise slow every start of the Deploy API on a small machine);
     ``server_command`` replaces the server command (tests use a stand-in; ``{python}`` in
     an item becomes the env's interpreter); ``zexec_args`` replaces what is installed for
     zexec itself (default: this source tree editable, else ``zexec==<version>``);
@@ -109,14 +115,7 @@ class LocalOrchestrator:
         self._servers: dict[str, _Server] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
-        # Discovery takes a second or two (it runs every candidate): start it now so
-        # the first ensure() does not wait for it.
-        self._discovery: threading.Thread | None = None
-        if self._pythons is None:
-            self._discovery = threading.Thread(
-                target=self._discover, name="zexec-discover-pythons", daemon=True
-            )
-            self._discovery.start()
+        self._discovering = threading.Lock()  # one discovery; the users' locks stay free
 
     # ------------------------------------------------------------------ the port
 
@@ -163,19 +162,12 @@ class LocalOrchestrator:
     # ------------------------------------------------------------------ extras
 
     def pythons(self) -> dict[str, str]:
-        """``"X.Y"`` -> interpreter for the pins this machine can serve."""
-        if self._discovery is not None:
-            self._discovery.join()
-        with self._guard:
-            if self._pythons is None:  # the discovery thread died: try once more here
+        """``"X.Y"`` -> interpreter for the pins this machine can serve (discovered on
+        the first call, a second or two)."""
+        with self._discovering:
+            if self._pythons is None:
                 self._pythons = discover_pythons(self.uv)
             return dict(self._pythons)
-
-    def _discover(self) -> None:
-        found = discover_pythons(self.uv)
-        with self._guard:
-            if self._pythons is None:
-                self._pythons = found
 
     def log_path(self, user_id: str) -> Path:
         return self.state_dir / "logs" / f"{file_key(user_id)}.log"
@@ -192,6 +184,9 @@ class LocalOrchestrator:
             return self._locks.setdefault(user_id, threading.Lock())
 
     def _interpreter(self, python: str) -> str:
+        here, exe = running_python()
+        if python == here and self._pythons is None:
+            return exe  # what discovery would answer: the running interpreter comes first
         found = self.pythons()
         if python not in found:
             have = ", ".join(found) or "none"
@@ -301,7 +296,7 @@ class LocalOrchestrator:
                 procs.stop(proc, self.grace)
                 self._set(rec, "failed", f"not ready after {self.start_timeout:g}s", tail=True)
                 return
-            if rec.stopped.wait(0.05):
+            if rec.stopped.wait(READY_POLL):
                 return
         if proc.poll() is None:
             self._set(rec, "ready")

@@ -62,6 +62,13 @@ def probe(interpreter: str, timeout: float = 15.0) -> tuple[str, str] | None:
     return lines[0], lines[1]
 
 
+def running_python() -> tuple[str, str]:
+    """``(major.minor, executable)`` of the interpreter running zexec: what :func:`probe`
+    reports for it, without starting a process."""
+    here = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    return here, getattr(sys, "_base_executable", "") or sys.executable
+
+
 def _path_candidates() -> list[str]:
     seen: list[str] = []
     for d in os.environ.get("PATH", "").split(os.pathsep):
@@ -92,10 +99,12 @@ def _uv_candidates(uv: str | None) -> list[str]:
 
 def discover_pythons(uv: str | None = None) -> dict[str, str]:
     """Map ``"X.Y"`` -> interpreter path for every working CPython 3 found: the one
-    running zexec first, then ``python3.X`` on PATH, then ``uv python list``. The first
-    interpreter found for a version wins."""
-    found: dict[str, str] = {}
-    tried: set[str] = set()
+    running zexec first (:func:`running_python`), then ``python3.X`` on PATH, then ``uv
+    python list``. The first interpreter found for a version wins. This runs every
+    candidate (seconds of CPU where pyenv shims are on PATH)."""
+    here, exe = running_python()
+    found: dict[str, str] = {here: exe}
+    tried: set[str] = {os.path.realpath(sys.executable)}
 
     def probe_new(cands: list[str]) -> None:
         fresh = []
@@ -111,6 +120,6 @@ def discover_pythons(uv: str | None = None) -> dict[str, str]:
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         from_uv = pool.submit(_uv_candidates, uv)  # slow-ish: it probes too
-        probe_new([sys.executable, *_path_candidates()])
+        probe_new(_path_candidates())
         probe_new(from_uv.result())
     return dict(sorted(found.items(), key=lambda kv: tuple(map(int, kv[0].split(".")))))

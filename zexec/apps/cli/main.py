@@ -22,8 +22,8 @@ EPILOG = """\
 Quick start:  zexec up --state-dir .state   (then see stack.json in that directory)
               zexec status --state-dir .state
               zexec down --state-dir .state
-The component commands (broker, server, deploy-api, ep-api) read their settings from
-ZEXEC_* environment variables; see the README's configuration table.
+The component commands (broker, server, deploy-api, ep-api, web) read their settings
+from ZEXEC_* environment variables; see the README's configuration table.
 """
 
 COMPONENT_HELP = {
@@ -122,14 +122,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     idp.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     idp.set_defaults(func=run_devidp)
+    p = sub.add_parser(
+        "web",
+        help="run the development IdP, the Deploy API and the EP API in one process",
+        description="Serve the development identity provider, the Deploy API and the EP "
+        "API in one process (one uvicorn server each, on its own port): what `zexec up` "
+        "runs. The APIs read the same ZEXEC_* settings as `zexec deploy-api` and `zexec "
+        "ep-api` (ZEXEC_DEPLOY_HOST/PORT, ZEXEC_EP_HOST/PORT, ...); the IdP serves "
+        "--tokens-file. Log lines are tagged [devidp], [deploy-api] or [ep-api]. SIGTERM "
+        "stops all three; the Deploy API's shutdown stops the servers it started.",
+    )
+    p.add_argument(
+        "--tokens-file",
+        required=True,
+        metavar="F",
+        help="the IdP's JSON token file (token -> claims)",
+    )
+    p.add_argument(
+        "--idp-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="the IdP's address (default %(default)s)",
+    )
+    p.add_argument(
+        "--idp-port",
+        type=port,
+        default=8090,
+        metavar="PORT",
+        help="the IdP's port (default %(default)s)",
+    )
+    p.set_defaults(func=run_web)
 
     p = sub.add_parser(
         "up",
         help="run the whole stack on this machine, in the background",
-        description="Start the development IdP (tokens for alice and bob), the broker, the "
-        "Deploy API with the local orchestrator and the EP API as background processes; "
-        "return when all answer; print URLs and tokens; write DIR/stack.json. Ports not "
-        "given are chosen free. Does nothing if the stack in DIR already runs.",
+        description="Start two background processes: the broker, and the web process "
+        "(`zexec web`) serving the development IdP (tokens for alice and bob), the Deploy "
+        "API with the local orchestrator and the EP API, each on its own port; return "
+        "when all answer; print URLs and tokens; write DIR/stack.json. Ports not given "
+        "are chosen free. Does nothing if the stack in DIR already runs.",
     )
     _state_dir(p)
     for name in st.PORT_NAMES:
@@ -158,9 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "down",
         help="stop the stack and every user server it started",
-        description="SIGTERM every component's process group (the Deploy API first: it "
-        "stops the users' servers), SIGKILL what is left after --grace seconds, then stop "
-        "any server process still running under DIR/orchestrator.",
+        description="SIGTERM the web process's group first (its Deploy API stops the "
+        "users' servers), then the broker's, SIGKILL what is left after --grace seconds, "
+        "then stop any server process still running under DIR/orchestrator.",
     )
     _state_dir(p)
     p.add_argument(
@@ -174,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "status",
         help="show components and user servers",
-        description="Show each component (up / unhealthy / down, URL, pid) and each user "
+        description="Show each component (devidp, broker, deploy-api, ep-api: up / "
+        "unhealthy / down, URL, pid; three of them share the web process) and each user "
         "server (phase from the Deploy API, pid from the broker). Exit 1 if a component is "
         "not up or no stack runs.",
     )
@@ -185,9 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "logs",
         help="show the last lines of component or server logs",
-        description="Print the last lines of COMPONENT's log (devidp, broker, deploy-api, "
-        "ep-api, or a user's server by user name or id); without COMPONENT, of every "
-        "component.",
+        description="Print the last lines of COMPONENT's log: broker; web (the whole log "
+        "of the web process); devidp, deploy-api or ep-api (the lines of the web "
+        "process's log tagged with that app, and the process's own); or a user's server "
+        "by user name or id. Without COMPONENT: the broker's and the web process's logs.",
     )
     _state_dir(p)
     p.add_argument("component", nargs="?", metavar="COMPONENT", help="whose log")
@@ -215,6 +248,12 @@ def run_devidp(args: argparse.Namespace) -> int:
 
     main(args.args, prog="zexec devidp")
     return 0
+
+
+def run_web(args: argparse.Namespace) -> int:
+    from zexec.apps.web import main
+
+    return main(args.tokens_file, args.idp_host, args.idp_port)
 
 
 def cmd_up(args: argparse.Namespace) -> int:

@@ -1,24 +1,33 @@
 """``zexec status`` and ``zexec logs``: what a running stack is doing.
 
-Status combines three views: the component processes (alive, answering their health
-check), the broker's control ``STATUS`` (which users' servers are registered, their pid
-and Python), and the Deploy API's ``GET /status`` asked with each development user's
-token (phase: pending / installing / starting / ready / failed).
+Status combines three views: the components (their process alive, each answering its
+health check; the IdP, the Deploy API and the EP API share the web process), the
+broker's control ``STATUS`` (which users' servers are registered, their pid and Python),
+and the Deploy API's ``GET /status`` asked with each development user's token (phase:
+pending / installing / starting / ready / failed).
+
+Logs: ``logs/broker.log`` and ``logs/web.log``; ``zexec logs deploy-api`` (or ``devidp``,
+``ep-api``) shows the lines of web.log tagged with that app plus the untagged ones of
+the process itself; ``zexec logs web`` shows all of it.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, TextIO
 
 from zexec.apps.cli import procs
 from zexec.apps.cli.stack import (
     COMPONENTS,
+    PROCESSES,
+    WEB_APPS,
     StackError,
     StateDir,
     UsageError,
     broker_control,
+    endpoints,
     healthy,
 )
 
@@ -33,13 +42,18 @@ def collect(d: StateDir) -> dict[str, Any] | None:
         return None
     admin = d.admin.read_text().strip() if d.admin.exists() else ""
     comps: dict[str, Any] = {}
-    for name, comp in stack.get("components", {}).items():
+    for name, comp in endpoints(stack).items():
         if not procs.alive(comp["pid"], comp.get("start")):
             state = "down"
         else:
             # Generous: a busy machine must not make a working component look broken.
             state = "up" if healthy(name, comp, stack, admin, timeout=TIMEOUT) else "unhealthy"
-        comps[name] = {"state": state, "pid": comp["pid"], "url": comp["url"]}
+        comps[name] = {
+            "state": state,
+            "pid": comp["pid"],
+            "url": comp["url"],
+            "process": comp["process"],
+        }
     return {
         "state_dir": stack["state_dir"],
         "components": comps,
@@ -113,7 +127,9 @@ def status(d: StateDir, out: TextIO, as_json: bool = False) -> int:
     else:
         out.write(f"zexec stack in {doc['state_dir']}\n")
         for name, c in doc["components"].items():
-            out.write(f"  {name:<11} {c['state']:<10} {c['url']}  (pid {c['pid']})\n")
+            shared = "" if c["process"] == name else f", {c['process']} process"
+            where = f"pid {c['pid']}{shared}"
+            out.write(f"  {name:<11} {c['state']:<10} {c['url']}  ({where})\n")
         out.write("user servers:\n" if doc["servers"] else "user servers: none\n")
         for s in doc["servers"]:
             where = f"pid {s['pid']}" if s["pid"] else "not registered with the broker"
@@ -123,9 +139,19 @@ def status(d: StateDir, out: TextIO, as_json: bool = False) -> int:
     return 0 if all(c["state"] == "up" for c in doc["components"].values()) else 1
 
 
+#: The start of a tagged log record (:data:`zexec.apps.runtime.TAGGED_LOG_FORMAT`);
+#: lines that do not match continue the record before them (tracebacks).
+_RECORD = re.compile(r"^\d{4}-\d\d-\d\d [\d:,.]+ \[([^\]]*)\] ")
+#: Bytes of web.log read to find the last lines of one app's records.
+WEB_TAIL_BYTES = 4 * 1024 * 1024
+
+
 def log_path(d: StateDir, component: str) -> Path:
-    """The log of a component, or of a user's server (by user name or id)."""
-    if component in COMPONENTS:
+    """The log of a process (``broker``, ``web``) or component (an app of the web
+    process: its lines are in web.log), or of a user's server (by user name or id)."""
+    if component in WEB_APPS and not d.log(component).exists():
+        return d.log("web")  # (the file of the app exists only for a four-process stack)
+    if component in COMPONENTS or component in PROCESSES:
         return d.log(component)
     from zexec.adapters.orchestrator_local import file_key
 
@@ -134,20 +160,47 @@ def log_path(d: StateDir, component: str) -> Path:
     path = d.orchestrator / "logs" / f"{file_key(uid)}.log"
     if not path.exists():
         users = ", ".join(stack.get("tokens", {})) or "none"
+        names = ", ".join((*COMPONENTS, "web"))
         raise UsageError(
-            f"no log for {component!r}: name a component ({', '.join(COMPONENTS)}) or a user "
+            f"no log for {component!r}: name a component ({names}) or a user "
             f"with a server (development users: {users})"
         )
     return path
 
 
+def app_lines(path: Path, app: str, lines: int) -> str:
+    """The last ``lines`` lines of web.log's records tagged ``[app]`` or ``[-]`` (the
+    process itself), continuation lines included."""
+    if lines <= 0:
+        return ""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - WEB_TAIL_BYTES))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    keep, mine = [], True
+    for line in text.splitlines():
+        m = _RECORD.match(line)
+        if m:
+            mine = m.group(1) in (app, "-")
+        if mine:
+            keep.append(line)
+    return "\n".join(keep[-lines:])
+
+
 def logs(d: StateDir, component: str | None, lines: int, out: TextIO) -> int:
-    """Print the last ``lines`` lines of one log, or of every component's."""
+    """Print the last ``lines`` lines of one log, or of every process's."""
     if component is not None:
-        out.write(procs.tail(log_path(d, component), lines) + "\n")
+        path = log_path(d, component)
+        if component in WEB_APPS and path == d.log("web"):
+            out.write(app_lines(path, component, lines) + "\n")
+        else:
+            out.write(procs.tail(path, lines) + "\n")
         return 0
     if not d.logs.is_dir():
         raise StackError(f"no logs in {d.root} (has `zexec up --state-dir {d.root}` run?)")
-    for name in COMPONENTS:
+    for name in PROCESSES:
         out.write(f"==> {d.log(name)} <==\n{procs.tail(d.log(name), lines)}\n")
     return 0

@@ -1,14 +1,22 @@
 """``zexec up`` / ``zexec down``: the whole stack on this machine, as background processes.
 
+Two processes: the broker (``zexec broker``) and the web process (``zexec web``), which
+serves the development IdP, the Deploy API (with the local orchestrator) and the EP API,
+each on its own port, from one interpreter (one FastAPI import instead of three: on a
+small machine that is most of the start-up time). The users' servers are processes of
+their own, started by the Deploy API.
+
 Layout of the state directory ``DIR`` (every secret file mode 0600):
 
-* ``stack.json``: URLs, ports, tokens and the components' ``(pid, start)``; written as
-  soon as the processes exist (so ``down`` can clean up an interrupted ``up``) and again
-  with ``"ready": true`` once every component answers;
+* ``stack.json``: URLs, ports, tokens and the processes' ``(pid, start)`` under
+  ``components`` (``broker``; ``web`` with its ``apps``: URL and health check of each);
+  written as soon as the processes exist (so ``down`` can clean up an interrupted ``up``)
+  and again with ``"ready": true`` once every app answers;
 * ``tokens.json``: the development IdP's token file (users ``alice`` and ``bob``);
 * ``server_secret`` (broker <-> servers credentials), ``admin_token`` (broker control);
-* ``logs/<component>.log``; ``orchestrator/``: the local orchestrator's environments,
-  server logs (``orchestrator/logs/``) and ready files.
+* ``logs/broker.log``, ``logs/web.log`` (each line tagged ``[devidp]``, ``[deploy-api]``
+  or ``[ep-api]``); ``orchestrator/``: the local orchestrator's environments, server
+  logs (``orchestrator/logs/``) and ready files.
 
 Secrets and tokens are reused from an earlier ``up`` of the same directory, so tokens
 pasted into a notebook keep working across restarts. Everything listens on 127.0.0.1.
@@ -24,6 +32,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from zexec.apps import web
 from zexec.apps.cli import procs
 from zexec.apps.cli.state import (
     StackError,
@@ -38,9 +47,15 @@ from zexec.apps.cli.state import (
 __all__ = ["StackError", "StateDir", "UsageError", "down", "up"]
 
 HOST = "127.0.0.1"
-#: Start order; ``down`` stops the Deploy API first (it stops the users' servers while
-#: the broker still runs), then the rest together.
+#: The stack's parts as users name them (``zexec status`` rows, ``zexec logs NAME``).
 COMPONENTS = ("devidp", "broker", "deploy-api", "ep-api")
+#: The processes, in start order; ``down`` stops the web process first (its Deploy API
+#: stops the users' servers while the broker still runs), then the broker.
+PROCESSES = ("broker", "web")
+#: The apps the web process serves.
+WEB_APPS = web.APPS
+#: Seconds between two rounds of health checks while ``up`` waits.
+POLL = 0.05
 PORT_NAMES = ("auth", "broker", "broker_secure", "broker_backend", "broker_control", "deploy",
               "ep")
 PREFIX = "/rexec"
@@ -81,7 +96,7 @@ def plan(
     d: StateDir, ports: dict[str, int], secret: str, admin: str, idle_timeout: float,
     curve_secret: str,
 ) -> dict[str, dict[str, Any]]:
-    """Command, environment, URL and readiness check of each component."""
+    """Command, environment, log and endpoints (URL, health check) of each process."""
     curve_public = curve_public_key(curve_secret)
     base = [sys.executable, "-m", "zexec.apps.cli"]
     auth = f"http://{HOST}:{ports['auth']}"
@@ -96,21 +111,6 @@ def plan(
     deploy = f"http://{HOST}:{ports['deploy']}"
     ep = f"http://{HOST}:{ports['ep']}"
     return {
-        "devidp": {
-            "cmd": [
-                *base,
-                "devidp",
-                "--tokens-file",
-                str(d.tokens),
-                "--host",
-                HOST,
-                "--port",
-                str(ports["auth"]),
-            ],
-            "env": child_env(),
-            "url": f"{auth}/auth",
-            "health": f"{auth}/healthz",
-        },
         "broker": {
             "cmd": [*base, "broker"],
             "env": child_env(**broker_env, **auth_env, ZEXEC_BROKER_ADMIN_TOKEN=admin,
@@ -119,9 +119,13 @@ def plan(
             "url": f"tcp://{HOST}:{ports['broker']}",
             "health": None,  # the control port's STATUS
         },
-        "deploy-api": {
-            "cmd": [*base, "deploy-api"],
-            # The local orchestrator reads the broker's host, backend port and secret.
+        "web": {
+            "cmd": [
+                *base, "web", "--tokens-file", str(d.tokens),
+                "--idp-host", HOST, "--idp-port", str(ports["auth"]),
+            ],
+            # The Deploy API's local orchestrator reads the broker's host, backend port
+            # and secret; the EP API tells clients where the Deploy API is.
             "env": child_env(
                 **broker_env,
                 **auth_env,
@@ -135,22 +139,37 @@ def plan(
                 ZEXEC_DEPLOY_BROKER_EXTERNAL_SECURE_PORT=str(ports["broker_secure"]),
                 ZEXEC_DEPLOY_BROKER_CURVE_PUBLIC_KEY=curve_public,
                 ZEXEC_DEPLOY_IDLE_TIMEOUT=str(idle_timeout),
-            ),
-            "url": deploy + PREFIX,
-            "health": f"{deploy}{PREFIX}/healthz",
-        },
-        "ep-api": {
-            "cmd": [*base, "ep-api"],
-            "env": child_env(
-                **auth_env,
                 ZEXEC_EP_HOST=HOST,
                 ZEXEC_EP_PORT=str(ports["ep"]),
                 ZEXEC_EP_DEPLOY_API_URL=deploy,
             ),
-            "url": ep,
-            "health": f"{ep}/health",
+            "apps": {  # in the order of zexec.apps.web.APPS
+                "devidp": {"url": f"{auth}/auth", "health": f"{auth}/healthz"},
+                "deploy-api": {
+                    "url": deploy + PREFIX,
+                    "health": f"{deploy}{PREFIX}/healthz",
+                },
+                "ep-api": {"url": ep, "health": f"{ep}/health"},
+            },
         },
     }
+
+
+def endpoints(stack: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{component: {url, health, pid, start, process, log}}`` of a loaded stack.json,
+    in :data:`COMPONENTS` order: the web process's apps each get a row with the web
+    process's pid. A stack.json of the four-process layout (zexec before ``zexec web``)
+    reads the same way: each process is its own component."""
+    rows: dict[str, dict[str, Any]] = {}
+    for pname, proc in stack.get("components", {}).items():
+        common = {
+            "pid": proc["pid"], "start": proc.get("start"), "process": pname,
+            "log": proc.get("log"),
+        }
+        for name, app in (proc.get("apps") or {pname: proc}).items():
+            rows[name] = {"url": app.get("url"), "health": app.get("health"), **common}
+    order = {name: i for i, name in enumerate(COMPONENTS)}
+    return dict(sorted(rows.items(), key=lambda kv: order.get(kv[0], len(order))))
 
 
 def broker_control(
@@ -163,6 +182,7 @@ def broker_control(
     s = ctx.socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)
     s.setsockopt(zmq.RCVTIMEO, int(timeout * 1000))
+    s.setsockopt(zmq.RECONNECT_IVL, 20)  # a broker still starting is seen soon after it binds
     try:
         s.connect(f"tcp://{host}:{port}")
         s.send_multipart([b"", admin.encode(), command])
@@ -182,16 +202,28 @@ def healthy(
             stack["broker_host"], stack["broker_control_port"], admin, timeout=timeout
         )
         return bool(reply and reply.get("ok"))
-    import httpx
+    return http_ok(comp["health"], timeout)
 
+
+def http_ok(url: str, timeout: float) -> bool:
+    """Whether ``GET url`` (plain HTTP) answers 200. The standard library's client: no
+    TLS context or connection pool to set up at each of ``up``'s frequent checks."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
     try:
-        return httpx.get(comp["health"], timeout=timeout).status_code == 200
-    except httpx.HTTPError:
+        conn.request("GET", parts.path or "/")
+        return conn.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
         return False
+    finally:
+        conn.close()
 
 
 def running(stack: dict[str, Any]) -> dict[str, bool]:
-    """``{component: process alive}`` for a loaded stack.json."""
+    """``{process: alive}`` for a loaded stack.json."""
     comps = stack.get("components", {})
     return {n: procs.alive(c["pid"], c.get("start")) for n, c in comps.items()}
 
@@ -221,14 +253,14 @@ def up(
     out: TextIO | None = None,
 ) -> dict[str, Any]:
     """Start the stack in ``d`` (or report the running one) and return its stack.json."""
-    from zexec.apps.devidp.tokens import user_id_for  # imports FastAPI: only here
+    from zexec.apps.devidp.tokens import user_id_for
 
     out = out or sys.stdout
     with d.locked():
         stack = d.load()
         if stack is not None:
             alive = running(stack)
-            if stack.get("ready") and all(alive.values()) and len(alive) == len(COMPONENTS):
+            if stack.get("ready") and all(alive.values()) and set(alive) == set(PROCESSES):
                 out.write(f"zexec stack already running in {d.root}\n")
                 show(stack, out)
                 return stack
@@ -246,14 +278,14 @@ def up(
         curve_secret = curve_key_file(d.curve_key)
         steps = plan(d, chosen, secret, admin, idle_timeout, curve_secret)
         stack = {
-            "ep_api_url": steps["ep-api"]["url"],
+            "ep_api_url": steps["web"]["apps"]["ep-api"]["url"],
             "deploy_api_url": f"http://{HOST}:{chosen['deploy']}",
             "broker_host": HOST,
             "broker_port": chosen["broker"],
             # The encrypted client port and the key to use it (public: safe to share).
             "broker_secure_port": chosen["broker_secure"],
             "broker_public_key": curve_public_key(curve_secret),
-            "auth_url": steps["devidp"]["url"],
+            "auth_url": steps["web"]["apps"]["devidp"]["url"],
             "tokens": tokens,
             "users": {user: user_id_for(user) for user in tokens},  # the IdP's ``sub``
             "deploy_api_prefix": PREFIX,
@@ -266,20 +298,21 @@ def up(
             "ready": False,
             "components": {},
         }
+        for stale in WEB_APPS:  # logs of the four-process layout (before `zexec web`)
+            d.log(stale).unlink(missing_ok=True)
         try:
-            for name in COMPONENTS:
+            for name in PROCESSES:
                 step = steps[name]
                 d.log(name).write_text("")  # one run per log: old runs are noise here
                 proc = procs.spawn_detached(
                     step["cmd"], env=step["env"], log=d.log(name), cwd=d.root
                 )
-                stack["components"][name] = {
-                    "pid": proc.pid,
-                    "start": procs.start_time(proc.pid),
-                    "url": step["url"],
-                    "health": step["health"],
-                    "log": str(d.log(name)),
-                }
+                comp = {"pid": proc.pid, "start": procs.start_time(proc.pid)}
+                if "apps" in step:
+                    comp["apps"] = step["apps"]
+                else:
+                    comp.update(url=step["url"], health=step["health"])
+                stack["components"][name] = {**comp, "log": str(d.log(name))}
                 save(d, stack)  # from here on `zexec down` can stop what exists
             _wait_ready(d, stack, admin, timeout)
         except BaseException:  # a failure or Ctrl-C: leave nothing half-started behind
@@ -294,26 +327,28 @@ def up(
 
 
 def _wait_ready(d: StateDir, stack: dict[str, Any], admin: str, timeout: float) -> None:
-    """Poll every component until it answers; fail with the log tail of the first one
-    that exited or is still silent at the deadline."""
-    pending = dict(stack["components"])
+    """Check every component every :data:`POLL` seconds until all answer; fail with the
+    log tail of the first one whose process exited or that is still silent at the
+    deadline."""
+    pending = endpoints(stack)
     deadline = time.monotonic() + timeout
     while pending:
         for name, comp in list(pending.items()):
             if not procs.alive(comp["pid"], comp["start"]):
-                raise StackError(_failure(d, name, "exited during startup"))
+                raise StackError(_failure(d, name, comp, "exited during startup"))
             if healthy(name, comp, stack, admin, timeout=1.0):
                 del pending[name]
         if pending and time.monotonic() > deadline:
-            name = next(iter(pending))
-            raise StackError(_failure(d, name, f"not ready after {timeout:g}s"))
+            name, comp = next(iter(pending.items()))
+            raise StackError(_failure(d, name, comp, f"not ready after {timeout:g}s"))
         if pending:
-            time.sleep(0.1)
+            time.sleep(POLL)
 
 
-def _failure(d: StateDir, name: str, what: str) -> str:
-    log = procs.tail(d.log(name), 25) or "(empty log)"
-    return f"{name} {what}; last lines of {d.log(name)}:\n{log}"
+def _failure(d: StateDir, name: str, comp: dict[str, Any], what: str) -> str:
+    log = d.log(comp["process"])
+    where = "" if comp["process"] == name else f" (in the {comp['process']} process)"
+    return f"{name}{where} {what}; last lines of {log}:\n{procs.tail(log, 25) or '(empty log)'}"
 
 
 def show(stack: dict[str, Any], out: TextIO) -> None:
@@ -343,8 +378,11 @@ def stop(
     def group(names: tuple[str, ...]) -> list[tuple[int, int | None]]:
         return [(comps[n]["pid"], comps[n].get("start")) for n in names if n in comps]
 
-    # The Deploy API first: on SIGTERM it stops the users' servers (orchestrator close).
-    for names in (("deploy-api",), ("ep-api", "broker", "devidp")):
+    # The process of the Deploy API first: on SIGTERM it stops the users' servers
+    # (orchestrator close) while the broker still runs; then the rest.
+    first = tuple(n for n in comps if n == "deploy-api" or "deploy-api" in comps[n].get("apps", {}))
+    rest = tuple(n for n in comps if n not in first)
+    for names in (first, rest):
         killed = procs.stop_groups(group(names), grace)
         notes += [f"process group {g} outlived SIGTERM by {grace:g}s: killed" for g in killed]
     # Safety net: servers or builds the Deploy API could not stop (it was killed, or

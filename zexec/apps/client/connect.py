@@ -28,6 +28,12 @@ from zexec.core import errors as E
 
 PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 PREFIX = "/rexec"
+#: ``environment()`` asks for the server's status every FAST_POLL seconds for the first
+#: FAST_WINDOW seconds (a server whose environment is cached is ready within about a
+#: second; a late look adds straight to the time to the first result), then every
+#: ``poll`` seconds (a build takes longer, and the Deploy API has other users).
+FAST_POLL = 0.05
+FAST_WINDOW = 3.0
 _default: Connection | None = None
 
 if TYPE_CHECKING:  # httpx is imported on use: `import zexec` runs in every server too
@@ -179,11 +185,12 @@ class Connection:
         path) under ``python`` (default: this interpreter's ``X.Y``), waiting up to
         ``timeout`` seconds for it to be ready. The same environment again returns at
         once; another one raises EnvironmentConflict unless ``force=True``, which
-        replaces the server. Returns the server's status (``phase`` is ``"ready"``)."""
+        replaces the server. Returns the server's status (``phase`` is ``"ready"``).
+        While waiting it asks for the status every 50 ms for the first 3 s, then every
+        ``poll`` seconds."""
         body = {"requirements": requirement_list(requirements, python), "force": bool(force)}
         display = Progress(enabled=progress)
         started = time.monotonic()
-        polls = 0
         try:
             st = check(self._request("POST", "/spawn", "spawn", json=body), "spawn")
             while True:
@@ -206,10 +213,8 @@ class Connection:
                         tuple(st.get("log_tail") or ()),
                     )
                 display.update(st)
-                # Quick first looks (a cached environment is ready in about a second),
-                # backing off to ``poll`` for long builds.
-                time.sleep(min(poll, 0.05 * 2 ** min(polls, 10)))
-                polls += 1
+                fast = time.monotonic() - started < FAST_WINDOW
+                time.sleep(min(poll, FAST_POLL) if fast else poll)
                 resp = self._request("GET", "/status", "status")
                 if resp.status_code == 404:
                     display.close("gone")
