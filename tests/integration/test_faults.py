@@ -75,6 +75,9 @@ def test_sigterm_drains_the_broker(stack, capsys, tmp_path):
         fut = c.submit(wait_for_file, str(release))
         wait_for(lambda: "waiting" in capsys.readouterr().out, what="call to start")
         stack.broker.send_signal(signal.SIGTERM)
+        # The signal is handled asynchronously: a call racing it could still be routed.
+        wait_for(lambda: stack.control_command(b"STATUS")["status"]["draining"],
+                 what="the broker to start draining")
         with pytest.raises(zexec.ZexecError, match="shutting down"):
             c.call(abs, -1)
         release.touch()

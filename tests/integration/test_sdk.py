@@ -196,6 +196,15 @@ def test_batched_map_yields_the_items_before_a_failure_then_raises_it(client, ca
     assert all(f"item {x}\n" in out for x in range(8))
 
 
+def test_user_code_sees_no_server_setting_or_credential(client):
+    def zexec_env():
+        import os
+
+        return sorted(k for k in os.environ if k.startswith("ZEXEC_"))
+
+    assert client.call(zexec_env) == []
+
+
 def test_remote_function_methods(client):
     square = zexec.remote(lambda x: x * x, client=client)
     assert square(7) == 49

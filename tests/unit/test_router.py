@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from zexec.apps.broker import router as rmod
-from zexec.apps.broker.router import BACK, FRONT, Router
+from zexec.apps.broker.router import BACK, BYE_GRACE, FRONT, Router
 from zexec.core import protocol as p
 from zexec.core.errors import AuthUnavailable, Forbidden, Unauthenticated
 from zexec.core.model import Event, UserIdentity
@@ -26,6 +26,7 @@ BOB = UserIdentity("bob-id", "bob")
 T_ALICE, T_BOB, T_BAD = "token-alice", "token-bob", "token-bad"
 
 SRV_A, SRV_A2, SRV_B, EVIL = b"srv-alice", b"srv-alice-2", b"srv-bob", b"impostor"
+WORKER = b"worker-of-alice"  # a worker's own connection: never registered
 CLI, CLI2, CLI_B = b"client-1", b"client-2", b"client-bob"
 ID1, ID2, ID3 = b"1" * 16, b"2" * 16, b"3" * 16
 REST = [b'{"ser":"dill","py":"3.11","fn":"f"}', b"fn-bytes", b"args-bytes", b"oob-buffer"]
@@ -318,6 +319,36 @@ def test_reply_is_forwarded_until_the_final_one():
     assert take(r) == []
 
 
+def test_worker_replies_with_the_users_credential_are_forwarded_until_the_final_one():
+    r = ready()
+    front(r, CLI, call(T_ALICE, ID1), 1.0)
+    take(r)
+    out_ev = p.v1_event(ID1, "out", 1, {"out": [["stdout", "hi\n"]]})
+    back(r, WORKER, p.worker_reply("alice-id", cred("alice-id"), CLI, ID1, False, out_ev), 1.1)
+    (dest, frames), = take(r)
+    assert dest == FRONT and frames == [CLI, b"", *out_ev] and (CLI, ID1) in r.inflight
+    ret = p.v1_event(ID1, "return", 2, None, [b"value"])
+    back(r, WORKER, p.worker_reply("alice-id", cred("alice-id"), CLI, ID1, True, ret), 1.2)
+    (dest, frames), = take(r)
+    assert frames == [CLI, b"", *ret] and r.inflight == {}
+    back(r, WORKER, p.worker_reply("alice-id", cred("alice-id"), CLI, ID1, True, ret), 1.3)
+    assert take(r) == []
+
+
+def test_worker_replies_need_the_credential_of_the_calls_user():
+    r = ready()
+    front(r, CLI, call(T_ALICE, ID1), 1.0)
+    take(r)
+    ret = p.v1_event(ID1, "return", 1, None, [b"evil"])
+    # A wrong credential for alice; bob's real credential for alice's call; and a
+    # credential that claims bob while the call is alice's.
+    back(r, WORKER, p.worker_reply("alice-id", "0" * 64, CLI, ID1, True, ret), 1.1)
+    back(r, WORKER, p.worker_reply("alice-id", cred("bob-id"), CLI, ID1, True, ret), 1.1)
+    back(r, WORKER, p.worker_reply("bob-id", cred("bob-id"), CLI, ID1, True, ret), 1.1)
+    assert take(r) == [] and (CLI, ID1) in r.inflight
+    assert r.stats["bad_worker_reply"] == 2
+
+
 def test_reply_from_another_registered_server_is_dropped():
     r = ready()
     front(r, CLI, call(T_ALICE, ID1), 1.0)
@@ -489,15 +520,33 @@ def test_server_ttl_expiry_fails_in_flight_calls():
     assert register(r, SRV_A, ALICE, 2.3) == {"ok": True}
 
 
-def test_bye_drops_the_server_and_fails_its_calls():
+def test_bye_drops_the_server_and_fails_its_calls_after_a_grace():
     r = ready()
     front(r, CLI, call(T_ALICE, ID1), 1.0)
     take(r)
     back(r, SRV_A, [b"", p.MAGIC, p.BYE], 1.1)
+    assert "alice-id" not in r.servers
+    # Its worker's last events may still be on the way (their own connection).
+    r.tick(1.1 + BYE_GRACE / 2)
+    assert take(r) == [] and (CLI, ID1) in r.inflight
+    r.tick(1.1 + BYE_GRACE)
     (dest, frames), = take(r)
     ev = client_event(frames)
     assert ev.header["code"] == "SERVER_GONE" and "server stopped" in ev.header["message"]
-    assert "alice-id" not in r.servers
+    assert r.inflight == {} and not r.busy
+
+
+def test_a_worker_reply_within_the_bye_grace_still_ends_the_call():
+    r = ready()
+    front(r, CLI, call(T_ALICE, ID1), 1.0)
+    take(r)
+    back(r, SRV_A, [b"", p.MAGIC, p.BYE], 1.1)
+    ret = p.v1_event(ID1, "return", 1, None, [b"value"])
+    back(r, WORKER, p.worker_reply("alice-id", cred("alice-id"), CLI, ID1, True, ret), 1.2)
+    (dest, frames), = take(r)
+    assert frames == [CLI, b"", *ret]
+    r.tick(5.0)
+    assert take(r) == [] and r.inflight == {}
 
 
 def test_parked_calls_are_not_failed_by_server_expiry():

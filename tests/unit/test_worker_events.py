@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from zexec.adapters.serializer import default_registry
-from zexec.apps.server.worker import FunctionCache, Worker
+from zexec.apps.server.worker import BrokerLink, FunctionCache, Worker
 from zexec.core import protocol as p
 
 SER = default_registry().get("cloudpickle")
@@ -25,21 +25,47 @@ class RecordingSocket:
             self._partial = []
 
 
-@pytest.fixture
-def worker():
-    return Worker(RecordingSocket(), flush_interval=3600, flush_bytes=1 << 20)
+CLIENT = b"P-client-1"
+
+
+@pytest.fixture(params=["direct", "via-server"])
+def worker(request):
+    """A worker whose v1 events go straight to the broker (the default), or through the
+    server (fresh-process mode)."""
+    link = BrokerLink(RecordingSocket(), "alice-id", "cred") if request.param == "direct" \
+        else None
+    return Worker(RecordingSocket(), flush_interval=3600, flush_bytes=1 << 20, broker=link)
+
+
+def call_frames(fn, *args, ser: str = "cloudpickle", **kwargs) -> list[bytes]:
+    return [b"key00001", b"1", b"c" * 16, CLIENT, p.dump_header({"ser": ser}),
+            SER.dumps(fn, out_of_band=False)[0], *SER.dumps((args, kwargs))]
+
+
+def sent_events(worker) -> list[tuple[bool, p.Event]]:
+    """(final, event) of everything the worker sent for the call, on either path."""
+    to_server = worker.out.sock.messages
+    events = []
+    if worker.out.broker is None:
+        for msg in to_server:
+            assert msg[0] == b"key00001"
+            events.append((msg[1] == p.FINAL, p.parse_client_bound(msg[2:])))
+    else:
+        for msg in worker.out.broker.sock.messages:
+            wr = p.parse_backend(msg[1:])
+            assert isinstance(wr, p.WorkerReply)
+            assert (wr.user_id, wr.credential, wr.client_id) == ("alice-id", b"cred", CLIENT)
+            events.append((wr.final, p.parse_client_bound(wr.body)))
+        # The server hears only that the call ended.
+        assert to_server == [[b"key00001", p.DONE]]
+        worker.out.broker.sock.messages.clear()
+    to_server.clear()
+    return events
 
 
 def run(worker, fn, *args, **kwargs):
-    frames = [b"key00001", b"1", b"c" * 16, p.dump_header({"ser": "cloudpickle"}),
-              SER.dumps(fn, out_of_band=False)[0], *SER.dumps((args, kwargs))]
-    worker.execute(frames)
-    events = []
-    for msg in worker.out.sock.messages:
-        assert msg[0] == b"key00001"
-        events.append((msg[1] == p.FINAL, p.parse_client_bound(msg[2:])))
-    worker.out.sock.messages.clear()
-    return events
+    worker.execute(call_frames(fn, *args, **kwargs))
+    return sent_events(worker)
 
 
 def test_output_is_flushed_in_order_before_the_return(worker):
@@ -113,11 +139,10 @@ def test_unpicklable_return_value_is_an_error_not_a_crash(worker):
 
 
 def test_unknown_serializer_is_reported(worker):
-    frames = [b"key00001", b"1", b"c" * 16, p.dump_header({"ser": "nope"}), b"fn", b"args"]
-    worker.execute(frames)
-    (msg,) = worker.out.sock.messages
-    ev = p.parse_client_bound(msg[2:])
-    assert ev.header["code"] == "UNKNOWN_SERIALIZER" and "cloudpickle" in ev.header["message"]
+    worker.execute(call_frames(len, ser="nope"))
+    (final, ev), = sent_events(worker)
+    assert final and ev.header["code"] == "UNKNOWN_SERIALIZER"
+    assert "cloudpickle" in ev.header["message"]
 
 
 def test_function_cache_reuses_deserialized_functions():

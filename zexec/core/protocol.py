@@ -46,9 +46,11 @@ REGISTER_ACK = b"RACK"
 # Server -> broker verbs.
 REGISTER = b"REG"
 REPLY = b"RPL"
+WORKER_REPLY = b"WRPL"
 BYE = b"BYE"
 FINAL = b"F"
 MORE = b"M"
+DONE = b"D"  # worker -> server: the call ended; its events went straight to the broker
 
 # Legacy (scidx-rexec 0.1.0) constants.
 LEGACY_CANCEL = b"__REXEC_CANCEL__"
@@ -316,6 +318,15 @@ def reply(client_id: bytes, call_key: bytes, final: bool, body: Sequence[Any]) -
     return [b"", MAGIC, REPLY, client_id, call_key, FINAL if final else MORE, *body]
 
 
+def worker_reply(user_id: str, credential: str, client_id: bytes, call_key: bytes,
+                 final: bool, body: Sequence[Any]) -> list[Any]:
+    """Worker -> broker: like :func:`reply`, sent by one of a server's workers on its own
+    connection; the credential (the server's) is checked on every message, so the broker
+    keeps no state about worker connections."""
+    return [b"", MAGIC, WORKER_REPLY, user_id.encode(), credential.encode(), client_id,
+            call_key, FINAL if final else MORE, *body]
+
+
 @dataclass(frozen=True)
 class Register:
     user_id: str
@@ -332,11 +343,35 @@ class Reply:
 
 
 @dataclass(frozen=True)
+class WorkerReply:
+    user_id: str
+    credential: bytes
+    client_id: bytes
+    call_key: bytes
+    final: bool
+    body: list[Any]
+
+
+@dataclass(frozen=True)
 class Bye:
     pass
 
 
-BackendMessage = Register | Reply | Bye
+BackendMessage = Register | Reply | WorkerReply | Bye
+
+
+def _flag(frame: Any) -> bool:
+    flag = frame_bytes(frame)
+    if flag not in (FINAL, MORE):
+        raise ProtocolError("the reply flag must be F or M")
+    return flag == FINAL
+
+
+def _user_id(frame: Any) -> str:
+    try:
+        return frame_bytes(frame).decode()
+    except UnicodeDecodeError:
+        raise ProtocolError("user id is not UTF-8") from None
 
 
 def parse_backend(body: Sequence[Any]) -> BackendMessage:
@@ -347,18 +382,17 @@ def parse_backend(body: Sequence[Any]) -> BackendMessage:
     if verb == REGISTER:
         if len(body) != 5:
             raise ProtocolError("REG needs [user_id, credential, info]")
-        try:
-            user_id = frame_bytes(body[2]).decode()
-        except UnicodeDecodeError:
-            raise ProtocolError("user id is not UTF-8") from None
-        return Register(user_id, frame_bytes(body[3]), load_header(body[4]))
+        return Register(_user_id(body[2]), frame_bytes(body[3]), load_header(body[4]))
     if verb == REPLY:
         if len(body) < 6:
             raise ProtocolError("RPL needs [client_id, call_key, flag, *body]")
-        flag = frame_bytes(body[4])
-        if flag not in (FINAL, MORE):
-            raise ProtocolError("RPL flag must be F or M")
-        return Reply(frame_bytes(body[2]), frame_bytes(body[3]), flag == FINAL, list(body[5:]))
+        return Reply(frame_bytes(body[2]), frame_bytes(body[3]), _flag(body[4]), list(body[5:]))
+    if verb == WORKER_REPLY:
+        if len(body) < 8:
+            raise ProtocolError("WRPL needs [user_id, credential, client_id, call_key, flag, "
+                                "*body]")
+        return WorkerReply(_user_id(body[2]), frame_bytes(body[3]), frame_bytes(body[4]),
+                           frame_bytes(body[5]), _flag(body[6]), list(body[7:]))
     if verb == BYE:
         return Bye()
     raise ProtocolError(f"unknown backend verb {verb[:16]!r}")

@@ -63,7 +63,10 @@ class BrokerLoop:
         self.authenticator = authenticator
         self.admin_token = admin_token.encode()
         self.drain_timeout = drain_timeout
-        self.ctx = context or zmq.Context.instance()
+        # Our own context, terminated in close(): only that waits for the sockets' linger,
+        # so the last replies of a drain leave before the process exits.
+        self._own_context = context is None
+        self.ctx = context or zmq.Context()
         self.front = self._socket(zmq.ROUTER)
         self.back = self._socket(zmq.ROUTER)
         self.control = self._socket(zmq.ROUTER)
@@ -260,6 +263,8 @@ class BrokerLoop:
             self._drain_deadline = now + self.drain_timeout
             log.info("draining: %d calls in flight", len(self.router.inflight))
         if self._drain_now or not self.router.busy:
+            log.info("stopping: %d calls in flight; %s", len(self.router.inflight),
+                     dict(self.router.stats))
             return True
         if self._drain_deadline is not None and now >= self._drain_deadline:
             log.warning("drain timeout: %d calls still in flight", len(self.router.inflight))
@@ -275,6 +280,8 @@ class BrokerLoop:
                 s.close(linger=CLOSE_LINGER_MS)
         for s in (self.back, self.control):
             s.close(0)
+        if self._own_context:
+            self.ctx.term()
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)

@@ -43,6 +43,9 @@ class Task:
     timeout: float | None
     worker: Any = None
     sent: int = 0  # events forwarded so far, so the server's own events continue the seq
+    #: Dispatched to a worker that sends its events straight to the broker: the server
+    #: does not know how many there were, so an event of its own carries seq 0.
+    direct: bool = False
 
 
 class ServerLoop:
@@ -61,7 +64,10 @@ class ServerLoop:
         self.idle_timeout = idle_timeout
         self.fresh_process = fresh_process
         self.drain_timeout = drain_timeout
-        self.ctx = context or zmq.Context.instance()
+        # Our own context, terminated in close(): only that waits for the broker socket's
+        # linger, so BYE and the last replies leave before the process exits.
+        self._own_context = context is None
+        self.ctx = context or zmq.Context()
         self.broker = self.ctx.socket(zmq.DEALER)
         self.broker.setsockopt(zmq.LINGER, 2000)
         # Nothing is queued for a broker that is not connected: a heartbeat or reply
@@ -150,7 +156,7 @@ class ServerLoop:
             if len(msg.rest) != 2:
                 self._fail(task, "BAD_REQUEST", "legacy call needs [fn, args]")
                 return
-            task.frames = [task.key, b"L", b"", b"{}", *msg.rest]
+            task.frames = [task.key, b"L", b"", b"", b"{}", *msg.rest]
         else:
             try:
                 header = p.load_header(msg.rest[0])
@@ -168,7 +174,7 @@ class ServerLoop:
                 task.timeout = float(timeout)
                 task.deadline = time.monotonic() + task.timeout
                 self._next_deadline = min(self._next_deadline, task.deadline)
-            task.frames = [task.key, b"1", msg.call_key, *msg.rest]
+            task.frames = [task.key, b"1", msg.call_key, msg.client_id, *msg.rest]
         self.tasks[task.key] = task
         self.by_call[key] = task
         self.queue.append(task)
@@ -180,13 +186,18 @@ class ServerLoop:
 
     def _fail(self, task: Task, code: str, message: str, type_name: str = "") -> None:
         """End ``task`` with an error event generated here (not by a worker)."""
-        seq = task.sent + 1
+        seq = self._own_seq(task)
         if task.legacy:
             body = [p.legacy_payload(p.legacy_event("ERROR", seq, message=message, details=""))]
         else:
             body = p.v1_error(task.call_key, code, message, seq, type_name)
         self._send_client(task, True, body)
         self._forget(task)
+
+    @staticmethod
+    def _own_seq(task: Task) -> int:
+        """The seq of an event the server itself adds to ``task``'s stream."""
+        return 0 if task.direct else task.sent + 1
 
     def _forget(self, task: Task) -> None:
         self.tasks.pop(task.key, None)
@@ -201,7 +212,7 @@ class ServerLoop:
             self._stop_worker(task)
         else:
             self.queue.remove(task)
-        seq = task.sent + 1
+        seq = self._own_seq(task)
         if task.legacy:
             body = [p.legacy_payload(p.legacy_event("END", seq, cancelled=True, reason=reason))]
         else:
@@ -226,6 +237,7 @@ class ServerLoop:
                 w.ready = False
                 return
             task.frames = []  # the worker has the arguments: do not hold them twice
+            task.direct = self.pool.direct and not task.legacy
 
     def _on_worker(self, frames: list[Any]) -> None:
         wid = p.frame_bytes(frames[0])
@@ -238,8 +250,10 @@ class ServerLoop:
         task = self.tasks.get(p.frame_bytes(frames[1]))
         if task is None or task.worker is not w:
             return  # a late message of a cancelled call
-        final = p.frame_bytes(frames[2]) == p.FINAL
-        self._send_client(task, final, frames[3:])
+        flag = p.frame_bytes(frames[2])
+        final = flag != p.MORE
+        if flag != p.DONE:  # D: the worker sent the events to the broker itself
+            self._send_client(task, final, frames[3:])
         if final:
             w.task = None
             task.worker = None
@@ -353,3 +367,5 @@ class ServerLoop:
         self.workers_sock.close(0)
         self.broker.close()  # LINGER lets BYE and the last replies go out
         self._dir.cleanup()
+        if self._own_context:
+            self.ctx.term()

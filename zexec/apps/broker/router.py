@@ -29,6 +29,9 @@ log = logging.getLogger("zexec.broker")
 
 FRONT = "front"
 BACK = "back"
+#: Seconds a server's in-flight v1 calls wait, after its BYE, for their workers' last
+#: events (sent on the workers' own connections) before failing with SERVER_GONE.
+BYE_GRACE = 1.0
 
 # Strings the deployed broker answered legacy clients with (they print them).
 LEGACY_BAD_TOKEN = "Token validation failed."
@@ -80,6 +83,8 @@ class Router:
         self.servers: dict[str, ServerEntry] = {}
         self.server_users: dict[bytes, str] = {}
         self.inflight: dict[tuple[bytes, bytes], InFlight] = {}
+        #: Calls of a server that said BYE: (when they fail, why) unless they end first.
+        self.orphans: dict[tuple[bytes, bytes], tuple[float, str]] = {}
         self.parked: dict[bytes, list[Parked]] = defaultdict(list)
         self.parked_count = 0
         self.tokens: dict[bytes, bytes] = {}  # key -> peer that asked, while checked
@@ -252,6 +257,9 @@ class Router:
         if isinstance(msg, p.Register):
             self._register(rid, msg)
             return
+        if isinstance(msg, p.WorkerReply):
+            self._worker_reply(msg)
+            return
         user = self.server_users.get(rid)
         if user is None:
             return  # an unregistered peer gets nothing and can send nothing
@@ -265,7 +273,23 @@ class Router:
                 del self.inflight[key]
             self._front(msg.client_id, msg.body)
         elif isinstance(msg, p.Bye):
-            self._drop_server(user, "server stopped")
+            # Its workers' last events travel on their own connections and may arrive
+            # after the BYE: give them a moment before failing the calls.
+            self._drop_server(user, "server stopped", grace=BYE_GRACE)
+
+    def _worker_reply(self, msg: p.WorkerReply) -> None:
+        """Events a worker sends straight to the broker (not through its server): routed
+        only for a call in flight on a server of the user whose credential it carries."""
+        key = (msg.client_id, msg.call_key)
+        call = self.inflight.get(key)
+        if call is None or call.server_rid is None or call.user_id != msg.user_id:
+            return  # finished, cancelled, or not this user's call: never forward it
+        if not p.check_credential(self.secret, msg.user_id, msg.credential):
+            self.stats["bad_worker_reply"] += 1
+            return
+        if msg.final:
+            del self.inflight[key]
+        self._front(msg.client_id, msg.body)
 
     def _register(self, rid: bytes, msg: p.Register) -> None:
         if not p.check_credential(self.secret, msg.user_id, msg.credential):
@@ -297,7 +321,7 @@ class Router:
         self.outbox.append((BACK, [rid, b"", p.MAGIC, p.REGISTER_ACK,
                                    p.dump_header({"ok": True})]))
 
-    def _drop_server(self, user: str, why: str) -> None:
+    def _drop_server(self, user: str, why: str, grace: float = 0.0) -> None:
         entry = self.servers.pop(user, None)
         if entry is None:
             return
@@ -306,20 +330,34 @@ class Router:
         for key, call in list(self.inflight.items()):
             if call.server_rid != entry.rid:
                 continue
-            del self.inflight[key]
-            client, call_key = key
-            text = f"the server for user {user} stopped responding ({why})"
-            if call.legacy:
-                self._front(client, [p.legacy_payload(p.legacy_event("ERROR", 0, message=text,
-                                                                     details=""))])
-            else:
-                self._front(client, p.v1_error(call_key, "SERVER_GONE", text))
+            if grace > 0 and not call.legacy:
+                self.orphans[key] = (self.now + grace, why)
+                continue
+            self._server_gone(key, call, why)
+
+    def _server_gone(self, key: tuple[bytes, bytes], call: InFlight, why: str) -> None:
+        """Fail an in-flight call whose server is gone."""
+        del self.inflight[key]
+        client, call_key = key
+        text = f"the server for user {call.user_id} stopped responding ({why})"
+        if call.legacy:
+            self._front(client, [p.legacy_payload(p.legacy_event("ERROR", 0, message=text,
+                                                                 details=""))])
+        else:
+            self._front(client, p.v1_error(call_key, "SERVER_GONE", text))
 
     # ------------------------------------------------------------------ time
 
     def tick(self, now: float) -> None:
-        """Expire servers that stopped heartbeating, failing their calls."""
+        """Expire servers that stopped heartbeating, failing their calls, and calls of a
+        server that said BYE whose last events did not come within the grace."""
         self.now = now
+        for key, (deadline, why) in list(self.orphans.items()):
+            if now >= deadline:
+                del self.orphans[key]
+                call = self.inflight.get(key)
+                if call is not None:
+                    self._server_gone(key, call, why)
         for user, entry in list(self.servers.items()):
             if now - entry.last_seen > self.server_ttl:
                 self._drop_server(user, f"no heartbeat for {now - entry.last_seen:.1f}s")

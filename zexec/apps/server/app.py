@@ -29,6 +29,11 @@ def build_server(settings: ServerSettings) -> ServerLoop:
             WorkerPool, size=settings.workers,
             flush_interval=settings.output_flush_interval,
             flush_bytes=settings.output_flush_bytes,
+            # Workers send results straight to the broker, except in fresh-process mode:
+            # there a worker is killed right after its call, which could lose events
+            # still queued on its own connection.
+            broker=None if settings.fresh_process
+            else (settings.broker_url, settings.user_id, credential),
         ),
         heartbeat_interval=settings.heartbeat_interval,
         ready_file=settings.ready_file,

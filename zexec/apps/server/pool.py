@@ -19,6 +19,12 @@ from typing import Any
 
 log = logging.getLogger("zexec.server")
 
+#: How the server tells a worker where to send v1 events (read by the worker's
+#: ``broker_link``, which removes them from its environment).
+BROKER_URL_ENV = "ZEXEC_WORKER_BROKER_URL"
+USER_ID_ENV = "ZEXEC_WORKER_USER_ID"
+CREDENTIAL_ENV = "ZEXEC_WORKER_CREDENTIAL"
+
 
 @dataclass(eq=False)
 class WorkerProcess:
@@ -32,13 +38,26 @@ class WorkerProcess:
 
 class WorkerPool:
     def __init__(self, endpoint: str, size: int, flush_interval: float, flush_bytes: int,
-                 python: str = sys.executable) -> None:
+                 python: str = sys.executable,
+                 broker: tuple[str, str, str] | None = None) -> None:
+        """``broker`` = (url, user id, credential) makes workers send v1 events straight
+        to the broker (see :mod:`zexec.apps.server.worker`); None keeps them on the
+        server's path."""
         if size < 1:
             raise ValueError("a server needs at least one worker")
         self.endpoint = endpoint
         self.size = size
         self.flush = (flush_interval, flush_bytes)
         self.python = python
+        self.direct = broker is not None
+        # The user's code runs in the workers: none of the server's settings (its
+        # credential among them) are passed on; a worker takes what it needs from
+        # ZEXEC_WORKER_* and removes those before running anything.
+        self._env = {k: v for k, v in os.environ.items() if not k.startswith("ZEXEC_")}
+        if broker is not None:
+            url, user_id, credential = broker
+            self._env.update({BROKER_URL_ENV: url, USER_ID_ENV: user_id,
+                              CREDENTIAL_ENV: credential})
         self.workers: dict[bytes, WorkerProcess] = {}
         self.by_fd: dict[int, WorkerProcess] = {}
         self._ids = itertools.count(1)
@@ -54,6 +73,7 @@ class WorkerPool:
             [self.python, "-m", "zexec.apps.server.worker", self.endpoint, wid.decode(),
              str(self.flush[0]), str(self.flush[1]), str(os.getpid())],
             stdin=subprocess.DEVNULL,
+            env=self._env,
         )
         w = WorkerProcess(wid, proc, os.pidfd_open(proc.pid))
         self.workers[wid] = w
@@ -83,11 +103,24 @@ class WorkerPool:
         w.proc.wait()
         return w
 
-    def close(self) -> None:
+    def close(self, grace: float = 2.0) -> None:
+        """Stop every worker: idle ones with SIGTERM, so the events they queued for the
+        broker still leave (up to ``grace`` seconds), busy ones (whose calls the server
+        has ended) with SIGKILL."""
         for w in list(self.workers.values()):
-            self.kill(w)
+            if w.task is None and not w.retired:
+                try:
+                    w.proc.send_signal(signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+            else:
+                self.kill(w)
         for w in list(self.workers.values()):
-            w.proc.wait()
+            try:
+                w.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.kill(w)
+                w.proc.wait()
             os.close(w.pidfd)
         self.workers.clear()
         self.by_fd.clear()

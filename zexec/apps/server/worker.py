@@ -3,12 +3,16 @@
 Started by the server (``python -m zexec.apps.server.worker ENDPOINT ID ... SERVER_PID``), it
 connects a DEALER to the server's ipc ROUTER, says READY, then loops over tasks:
 
-    server -> worker: [task_key, proto, call_id, header, fn, args, *buffers]
-    worker -> server: [task_key, F|M, *client_body]   (F on the call's last message)
+    server -> worker: [task_key, proto, call_id, client_id, header, fn, args, *buffers]
+    worker -> server: [task_key, F|M, *client_body]   (legacy calls: F on the last one)
+    worker -> server: [task_key, D]                   (v1 calls: done, see below)
 
 ``client_body`` is already in the client's protocol (v1 event frames, or one legacy
-dill payload), so the server forwards it without touching the payload. Imports and
-deserialized functions stay warm between calls, which is the point of a pool.
+dill payload). A v1 call's events go straight to the broker on a second DEALER (``WRPL``
+messages carrying the server's credential), so results, large ones included, never pass
+through the server process; the server only hears ``D`` when the call has ended. Legacy
+calls keep the server path. Imports and deserialized functions stay warm between calls,
+which is the point of a pool.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import os
+import signal
 import sys
 import threading
 import time
@@ -27,7 +32,8 @@ from typing import Any
 import zmq
 
 from zexec.adapters.serializer import default_registry
-from zexec.adapters.transport_zmq.frames import recv_frames, send_frames
+from zexec.adapters.transport_zmq.frames import NOBLOCK, recv_frames, send_frames
+from zexec.apps.server.pool import BROKER_URL_ENV, CREDENTIAL_ENV, USER_ID_ENV
 from zexec.core import batching
 from zexec.core import protocol as p
 from zexec.core.errors import SerializationError, UnknownSerializerError, ZexecError
@@ -37,15 +43,34 @@ LEGACY = b"L"
 READY = b"READY"
 
 
+class BrokerLink:
+    """The worker's own connection to the broker, for v1 events (``WRPL``)."""
+
+    def __init__(self, sock: Any, user_id: str, credential: str) -> None:
+        self.sock = sock
+        self.user_id = user_id
+        self.credential = credential
+
+    def send(self, client_id: bytes, call_id: bytes, final: bool, body: list[Any]) -> None:
+        frames = p.worker_reply(self.user_id, self.credential, client_id, call_id, final, body)
+        try:
+            send_frames(self.sock, frames, NOBLOCK)
+        except zmq.Again:
+            # Only when the broker has been unreachable for a whole send queue: the
+            # client's liveness check turns the call into an error.
+            sys.__stderr__.write("zexec worker: broker unreachable; an event was dropped\n")
+
+
 class Call:
     """One running call: numbers its events and sends them, thread-safely, in order."""
 
     def __init__(self, out: Outbound, task_key: bytes, proto: bytes, call_id: bytes,
-                 serializer: Any) -> None:
+                 serializer: Any, client_id: bytes = b"") -> None:
         self.out = out
         self.task_key = task_key
         self.legacy = proto == LEGACY
         self.call_id = call_id
+        self.client_id = client_id
         self.serializer = serializer
         self.seq = 0
 
@@ -60,7 +85,13 @@ class Call:
             buffers = self.serializer.dumps(value) if has_value else []
             body = p.v1_event(self.call_id, kind, seq, fields, buffers)
         self.seq = seq
-        send_frames(self.out.sock, [self.task_key, p.FINAL if final else p.MORE, *body])
+        broker = self.out.broker
+        if broker is None or self.legacy:
+            send_frames(self.out.sock, [self.task_key, p.FINAL if final else p.MORE, *body])
+            return
+        broker.send(self.client_id, self.call_id, final, body)
+        if final:
+            send_frames(self.out.sock, [self.task_key, p.DONE])
 
     def _legacy_body(self, kind: str, seq: int, fields: dict[str, Any], value: Any) -> bytes:
         import dill
@@ -92,8 +123,9 @@ class Outbound:
     """
 
     def __init__(self, sock: zmq.Socket, flush_interval: float, flush_bytes: int,
-                 parent: int | None = None) -> None:
+                 parent: int | None = None, broker: BrokerLink | None = None) -> None:
         self.sock = sock
+        self.broker = broker
         self.parent = os.getppid() if parent is None else parent
         self.lock = threading.Lock()
         self.flush_interval = flush_interval
@@ -221,8 +253,8 @@ def _user_traceback(exc: BaseException) -> str:
 
 class Worker:
     def __init__(self, sock: zmq.Socket, flush_interval: float, flush_bytes: int,
-                 parent: int | None = None) -> None:
-        self.out = Outbound(sock, flush_interval, flush_bytes, parent)
+                 parent: int | None = None, broker: BrokerLink | None = None) -> None:
+        self.out = Outbound(sock, flush_interval, flush_bytes, parent, broker)
         self.registry = default_registry()
         self.functions = FunctionCache()
         self.stdout = _Stream(self.out, "stdout")
@@ -235,17 +267,17 @@ class Worker:
         while True:
             # No local name for the frames: the last call's payload must not stay alive
             # while the next one is being received (a 2x peak for large arguments).
-            self.execute(recv_frames(sock, copy_first=4))
+            self.execute(recv_frames(sock, copy_first=5))
 
     def execute(self, frames: list[Any]) -> None:
-        task_key, proto, call_id = (p.frame_bytes(f) for f in frames[:3])
-        header = p.load_header(frames[3]) if proto == V1 else {}
-        fn_frame, args_frames = frames[4], frames[5:]
+        task_key, proto, call_id, client_id = (p.frame_bytes(f) for f in frames[:4])
+        header = p.load_header(frames[4]) if proto == V1 else {}
+        fn_frame, args_frames = frames[5], frames[6:]
         try:
             serializer = self.registry.get("dill" if proto == LEGACY else header.get("ser", ""))
         except UnknownSerializerError:
             serializer = None
-        call = Call(self.out, task_key, proto, call_id, serializer)
+        call = Call(self.out, task_key, proto, call_id, serializer, client_id)
         with self.out.lock:
             self.out.call = call
         try:
@@ -326,14 +358,47 @@ def main(argv: list[str] | None = None) -> None:
     # Functions pickled from a client's __main__ (dill by default) resolve their globals
     # as this process's __main__: give them a clean one, not this module's namespace.
     sys.modules["__main__"] = types.ModuleType("__main__")
+    # SIGTERM (the server stopping an idle worker) ends the loop normally, so the
+    # sockets below close with their linger and the last events reach the broker.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.IDENTITY, worker_id.encode())
     sock.setsockopt(zmq.LINGER, 1000)
     sock.connect(endpoint)
-    # The server's pid comes from the server itself: checking our parent at start-up
-    # would miss a server that died while this worker was still importing.
-    Worker(sock, float(interval), int(nbytes), int(server_pid)).run()
+    broker = broker_link(ctx)
+    try:
+        # The server's pid comes from the server itself: checking our parent at start-up
+        # would miss a server that died while this worker was still importing.
+        Worker(sock, float(interval), int(nbytes), int(server_pid), broker).run()
+    finally:
+        sock.close()
+        if broker is not None:
+            broker.sock.close()
+        ctx.term()
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
+
+
+def broker_link(ctx: zmq.Context) -> BrokerLink | None:
+    """The direct connection to the broker the server asked for (``ZEXEC_WORKER_*``),
+    or None (events then go through the server). The variables are removed from the
+    environment first: the user's code runs in this process."""
+    url = os.environ.pop(BROKER_URL_ENV, "")
+    user_id = os.environ.pop(USER_ID_ENV, "")
+    credential = os.environ.pop(CREDENTIAL_ENV, "")
+    if not (url and user_id and credential):
+        return None
+    sock = ctx.socket(zmq.DEALER)
+    # Queued (not dropped) until connected: a worker's first result may be ready before
+    # its TCP connection is; LINGER lets the last events of a call leave on exit.
+    sock.setsockopt(zmq.LINGER, 2000)
+    sock.setsockopt(zmq.RECONNECT_IVL, 100)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+    sock.connect(url)
+    return BrokerLink(sock, user_id, credential)
 
 
 if __name__ == "__main__":
