@@ -30,6 +30,8 @@ log = logging.getLogger("zexec.server")
 
 PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 TICK = 0.1
+#: Seconds between registration attempts until the broker has acknowledged one.
+FIRST_BEAT_RETRY = 0.05
 
 
 @dataclass(eq=False)
@@ -313,11 +315,12 @@ class ServerLoop:
         poller.register(self.workers_sock, zmq.POLLIN)
         self._spawn_into(poller)
         self._heartbeat()
-        next_beat = time.monotonic() + self.heartbeat_interval
+        next_beat = time.monotonic() + FIRST_BEAT_RETRY
         stop_deadline: float | None = None
         try:
             while True:
-                for sock_or_fd, _ in poller.poll(TICK * 1000):
+                wait = max(0.0, min(TICK, next_beat - time.monotonic()))
+                for sock_or_fd, _ in poller.poll(wait * 1000):
                     if sock_or_fd is self.broker:
                         for _ in range(256):
                             try:
@@ -345,7 +348,11 @@ class ServerLoop:
                 self._check_deadlines(now)
                 if now >= next_beat:
                     self._heartbeat()
-                    next_beat = now + self.heartbeat_interval
+                    # Until the broker has answered, retry soon: a REG sent before the
+                    # TCP connection was up was dropped (IMMEDIATE), and every wait here
+                    # delays the user's "ready".
+                    next_beat = now + (self.heartbeat_interval if self.registered
+                                       else FIRST_BEAT_RETRY)
                 if (self.idle_timeout and not self.tasks
                         and now - self.last_activity > self.idle_timeout):
                     log.info("idle for %.0fs: exiting", self.idle_timeout)
