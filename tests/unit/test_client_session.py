@@ -110,3 +110,55 @@ def test_cancel_sends_cancel_for_the_call(wire):
     session.cancel(call, "because", wait=5)
     req = next_request(broker, p.CANCEL)
     assert req.call_id == call.call_id and req.reason == b"because"
+
+
+# --------------------------------------------------------------------------- who drives
+
+
+def answer_calls(broker_end, count, value=1):
+    """Play the broker in a thread: answer the next ``count`` calls with ``value``."""
+    import threading
+
+    def run():
+        for _ in range(count):
+            req = next_request(broker_end, p.CALL)
+            broker_end.send([b"", *p.v1_event(req.call_id, p.EV_RETURN, 1, None,
+                                              SER.dumps(value))])
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def test_a_plain_call_is_driven_by_the_calling_thread(wire):
+    session, _, broker = wire
+    fn = SER.dumps(abs, out_of_band=False)[0]
+    answer_calls(broker, 3, value=7)
+    assert [session.call(fn, (-7,), {}, SER) for _ in range(3)] == [7, 7, 7]
+    assert session.inline_calls == 3 and session.pending == {}
+
+
+def test_a_call_while_the_io_thread_drives_others_waits_for_it(wire):
+    session, _, broker = wire
+    slow = start(session)  # in flight: the I/O thread drives the connection
+    next_request(broker, p.CALL)
+    answer_calls(broker, 1, value=5)
+    fn = SER.dumps(abs, out_of_band=False)[0]
+    assert session.call(fn, (-5,), {}, SER) == 5
+    assert session.inline_calls == 0  # handed over, not driven here
+    broker.send([b"", *p.v1_event(slow.call_id, p.EV_RETURN, 2, None, SER.dumps(1))])
+    assert slow.future.result(5) == 1
+
+
+def test_nothing_in_flight_means_no_io_at_all(wire):
+    import time
+
+    session, _, broker = wire
+    call = start(session)
+    next_request(broker, p.CALL)
+    broker.send([b"", *p.v1_event(call.call_id, p.EV_RETURN, 1, None, SER.dumps(1))])
+    assert call.future.result(5) == 1
+    time.sleep(0.1)  # let the I/O thread finish its round and park
+    rounds = session.rounds
+    time.sleep(0.5)  # idle: a spinning loop would count thousands of rounds here
+    assert session.rounds == rounds

@@ -117,10 +117,12 @@ class Client:
         exception, and prints its output here as it happens. A generator function
         returns an iterator over the items as the remote side yields them. Ctrl-C
         cancels the remote call."""
-        call = self._start(fn, args, kwargs, serializer=_serializer, timeout=_timeout)
-        if call.items is not None:
+        if inspect.isgeneratorfunction(fn):
+            call = self._start(fn, args, kwargs, serializer=_serializer, timeout=_timeout)
             return RemoteIterator(self._session, call)
-        return _wait(self._session, call)
+        ser = self._serializer(_serializer)
+        return self._session.call(ser.dumps(fn, out_of_band=False)[0], args, kwargs, ser,
+                                  timeout=_timeout, name=getattr(fn, "__name__", ""))
 
     async def call_async(self, fn: Callable, /, *args: Any, _serializer: str | None = None,
                          _timeout: float | None = None, **kwargs: Any) -> Any:
@@ -164,9 +166,9 @@ class Client:
                 inflight.append(self._start(fn, args, {}, serializer=serializer,
                                             timeout=timeout, fn_frame=fn_frame))
                 if len(inflight) >= window:
-                    yield _wait(self._session, inflight.popleft())
+                    yield self._session.wait(inflight.popleft())
             while inflight:
-                yield _wait(self._session, inflight.popleft())
+                yield self._session.wait(inflight.popleft())
         finally:
             for call in inflight:
                 self._session.cancel(call, "map abandoned")
@@ -227,14 +229,6 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _wait(session: Session, call: PendingCall) -> Any:
-    try:
-        return call.future.result()
-    except KeyboardInterrupt:
-        session.cancel(call, "keyboard_interrupt", wait=1.0)
-        raise
 
 
 def _next_item(session: Session, call: PendingCall) -> tuple[Any, Any]:

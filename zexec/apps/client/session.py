@@ -1,8 +1,11 @@
 """One multiplexed connection from a client process to the broker.
 
-All calls of a process share one transport, owned by one I/O thread; calling threads
-hand requests over through a queue and wait on futures. The I/O thread also keeps the
-calls honest: it pings the broker while calls are in flight (the broker answers which
+All calls of a process share one transport. Whoever holds the session's I/O lock drives
+it: a thread waiting for a plain call's result when nothing else is in flight drives it
+itself (no hand-off between threads: the result is read by the thread that wants it),
+otherwise the I/O thread does, while calling threads hand requests over through a queue
+and wait on futures. The I/O thread sleeps while nothing is in flight. Whoever drives
+also keeps the calls honest: it pings the broker while calls are in flight (the broker answers which
 of them it still knows and whether the user's server is alive), so a dead broker, a
 restarted broker or a dead server surfaces as an error within a bounded time instead of
 a hang. Output events are written to this process's stdout/stderr as they arrive.
@@ -99,6 +102,14 @@ class Session:
         self._closed = False
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        #: Held by whoever drives the transport: the I/O thread, or a caller waiting for
+        #: its own result (:meth:`call`). Only the holder touches the transport.
+        self._io_lock = threading.Lock()
+        self._has_work = threading.Event()  # wakes the parked I/O thread
+        #: Calls whose result the calling thread read itself, and rounds of driving the
+        #: connection so far (state, for tests and stats).
+        self.inline_calls = 0
+        self.rounds = 0
         self.transport: Transport | None = None
         self._last_heard = 0.0
         self._ping_sent: float | None = None
@@ -129,6 +140,57 @@ class Session:
         ``map`` serializes it once for all its calls.
         """
         self._ensure_started()
+        call = self._new_call(fn_frame, args, kwargs, serializer, timeout, stream, name)
+        self._hand_over("call", call)
+        return call
+
+    def call(
+        self, fn_frame: Any, args: tuple, kwargs: dict, serializer: Serializer,
+        timeout: float | None = None, name: str = "",
+    ) -> Any:
+        """Run one call and return its value (or raise its error). When no other thread
+        is driving the connection, this thread drives it until the result is in: the
+        message goes out and the result is read here, with no hand-off to the I/O
+        thread and back. Ctrl-C cancels the remote call."""
+        self._ensure_started()
+        call = self._new_call(fn_frame, args, kwargs, serializer, timeout, False, name)
+        if not self._io_lock.acquire(blocking=False):
+            self._hand_over("call", call)  # the I/O thread is busy with other calls
+            return self.wait(call)
+        try:
+            if self._closed:
+                raise BrokerUnreachable("the zexec client was closed")
+            self.inline_calls += 1
+            self.pending[call.call_id] = call
+            self._unsent.append(call)
+            while not call.done:
+                self._pump()
+        except KeyboardInterrupt:
+            self._io_lock.release()
+            self._has_work.set()
+            self.cancel(call, "keyboard_interrupt", wait=1.0)
+            raise
+        except BaseException:
+            self._io_lock.release()
+            self._has_work.set()
+            raise
+        self._io_lock.release()
+        if self.pending or not self._requests.empty():
+            self._has_work.set()  # what arrived meanwhile is the I/O thread's again
+        return call.future.result()
+
+    def wait(self, call: PendingCall) -> Any:
+        """Wait for ``call``'s result (driven by the I/O thread); Ctrl-C cancels it."""
+        try:
+            return call.future.result()
+        except KeyboardInterrupt:
+            self.cancel(call, "keyboard_interrupt", wait=1.0)
+            raise
+
+    def _new_call(
+        self, fn_frame: Any, args: tuple, kwargs: dict, serializer: Serializer,
+        timeout: float | None, stream: bool, name: str,
+    ) -> PendingCall:
         header = {"ser": serializer.name, "py": PYTHON, "fn": name}
         if timeout is not None:
             header["timeout"] = timeout
@@ -140,9 +202,14 @@ class Session:
         call = PendingCall(call_id, frames, serializer, fut, timeout, self.clock(),
                            queue.SimpleQueue() if stream else None)
         fut._session, fut._call = self, call
-        self._requests.put(("call", call, ""))
-        self.transport.wake()
         return call
+
+    def _hand_over(self, kind: str, call: PendingCall, reason: str = "") -> None:
+        """Queue a request for whoever drives the connection, and make sure someone does."""
+        self._requests.put((kind, call, reason))
+        self._has_work.set()
+        if self.transport is not None:
+            self.transport.wake()
 
     def cancel(self, call: PendingCall, reason: str = "cancelled by the caller",
                wait: float = 0.0) -> None:
@@ -151,9 +218,7 @@ class Session:
         Ctrl-C the program may exit right away)."""
         if call.done or self._closed:
             return
-        self._requests.put(("cancel", call, reason))
-        if self.transport is not None:
-            self.transport.wake()
+        self._hand_over("cancel", call, reason)
         if wait:
             call.cancel_sent.wait(wait)
 
@@ -161,6 +226,7 @@ class Session:
         """Fail calls still in flight and stop the I/O thread."""
         self._closed = True
         if self._thread is not None:
+            self._has_work.set()
             self.transport.wake()
             self._thread.join(timeout=5)
 
@@ -183,33 +249,50 @@ class Session:
             fut.set_exception(error)
 
     def _run(self) -> None:
-        transport = self.transport
+        """The I/O thread: parked while nothing is in flight (or a caller drives the
+        connection itself), else driving it until nothing is."""
         try:
             while not self._closed:
-                now = self.clock()
-                self._take_requests(now)
-                if self._unsent:
-                    self._send_unsent(now)
-                wait = 0.02 if self._unsent else max(0.0, min(self._next_ping - now, 0.5))
-                msg = transport.recv(wait)
-                count = 0
-                while msg is not None:
-                    self._last_heard = self.clock()
-                    self._on_message(msg)
-                    count += 1
-                    if count >= 512:
-                        break
-                    msg = transport.recv(0)
-                self._tick(self.clock())
-            self._take_requests(self.clock())  # cancels asked for just before close
+                self._has_work.wait()
+                self._has_work.clear()
+                with self._io_lock:
+                    while not self._closed and (
+                        self.pending or self._unsent or not self._requests.empty()
+                    ):
+                        self._pump()
         except Exception:  # never leave callers hanging on a crashed I/O thread
             log.exception("zexec client I/O thread failed")
             raise
         finally:
-            err = BrokerUnreachable("the zexec client was closed")
-            for call in list(self.pending.values()):
-                self._finish(call, error=err)
-            transport.close()
+            with self._io_lock:
+                self._take_requests(self.clock())  # cancels asked for just before close
+                err = BrokerUnreachable("the zexec client was closed")
+                for call in list(self.pending.values()):
+                    self._finish(call, error=err)
+                self.transport.close()
+
+    def _pump(self) -> None:
+        """One round of driving the connection: take requests, send what waits, read
+        what arrived (waiting a little if nothing did), check timeouts and liveness."""
+        self.rounds += 1
+        now = self.clock()
+        self._take_requests(now)
+        if self._unsent:
+            self._send_unsent(now)
+        # Until the next look at timeouts and pings (a due ping is sent then): never 0
+        # while calls are merely waiting, which would spin.
+        wait = 0.02 if self._unsent else max(0.0, min(self._next_check - now, 0.5))
+        transport = self.transport
+        msg = transport.recv(wait)
+        count = 0
+        while msg is not None:
+            self._last_heard = self.clock()
+            self._on_message(msg)
+            count += 1
+            if count >= 512:
+                break
+            msg = transport.recv(0)
+        self._tick(self.clock())
 
     def _take_requests(self, now: float) -> None:
         while True:
