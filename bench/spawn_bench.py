@@ -94,6 +94,7 @@ def side_zexec(args: argparse.Namespace) -> None:
     t = clock()
     import zexec
 
+    zexec.connect, zexec.Client  # noqa: B018  (the SDK's modules load on first use)
     import_s = clock() - t
     reqs = [f"python=={PY_XY}", *args.req]
     if args.terminate_first:  # not timed: start from "no server"

@@ -13,31 +13,67 @@
     add(5, 2)            # 7, computed on your server
 """
 
-from zexec.apps.client.api import (
-    Client,
-    RemoteFunction,
-    RemoteIterator,
-    get_default_client,
-    remote,
-    set_default_client,
-)
-from zexec.apps.client.connect import Connection, connect, environment, terminate
-from zexec.core.errors import (
-    BrokerUnreachable,
-    CallCancelled,
-    CallLost,
-    CallTimeout,
-    ControlPlaneError,
-    EnvironmentConflict,
-    EnvironmentFailed,
-    EnvironmentTimeout,
-    InvalidEnvironment,
-    RemoteError,
-    ServerGone,
-    ServerUnavailable,
-    VersionMismatch,
-    ZexecError,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from zexec.apps.client.api import (
+        Client,
+        RemoteFunction,
+        RemoteIterator,
+        get_default_client,
+        remote,
+        set_default_client,
+    )
+    from zexec.apps.client.connect import Connection, connect, environment, terminate
+    from zexec.core.errors import (
+        BrokerUnreachable,
+        CallCancelled,
+        CallLost,
+        CallTimeout,
+        ControlPlaneError,
+        EnvironmentConflict,
+        EnvironmentFailed,
+        EnvironmentTimeout,
+        InvalidEnvironment,
+        RemoteError,
+        ServerGone,
+        ServerUnavailable,
+        VersionMismatch,
+        ZexecError,
+    )
+
+#: Where each public name lives. Imported on first use (PEP 562): the broker, the
+#: servers and their workers import ``zexec.*`` modules too, and should not pay for the
+#: client SDK (asyncio, httpx ...) at every process start.
+_EXPORTS = {
+    **dict.fromkeys(
+        ("Client", "RemoteFunction", "RemoteIterator", "get_default_client", "remote",
+         "set_default_client"), "zexec.apps.client.api"),
+    **dict.fromkeys(("Connection", "connect", "environment", "terminate"),
+                    "zexec.apps.client.connect"),
+    **dict.fromkeys(
+        ("BrokerUnreachable", "CallCancelled", "CallLost", "CallTimeout", "ControlPlaneError",
+         "EnvironmentConflict", "EnvironmentFailed", "EnvironmentTimeout",
+         "InvalidEnvironment", "RemoteError", "ServerGone", "ServerUnavailable",
+         "VersionMismatch", "ZexecError"), "zexec.core.errors"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'zexec' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # the next lookup is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
 
 __version__ = "0.1.0"
 

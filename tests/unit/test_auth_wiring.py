@@ -1,4 +1,4 @@
-"""build_authenticator / AuthContainer: settings -> the right cached adapter."""
+"""build_authenticator: settings -> the right cached adapter."""
 
 import json
 import os
@@ -11,7 +11,7 @@ from zexec.adapters.auth_cache import CachingAuthenticator
 from zexec.adapters.auth_http import HttpAuthenticator
 from zexec.adapters.auth_oidc import OidcAuthenticator
 from zexec.adapters.auth_static import StaticAuthenticator
-from zexec.apps.auth_wiring import AuthContainer, build_authenticator
+from zexec.apps.auth_wiring import _REQUIRED, BACKENDS, build_authenticator
 from zexec.core.errors import ConfigurationError, Forbidden, Unauthenticated
 from zexec.settings import AuthSettings
 
@@ -95,18 +95,11 @@ def test_settings_from_environment(monkeypatch, token_file):
     assert build_authenticator().authenticate("tok").user_id == "u1"
 
 
-def test_container_can_be_used_directly(token_file):
-    container = AuthContainer()
-    container.config.from_dict(AuthSettings(mode="static", static_file=token_file).model_dump())
-    auth = container.authenticator()
-    assert auth is container.authenticator()  # singleton
-    assert auth.authenticate("tok").user_id == "u1"
+def test_every_mode_has_a_builder_and_a_required_setting():
+    assert set(BACKENDS) == set(_REQUIRED) == {"http-post", "http-get", "static", "oidc"}
 
 
-def test_container_backend_can_be_overridden(token_file):
-    """How a test or a site swaps the adapter without touching settings."""
-    container = AuthContainer()
-    container.config.from_dict(AuthSettings(mode="http-post", url=URL).model_dump())
-    fake = StaticAuthenticator({"x": {"sub": "fake"}})
-    with container.backend.override(fake):
-        assert container.authenticator().authenticate("x").user_id == "fake"
+def test_the_broker_gets_the_raw_adapter(token_file):
+    auth = build_authenticator(AuthSettings(mode="static", static_file=token_file),
+                               cached=False)
+    assert isinstance(auth, StaticAuthenticator) and auth.authenticate("tok").user_id == "u1"

@@ -162,3 +162,10 @@ def test_nothing_in_flight_means_no_io_at_all(wire):
     rounds = session.rounds
     time.sleep(0.5)  # idle: a spinning loop would count thousands of rounds here
     assert session.rounds == rounds
+
+
+def test_warm_connects_and_has_the_token_checked_without_a_call(wire):
+    session, _, broker = wire
+    session.warm()
+    ping = next_request(broker, p.PING)
+    assert ping.token == "tok" and ping.call_ids == () and session.pending == {}

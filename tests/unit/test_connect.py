@@ -142,6 +142,8 @@ def test_requirement_list_adds_the_python_pin(tmp_path):
     assert C.requirement_list(["numpy"], "3.12") == ["python==3.12", "numpy"]
     assert C.requirement_list(["python==3.10", "six"], None) == ["python==3.10", "six"]
     assert C.requirement_list(["python==3.10"], "3.10") == ["python==3.10"]
+    assert C.requirement_list([" Python >=3.10"], None) == [" Python >=3.10"]
+    assert C.requirement_list(["pythonista"], "3.12") == ["python==3.12", "pythonista"]
     reqs = tmp_path / "requirements.txt"
     reqs.write_text("# comment\nsix\n")
     assert C.requirement_list(str(reqs), None) == [f"python=={PY}", "# comment", "six"]
@@ -302,3 +304,27 @@ def test_progress_off_writes_nothing():
     p.update(_status("pending"))
     p.close("ready")
     assert out.getvalue() == ""
+
+
+def _verifies(client: httpx.Client) -> bool:
+    """Whether ``client`` checks server certificates (httpx keeps the SSL context on its
+    connection pool)."""
+    import ssl
+
+    return client._transport._pool._ssl_context.verify_mode == ssl.CERT_REQUIRED
+
+
+def test_certificates_are_checked_for_an_https_deploy_api_behind_a_plain_ep(mocked):
+    mocked.get(f"{EP}/status/rexec").respond(
+        json={"deployment_api_url": "https://deploy.test:8443"})
+    mocked.get("https://deploy.test:8443/rexec/broker-config").respond(
+        json={"broker_external_host": "broker.test", "broker_external_port": 5559})
+    c = zexec.connect(EP, "tok")
+    try:
+        assert c.deploy_url == "https://deploy.test:8443/rexec" and _verifies(c._http)
+    finally:
+        c.close()
+
+
+def test_a_plain_http_deployment_loads_no_certificates(conn):
+    assert not _verifies(conn._http)

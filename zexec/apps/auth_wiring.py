@@ -1,13 +1,19 @@
 """Composition of the token validator every app uses, from :class:`AuthSettings`.
 
-:class:`AuthContainer` picks the adapter by ``config.mode`` and wraps it in the cache;
-:func:`build_authenticator` is the one call apps make. Settings are checked first so a
-misconfiguration fails at startup naming the environment variable, not at the first call.
+:func:`build_authenticator` is the one call apps make: it picks the adapter by
+``ZEXEC_AUTH_MODE`` (:data:`BACKENDS`) and wraps it in the cache. Settings are checked
+first so a misconfiguration fails at startup naming the environment variable, not at the
+first call.
+
+A plain table rather than a ``dependency_injector`` Selector (the Deploy API and EP API
+containers use the library for their own wiring and call this function as a provider):
+the broker builds nothing else, and importing ``dependency_injector.containers`` pulls in
+FastAPI and Starlette through its wiring module, ~0.4 s of CPU at every broker start.
 """
 
 from __future__ import annotations
 
-from dependency_injector import containers, providers
+from collections.abc import Callable
 
 from zexec.adapters.auth_cache import CachingAuthenticator
 from zexec.adapters.auth_http import HttpAuthenticator
@@ -19,61 +25,33 @@ from zexec.core.tokencache import TokenCache
 from zexec.settings import AuthSettings
 
 
-def oidc_authenticator(**options: object) -> Authenticator:
-    """An :class:`~zexec.adapters.auth_oidc.OidcAuthenticator`, imported here: its JWT
-    and cryptography libraries take a noticeable part of a process's start otherwise."""
+def _http(mode: str) -> Callable[[AuthSettings, tuple[str, ...]], Authenticator]:
+    def build(s: AuthSettings, groups: tuple[str, ...]) -> Authenticator:
+        return HttpAuthenticator(url=s.url, mode=mode, timeout=s.timeout, allowed_groups=groups)
+
+    return build
+
+
+def _static(s: AuthSettings, groups: tuple[str, ...]) -> Authenticator:
+    return StaticAuthenticator.from_file(s.static_file, allowed_groups=groups)
+
+
+def _oidc(s: AuthSettings, groups: tuple[str, ...]) -> Authenticator:
+    # Imported here: its JWT and cryptography libraries take a noticeable part of a
+    # process's start otherwise.
     from zexec.adapters.auth_oidc import OidcAuthenticator
 
-    return OidcAuthenticator(**options)  # type: ignore[arg-type]
+    return OidcAuthenticator(jwks_url=s.jwks_url, issuer=s.issuer, audience=s.audience,
+                             allowed_groups=groups, timeout=s.timeout)
 
 
-class AuthContainer(containers.DeclarativeContainer):
-    """``config`` takes ``AuthSettings().model_dump()``; ``authenticator`` is the product."""
-
-    config = providers.Configuration()
-
-    allowed_groups = providers.Callable(parse_allowed_groups, config.allowed_groups)
-
-    backend = providers.Selector(
-        config.mode,
-        **{
-            "http-post": providers.Singleton(
-                HttpAuthenticator,
-                url=config.url,
-                mode="http-post",
-                timeout=config.timeout,
-                allowed_groups=allowed_groups,
-            ),
-            "http-get": providers.Singleton(
-                HttpAuthenticator,
-                url=config.url,
-                mode="http-get",
-                timeout=config.timeout,
-                allowed_groups=allowed_groups,
-            ),
-            "static": providers.Singleton(
-                StaticAuthenticator.from_file,
-                config.static_file,
-                allowed_groups=allowed_groups,
-            ),
-            "oidc": providers.Singleton(
-                oidc_authenticator,
-                jwks_url=config.jwks_url,
-                issuer=config.issuer,
-                audience=config.audience,
-                allowed_groups=allowed_groups,
-                timeout=config.timeout,
-            ),
-        },
-    )
-
-    token_cache = providers.Singleton(
-        TokenCache,
-        positive_ttl=config.positive_ttl,
-        negative_ttl=config.negative_ttl,
-    )
-
-    authenticator = providers.Singleton(CachingAuthenticator, inner=backend, cache=token_cache)
+#: ``ZEXEC_AUTH_MODE`` -> how to build that adapter from the settings and allowed groups.
+BACKENDS: dict[str, Callable[[AuthSettings, tuple[str, ...]], Authenticator]] = {
+    "http-post": _http("http-post"),
+    "http-get": _http("http-get"),
+    "static": _static,
+    "oidc": _oidc,
+}
 
 
 #: Setting that each mode cannot do without.
@@ -105,6 +83,8 @@ def build_authenticator(settings: AuthSettings | None = None, *, cached: bool = 
     own non-blocking cache and wants the raw one)."""
     settings = settings if settings is not None else AuthSettings()
     check_settings(settings)
-    container = AuthContainer()
-    container.config.from_dict(settings.model_dump())
-    return container.authenticator() if cached else container.backend()
+    backend = BACKENDS[settings.mode](settings, parse_allowed_groups(settings.allowed_groups))
+    if not cached:
+        return backend
+    cache = TokenCache(positive_ttl=settings.positive_ttl, negative_ttl=settings.negative_ttl)
+    return CachingAuthenticator(inner=backend, cache=cache)

@@ -102,6 +102,12 @@ class Client:
             name=getattr(fn, "__name__", "") if name is None else name,
         )
 
+    def warm(self) -> None:
+        """Open the connection to the broker now, in the background, and have the broker
+        check the token meanwhile, so the first call waits for neither. Returns at once;
+        a broker that cannot be reached shows up at the first call as usual."""
+        self._session.warm()
+
     def submit(self, fn: Callable, /, *args: Any, _serializer: str | None = None,
                _timeout: float | None = None, **kwargs: Any) -> Future:
         """Run ``fn(*args, **kwargs)`` remotely; returns a :class:`~concurrent.futures.Future`.

@@ -18,6 +18,7 @@ message says what to do (401 Unauthenticated, 409 EnvironmentConflict naming
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -96,8 +97,6 @@ def requirement_list(
 ) -> list[str]:
     """The requirement items to send: a list as given, or a requirements file's lines;
     ``python==X.Y`` added (``python`` or this interpreter's) unless one is there."""
-    from packaging.requirements import InvalidRequirement, Requirement
-
     from zexec.core.envspec import read_requirements_file
 
     if requirements is None:
@@ -114,19 +113,25 @@ def requirement_list(
         items = list(requirements)
     else:
         raise E.ConfigurationError("requirements must be a list of strings or a file path")
-    pins = []
-    for item in items:
-        try:
-            if Requirement(item.strip()).name.lower() == "python":
-                pins.append(item.strip())
-        except InvalidRequirement:
-            pass  # the Deploy API says what is wrong with it (422)
+    # Only the name is looked at here (a regular expression, not packaging's parser,
+    # which takes longer to import than the rest of connect()); the Deploy API checks
+    # every item and says what is wrong with one (422).
+    pins = [item.strip() for item in items if _requirement_name(item) == "python"]
     if pins and python is not None and pins != [f"python=={python}"]:
         raise E.ConfigurationError(
             f"python={python!r} and the requirement {pins[0]!r} "
             "disagree; pin the Python version once"
         )
     return items if pins else [f"python=={python or PYTHON}", *items]
+
+
+_NAME = re.compile(r"\s*([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)")
+
+
+def _requirement_name(item: str) -> str:
+    """The normalized project name a requirement string starts with ("" if none)."""
+    m = _NAME.match(item)
+    return re.sub(r"[-_.]+", "-", m.group(1)).lower() if m else ""
 
 
 class Connection:
@@ -265,7 +270,9 @@ def connect(
     ep = ep_api_url.strip().rstrip("/")
     if not ep.startswith(("http://", "https://")):
         raise E.ConfigurationError(f"the EP API URL must start with http:// or https://: {ep!r}")
-    http = httpx.Client(timeout=timeout)
+    # Certificates are loaded only for an https:// EP API (loading them costs ~60 ms);
+    # a Deploy API it names on https:// gets a verifying client of its own below.
+    http = httpx.Client(timeout=timeout, verify=ep.startswith("https://"))
     auth = {"Authorization": f"Bearer {token}"}
 
     def get(url: str, what: str, **kw: Any) -> httpx.Response:
@@ -284,6 +291,9 @@ def connect(
         if not isinstance(found, str) or not found:
             raise E.ControlPlaneError(f"{ep}/status/rexec did not name a deployment_api_url")
         deploy = deploy_url_from(found)
+        if deploy.startswith("https://") and not ep.startswith("https://"):
+            http.close()
+            http = httpx.Client(timeout=timeout)  # verifies certificates
         user = check(get(f"{ep}/user/info", "user info", headers=auth), "user info")
         cfg = check(get(f"{deploy}/broker-config", "broker-config"), "broker-config")
         host, port = cfg.get("broker_external_host"), cfg.get("broker_external_port")
@@ -299,6 +309,9 @@ def connect(
     except BaseException:
         http.close()
         raise
+    # Usually environment() comes next and waits for the server: connect to the broker
+    # and let it check the token meanwhile.
+    client.warm()
     # The newest connection is the default; earlier ones keep working when used
     # explicitly (two users in one process, e.g. tests).
     set_default_client(client)

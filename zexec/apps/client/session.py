@@ -110,6 +110,8 @@ class Session:
         #: connection so far (state, for tests and stats).
         self.inline_calls = 0
         self.rounds = 0
+        #: Set by warm(): until when to keep trying to send the warm-up ping.
+        self._warm_until: float | None = None
         self.transport: Transport | None = None
         self._last_heard = 0.0
         self._ping_sent: float | None = None
@@ -179,6 +181,12 @@ class Session:
             self._has_work.set()  # what arrived meanwhile is the I/O thread's again
         return call.future.result()
 
+    def warm(self) -> None:
+        """Connect now and send one ping, in the background: the broker checks the token
+        while the caller does other things, so the first call waits for neither."""
+        self._ensure_started()
+        self._hand_over("warm", None)
+
     def wait(self, call: PendingCall) -> Any:
         """Wait for ``call``'s result (driven by the I/O thread); Ctrl-C cancels it."""
         try:
@@ -204,7 +212,7 @@ class Session:
         fut._session, fut._call = self, call
         return call
 
-    def _hand_over(self, kind: str, call: PendingCall, reason: str = "") -> None:
+    def _hand_over(self, kind: str, call: PendingCall | None, reason: str = "") -> None:
         """Queue a request for whoever drives the connection, and make sure someone does."""
         self._requests.put((kind, call, reason))
         self._has_work.set()
@@ -257,7 +265,8 @@ class Session:
                 self._has_work.clear()
                 with self._io_lock:
                     while not self._closed and (
-                        self.pending or self._unsent or not self._requests.empty()
+                        self.pending or self._unsent or self._warm_until is not None
+                        or not self._requests.empty()
                     ):
                         self._pump()
         except Exception:  # never leave callers hanging on a crashed I/O thread
@@ -279,9 +288,14 @@ class Session:
         self._take_requests(now)
         if self._unsent:
             self._send_unsent(now)
+        if self._warm_until is not None and (
+            self.transport.send(p.v1_ping(self.token, [])) or now > self._warm_until
+        ):
+            self._warm_until = None  # sent, or no connection within connect_timeout
         # Until the next look at timeouts and pings (a due ping is sent then): never 0
         # while calls are merely waiting, which would spin.
-        wait = 0.02 if self._unsent else max(0.0, min(self._next_check - now, 0.5))
+        wait = 0.02 if self._unsent or self._warm_until is not None \
+            else max(0.0, min(self._next_check - now, 0.5))
         transport = self.transport
         msg = transport.recv(wait)
         count = 0
@@ -306,6 +320,8 @@ class Session:
                     continue
                 self.pending[call.call_id] = call
                 self._unsent.append(call)
+            elif kind == "warm":
+                self._warm_until = now + self.connect_timeout
             else:  # cancel
                 if call.done:
                     pass
