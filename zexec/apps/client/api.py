@@ -14,6 +14,7 @@ from itertools import islice
 from typing import Any
 
 from zexec.adapters.serializer import default_registry
+from zexec.apps.client.fncache import FunctionFrames
 from zexec.apps.client.session import END, PendingCall, Session
 from zexec.core.batching import MAX_BATCH, BatchSizer, run_batch
 from zexec.core.errors import ConfigurationError, ProtocolError
@@ -72,6 +73,7 @@ class Client:
         self.broker = broker
         self.serializers = default_registry()
         self.serializer = self.serializers.get(serializer)
+        self._frames = FunctionFrames()
         if transport_factory is None:
             from zexec.adapters.transport_zmq.client_transport import ZmqTransport
 
@@ -95,7 +97,7 @@ class Client:
                name: str | None = None) -> PendingCall:
         ser = self._serializer(serializer)
         if fn_frame is None:
-            fn_frame = ser.dumps(fn, out_of_band=False)[0]
+            fn_frame = self._frames.frame(fn, ser)
         return self._session.start_call(
             fn_frame, args, kwargs, ser, timeout=timeout,
             stream=inspect.isgeneratorfunction(fn),
@@ -127,7 +129,7 @@ class Client:
             call = self._start(fn, args, kwargs, serializer=_serializer, timeout=_timeout)
             return RemoteIterator(self._session, call)
         ser = self._serializer(_serializer)
-        return self._session.call(ser.dumps(fn, out_of_band=False)[0], args, kwargs, ser,
+        return self._session.call(self._frames.frame(fn, ser), args, kwargs, ser,
                                   timeout=_timeout, name=getattr(fn, "__name__", ""))
 
     async def call_async(self, fn: Callable, /, *args: Any, _serializer: str | None = None,
@@ -165,7 +167,7 @@ class Client:
                    serializer: str | None, timeout: float | None,
                    window: int) -> Iterator[Any]:
         ser = self._serializer(serializer)
-        fn_frame = ser.dumps(fn, out_of_band=False)[0]  # serialized once for all calls
+        fn_frame = self._frames.frame(fn, ser)  # serialized once for all calls
         inflight: deque[PendingCall] = deque()
         try:
             for args in zip(*iterables, strict=False):
@@ -183,7 +185,7 @@ class Client:
                      serializer: str | None, timeout: float | None, window: int,
                      sizer: BatchSizer) -> Iterator[Any]:
         ser = self._serializer(serializer)
-        runner = ser.dumps(run_batch, out_of_band=False)[0]  # a reference: same every time
+        runner = self._frames.frame(run_batch, ser)  # a reference: same every time
         name = getattr(fn, "__name__", "")
         source = zip(*iterables, strict=False)
         inflight: deque[_Batch] = deque()
