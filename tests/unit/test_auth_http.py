@@ -169,3 +169,16 @@ def test_uses_the_given_client(idp, mode):
 def test_configuration_errors(kwargs):
     with pytest.raises(ConfigurationError):
         HttpAuthenticator(**kwargs)
+
+
+@pytest.mark.parametrize("url, verifies", [("http://idp.local/auth", False),
+                                           ("https://idp.example/auth", True)])
+def test_certificates_are_loaded_only_for_an_https_identity_provider(url, verifies):
+    import ssl
+
+    auth = HttpAuthenticator(url)
+    try:
+        mode = auth._client._transport._pool._ssl_context.verify_mode
+        assert (mode == ssl.CERT_REQUIRED) is verifies
+    finally:
+        auth.close()
