@@ -201,3 +201,29 @@ def test_workers_exit_when_their_server_dies_alone(stack):
     os.kill(server.pid, signal.SIGKILL)
     server.wait(10)
     wait_for(lambda: not any(alive(w) for w in workers), what="orphaned workers to exit")
+
+
+def test_a_server_that_cannot_start_leaves_no_worker_behind(tmp_path):
+    """``python -m zexec.apps.server`` starts its first worker before reading its
+    settings; when the settings are bad it must take that worker and its private
+    directory down with it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZEXEC_")}
+    env["TMPDIR"] = str(tmp_path)  # where the server makes its private worker directory
+    proc = subprocess.run([sys.executable, "-m", "zexec.apps.server"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "ZEXEC_SERVER_USER_ID" in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+    workers = [p for p in Path("/proc").iterdir() if p.name.isdigit()
+               and str(tmp_path) in _cmdline(p)]
+    assert workers == []
+
+
+def _cmdline(proc_dir) -> str:
+    try:
+        return (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""

@@ -11,9 +11,9 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import shutil
 import signal
 import sys
-import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -55,8 +55,13 @@ class ServerLoop:
         self, *, broker_url: str, user_id: str, credential: str, pool_factory: Any,
         heartbeat_interval: float = 0.5, ready_file: str = "", idle_timeout: float = 0.0,
         fresh_process: bool = False, drain_timeout: float = 10.0,
-        context: zmq.Context | None = None,
+        context: zmq.Context | None = None, workers: tuple[str, str],
+        early_worker: tuple[Any, bytes] | None = None,
     ) -> None:
+        """``workers`` = (private directory, ipc endpoint in it) for the workers; the
+        directory is removed on close. ``early_worker`` = (process, worker id) of a
+        worker started for that endpoint before the settings were read (see
+        :mod:`zexec.apps.server.__main__`): the pool adopts it."""
         if not user_id or not credential:
             raise ValueError("a server needs its user id and credential")
         self.user_id = user_id
@@ -81,14 +86,14 @@ class ServerLoop:
         self.broker.setsockopt(zmq.HEARTBEAT_IVL, 1000)
         self.broker.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
         self.broker.connect(broker_url)
-        self._dir = tempfile.TemporaryDirectory(prefix="zexec-server-")
-        os.chmod(self._dir.name, 0o700)  # only this user may talk to the workers
-        endpoint = f"ipc://{self._dir.name}/workers"
+        self._dir, endpoint = workers
         self.workers_sock = self.ctx.socket(zmq.ROUTER)
         self.workers_sock.setsockopt(zmq.LINGER, 0)
         self.workers_sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.workers_sock.bind(endpoint)
         self.pool = pool_factory(endpoint)
+        if early_worker:
+            self.pool.adopt(*early_worker)
         self.queue: deque[Task] = deque()
         self.tasks: dict[bytes, Task] = {}
         self.by_call: dict[tuple[bytes, bytes], Task] = {}
@@ -246,9 +251,18 @@ class ServerLoop:
         w = self.pool.workers.get(wid)
         if w is None:
             return
-        if len(frames) == 2 and p.frame_bytes(frames[1]) == b"READY":
-            w.ready = True
-            return
+        if len(frames) == 2:
+            said = p.frame_bytes(frames[1])
+            if said == b"HELLO":  # a new worker asks for its configuration
+                try:
+                    send_frames(self.workers_sock, [wid, b"CONFIG",
+                                                    p.dump_header(self.pool.config)])
+                except zmq.ZMQError:
+                    pass  # it died just now; its pidfd will tell
+                return
+            if said == b"READY":
+                w.ready = True
+                return
         task = self.tasks.get(p.frame_bytes(frames[1]))
         if task is None or task.worker is not w:
             return  # a late message of a cancelled call
@@ -313,6 +327,8 @@ class ServerLoop:
         self._poller = poller = zmq.Poller()
         poller.register(self.broker, zmq.POLLIN)
         poller.register(self.workers_sock, zmq.POLLIN)
+        for w in self.pool.workers.values():  # adopted before the loop existed
+            poller.register(w.pidfd, zmq.POLLIN)
         self._spawn_into(poller)
         self._heartbeat()
         next_beat = time.monotonic() + FIRST_BEAT_RETRY
@@ -373,6 +389,6 @@ class ServerLoop:
         self.pool.close()
         self.workers_sock.close(0)
         self.broker.close()  # LINGER lets BYE and the last replies go out
-        self._dir.cleanup()
+        shutil.rmtree(self._dir, ignore_errors=True)
         if self._own_context:
             self.ctx.term()

@@ -306,16 +306,16 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["devidp"]:
         # argparse's REMAINDER drops a leading option (`zexec devidp --help`): hand the
         # arguments to the IdP's own parser untouched.
-        return _guard("devidp", lambda: run_devidp(argparse.Namespace(args=argv[1:])))
+        return guard("devidp", lambda: run_devidp(argparse.Namespace(args=argv[1:])))
     parser = build_parser()
     args = parser.parse_args(argv)  # bad arguments: usage + message, exit 2
     if getattr(args, "func", None) is None:
         parser.print_help(sys.stderr)
         return 2
-    return _guard(args.command, lambda: args.func(args))
+    return guard(args.command, lambda: args.func(args))
 
 
-def _guard(command: str, run) -> int:
+def guard(command: str, run) -> int:
     """Run a command; turn every failure into one message and an exit status."""
     from pydantic import ValidationError
 

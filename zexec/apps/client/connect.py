@@ -21,7 +21,12 @@ import os
 import re
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+# At module level: this module loads only when ``zexec.connect`` (or another name of
+# it) is first used (``zexec``'s exports are lazy), so servers and workers never pay
+# for httpx, and a user's connect() does not pay for the import either.
+import httpx
 
 from zexec.apps.client.api import Client, set_default_client
 from zexec.apps.client.progress import Progress
@@ -37,8 +42,6 @@ FAST_POLL = 0.05
 FAST_WINDOW = 3.0
 _default: Connection | None = None
 
-if TYPE_CHECKING:  # httpx is imported on use: `import zexec` runs in every server too
-    import httpx
 
 
 def deploy_url_from(url: str, prefix: str = PREFIX) -> str:
@@ -167,8 +170,6 @@ class Connection:
         return {"Authorization": f"Bearer {self._token}"}
 
     def _request(self, method: str, path: str, what: str, **kw: Any) -> httpx.Response:
-        import httpx
-
         url = self.deploy_url + path
         try:
             return self._http.request(method, url, headers=self._auth(), **kw)
@@ -262,8 +263,6 @@ def connect(
     ``timeout`` bounds each HTTP request; ``client_options`` go to :class:`zexec.Client`
     (``serializer``, ``connect_timeout`` ...). The token is checked now (``/user/info``)
     so a wrong one fails here, not at the first call."""
-    import httpx
-
     global _default
     if not token:
         raise E.ConfigurationError("connect() needs your token")

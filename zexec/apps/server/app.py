@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 from zexec.adapters.transport_zmq.server_loop import ServerLoop
 from zexec.apps.runtime import configure_logging
-from zexec.apps.server.pool import WorkerPool
+from zexec.apps.server.pool import WorkerPool, private_endpoint
 from zexec.core.errors import ConfigurationError
 from zexec.settings import ServerSettings
 
 
-def build_server(settings: ServerSettings) -> ServerLoop:
-    """Build a server from its settings (nothing starts until ``run``)."""
+def build_server(settings: ServerSettings, workers: tuple[str, str] | None = None,
+                 early_worker: tuple[Any, bytes] | None = None) -> ServerLoop:
+    """Build a server from its settings (nothing starts until ``run``). ``workers`` is
+    the workers' (directory, endpoint) (default: new ones) and ``early_worker`` a worker
+    already started for it (see :mod:`zexec.apps.server.__main__`)."""
     credential = settings.credential.get_secret_value()
     if not settings.user_id or not credential:
         raise ConfigurationError(
@@ -39,11 +43,14 @@ def build_server(settings: ServerSettings) -> ServerLoop:
         ready_file=settings.ready_file,
         idle_timeout=settings.idle_timeout,
         fresh_process=settings.fresh_process,
+        workers=workers or private_endpoint(),
+        early_worker=early_worker,
     )
 
 
-def main(settings: ServerSettings | None = None) -> int:
+def main(settings: ServerSettings | None = None, workers: tuple[str, str] | None = None,
+         early_worker: tuple[Any, bytes] | None = None) -> int:
     configure_logging()
-    server = build_server(settings or ServerSettings())
+    server = build_server(settings or ServerSettings(), workers, early_worker)
     server.install_signal_handlers()
     return server.run()

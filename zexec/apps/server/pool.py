@@ -14,16 +14,35 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger("zexec.server")
 
-#: How the server tells a worker where to send v1 events (read by the worker's
-#: ``broker_link``, which removes them from its environment).
-BROKER_URL_ENV = "ZEXEC_WORKER_BROKER_URL"
-USER_ID_ENV = "ZEXEC_WORKER_USER_ID"
-CREDENTIAL_ENV = "ZEXEC_WORKER_CREDENTIAL"
+#: Id of the worker a server starts before anything else (see :func:`start_worker`).
+FIRST_WORKER = b"w0"
+
+
+def private_endpoint() -> tuple[str, str]:
+    """A new private directory (mode 0700: only this user may talk to the workers) and
+    the workers' ipc endpoint in it."""
+    directory = tempfile.mkdtemp(prefix="zexec-server-")
+    os.chmod(directory, 0o700)
+    return directory, f"ipc://{directory}/workers"
+
+
+def start_worker(endpoint: str, wid: bytes, python: str = sys.executable) -> subprocess.Popen:
+    """Start a worker process for the server's ipc ``endpoint``. It needs nothing else:
+    it connects, says HELLO and gets its configuration over that channel, so a server
+    can start its first worker before it has even read its settings (its imports then
+    overlap the worker's). None of the server's ``ZEXEC_*`` settings, its credential
+    among them, are passed on: the user's code runs in the workers."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZEXEC_")}
+    return subprocess.Popen(
+        [python, "-m", "zexec.apps.server.worker", endpoint, wid.decode(), str(os.getpid())],
+        stdin=subprocess.DEVNULL, env=env,
+    )
 
 
 @dataclass(eq=False)
@@ -47,17 +66,12 @@ class WorkerPool:
             raise ValueError("a server needs at least one worker")
         self.endpoint = endpoint
         self.size = size
-        self.flush = (flush_interval, flush_bytes)
         self.python = python
         self.direct = broker is not None
-        # The user's code runs in the workers: none of the server's settings (its
-        # credential among them) are passed on; a worker takes what it needs from
-        # ZEXEC_WORKER_* and removes those before running anything.
-        self._env = {k: v for k, v in os.environ.items() if not k.startswith("ZEXEC_")}
-        if broker is not None:
-            url, user_id, credential = broker
-            self._env.update({BROKER_URL_ENV: url, USER_ID_ENV: user_id,
-                              CREDENTIAL_ENV: credential})
+        #: What each worker is told when it says HELLO (over the private ipc channel,
+        #: never through its environment or command line).
+        self.config = {"flush_interval": flush_interval, "flush_bytes": flush_bytes,
+                       "broker": list(broker) if broker is not None else None}
         self.workers: dict[bytes, WorkerProcess] = {}
         self.by_fd: dict[int, WorkerProcess] = {}
         self._ids = itertools.count(1)
@@ -69,12 +83,11 @@ class WorkerPool:
 
     def spawn(self) -> WorkerProcess:
         wid = f"w{next(self._ids)}".encode()
-        proc = subprocess.Popen(
-            [self.python, "-m", "zexec.apps.server.worker", self.endpoint, wid.decode(),
-             str(self.flush[0]), str(self.flush[1]), str(os.getpid())],
-            stdin=subprocess.DEVNULL,
-            env=self._env,
-        )
+        return self.adopt(start_worker(self.endpoint, wid, self.python), wid)
+
+    def adopt(self, proc: subprocess.Popen, wid: bytes) -> WorkerProcess:
+        """Take on a worker process started for this pool's endpoint (see
+        :func:`start_worker`)."""
         w = WorkerProcess(wid, proc, os.pidfd_open(proc.pid))
         self.workers[wid] = w
         self.by_fd[w.pidfd] = w

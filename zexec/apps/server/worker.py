@@ -1,7 +1,9 @@
 """A warm worker process: runs calls one at a time and streams their events.
 
-Started by the server (``python -m zexec.apps.server.worker ENDPOINT ID ... SERVER_PID``), it
-connects a DEALER to the server's ipc ROUTER, says READY, then loops over tasks:
+Started by the server (``python -m zexec.apps.server.worker ENDPOINT ID SERVER_PID``), it
+connects a DEALER to the server's ipc ROUTER, says HELLO, gets its configuration
+(``[CONFIG, json]``: output flush settings, the broker link), says READY, then loops over
+tasks:
 
     server -> worker: [task_key, proto, call_id, client_id, header, fn, args, *buffers]
     worker -> server: [task_key, F|M, *client_body]   (legacy calls: F on the last one)
@@ -33,7 +35,6 @@ import zmq
 
 from zexec.adapters.serializer import default_registry
 from zexec.adapters.transport_zmq.frames import NOBLOCK, recv_frames, send_frames
-from zexec.apps.server.pool import BROKER_URL_ENV, CREDENTIAL_ENV, USER_ID_ENV
 from zexec.core import batching
 from zexec.core import protocol as p
 from zexec.core.errors import SerializationError, UnknownSerializerError, ZexecError
@@ -41,6 +42,8 @@ from zexec.core.errors import SerializationError, UnknownSerializerError, ZexecE
 V1 = b"1"
 LEGACY = b"L"
 READY = b"READY"
+HELLO = b"HELLO"
+CONFIG = b"CONFIG"
 
 
 class BrokerLink:
@@ -351,10 +354,9 @@ class Worker:
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 5:
-        raise SystemExit(
-            "usage: python -m zexec.apps.server.worker ENDPOINT ID INTERVAL BYTES SERVER_PID")
-    endpoint, worker_id, interval, nbytes, server_pid = args
+    if len(args) != 3:
+        raise SystemExit("usage: python -m zexec.apps.server.worker ENDPOINT ID SERVER_PID")
+    endpoint, worker_id, server_pid = args
     # Functions pickled from a client's __main__ (dill by default) resolve their globals
     # as this process's __main__: give them a clean one, not this module's namespace.
     sys.modules["__main__"] = types.ModuleType("__main__")
@@ -365,12 +367,17 @@ def main(argv: list[str] | None = None) -> None:
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.IDENTITY, worker_id.encode())
     sock.setsockopt(zmq.LINGER, 1000)
+    # The server may start this worker before it binds the endpoint: retry quickly.
+    sock.setsockopt(zmq.RECONNECT_IVL, 10)
     sock.connect(endpoint)
-    broker = broker_link(ctx)
+    broker = None
     try:
         # The server's pid comes from the server itself: checking our parent at start-up
         # would miss a server that died while this worker was still importing.
-        Worker(sock, float(interval), int(nbytes), int(server_pid), broker).run()
+        config = hello(sock, int(server_pid))
+        broker = broker_link(ctx, config.get("broker"))
+        Worker(sock, float(config["flush_interval"]), int(config["flush_bytes"]),
+               int(server_pid), broker).run()
     finally:
         sock.close()
         if broker is not None:
@@ -378,19 +385,30 @@ def main(argv: list[str] | None = None) -> None:
         ctx.term()
 
 
+def hello(sock: zmq.Socket, server_pid: int) -> dict[str, Any]:
+    """Say HELLO and wait for the server's CONFIG (flush settings, broker link); exit if
+    the server dies first (a server can start its first worker before reading its
+    settings, and may then fail to start)."""
+    send_frames(sock, [HELLO])
+    while not sock.poll(500):
+        if os.getppid() != server_pid:
+            raise SystemExit(1)
+    frames = recv_frames(sock)
+    if len(frames) != 2 or p.frame_bytes(frames[0]) != CONFIG:
+        raise SystemExit("zexec worker: expected CONFIG from the server")
+    return p.load_header(frames[1])
+
+
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
     raise SystemExit(0)
 
 
-def broker_link(ctx: zmq.Context) -> BrokerLink | None:
-    """The direct connection to the broker the server asked for (``ZEXEC_WORKER_*``),
-    or None (events then go through the server). The variables are removed from the
-    environment first: the user's code runs in this process."""
-    url = os.environ.pop(BROKER_URL_ENV, "")
-    user_id = os.environ.pop(USER_ID_ENV, "")
-    credential = os.environ.pop(CREDENTIAL_ENV, "")
-    if not (url and user_id and credential):
+def broker_link(ctx: zmq.Context, broker: list[str] | None) -> BrokerLink | None:
+    """The direct connection to the broker the server asked for (``[url, user id,
+    credential]`` in CONFIG), or None (events then go through the server)."""
+    if not broker:
         return None
+    url, user_id, credential = broker
     sock = ctx.socket(zmq.DEALER)
     # Queued (not dropped) until connected: a worker's first result may be ready before
     # its TCP connection is; LINGER lets the last events of a call leave on exit.
