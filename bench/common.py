@@ -73,6 +73,27 @@ def timed_sequential(call, warmup: int, n: int) -> dict:
     return latency_stats(samples, clock() - t_start)
 
 
+def payload(mib: int):
+    """A ``mib`` MiB uint8 numpy array of random bytes (the same every run)."""
+    import numpy as np
+
+    return np.frombuffer(np.random.default_rng(0).bytes(mib * MIB), dtype=np.uint8)
+
+
+def timed_round_trips(round_trip, arr, reps: int) -> dict:
+    """Time ``round_trip(arr)`` ``reps`` times; every result must equal ``arr``."""
+    import numpy as np
+
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        back = round_trip(arr)
+        times.append(time.perf_counter() - t0)
+        assert back.shape == arr.shape and np.array_equal(back, arr), "payload differs"
+        del back  # the next round trip must not find this one's copy still alive
+    return {"bytes": arr.nbytes, "verified": True, **median_summary(times)}
+
+
 def median_summary(samples_s: list[float]) -> dict:
     return {"n": len(samples_s), "median_s": statistics.median(samples_s),
             "min_s": min(samples_s), "max_s": max(samples_s),

@@ -17,7 +17,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import MIB, LineCounter, Sizes, emit, log, median_summary, timed_sequential  # noqa: E402
+from common import (  # noqa: E402
+    LineCounter,
+    Sizes,
+    emit,
+    log,
+    median_summary,
+    payload,
+    timed_round_trips,
+    timed_sequential,
+)
 
 
 def noop():
@@ -44,7 +53,6 @@ def main() -> None:
     sizes = Sizes.from_json(args.sizes)
     workloads = args.workloads.split(",")
 
-    import numpy as np
     from rexec.client_api import remote_func
 
     remote_func.set_remote_addr(args.host)
@@ -60,18 +68,10 @@ def main() -> None:
         res["latency"] = timed_sequential(r_noop, sizes.warmup, sizes.calls)
 
     if "payload" in workloads or "memory" in workloads:
-        nbytes = sizes.payload_mib * MIB
-        arr = np.frombuffer(np.random.default_rng(0).bytes(nbytes), dtype=np.uint8)
+        arr = payload(sizes.payload_mib)
         reps = sizes.payload_reps if "payload" in workloads else 2
         log(f"legacy: {sizes.payload_mib} MiB round trip x{reps}")
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            back = r_ident(arr)
-            times.append(time.perf_counter() - t0)
-            assert back.shape == arr.shape and np.array_equal(back, arr), "payload differs"
-            del back
-        res["payload"] = {"bytes": nbytes, "verified": True, **median_summary(times)}
+        res["payload"] = timed_round_trips(r_ident, arr, reps)
 
     if "lines" in workloads:
         n = sizes.lines

@@ -14,7 +14,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import MIB, LineCounter, Sizes, emit, log, median_summary, timed_sequential  # noqa: E402
+from common import (  # noqa: E402
+    MIB,
+    LineCounter,
+    Sizes,
+    emit,
+    log,
+    median_summary,
+    payload,
+    timed_round_trips,
+    timed_sequential,
+)
 
 
 def main() -> None:
@@ -25,7 +35,6 @@ def main() -> None:
     sizes = Sizes.from_json(args.sizes)
     workloads = args.workloads.split(",")
 
-    import numpy as np
     import ray
 
     t0 = time.perf_counter()
@@ -64,18 +73,12 @@ def main() -> None:
             res["pipelined"] = {"n": n, "elapsed_s": elapsed, "calls_per_s": n / elapsed}
 
         if "payload" in workloads:
-            nbytes = sizes.payload_mib * MIB
-            arr = np.frombuffer(np.random.default_rng(0).bytes(nbytes), dtype=np.uint8)
+            arr = payload(sizes.payload_mib)
             log(f"ray: {sizes.payload_mib} MiB round trip x{sizes.payload_reps}")
             ray.get(ident.remote(arr[:MIB]))
-            times = []
-            for _ in range(sizes.payload_reps):
-                t0 = time.perf_counter()
-                back = ray.get(ident.remote(arr))  # arg goes through the object store
-                times.append(time.perf_counter() - t0)
-                assert back.shape == arr.shape and np.array_equal(back, arr), "payload differs"
-                del back
-            res["payload"] = {"bytes": nbytes, "verified": True, **median_summary(times)}
+            # The argument goes through the object store.
+            res["payload"] = timed_round_trips(lambda a: ray.get(ident.remote(a)), arr,
+                                               sizes.payload_reps)
 
         if "lines" in workloads:
             n = sizes.lines

@@ -16,7 +16,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import MIB, LineCounter, Sizes, emit, log, median_summary, timed_sequential  # noqa: E402
+from common import (  # noqa: E402
+    MIB,
+    LineCounter,
+    Sizes,
+    emit,
+    log,
+    median_summary,
+    payload,
+    timed_round_trips,
+    timed_sequential,
+)
 
 
 def noop():
@@ -33,7 +43,6 @@ def printer(n):
 
 
 def run(client, sizes: Sizes, workloads: list[str], serializer: str) -> dict:
-    import numpy as np
 
     res: dict = {"serializer": serializer}
     client.call(noop)  # connect, warm the worker pool's imports
@@ -58,20 +67,12 @@ def run(client, sizes: Sizes, workloads: list[str], serializer: str) -> dict:
                         "batch_size": batch_size}
 
     if "payload" in workloads or "memory" in workloads:
-        nbytes = sizes.payload_mib * MIB
-        arr = np.frombuffer(np.random.default_rng(0).bytes(nbytes), dtype=np.uint8)
+        arr = payload(sizes.payload_mib)
         reps = sizes.payload_reps if "payload" in workloads else 2
         log(f"zexec: {sizes.payload_mib} MiB round trip x{reps}")
         if "payload" in workloads:
             client.call(ident, arr[: MIB])  # warm-up with a small array
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            back = client.call(ident, arr)
-            times.append(time.perf_counter() - t0)
-            assert back.shape == arr.shape and np.array_equal(back, arr), "payload differs"
-            del back
-        res["payload"] = {"bytes": nbytes, "verified": True, **median_summary(times)}
+        res["payload"] = timed_round_trips(lambda a: client.call(ident, a), arr, reps)
 
     if "lines" in workloads:
         n = sizes.lines
