@@ -14,6 +14,7 @@ reported lost to clients that ask (PING).
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
@@ -83,6 +84,7 @@ class Router:
         self.servers: dict[str, ServerEntry] = {}
         self.server_users: dict[bytes, str] = {}
         self.inflight: dict[tuple[bytes, bytes], InFlight] = {}
+        self._credentials: dict[str, bytes] = {}  # user id -> expected server credential
         #: Calls of a server that said BYE: (when they fail, why) unless they end first.
         self.orphans: dict[tuple[bytes, bytes], tuple[float, str]] = {}
         self.parked: dict[bytes, list[Parked]] = defaultdict(list)
@@ -269,9 +271,7 @@ class Router:
             call = self.inflight.get(key)
             if call is None or call.server_rid != rid:
                 return  # not a call this server is running: never forward it
-            if msg.final:
-                del self.inflight[key]
-            self._front(msg.client_id, msg.body)
+            self._deliver(key, msg.final, msg.body)
         elif isinstance(msg, p.Bye):
             # Its workers' last events travel on their own connections and may arrive
             # after the BYE: give them a moment before failing the calls.
@@ -284,12 +284,26 @@ class Router:
         call = self.inflight.get(key)
         if call is None or call.server_rid is None or call.user_id != msg.user_id:
             return  # finished, cancelled, or not this user's call: never forward it
-        if not p.check_credential(self.secret, msg.user_id, msg.credential):
+        if not self._credential_ok(msg.user_id, msg.credential):
             self.stats["bad_worker_reply"] += 1
             return
-        if msg.final:
+        self._deliver(key, msg.final, msg.body)
+
+    def _deliver(self, key: tuple[bytes, bytes], final: bool, body: list[Any]) -> None:
+        """Forward a reply to the call's client; the final one ends the call."""
+        if final:
             del self.inflight[key]
-        self._front(msg.client_id, msg.body)
+        self._front(key[0], body)
+
+    def _credential_ok(self, user_id: str, credential: bytes) -> bool:
+        """``credential`` is the server credential of ``user_id``. The expected value is
+        kept per user: every event a worker sends is checked (an HMAC each time
+        otherwise); only users that passed the routing checks get an entry."""
+        expected = self._credentials.get(user_id)
+        if expected is None:
+            expected = self._credentials[user_id] = \
+                p.server_credential(self.secret, user_id).encode()
+        return hmac.compare_digest(expected, credential)
 
     def _register(self, rid: bytes, msg: p.Register) -> None:
         if not p.check_credential(self.secret, msg.user_id, msg.credential):

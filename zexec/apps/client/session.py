@@ -160,26 +160,22 @@ class Session:
             self._hand_over("call", call)  # the I/O thread is busy with other calls
             return self.wait(call)
         try:
-            if self._closed:
-                raise BrokerUnreachable("the zexec client was closed")
-            self.inline_calls += 1
-            self.pending[call.call_id] = call
-            self._unsent.append(call)
-            while not call.done:
-                self._pump()
+            try:
+                if self._closed:
+                    raise BrokerUnreachable("the zexec client was closed")
+                self.inline_calls += 1
+                self.pending[call.call_id] = call
+                self._unsent.append(call)
+                while not call.done:
+                    self._pump()
+            finally:
+                self._io_lock.release()
+                if self.pending or not self._requests.empty():
+                    self._has_work.set()  # what is left is the I/O thread's again
         except KeyboardInterrupt:
-            self._io_lock.release()
-            self._has_work.set()
-            self.cancel(call, "keyboard_interrupt", wait=1.0)
+            self.cancel(call, "keyboard_interrupt", wait=1.0)  # sent by the I/O thread
             raise
-        except BaseException:
-            self._io_lock.release()
-            self._has_work.set()
-            raise
-        self._io_lock.release()
-        if self.pending or not self._requests.empty():
-            self._has_work.set()  # what arrived meanwhile is the I/O thread's again
-        return call.future.result()
+        return self.wait(call)  # done: returns or raises at once
 
     def warm(self) -> None:
         """Connect now and send one ping, in the background: the broker checks the token
