@@ -67,7 +67,6 @@ class WorkerPool:
         self.endpoint = endpoint
         self.size = size
         self.python = python
-        self.direct = broker is not None
         #: What each worker is told when it says HELLO (over the private ipc channel,
         #: never through its environment or command line).
         self.config = {"flush_interval": flush_interval, "flush_bytes": flush_bytes,
@@ -76,10 +75,10 @@ class WorkerPool:
         self.by_fd: dict[int, WorkerProcess] = {}
         self._ids = itertools.count(1)
 
-    def fill(self) -> None:
-        """Start workers until the pool has ``size`` of them."""
-        while len(self.workers) < self.size:
-            self.spawn()
+    @property
+    def direct(self) -> bool:
+        """Whether workers send v1 events straight to the broker."""
+        return self.config["broker"] is not None
 
     def spawn(self) -> WorkerProcess:
         wid = f"w{next(self._ids)}".encode()
