@@ -328,3 +328,9 @@ def test_certificates_are_checked_for_an_https_deploy_api_behind_a_plain_ep(mock
 
 def test_a_plain_http_deployment_loads_no_certificates(conn):
     assert not _verifies(conn._http)
+
+
+def test_status_is_polled_fast_at_first_then_every_poll_seconds():
+    assert C.poll_interval(0.0, 0.5) == C.poll_interval(2.9, 0.5) == 0.05
+    assert C.poll_interval(3.0, 0.5) == 0.5
+    assert C.poll_interval(0.0, 0.01) == 0.01  # never slower than asked

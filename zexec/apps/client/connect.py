@@ -137,6 +137,13 @@ def _requirement_name(item: str) -> str:
     return re.sub(r"[-_.]+", "-", m.group(1)).lower() if m else ""
 
 
+def poll_interval(elapsed: float, poll: float) -> float:
+    """Seconds to wait before the next status request, ``elapsed`` seconds into
+    ``environment()``: FAST_POLL at first (a cached environment is ready in well under a
+    second), ``poll`` after FAST_WINDOW."""
+    return min(poll, FAST_POLL) if elapsed < FAST_WINDOW else poll
+
+
 class Connection:
     """A user's link to one zexec deployment: ``client`` (a :class:`zexec.Client` to the
     broker, the default for ``@zexec.remote``), plus ``environment``, ``status`` and
@@ -219,8 +226,7 @@ class Connection:
                         tuple(st.get("log_tail") or ()),
                     )
                 display.update(st)
-                fast = time.monotonic() - started < FAST_WINDOW
-                time.sleep(min(poll, FAST_POLL) if fast else poll)
+                time.sleep(poll_interval(time.monotonic() - started, poll))
                 resp = self._request("GET", "/status", "status")
                 if resp.status_code == 404:
                     display.close("gone")
