@@ -19,6 +19,7 @@ from pathlib import Path
 import zmq
 
 from zexec.apps.devidp.tokens import generate_tokens, user_id_for
+from zexec.adapters.hugepages import with_hugepages
 from zexec.core.protocol import server_credential
 
 SECRET = "test-broker-secret"
@@ -44,7 +45,8 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.02, what: str
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ZEXEC_")}
+    # As zexec's own launchers do (zexec up, the local orchestrator).
+    env = {k: v for k, v in with_hugepages(os.environ).items() if not k.startswith("ZEXEC_")}
     env.update(extra)
     return env
 

@@ -205,6 +205,19 @@ def test_user_code_sees_no_server_setting_or_credential(client):
     assert client.call(zexec_env) == []
 
 
+def test_broker_and_workers_run_with_huge_pages_for_large_buffers(client, shared_stack):
+    def tunables():
+        import os
+
+        return os.environ.get("GLIBC_TUNABLES", "")
+
+    # The server re-executed itself with the tunable and passed it to its workers; so
+    # did the broker (see zexec.adapters.hugepages).
+    assert "glibc.malloc.hugetlb=1" in client.call(tunables)
+    broker_env = Path(f"/proc/{shared_stack.broker.pid}/environ").read_bytes().split(b"\0")
+    assert b"GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in broker_env
+
+
 def test_remote_function_methods(client):
     square = zexec.remote(lambda x: x * x, client=client)
     assert square(7) == 49

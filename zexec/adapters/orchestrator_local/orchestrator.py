@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from zexec.adapters.hugepages import with_hugepages
 from zexec.adapters.orchestrator_local import procs
 from zexec.adapters.orchestrator_local.envs import BuildCancelled, BuildFailed, EnvStore
 from zexec.adapters.orchestrator_local.pythons import discover_pythons, find_uv, running_python
@@ -224,7 +225,8 @@ class LocalOrchestrator:
 
     def _child_env(self, extra: dict[str, str], venv: Path | None = None) -> dict[str, str]:
         env = {
-            k: v for k, v in os.environ.items() if not k.startswith("ZEXEC_") and k not in _SCRUB
+            k: v for k, v in with_hugepages(os.environ).items()
+            if not k.startswith("ZEXEC_") and k not in _SCRUB
         }
         env["NO_COLOR"] = "1"
         if venv is not None:

@@ -32,6 +32,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from zexec.adapters.hugepages import with_hugepages
 from zexec.apps import web
 from zexec.apps.cli import procs
 from zexec.apps.cli.state import (
@@ -78,8 +79,9 @@ def port_in_use(port: int) -> bool:
 
 def child_env(**extra: str) -> dict[str, str]:
     """This environment without ``ZEXEC_*`` (a stray setting of the user's must not
-    reconfigure the stack) plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ZEXEC_")}
+    reconfigure the stack), with huge pages for large buffers (the broker relays
+    payloads; see :mod:`zexec.adapters.hugepages`), plus ``extra``."""
+    env = {k: v for k, v in with_hugepages(os.environ).items() if not k.startswith("ZEXEC_")}
     env["PYTHONUNBUFFERED"] = "1"  # logs in order, as they happen
     env.update(extra)
     return env

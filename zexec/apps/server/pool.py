@@ -18,6 +18,8 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
+from zexec.adapters.hugepages import with_hugepages
+
 log = logging.getLogger("zexec.server")
 
 #: Id of the worker a server starts before anything else (see :func:`start_worker`).
@@ -37,8 +39,10 @@ def start_worker(endpoint: str, wid: bytes, python: str = sys.executable) -> sub
     it connects, says HELLO and gets its configuration over that channel, so a server
     can start its first worker before it has even read its settings (its imports then
     overlap the worker's). None of the server's ``ZEXEC_*`` settings, its credential
-    among them, are passed on: the user's code runs in the workers."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ZEXEC_")}
+    among them, are passed on: the user's code runs in the workers. They get huge pages
+    for large buffers (:mod:`zexec.adapters.hugepages`)."""
+    env = {k: v for k, v in with_hugepages(os.environ).items()
+           if not k.startswith("ZEXEC_")}
     return subprocess.Popen(
         [python, "-m", "zexec.apps.server.worker", endpoint, wid.decode(), str(os.getpid())],
         stdin=subprocess.DEVNULL, env=env,
