@@ -65,6 +65,9 @@ class BrokerSettings(BaseSettings):
     max_frame_bytes: int = 4 * 1024**3
     #: Messages parked while their token is being checked, at most (then "busy").
     max_parked: int = 10_000
+    #: Bytes of arguments the calls waiting for one user's workers may hold here, at
+    #: most (then "busy"): one user's backlog must not exhaust the shared broker.
+    max_queued_bytes: int = 1024**3
 
 
 class ServerSettings(BaseSettings):

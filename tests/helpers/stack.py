@@ -18,8 +18,8 @@ from pathlib import Path
 
 import zmq
 
-from zexec.apps.devidp.tokens import generate_tokens, user_id_for
 from zexec.adapters.hugepages import with_hugepages
+from zexec.apps.devidp.tokens import generate_tokens, user_id_for
 from zexec.core.protocol import server_credential
 
 SECRET = "test-broker-secret"

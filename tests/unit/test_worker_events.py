@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from zexec.adapters.serializer import default_registry
-from zexec.apps.server.worker import BrokerLink, FunctionCache, Worker
+from zexec.apps.server.worker import PYTHON, BrokerLink, FunctionCache, Worker
 from zexec.core import protocol as p
 
 SER = default_registry().get("cloudpickle")
@@ -37,8 +37,9 @@ def worker(request):
     return Worker(RecordingSocket(), flush_interval=3600, flush_bytes=1 << 20, broker=link)
 
 
-def call_frames(fn, *args, ser: str = "cloudpickle", **kwargs) -> list[bytes]:
-    return [b"key00001", b"1", b"c" * 16, CLIENT, p.dump_header({"ser": ser}),
+def call_frames(fn, *args, ser: str = "cloudpickle", py: str = PYTHON,
+                **kwargs) -> list[bytes]:
+    return [b"key00001", b"1", b"c" * 16, CLIENT, p.dump_header({"ser": ser, "py": py}),
             SER.dumps(fn, out_of_band=False)[0], *SER.dumps((args, kwargs))]
 
 
@@ -143,6 +144,44 @@ def test_unknown_serializer_is_reported(worker):
     (final, ev), = sent_events(worker)
     assert final and ev.header["code"] == "UNKNOWN_SERIALIZER"
     assert "cloudpickle" in ev.header["message"]
+
+
+def test_another_python_version_is_refused_by_name(worker):
+    worker.execute(call_frames(len, py="3.99"))
+    (final, ev), = sent_events(worker)
+    assert final and ev.header["code"] == "VERSION_MISMATCH"
+    assert "3.99" in ev.header["message"] and PYTHON in ev.header["message"]
+
+
+def direct_worker() -> Worker:
+    link = BrokerLink(RecordingSocket(), "alice-id", "cred")
+    return Worker(RecordingSocket(), flush_interval=3600, flush_bytes=1 << 20, broker=link)
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_a_call_from_the_broker_is_answered_to_it_and_reported_to_the_server(legacy):
+    import dill
+
+    worker = direct_worker()
+    if legacy:
+        verb, call_key, rest = p.LEGACY_CALL, b"", [dill.dumps(abs), dill.dumps((-3,))]
+    else:
+        verb, call_key, frames = p.CALL, b"c" * 16, call_frames(abs, -3)
+        rest = frames[4:]
+    worker.execute_direct(p.to_server(verb, CLIENT, call_key, "alice-id", rest))
+    # The server hears that the call started and that it ended, nothing else.
+    proto = b"L" if legacy else b"1"
+    assert worker.out.sock.messages == [[b"", b"T", CLIENT, call_key, proto], [b"", p.DONE]]
+    replies = [p.parse_backend(m[1:]) for m in worker.out.broker.sock.messages]
+    assert all(r.client_id == CLIENT and r.call_key == call_key for r in replies)
+    assert [r.final for r in replies] == [False] * (len(replies) - 1) + [True]
+    if legacy:  # START, DATA(return), END: the deployed event stream
+        events = [dill.loads(r.body[0]) for r in replies]
+        assert [e["type"] for e in events] == ["START", "DATA", "END"]
+        assert events[1]["data"] == 3
+    else:
+        (ret,) = [p.parse_client_bound(r.body) for r in replies]
+        assert ret.kind == p.EV_RETURN and SER.loads(ret.buffers) == 3
 
 
 def test_function_cache_reuses_deserialized_functions():

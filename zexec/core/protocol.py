@@ -13,6 +13,10 @@ Frames on the **backend** (broker ROUTER <-> server DEALER), after the routing i
 
 * broker -> server: ``[b"", MAGIC, verb, client_id, call_key, user_id, *rest]``
 * server -> broker: ``[b"", MAGIC, verb, *rest]``
+
+A server that registers with ``"direct": true`` has its workers take calls on their own
+backend connections (``WRDY``, then the broker -> server layout above, sent to the
+worker); the server then only hears ``KILL`` for them.
 """
 
 from __future__ import annotations
@@ -43,10 +47,13 @@ PONG = b"PONG"
 LEGACY_CALL = b"LCALL"
 LEGACY_CANCEL_VERB = b"LCNCL"
 REGISTER_ACK = b"RACK"
+KILL = b"KILL"  # broker -> server: kill this worker of yours (its call was cancelled/expired)
 # Server -> broker verbs.
 REGISTER = b"REG"
 REPLY = b"RPL"
 WORKER_REPLY = b"WRPL"
+WORKER_READY = b"WRDY"  # worker -> broker: this connection is an idle worker of the user
+WORKER_GONE = b"WGONE"  # server -> broker: this worker of mine exited
 BYE = b"BYE"
 FINAL = b"F"
 MORE = b"M"
@@ -95,6 +102,25 @@ def load_header(frame: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ProtocolError("header frame must be a JSON object")
     return value
+
+
+def call_timeout(header: dict[str, Any]) -> float | None:
+    """The ``timeout`` of a v1 call header in seconds, or None (none, or not a positive
+    number)."""
+    timeout = header.get("timeout")
+    if isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout > 0:
+        return float(timeout)
+    return None
+
+
+def python_mismatch(header: dict[str, Any], python: str) -> str | None:
+    """Why a v1 call with ``header`` cannot run on Python ``python`` (X.Y), or None."""
+    client = header.get("py")
+    if client == python:
+        return None
+    return (f"client Python {client} cannot call a server running Python {python}: pickled "
+            f"functions do not cross minor versions; use an environment pinned to "
+            f"python=={client}")
 
 
 def server_credential(secret: bytes, user_id: str) -> str:
@@ -308,6 +334,19 @@ def parse_server_bound(body: Sequence[Any]) -> ServerBound:
     )
 
 
+def kill(worker_id: bytes) -> list[Any]:
+    """Broker -> server (after the server's routing id): kill the worker whose backend
+    routing id is ``worker_id``."""
+    return [b"", MAGIC, KILL, worker_id]
+
+
+def parse_kill(body: Sequence[Any]) -> bytes | None:
+    """The worker id of a broker -> server ``KILL`` (after the delimiter), else None."""
+    if len(body) == 3 and frame_bytes(body[0]) == MAGIC and frame_bytes(body[1]) == KILL:
+        return frame_bytes(body[2])
+    return None
+
+
 def register(user_id: str, credential: str, info: dict[str, Any]) -> list[Any]:
     """Server -> broker registration; sent again as the heartbeat."""
     return [b"", MAGIC, REGISTER, user_id.encode(), credential.encode(), dump_header(info)]
@@ -325,6 +364,18 @@ def worker_reply(user_id: str, credential: str, client_id: bytes, call_key: byte
     keeps no state about worker connections."""
     return [b"", MAGIC, WORKER_REPLY, user_id.encode(), credential.encode(), client_id,
             call_key, FINAL if final else MORE, *body]
+
+
+def worker_ready(user_id: str, credential: str) -> list[Any]:
+    """Worker -> broker: this connection is an idle worker of ``user_id``'s server (the
+    credential is the server's); sent when it starts and then every second while idle,
+    so a restarted broker learns it again."""
+    return [b"", MAGIC, WORKER_READY, user_id.encode(), credential.encode()]
+
+
+def worker_gone(worker_id: bytes, exit_code: int | None) -> list[Any]:
+    """Server -> broker: the worker whose backend routing id is ``worker_id`` exited."""
+    return [b"", MAGIC, WORKER_GONE, worker_id, dump_header({"exit_code": exit_code})]
 
 
 @dataclass(frozen=True)
@@ -353,11 +404,23 @@ class WorkerReply:
 
 
 @dataclass(frozen=True)
+class WorkerReady:
+    user_id: str
+    credential: bytes
+
+
+@dataclass(frozen=True)
+class WorkerGone:
+    worker_id: bytes
+    exit_code: int | None
+
+
+@dataclass(frozen=True)
 class Bye:
     pass
 
 
-BackendMessage = Register | Reply | WorkerReply | Bye
+BackendMessage = Register | Reply | WorkerReply | WorkerReady | WorkerGone | Bye
 
 
 def _flag(frame: Any) -> bool:
@@ -393,6 +456,16 @@ def parse_backend(body: Sequence[Any]) -> BackendMessage:
                                 "*body]")
         return WorkerReply(_user_id(body[2]), frame_bytes(body[3]), frame_bytes(body[4]),
                            frame_bytes(body[5]), _flag(body[6]), list(body[7:]))
+    if verb == WORKER_READY:
+        if len(body) != 4:
+            raise ProtocolError("WRDY needs [user_id, credential]")
+        return WorkerReady(_user_id(body[2]), frame_bytes(body[3]))
+    if verb == WORKER_GONE:
+        if len(body) != 4:
+            raise ProtocolError("WGONE needs [worker_id, info]")
+        code = load_header(body[3]).get("exit_code")
+        return WorkerGone(frame_bytes(body[2]),
+                          code if isinstance(code, int) and not isinstance(code, bool) else None)
     if verb == BYE:
         return Bye()
     raise ProtocolError(f"unknown backend verb {verb[:16]!r}")

@@ -222,7 +222,8 @@ class BrokerLoop:
         try:
             while True:
                 now = time.monotonic()
-                events = dict(poller.poll(max(0.0, next_tick - now) * 1000))
+                due = min(next_tick, self.router.next_deadline)  # a call's timeout, maybe
+                events = dict(poller.poll(max(0.0, due - now) * 1000))
                 now = time.monotonic()
                 if events.get(self._wake_r):
                     self._take_results(now)
@@ -248,9 +249,10 @@ class BrokerLoop:
                         log.exception("failed to handle a control message")
                 if self.router.auth_requests:
                     self._start_checks()
-                if now >= next_tick:
+                if now >= due:
                     self.router.tick(now)
-                    next_tick = now + TICK
+                    if now >= next_tick:
+                        next_tick = now + TICK
                 self._flush()
                 if self._stop_requested and self._should_exit(now):
                     break

@@ -1,9 +1,14 @@
 """The per-user server's socket loop: broker DEALER on one side, workers on the other.
 
-It registers with the broker (the registration doubles as the heartbeat), queues calls,
-hands them to idle warm workers over an ipc ROUTER, forwards the workers' event frames to
-the broker untouched, and enforces cancellation, deadlines and worker deaths. Payloads
-are never deserialized here; that happens only in the workers.
+It registers with the broker (the registration doubles as the heartbeat) and supervises
+a pool of warm workers over an ipc ROUTER. With direct dispatch (a pooled server, the
+default) the workers take calls from the broker on their own connections and send their
+events to it; the broker decides cancels and timeouts and sends ``KILL`` for the worker
+concerned; the server hears from each worker when a call starts and ends (``T``/``D``,
+for draining, idling and its heartbeat) and reports its workers' deaths (``WGONE``).
+Otherwise (fresh-process mode, or a broker that sends it calls) it queues calls, hands
+them to idle workers, forwards their events and enforces cancellation and deadlines
+itself. Payloads are never deserialized here; that happens only in the workers.
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ class Task:
     #: Dispatched to a worker that sends its events straight to the broker: the server
     #: does not know how many there were, so an event of its own carries seq 0.
     direct: bool = False
+    #: Given to the worker by the broker (direct dispatch): the broker ends it.
+    from_broker: bool = False
 
 
 class ServerLoop:
@@ -108,7 +115,8 @@ class ServerLoop:
 
     def _heartbeat(self) -> None:
         info = {"python": PYTHON, "workers": self.pool.size, "pid": os.getpid(),
-                "running": len(self.tasks) - len(self.queue), "queued": len(self.queue)}
+                "running": len(self.tasks) - len(self.queue), "queued": len(self.queue),
+                "direct": self.pool.direct, "stopping": self.stopping}
         self._to_broker(p.register(self.user_id, self.credential, info))
 
     def _to_broker(self, frames: list[Any]) -> None:
@@ -133,6 +141,15 @@ class ServerLoop:
                 log.info("registered with the broker as the server of user %s", self.user_id)
                 if self.ready_file:
                     Path(self.ready_file).touch()
+            return
+        worker_id = p.parse_kill(frames[1:])
+        if worker_id is not None:
+            w = self.pool.by_broker_id.get(worker_id)
+            if w is not None:  # the broker ended its call (cancel, timeout): stop it
+                if w.task is not None:
+                    self._forget(w.task)
+                    w.task = None
+                self.pool.kill(w)
             return
         try:
             msg = p.parse_server_bound(frames[1:])
@@ -163,22 +180,15 @@ class ServerLoop:
             if len(msg.rest) != 2:
                 self._fail(task, "BAD_REQUEST", "legacy call needs [fn, args]")
                 return
-            task.frames = [task.key, b"L", b"", b"", b"{}", *msg.rest]
+            task.frames = [task.key, b"L", b"", msg.client_id, b"{}", *msg.rest]
         else:
             try:
                 header = p.load_header(msg.rest[0])
             except (ProtocolError, IndexError) as exc:
                 self._fail(task, "BAD_REQUEST", f"bad call header: {exc}")
                 return
-            if header.get("py") != PYTHON:
-                self._fail(task, "VERSION_MISMATCH",
-                           f"client Python {header.get('py')} cannot call a server running "
-                           f"Python {PYTHON}: pickled functions do not cross minor versions;"
-                           f" use an environment pinned to python=={header.get('py')}")
-                return
-            timeout = header.get("timeout")
-            if isinstance(timeout, int | float) and timeout > 0:
-                task.timeout = float(timeout)
+            task.timeout = p.call_timeout(header)
+            if task.timeout is not None:
                 task.deadline = time.monotonic() + task.timeout
                 self._next_deadline = min(self._next_deadline, task.deadline)
             task.frames = [task.key, b"1", msg.call_key, msg.client_id, *msg.rest]
@@ -244,7 +254,7 @@ class ServerLoop:
                 w.ready = False
                 return
             task.frames = []  # the worker has the arguments: do not hold them twice
-            task.direct = self.pool.direct and not task.legacy
+            task.direct = self.pool.direct
 
     def _on_worker(self, frames: list[Any]) -> None:
         wid = p.frame_bytes(frames[0])
@@ -256,13 +266,16 @@ class ServerLoop:
             if said == b"HELLO":  # a new worker asks for its configuration
                 try:
                     send_frames(self.workers_sock, [wid, b"CONFIG",
-                                                    p.dump_header(self.pool.config)])
+                                                    p.dump_header(self.pool.config_for(w))])
                 except zmq.ZMQError:
                     pass  # it died just now; its pidfd will tell
                 return
             if said == b"READY":
                 w.ready = True
                 return
+        if p.frame_bytes(frames[1]) == b"":  # about a call the broker gave the worker
+            self._on_direct(w, frames[2:])
+            return
         task = self.tasks.get(p.frame_bytes(frames[1]))
         if task is None or task.worker is not w:
             return  # a late message of a cancelled call
@@ -277,6 +290,24 @@ class ServerLoop:
             if self.fresh_process:
                 self.pool.kill(w)
 
+    def _on_direct(self, w: Any, said: list[Any]) -> None:
+        """``[T, client_id, call_key, proto]``: worker ``w`` started a call the broker gave
+        it; ``[D]``: it ended. Kept for draining, idling and the heartbeat: the broker
+        ends these calls itself (cancel, timeout, worker death)."""
+        verb = p.frame_bytes(said[0])
+        if verb == b"T" and len(said) == 4:
+            client_id, call_key, proto = (p.frame_bytes(f) for f in said[1:])
+            task = Task(next(self._keys).to_bytes(8, "big"), client_id, call_key,
+                        proto == b"L", [], None, None, w, direct=True, from_broker=True)
+            self.tasks[task.key] = task
+            self.by_call[(client_id, call_key)] = task
+            w.task = task
+            self.last_activity = time.monotonic()
+        elif verb == p.DONE and w.task is not None and w.task.from_broker:
+            self._forget(w.task)
+            w.task.worker = None
+            w.task = None
+
     def _stop_worker(self, task: Task) -> None:
         w = task.worker
         w.task = None
@@ -285,8 +316,12 @@ class ServerLoop:
 
     def _on_worker_exit(self, fd: int) -> None:
         w = self.pool.reap(fd)
-        if w.task is not None:
-            code = w.proc.returncode
+        code = w.proc.returncode
+        if self.pool.direct:  # the broker fails its call, if it gave it one
+            self._to_broker(p.worker_gone(w.broker_id, code))
+        if w.task is not None and w.task.from_broker:
+            self._forget(w.task)
+        elif w.task is not None:
             self._fail(w.task, "WORKER_DIED",
                        f"the worker process running the call died (exit code {code})")
         if not self.stopping:
@@ -376,6 +411,7 @@ class ServerLoop:
                 if self.stopping:
                     if stop_deadline is None:
                         stop_deadline = now + self.drain_timeout
+                        self._heartbeat()  # "stopping": the broker sends no more calls
                     if not self.tasks or now >= stop_deadline:
                         break
         finally:

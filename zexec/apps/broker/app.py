@@ -31,6 +31,7 @@ def build_broker(settings: BrokerSettings, auth: AuthSettings,
         TokenCache(positive_ttl=auth.positive_ttl, negative_ttl=auth.negative_ttl),
         server_ttl=settings.server_ttl,
         max_parked=settings.max_parked,
+        max_queued_bytes=settings.max_queued_bytes,
         max_checks_per_peer=settings.auth_checks_per_peer,
     )
     return BrokerLoop(

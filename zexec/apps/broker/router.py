@@ -7,13 +7,24 @@ the cache is *parked* and an auth request is queued in ``auth_requests``; the lo
 the check in a thread and hands the outcome back with :meth:`Router.on_auth_result`, so a
 slow identity provider never stalls other users' traffic.
 
-State is soft: registered servers (refreshed by heartbeats) and calls in flight. A
-restarted broker rebuilds it from the next heartbeats; calls that were in flight are
-reported lost to clients that ask (PING).
+State is soft: registered servers (refreshed by heartbeats), their workers, and calls in
+flight. A restarted broker rebuilds it from the next heartbeats; calls that were in
+flight are reported lost to clients that ask (PING).
+
+**Direct dispatch.** A server that registers with ``"direct": true`` has its workers
+connect to the backend themselves and announce when idle (``WRDY``, with the server's
+credential). The broker then hands a call straight to an idle worker of the user's
+server, or queues it here until one is free (a worker is free again once it sent the
+call's final event), so a call crosses one process fewer. The broker is then the one
+place that decides how a call ends: it answers a cancel and an expired timeout itself
+and asks the server to ``KILL`` the worker that was running the call; a worker that died
+(``WGONE`` from its server) fails its call. A server without ``direct`` gets the calls
+and runs its own queue, as before.
 """
 
 from __future__ import annotations
 
+import heapq
 import hmac
 import logging
 from collections import defaultdict
@@ -40,6 +51,10 @@ LEGACY_AUTH_DOWN = "Token validation failed: identity provider unavailable."
 LEGACY_NO_SERVER = "Server not ready/available for user {user}."
 LEGACY_DRAINING = "Broker is shutting down; try again shortly."
 LEGACY_BUSY = "Broker is busy; try again shortly."
+LEGACY_ONE_CALL = "A call is already running on this connection."
+LEGACY_SERVER_STOPPING = "The server of user {user} is shutting down; try again shortly."
+
+Key = tuple[bytes, bytes]  # (client routing id, call key)
 
 
 @dataclass
@@ -48,6 +63,27 @@ class ServerEntry:
     user_id: str
     last_seen: float
     info: dict[str, Any] = field(default_factory=dict)
+    # Direct dispatch (see the module docstring); unused for other servers.
+    workers: set[bytes] = field(default_factory=set)
+    idle: list[bytes] = field(default_factory=list)  # a stack: the warmest worker first
+    queued: dict[Key, tuple[list[Any], int]] = field(default_factory=dict)  # frames, size
+    queued_bytes: int = 0
+
+    @property
+    def direct(self) -> bool:
+        return self.info.get("direct") is True
+
+    @property
+    def stopping(self) -> bool:
+        return self.info.get("stopping") is True
+
+
+@dataclass
+class WorkerEntry:
+    rid: bytes
+    user_id: str
+    server_rid: bytes
+    call: Key | None = None  # the call it runs
 
 
 @dataclass
@@ -56,6 +92,9 @@ class InFlight:
     legacy: bool
     server_rid: bytes | None  # None while the token is being checked
     started: float
+    worker_rid: bytes | None = None  # direct dispatch: the worker running it
+    deadline: float | None = None  # direct dispatch: when its timeout expires
+    timeout: float | None = None
 
 
 @dataclass
@@ -74,6 +113,7 @@ class Router:
         server_ttl: float = 2.0,
         max_parked: int = 10_000,
         max_checks_per_peer: int = 4,
+        max_queued_bytes: int = 1 << 30,
     ) -> None:
         if not server_secret:
             raise ValueError("the broker needs a server secret to authenticate servers")
@@ -83,10 +123,15 @@ class Router:
         self.max_parked = max_parked
         self.servers: dict[str, ServerEntry] = {}
         self.server_users: dict[bytes, str] = {}
-        self.inflight: dict[tuple[bytes, bytes], InFlight] = {}
+        self.inflight: dict[Key, InFlight] = {}
+        self.workers: dict[bytes, WorkerEntry] = {}
+        #: Calls a server's workers may hold queued here, in bytes of arguments, per
+        #: server: the broker is shared, one user's backlog must not exhaust it.
+        self.max_queued_bytes = max_queued_bytes
+        self._deadlines: list[tuple[float, Key]] = []  # a heap
         self._credentials: dict[str, bytes] = {}  # user id -> expected server credential
         #: Calls of a server that said BYE: (when they fail, why) unless they end first.
-        self.orphans: dict[tuple[bytes, bytes], tuple[float, str]] = {}
+        self.orphans: dict[Key, tuple[float, str]] = {}
         self.parked: dict[bytes, list[Parked]] = defaultdict(list)
         self.parked_count = 0
         self.tokens: dict[bytes, bytes] = {}  # key -> peer that asked, while checked
@@ -217,6 +262,12 @@ class Router:
         if self.draining:
             self._refuse(rid, msg, "SHUTTING_DOWN", "broker is shutting down", LEGACY_DRAINING)
             return
+        if (rid, call_key) in self.inflight:
+            # Events are routed by call id: a second call with the id of one still
+            # running on this connection could never be told apart from it.
+            self._refuse(rid, msg, "BAD_REQUEST", "a call with this id is already running "
+                         "on this connection", LEGACY_ONE_CALL)
+            return
         server = self.servers.get(user)
         if server is None:
             self.stats["no_server"] += 1
@@ -226,20 +277,89 @@ class Router:
                 LEGACY_NO_SERVER.format(user=user),
             )
             return
+        if server.direct:
+            self._route_direct(rid, call_key, server, verb, rest, legacy, msg)
+            return
         self.inflight[(rid, call_key)] = InFlight(user, legacy, server.rid, self.now)
         self.last_activity[user] = self.now
         self.stats["calls"] += 1
         self.outbox.append((BACK, [server.rid, *p.to_server(verb, rid, call_key, user, rest)]))
 
+    def _route_direct(
+        self, rid: bytes, call_key: bytes, server: ServerEntry, verb: bytes, rest: list[Any],
+        legacy: bool, msg: p.FrontendMessage,
+    ) -> None:
+        """Hand the call to an idle worker of ``server``, or queue it for the next one."""
+        user = server.user_id
+        if server.stopping:
+            self._refuse(rid, msg, "SHUTTING_DOWN", f"the server of user {user} is shutting "
+                         "down; retry shortly", LEGACY_SERVER_STOPPING.format(user=user))
+            return
+        timeout = None
+        if not legacy:
+            try:
+                timeout = p.call_timeout(p.load_header(rest[0]))
+            except (ProtocolError, IndexError) as exc:
+                self._refuse(rid, msg, "BAD_REQUEST", f"bad call header: {exc}", "")
+                return
+        size = sum(len(f) for f in rest)
+        if not server.idle and server.queued_bytes + size > self.max_queued_bytes:
+            self.stats["queue_full"] += 1
+            self._refuse(rid, msg, "BUSY", f"too many calls are waiting for the workers of "
+                         f"user {user}; retry", LEGACY_BUSY)
+            return
+        key = (rid, call_key)
+        call = InFlight(user, legacy, server.rid, self.now, timeout=timeout)
+        if timeout is not None:
+            call.deadline = self.now + timeout
+            heapq.heappush(self._deadlines, (call.deadline, key))
+        self.inflight[key] = call
+        self.last_activity[user] = self.now
+        self.stats["calls"] += 1
+        frames = p.to_server(verb, rid, call_key, user, rest)
+        if server.idle:
+            self._run(self.workers[server.idle.pop()], key, call, frames)
+        else:
+            server.queued[key] = (frames, size)
+            server.queued_bytes += size
+
+    def _run(self, worker: WorkerEntry, key: Key, call: InFlight, frames: list[Any]) -> None:
+        worker.call = key
+        call.worker_rid = worker.rid
+        self.outbox.append((BACK, [worker.rid, *frames]))
+
     def _route_cancel(
         self, rid: bytes, call_key: bytes, user: str, verb: bytes, reason: bytes
     ) -> None:
-        call = self.inflight.get((rid, call_key))
+        key = (rid, call_key)
+        call = self.inflight.get(key)
         if call is None or call.user_id != user or call.server_rid is None:
             return  # finished already, or not this user's: nothing to cancel
-        self.outbox.append(
-            (BACK, [call.server_rid, *p.to_server(verb, rid, call_key, user, [reason])])
-        )
+        server = self.servers.get(user)
+        if server is None or server.rid != call.server_rid or not server.direct:
+            self.outbox.append(
+                (BACK, [call.server_rid, *p.to_server(verb, rid, call_key, user, [reason])])
+            )
+            return
+        why = reason.decode(errors="replace")
+        if call.legacy:
+            body = [p.legacy_payload(p.legacy_event("END", 0, cancelled=True, reason=why))]
+        else:
+            body = p.v1_event(call_key, p.EV_CANCELLED, 0, {"reason": why})
+        self._stop_call(key, call, body)
+
+    def _stop_call(self, key: Key, call: InFlight, body: list[Any]) -> None:
+        """End a directly dispatched call with ``body`` (an event of the broker's own,
+        seq 0): unqueue it, or have its worker killed (a worker stopped mid-call cannot
+        be trusted with another)."""
+        server = self.servers.get(call.user_id)
+        if call.worker_rid is not None:
+            self._retire(call.worker_rid)
+        elif server is not None:
+            queued = server.queued.pop(key, None)
+            if queued is not None:
+                server.queued_bytes -= queued[1]
+        self._deliver(key, True, body)
 
     # ------------------------------------------------------------------ backend
 
@@ -260,7 +380,10 @@ class Router:
             self._register(rid, msg)
             return
         if isinstance(msg, p.WorkerReply):
-            self._worker_reply(msg)
+            self._worker_reply(rid, msg)
+            return
+        if isinstance(msg, p.WorkerReady):
+            self._worker_ready(rid, msg)
             return
         user = self.server_users.get(rid)
         if user is None:
@@ -271,23 +394,99 @@ class Router:
             call = self.inflight.get(key)
             if call is None or call.server_rid != rid:
                 return  # not a call this server is running: never forward it
+            if msg.final and call.worker_rid is not None:
+                # The server ended a call it had not run (shutting down): its worker
+                # is being stopped too.
+                self._retire(call.worker_rid, kill=False)
             self._deliver(key, msg.final, msg.body)
+        elif isinstance(msg, p.WorkerGone):
+            self._worker_gone(rid, msg)
         elif isinstance(msg, p.Bye):
             # Its workers' last events travel on their own connections and may arrive
             # after the BYE: give them a moment before failing the calls.
             self._drop_server(user, "server stopped", grace=BYE_GRACE)
 
-    def _worker_reply(self, msg: p.WorkerReply) -> None:
+    def _worker_reply(self, rid: bytes, msg: p.WorkerReply) -> None:
         """Events a worker sends straight to the broker (not through its server): routed
-        only for a call in flight on a server of the user whose credential it carries."""
+        only for a call in flight on a server of the user whose credential it carries,
+        and for a call dispatched to a worker, only from that worker. Its final event
+        makes the worker free for the next call."""
         key = (msg.client_id, msg.call_key)
         call = self.inflight.get(key)
-        if call is None or call.server_rid is None or call.user_id != msg.user_id:
+        worker = self.workers.get(rid)
+        deliver = call is not None and call.server_rid is not None and \
+            call.user_id == msg.user_id and call.worker_rid in (None, rid)
+        # Also when the call is not delivered (cancelled, or a client that reused a
+        # call id): the worker is free either way.
+        free = msg.final and worker is not None and worker.call == key and \
+            worker.user_id == msg.user_id
+        if not (deliver or free):
             return  # finished, cancelled, or not this user's call: never forward it
         if not self._credential_ok(msg.user_id, msg.credential):
             self.stats["bad_worker_reply"] += 1
             return
-        self._deliver(key, msg.final, msg.body)
+        if deliver:
+            self._deliver(key, msg.final, msg.body)
+        if free:
+            self._worker_free(worker)
+
+    def _worker_ready(self, rid: bytes, msg: p.WorkerReady) -> None:
+        """A worker of a direct server announces itself (and then keeps doing so while
+        idle: how a restarted broker learns it again)."""
+        if rid in self.workers or rid in self.server_users:
+            return  # known (a busy one's WRDY may cross its call on the wire)
+        server = self.servers.get(msg.user_id)
+        if server is None or not server.direct:
+            return  # its server registers first; the worker says it again in a second
+        if not self._credential_ok(msg.user_id, msg.credential):
+            self.stats["bad_worker_ready"] += 1
+            return
+        worker = self.workers[rid] = WorkerEntry(rid, msg.user_id, server.rid)
+        server.workers.add(rid)
+        self._worker_free(worker)
+
+    def _worker_free(self, worker: WorkerEntry) -> None:
+        """``worker`` ended its call: give it the oldest queued call, or mark it idle."""
+        worker.call = None
+        server = self.servers.get(worker.user_id)
+        if server is None or server.rid != worker.server_rid:
+            self._retire(worker.rid, kill=False)
+            return
+        while server.queued:
+            key = next(iter(server.queued))
+            frames, size = server.queued.pop(key)
+            server.queued_bytes -= size
+            call = self.inflight.get(key)
+            if call is not None:
+                self._run(worker, key, call, frames)
+                return
+        server.idle.append(worker.rid)
+
+    def _retire(self, worker_rid: bytes, kill: bool = True) -> None:
+        """Forget a worker; with ``kill``, ask its server to kill it."""
+        worker = self.workers.pop(worker_rid, None)
+        if worker is None:
+            return
+        server = self.servers.get(worker.user_id)
+        if server is not None and server.rid == worker.server_rid:
+            server.workers.discard(worker_rid)
+            if worker_rid in server.idle:
+                server.idle.remove(worker_rid)
+        if kill:
+            self.outbox.append((BACK, [worker.server_rid, *p.kill(worker_rid)]))
+
+    def _worker_gone(self, server_rid: bytes, msg: p.WorkerGone) -> None:
+        """A server reports that one of its workers exited: its call, if any, failed."""
+        worker = self.workers.get(msg.worker_id)
+        if worker is None or worker.server_rid != server_rid:
+            return  # retired already (killed on our request), or not this server's
+        key = worker.call
+        self._retire(msg.worker_id, kill=False)
+        call = self.inflight.get(key) if key is not None else None
+        if key is None or call is None:
+            return
+        text = f"the worker process running the call died (exit code {msg.exit_code})"
+        self._deliver(key, True, _error(key[1], call, "WORKER_DIED", text))
 
     def _deliver(self, key: tuple[bytes, bytes], final: bool, body: list[Any]) -> None:
         """Forward a reply to the call's client; the final one ends the call."""
@@ -332,6 +531,9 @@ class Router:
         else:
             current.last_seen = self.now
             current.info = msg.info
+            if current.stopping:
+                self._fail_queued(current, "SHUTTING_DOWN",
+                                  f"the server of user {msg.user_id} is shutting down")
         self.outbox.append((BACK, [rid, b"", p.MAGIC, p.REGISTER_ACK,
                                    p.dump_header({"ok": True})]))
 
@@ -341,31 +543,55 @@ class Router:
             return
         self.server_users.pop(entry.rid, None)
         log.info("server for user %s dropped: %s", user, why)
+        for rid in entry.workers:
+            self.workers.pop(rid, None)
         for key, call in list(self.inflight.items()):
             if call.server_rid != entry.rid:
                 continue
-            if grace > 0 and not call.legacy:
+            # Events sent on a worker's own connection may still come: legacy calls
+            # of a server that is not direct get theirs through the server.
+            if grace > 0 and key not in entry.queued and \
+                    (call.worker_rid is not None or not call.legacy):
                 self.orphans[key] = (self.now + grace, why)
                 continue
             self._server_gone(key, call, why)
+
+    def _fail_queued(self, server: ServerEntry, code: str, text: str) -> None:
+        """Fail the calls queued for ``server``'s workers."""
+        for key in list(server.queued):
+            call = self.inflight.get(key)
+            if call is not None:
+                self._stop_call(key, call, _error(key[1], call, code, text))
 
     def _server_gone(self, key: tuple[bytes, bytes], call: InFlight, why: str) -> None:
         """Fail an in-flight call whose server is gone."""
         del self.inflight[key]
         client, call_key = key
         text = f"the server for user {call.user_id} stopped responding ({why})"
-        if call.legacy:
-            self._front(client, [p.legacy_payload(p.legacy_event("ERROR", 0, message=text,
-                                                                 details=""))])
-        else:
-            self._front(client, p.v1_error(call_key, "SERVER_GONE", text))
+        self._front(client, _error(call_key, call, "SERVER_GONE", text))
 
     # ------------------------------------------------------------------ time
 
+    @property
+    def next_deadline(self) -> float:
+        """When the earliest timeout of a directly dispatched call expires (inf: none);
+        :meth:`tick` should run then."""
+        return self._deadlines[0][0] if self._deadlines else float("inf")
+
     def tick(self, now: float) -> None:
-        """Expire servers that stopped heartbeating, failing their calls, and calls of a
-        server that said BYE whose last events did not come within the grace."""
+        """Expire servers that stopped heartbeating, failing their calls, calls of a
+        server that said BYE whose last events did not come within the grace, and
+        directly dispatched calls past their timeout."""
         self.now = now
+        while self._deadlines and self._deadlines[0][0] <= now:
+            deadline, key = heapq.heappop(self._deadlines)
+            call = self.inflight.get(key)
+            if call is None or call.deadline != deadline:
+                continue  # ended already
+            self._stop_call(key, call, _error(
+                key[1], call, "DEADLINE_EXCEEDED",
+                f"the call exceeded its timeout of {call.timeout:g}s and was stopped",
+                "TimeoutError"))
         for key, (deadline, why) in list(self.orphans.items()):
             if now >= deadline:
                 del self.orphans[key]
@@ -397,6 +623,8 @@ class Router:
                                       if user in self.last_activity else None),
                     "inflight": sum(1 for c in self.inflight.values() if c.server_rid == e.rid),
                     "info": e.info,
+                    **({"workers": len(e.workers), "idle": len(e.idle),
+                        "queued": len(e.queued)} if e.direct else {}),
                 }
                 for user, e in self.servers.items()
             },
@@ -405,3 +633,10 @@ class Router:
 
     def _front(self, rid: bytes, body: list[Any]) -> None:
         self.outbox.append((FRONT, [rid, b"", *body]))
+
+
+def _error(call_key: bytes, call: InFlight, code: str, text: str, type_name: str = "") -> list[Any]:
+    """A final error event of the broker's own (seq 0) for ``call``, in its protocol."""
+    if call.legacy:
+        return [p.legacy_payload(p.legacy_event("ERROR", 0, message=text, details=""))]
+    return p.v1_error(call_key, code, text, type_name=type_name)

@@ -54,6 +54,7 @@ class WorkerProcess:
     wid: bytes
     proc: subprocess.Popen
     pidfd: int
+    broker_id: bytes = b""  # its routing id on the broker's backend (direct dispatch)
     ready: bool = False
     task: Any = None  # the Task it runs, if any
     retired: bool = field(default=False)  # killed on purpose: its death is expected
@@ -63,9 +64,10 @@ class WorkerPool:
     def __init__(self, endpoint: str, size: int, flush_interval: float, flush_bytes: int,
                  python: str = sys.executable,
                  broker: tuple[str, str, str] | None = None) -> None:
-        """``broker`` = (url, user id, credential) makes workers send v1 events straight
-        to the broker (see :mod:`zexec.apps.server.worker`); None keeps them on the
-        server's path."""
+        """``broker`` = (url, user id, credential) makes workers connect to the broker
+        themselves: they take calls from it and send their events to it (direct
+        dispatch, see :mod:`zexec.apps.server.worker`); None keeps both on the server's
+        path."""
         if size < 1:
             raise ValueError("a server needs at least one worker")
         self.endpoint = endpoint
@@ -77,12 +79,23 @@ class WorkerPool:
                        "broker": list(broker) if broker is not None else None}
         self.workers: dict[bytes, WorkerProcess] = {}
         self.by_fd: dict[int, WorkerProcess] = {}
+        self.by_broker_id: dict[bytes, WorkerProcess] = {}
         self._ids = itertools.count(1)
+        # Routing ids of this pool's workers on the broker: unguessable, and unique to
+        # this server's lifetime (a replacement server's w1 is another worker).
+        self._id_prefix = os.urandom(6).hex()
 
     @property
     def direct(self) -> bool:
-        """Whether workers send v1 events straight to the broker."""
+        """Whether workers take calls from the broker and send their events to it."""
         return self.config["broker"] is not None
+
+    def config_for(self, w: WorkerProcess) -> dict[str, Any]:
+        """What worker ``w`` is told when it says HELLO: ``broker`` is [url, user id,
+        credential, its routing id] for direct dispatch."""
+        if not self.direct:
+            return self.config
+        return {**self.config, "broker": [*self.config["broker"], w.broker_id.decode()]}
 
     def spawn(self) -> WorkerProcess:
         wid = f"w{next(self._ids)}".encode()
@@ -91,9 +104,11 @@ class WorkerPool:
     def adopt(self, proc: subprocess.Popen, wid: bytes) -> WorkerProcess:
         """Take on a worker process started for this pool's endpoint (see
         :func:`start_worker`)."""
-        w = WorkerProcess(wid, proc, os.pidfd_open(proc.pid))
+        w = WorkerProcess(wid, proc, os.pidfd_open(proc.pid),
+                          f"{self._id_prefix}-{wid.decode()}".encode())
         self.workers[wid] = w
         self.by_fd[w.pidfd] = w
+        self.by_broker_id[w.broker_id] = w
         return w
 
     def idle(self) -> WorkerProcess | None:
@@ -115,6 +130,7 @@ class WorkerPool:
         """Forget the worker whose pidfd became readable (it exited); returns it."""
         w = self.by_fd.pop(fd)
         self.workers.pop(w.wid, None)
+        self.by_broker_id.pop(w.broker_id, None)
         os.close(fd)
         w.proc.wait()
         return w
@@ -140,3 +156,4 @@ class WorkerPool:
             os.close(w.pidfd)
         self.workers.clear()
         self.by_fd.clear()
+        self.by_broker_id.clear()

@@ -3,18 +3,26 @@
 Started by the server (``python -m zexec.apps.server.worker ENDPOINT ID SERVER_PID``), it
 connects a DEALER to the server's ipc ROUTER, says HELLO, gets its configuration
 (``[CONFIG, json]``: output flush settings, the broker link), says READY, then loops over
-tasks:
+tasks.
+
+**Direct dispatch** (CONFIG has a broker link, a pooled server): a second DEALER, with
+the routing id the server chose, connects to the broker's backend and says ``WRDY`` (and
+again every second while idle). The broker sends calls on it, in its backend layout, and
+the worker sends the events back on it (``WRPL``, carrying the server's credential), so
+neither arguments nor results pass through the server process. The server hears:
+
+    worker -> server: ["", T, client_id, call_key, proto]   (a call started)
+    worker -> server: ["", D]                               (it ended)
+
+**Through the server** (fresh-process mode, or a broker that sends the server calls):
 
     server -> worker: [task_key, proto, call_id, client_id, header, fn, args, *buffers]
-    worker -> server: [task_key, F|M, *client_body]   (legacy calls: F on the last one)
-    worker -> server: [task_key, D]                   (v1 calls: done, see below)
+    worker -> server: [task_key, F|M, *client_body]   (no broker link: F on the last one)
+    worker -> server: [task_key, D]                   (broker link: events sent to it)
 
 ``client_body`` is already in the client's protocol (v1 event frames, or one legacy
-dill payload). A v1 call's events go straight to the broker on a second DEALER (``WRPL``
-messages carrying the server's credential), so results, large ones included, never pass
-through the server process; the server only hears ``D`` when the call has ended. Legacy
-calls keep the server path. Imports and deserialized functions stay warm between calls,
-which is the point of a pool.
+dill payload). Imports and deserialized functions stay warm between calls, which is the
+point of a pool.
 """
 
 from __future__ import annotations
@@ -44,6 +52,14 @@ LEGACY = b"L"
 READY = b"READY"
 HELLO = b"HELLO"
 CONFIG = b"CONFIG"
+STARTED = b"T"
+PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
+#: Milliseconds between WRDY messages while idle (a restarted broker learns us again),
+#: and in the first seconds before any call came: a WRDY that reaches the broker before
+#: our server's registration is ignored, and the first call must not wait a whole
+#: interval for the next one.
+READY_INTERVAL_MS = 1000
+READY_FAST_MS, READY_FAST_FOR = 50, 3.0
 
 
 class BrokerLink:
@@ -55,13 +71,20 @@ class BrokerLink:
         self.credential = credential
 
     def send(self, client_id: bytes, call_id: bytes, final: bool, body: list[Any]) -> None:
-        frames = p.worker_reply(self.user_id, self.credential, client_id, call_id, final, body)
+        self._send(p.worker_reply(self.user_id, self.credential, client_id, call_id, final,
+                                  body))
+
+    def ready(self) -> None:
+        """Tell the broker this worker is idle (direct dispatch)."""
+        self._send(p.worker_ready(self.user_id, self.credential))
+
+    def _send(self, frames: list[Any]) -> None:
         try:
             send_frames(self.sock, frames, NOBLOCK)
         except zmq.Again:
             # Only when the broker has been unreachable for a whole send queue: the
             # client's liveness check turns the call into an error.
-            sys.__stderr__.write("zexec worker: broker unreachable; an event was dropped\n")
+            sys.__stderr__.write("zexec worker: broker unreachable; a message was dropped\n")
 
 
 class Call:
@@ -89,7 +112,7 @@ class Call:
             body = p.v1_event(self.call_id, kind, seq, fields, buffers)
         self.seq = seq
         broker = self.out.broker
-        if broker is None or self.legacy:
+        if broker is None:
             send_frames(self.out.sock, [self.task_key, p.FINAL if final else p.MORE, *body])
             return
         broker.send(self.client_id, self.call_id, final, body)
@@ -264,13 +287,45 @@ class Worker:
         self.stderr = _Stream(self.out, "stderr")
 
     def run(self) -> None:
-        sock = self.out.sock
+        sock, link = self.out.sock, self.out.broker
         with self.out.lock:
             send_frames(sock, [READY])
+        if link is None:
+            while True:
+                # No local name for the frames: the last call's payload must not stay
+                # alive while the next one is being received (a 2x peak for large
+                # arguments).
+                self.execute(recv_frames(sock, copy_first=5))
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(link.sock, zmq.POLLIN)
+        with self.out.lock:
+            link.ready()
+        fast_until = time.monotonic() + READY_FAST_FOR
         while True:
-            # No local name for the frames: the last call's payload must not stay alive
-            # while the next one is being received (a 2x peak for large arguments).
-            self.execute(recv_frames(sock, copy_first=5))
+            fast = time.monotonic() < fast_until
+            events = dict(poller.poll(READY_FAST_MS if fast else READY_INTERVAL_MS))
+            if not events:
+                with self.out.lock:
+                    link.ready()
+            if events.get(link.sock):
+                fast_until = 0.0  # the broker knows us
+                self.execute_direct(recv_frames(link.sock, copy_first=6))
+            if events.get(sock):
+                self.execute(recv_frames(sock, copy_first=5))
+
+    def execute_direct(self, frames: list[Any]) -> None:
+        """Run a call the broker sent: ``[b"", MAGIC, verb, client_id, call_key, user_id,
+        *rest]``; the server hears when it starts and ends."""
+        verb, client_id, call_key = (p.frame_bytes(f) for f in frames[2:5])
+        if verb == p.LEGACY_CALL:
+            proto, task = LEGACY, [b"", LEGACY, b"", client_id, b"{}", *frames[6:]]
+        else:
+            proto, task = V1, [b"", V1, call_key, client_id, *frames[6:]]
+        del frames
+        with self.out.lock:
+            send_frames(self.out.sock, [b"", STARTED, client_id, call_key, proto])
+        self.execute(task)
 
     def execute(self, frames: list[Any]) -> None:
         task_key, proto, call_id, client_id = (p.frame_bytes(f) for f in frames[:4])
@@ -293,6 +348,11 @@ class Worker:
     def _run_call(self, call: Call, header: dict[str, Any], fn_frame: Any,
                   args_frames: list[Any]) -> None:
         out = self.out
+        mismatch = None if call.legacy else p.python_mismatch(header, PYTHON)
+        if mismatch is not None:
+            out.event(p.EV_ERROR, {"code": "VERSION_MISMATCH", "message": mismatch,
+                                   "type": "", "traceback": ""}, final=True)
+            return
         if call.serializer is None:
             names = ", ".join(self.registry.names())
             out.event(p.EV_ERROR, {"code": "UNKNOWN_SERIALIZER",
@@ -408,8 +468,10 @@ def broker_link(ctx: zmq.Context, broker: list[str] | None) -> BrokerLink | None
     credential]`` in CONFIG), or None (events then go through the server)."""
     if not broker:
         return None
-    url, user_id, credential = broker
+    url, user_id, credential, *routing_id = broker
     sock = ctx.socket(zmq.DEALER)
+    if routing_id:  # direct dispatch: the server names this worker to the broker by it
+        sock.setsockopt(zmq.ROUTING_ID, routing_id[0].encode())
     # Queued (not dropped) until connected: a worker's first result may be ready before
     # its TCP connection is; LINGER lets the last events of a call leave on exit.
     sock.setsockopt(zmq.LINGER, 2000)
