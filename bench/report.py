@@ -55,9 +55,9 @@ ROWS = [
         lambda s: _ms(_dig(s, "lines", "median_s")), 50.0, "deployed 530"),
     Row("mem_broker", "peak RSS broker", "x payload", "lower",
         lambda s: _dig(s, "memory", "processes", "broker", "peak_x_payload"), 2.5),
-    # The target is judged on the broker and the server process, the two that relay
-    # payloads. The workers are where the user's function runs: they hold its arguments
-    # and result by definition, so the tree is reported beside it, without a target.
+    # The target is judged on the broker and the server process, as the issue asks. The
+    # workers are where the user's function runs: they hold its arguments and result by
+    # definition, so the tree is reported beside it, without a target.
     Row("mem_server", "peak RSS server process", "x payload", "lower",
         lambda s: _dig(s, "memory", "processes", "server", "peak_x_payload"), 2.5),
     Row("mem_tree", "  server+workers (sum of peaks)", "x payload", "lower",

@@ -39,6 +39,8 @@ def test_wire_constants_are_what_the_spec_says():
     assert (p.EVT, p.PONG) == (b"EVT", b"PONG")
     assert (p.LEGACY_CALL, p.LEGACY_CANCEL_VERB, p.REGISTER_ACK) == (b"LCALL", b"LCNCL", b"RACK")
     assert (p.REGISTER, p.REPLY, p.BYE, p.FINAL, p.MORE) == (b"REG", b"RPL", b"BYE", b"F", b"M")
+    assert (p.WORKER_REPLY, p.WORKER_READY, p.WORKER_GONE, p.KILL, p.DONE) == \
+        (b"WRPL", b"WRDY", b"WGONE", b"KILL", b"D")
     assert p.LEGACY_CANCEL == b"__REXEC_CANCEL__"
     assert p.LEGACY_HEARTBEAT == b"__REXEC_HEARTBEAT__"
     assert p.FINAL_EVENTS == {"return", "error", "cancelled"}
@@ -481,3 +483,27 @@ def test_ping_round_trip_property(token, call_ids):
 def test_call_round_trip_property(token, call_id, rest):
     msg = p.parse_frontend(p.v1_request(p.CALL, token, call_id, rest)[1:])
     assert msg == p.V1Call(token, call_id, rest)
+
+
+def test_direct_dispatch_messages_round_trip():
+    ready = p.parse_backend(p.worker_ready("alice-id", "c" * 64)[1:])
+    assert ready == p.WorkerReady("alice-id", b"c" * 64)
+    gone = p.parse_backend(p.worker_gone(b"abc-w1", -9)[1:])
+    assert gone == p.WorkerGone(b"abc-w1", -9)
+    assert p.parse_backend([p.MAGIC, p.WORKER_GONE, b"w", b'{"exit_code": true}']) == \
+        p.WorkerGone(b"w", None)  # not an int: unknown
+    assert p.parse_kill(p.kill(b"abc-w1")[1:]) == b"abc-w1"
+    assert p.parse_kill(p.to_server(p.CALL, b"c", b"k", "u", [b"h"])[1:]) is None
+    for bad in ([p.MAGIC, p.WORKER_READY, b"u"], [p.MAGIC, p.WORKER_GONE, b"w"],
+                [p.MAGIC, p.WORKER_GONE, b"w", b"not json"]):
+        with pytest.raises(ProtocolError):
+            p.parse_backend(bad)
+
+
+def test_call_timeout_and_python_mismatch():
+    assert p.call_timeout({"timeout": 2}) == 2.0
+    for bad in ({}, {"timeout": 0}, {"timeout": -1}, {"timeout": True}, {"timeout": "5"}):
+        assert p.call_timeout(bad) is None
+    assert p.python_mismatch({"py": "3.11"}, "3.11") is None
+    why = p.python_mismatch({"py": "3.12"}, "3.11")
+    assert "3.12" in why and "3.11" in why and "python==3.12" in why

@@ -353,3 +353,66 @@ def test_a_workers_final_event_frees_it_even_when_its_call_is_gone():
     assert take(r) == [] and r.servers["alice-id"].idle == [W1]
     back(r, W1, p.worker_reply("alice-id", "forged", CLI, ID1, True, []), 1.6)
     assert r.stats["bad_worker_reply"] == 0  # not its call: not even checked
+
+
+def test_a_call_that_cannot_reach_its_worker_goes_to_the_next_one():
+    r = direct_ready((W1, W2))
+    front(r, CLI, call(T_ALICE, ID1), 1.0)
+    (dest, frames), = take(r)
+    lost, other = frames[0], ({W1, W2} - {frames[0]}).pop()
+    r.on_undeliverable(frames)  # the socket loop: that worker's connection is gone
+    out = take(r)
+    assert sent_to(out, SRV_A) == [[SRV_A, *p.kill(lost)]]
+    (redo,) = sent_to(out, other)
+    assert redo[1:] == frames[1:] and r.inflight[(CLI, ID1)].worker_rid == other
+    assert lost not in r.workers and r.servers["alice-id"].queued == {}
+
+
+def test_an_undeliverable_call_waits_for_a_worker_when_none_is_idle():
+    r = direct_ready()
+    front(r, CLI, call(T_ALICE, ID1), 1.0)
+    front(r, CLI, call(T_ALICE, ID2), 1.0)
+    (dest, frames), = take(r)
+    r.on_undeliverable(frames)
+    take(r)
+    assert list(r.servers["alice-id"].queued) == [(CLI, ID1), (CLI, ID2)]  # first again
+    ready(r, W2, now=1.1)
+    (dest, frames), = take(r)
+    assert frames[0] == W2 and p.parse_server_bound(frames[2:]).call_key == ID1
+
+
+def test_workers_must_carry_the_prefix_their_server_registered():
+    r = make()
+    login(r, T_ALICE, ALICE, 0.0)
+    register(r, SRV_A, ALICE, 0.0, info={"direct": True, "worker_prefix": "abc-"})
+    ready(r, b"xyz-w1")  # a worker of another (old) server of alice's
+    ready(r, b"abc-w1")
+    assert list(r.workers) == [b"abc-w1"]
+
+
+def test_a_duplicate_call_id_is_refused_also_while_the_token_is_checked():
+    r = direct_ready()
+    front(r, CLI, call("new-token", ID1), 1.0)
+    front(r, CLI, call("new-token", ID1), 1.0)
+    (dest, frames), = take(r)
+    assert client_event(frames).header["code"] == "BAD_REQUEST"
+    r.on_auth_result(r.auth_requests[0][0], ALICE, 1.1)
+    (dest, frames), = take(r)
+    assert frames[0] == W1 and list(r.inflight) == [(CLI, ID1)]
+
+
+def test_cancel_during_the_bye_grace_is_answered_at_once():
+    r = direct_ready()
+    front(r, CLI, call(T_ALICE, ID1), 1.0)
+    take(r)
+    back(r, SRV_A, [b"", p.MAGIC, p.BYE], 1.1)
+    front(r, CLI, cancel(T_ALICE, ID1), 1.2)
+    (dest, frames), = take(r)
+    assert dest == FRONT and client_event(frames).kind == "cancelled" and r.inflight == {}
+
+
+def test_events_for_a_call_still_waiting_here_are_dropped():
+    r = direct_ready(workers=())
+    front(r, CLI, call(T_ALICE, ID1), 1.0)
+    wreply(r, W1, CLI, ID1, True, p.v1_event(ID1, "return", 1))  # right credential
+    assert take(r) == [] and (CLI, ID1) in r.servers["alice-id"].queued

@@ -368,8 +368,9 @@ def worker_reply(user_id: str, credential: str, client_id: bytes, call_key: byte
 
 def worker_ready(user_id: str, credential: str) -> list[Any]:
     """Worker -> broker: this connection is an idle worker of ``user_id``'s server (the
-    credential is the server's); sent when it starts and then every second while idle,
-    so a restarted broker learns it again."""
+    credential is the server's); sent when it starts, then every 50 ms until its first
+    call (an announcement before the server's registration is ignored) or for 3 s, then
+    every second while idle, so a restarted broker learns it again."""
     return [b"", MAGIC, WORKER_READY, user_id.encode(), credential.encode()]
 
 

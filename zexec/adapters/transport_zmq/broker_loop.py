@@ -176,8 +176,11 @@ class BrokerLoop:
                 log.warning("dropped a message to a slow %s peer", dest)
             except zmq.ZMQError as exc:
                 if dest == BACK and exc.errno == zmq.EHOSTUNREACH:
-                    # The server disconnected between heartbeats; the TTL will drop it.
-                    log.info("server unreachable; message dropped")
+                    # A server or worker that disconnected: the router requeues a call
+                    # meant for a worker (this loop then sends what that adds to
+                    # ``out``); a server's heartbeats stop and its TTL drops it.
+                    log.info("backend peer unreachable; message not delivered")
+                    self.router.on_undeliverable(frames)
                 else:
                     raise
         out.clear()

@@ -116,7 +116,8 @@ class ServerLoop:
     def _heartbeat(self) -> None:
         info = {"python": PYTHON, "workers": self.pool.size, "pid": os.getpid(),
                 "running": len(self.tasks) - len(self.queue), "queued": len(self.queue),
-                "direct": self.pool.direct, "stopping": self.stopping}
+                "direct": self.pool.direct, "stopping": self.stopping,
+                "worker_prefix": self.pool.worker_prefix}
         self._to_broker(p.register(self.user_id, self.credential, info))
 
     def _to_broker(self, frames: list[Any]) -> None:

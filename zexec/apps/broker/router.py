@@ -27,7 +27,7 @@ from __future__ import annotations
 import heapq
 import hmac
 import logging
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,7 +66,8 @@ class ServerEntry:
     # Direct dispatch (see the module docstring); unused for other servers.
     workers: set[bytes] = field(default_factory=set)
     idle: list[bytes] = field(default_factory=list)  # a stack: the warmest worker first
-    queued: dict[Key, tuple[list[Any], int]] = field(default_factory=dict)  # frames, size
+    #: Calls waiting for a worker, oldest first: (frames, size in bytes).
+    queued: OrderedDict[Key, tuple[list[Any], int]] = field(default_factory=OrderedDict)
     queued_bytes: int = 0
 
     @property
@@ -76,6 +77,13 @@ class ServerEntry:
     @property
     def stopping(self) -> bool:
         return self.info.get("stopping") is True
+
+    @property
+    def worker_prefix(self) -> bytes:
+        """What its workers' routing ids start with (``info["worker_prefix"]``; empty:
+        any)."""
+        prefix = self.info.get("worker_prefix")
+        return prefix.encode() if isinstance(prefix, str) else b""
 
 
 @dataclass
@@ -92,6 +100,7 @@ class InFlight:
     legacy: bool
     server_rid: bytes | None  # None while the token is being checked
     started: float
+    direct: bool = False  # dispatched by the broker to a worker (see the module docstring)
     worker_rid: bytes | None = None  # direct dispatch: the worker running it
     deadline: float | None = None  # direct dispatch: when its timeout expires
     timeout: float | None = None
@@ -180,6 +189,9 @@ class Router:
             self._dispatch(rid, msg, outcome)
 
     def _park(self, key: bytes, rid: bytes, msg: p.FrontendMessage) -> None:
+        if isinstance(msg, p.V1Call) and (rid, msg.call_id) in self.inflight:
+            self._refuse_duplicate(rid, msg)
+            return
         if self.parked_count >= self.max_parked:
             self._refuse(rid, msg, "BUSY", "broker is busy checking tokens; retry", LEGACY_BUSY)
             return
@@ -211,7 +223,7 @@ class Router:
         for parked in self.parked.pop(key, []):
             self.parked_count -= 1
             if isinstance(parked.msg, p.V1Call):
-                self.inflight.pop((parked.rid, parked.msg.call_id), None)
+                self.inflight.pop((parked.rid, parked.msg.call_id), None)  # the placeholder
             self._dispatch(parked.rid, parked.msg, outcome)
 
     def _dispatch(
@@ -263,10 +275,7 @@ class Router:
             self._refuse(rid, msg, "SHUTTING_DOWN", "broker is shutting down", LEGACY_DRAINING)
             return
         if (rid, call_key) in self.inflight:
-            # Events are routed by call id: a second call with the id of one still
-            # running on this connection could never be told apart from it.
-            self._refuse(rid, msg, "BAD_REQUEST", "a call with this id is already running "
-                         "on this connection", LEGACY_ONE_CALL)
+            self._refuse_duplicate(rid, msg)
             return
         server = self.servers.get(user)
         if server is None:
@@ -284,6 +293,12 @@ class Router:
         self.last_activity[user] = self.now
         self.stats["calls"] += 1
         self.outbox.append((BACK, [server.rid, *p.to_server(verb, rid, call_key, user, rest)]))
+
+    def _refuse_duplicate(self, rid: bytes, msg: p.FrontendMessage) -> None:
+        # Events are routed by call id: a second call with the id of one still in flight
+        # on this connection could never be told apart from it.
+        self._refuse(rid, msg, "BAD_REQUEST", "a call with this id is already running on "
+                     "this connection", LEGACY_ONE_CALL)
 
     def _route_direct(
         self, rid: bytes, call_key: bytes, server: ServerEntry, verb: bytes, rest: list[Any],
@@ -303,13 +318,15 @@ class Router:
                 self._refuse(rid, msg, "BAD_REQUEST", f"bad call header: {exc}", "")
                 return
         size = sum(len(f) for f in rest)
-        if not server.idle and server.queued_bytes + size > self.max_queued_bytes:
+        # At least one call may always wait, however large (it is here already).
+        if not server.idle and server.queued and \
+                server.queued_bytes + size > self.max_queued_bytes:
             self.stats["queue_full"] += 1
             self._refuse(rid, msg, "BUSY", f"too many calls are waiting for the workers of "
                          f"user {user}; retry", LEGACY_BUSY)
             return
         key = (rid, call_key)
-        call = InFlight(user, legacy, server.rid, self.now, timeout=timeout)
+        call = InFlight(user, legacy, server.rid, self.now, direct=True, timeout=timeout)
         if timeout is not None:
             call.deadline = self.now + timeout
             heapq.heappush(self._deadlines, (call.deadline, key))
@@ -335,8 +352,7 @@ class Router:
         call = self.inflight.get(key)
         if call is None or call.user_id != user or call.server_rid is None:
             return  # finished already, or not this user's: nothing to cancel
-        server = self.servers.get(user)
-        if server is None or server.rid != call.server_rid or not server.direct:
+        if not call.direct:
             self.outbox.append(
                 (BACK, [call.server_rid, *p.to_server(verb, rid, call_key, user, [reason])])
             )
@@ -414,8 +430,10 @@ class Router:
         key = (msg.client_id, msg.call_key)
         call = self.inflight.get(key)
         worker = self.workers.get(rid)
+        # A call the broker dispatched is answered only by the worker it went to (none
+        # while it waits here); a call a server dispatched, by any of its workers.
         deliver = call is not None and call.server_rid is not None and \
-            call.user_id == msg.user_id and call.worker_rid in (None, rid)
+            call.user_id == msg.user_id and (call.worker_rid == rid if call.direct else True)
         # Also when the call is not delivered (cancelled, or a client that reused a
         # call id): the worker is free either way.
         free = msg.final and worker is not None and worker.call == key and \
@@ -438,6 +456,8 @@ class Router:
         server = self.servers.get(msg.user_id)
         if server is None or not server.direct:
             return  # its server registers first; the worker says it again in a second
+        if not rid.startswith(server.worker_prefix):
+            return  # a worker of another server of this user (one being replaced)
         if not self._credential_ok(msg.user_id, msg.credential):
             self.stats["bad_worker_ready"] += 1
             return
@@ -453,8 +473,7 @@ class Router:
             self._retire(worker.rid, kill=False)
             return
         while server.queued:
-            key = next(iter(server.queued))
-            frames, size = server.queued.pop(key)
+            key, (frames, size) = server.queued.popitem(last=False)
             server.queued_bytes -= size
             call = self.inflight.get(key)
             if call is not None:
@@ -474,6 +493,28 @@ class Router:
                 server.idle.remove(worker_rid)
         if kill:
             self.outbox.append((BACK, [worker.server_rid, *p.kill(worker_rid)]))
+
+    def on_undeliverable(self, frames: list[Any]) -> None:
+        """The socket loop could not send ``frames`` (``[routing id, *body]``) to that
+        backend peer: it disconnected. A call meant for a worker goes back to the front
+        of the queue (it never started) and the worker is retired."""
+        worker = self.workers.get(p.frame_bytes(frames[0]))
+        if worker is None:
+            return  # a server: its heartbeats stop and the TTL fails its calls
+        key = worker.call
+        self._retire(worker.rid)
+        call = self.inflight.get(key) if key is not None else None
+        server = self.servers.get(worker.user_id)
+        if call is None or call.worker_rid != worker.rid or server is None:
+            return
+        call.worker_rid = None
+        body = frames[1:]
+        size = sum(len(f) for f in body[6:])
+        server.queued[key] = (body, size)
+        server.queued.move_to_end(key, last=False)
+        server.queued_bytes += size
+        if server.idle:
+            self._worker_free(self.workers[server.idle.pop()])
 
     def _worker_gone(self, server_rid: bytes, msg: p.WorkerGone) -> None:
         """A server reports that one of its workers exited: its call, if any, failed."""

@@ -81,9 +81,10 @@ class WorkerPool:
         self.by_fd: dict[int, WorkerProcess] = {}
         self.by_broker_id: dict[bytes, WorkerProcess] = {}
         self._ids = itertools.count(1)
-        # Routing ids of this pool's workers on the broker: unguessable, and unique to
-        # this server's lifetime (a replacement server's w1 is another worker).
-        self._id_prefix = os.urandom(6).hex()
+        #: Routing ids of this pool's workers on the broker start with it: unguessable,
+        #: and unique to this server (the broker takes a worker only for the server
+        #: whose registration names its prefix; a replacement server's w1 is another).
+        self.worker_prefix = os.urandom(6).hex() + "-"
 
     @property
     def direct(self) -> bool:
@@ -105,7 +106,7 @@ class WorkerPool:
         """Take on a worker process started for this pool's endpoint (see
         :func:`start_worker`)."""
         w = WorkerProcess(wid, proc, os.pidfd_open(proc.pid),
-                          f"{self._id_prefix}-{wid.decode()}".encode())
+                          f"{self.worker_prefix}{wid.decode()}".encode())
         self.workers[wid] = w
         self.by_fd[w.pidfd] = w
         self.by_broker_id[w.broker_id] = w

@@ -45,7 +45,12 @@ from zexec.adapters.serializer import default_registry
 from zexec.adapters.transport_zmq.frames import NOBLOCK, recv_frames, send_frames
 from zexec.core import batching
 from zexec.core import protocol as p
-from zexec.core.errors import SerializationError, UnknownSerializerError, ZexecError
+from zexec.core.errors import (
+    ProtocolError,
+    SerializationError,
+    UnknownSerializerError,
+    ZexecError,
+)
 
 V1 = b"1"
 LEGACY = b"L"
@@ -317,12 +322,19 @@ class Worker:
     def execute_direct(self, frames: list[Any]) -> None:
         """Run a call the broker sent: ``[b"", MAGIC, verb, client_id, call_key, user_id,
         *rest]``; the server hears when it starts and ends."""
-        verb, client_id, call_key = (p.frame_bytes(f) for f in frames[2:5])
+        try:
+            msg = p.parse_server_bound(frames[1:])
+        except ProtocolError:
+            return  # not from a broker: only brokers know this connection
+        verb, client_id, call_key = msg.verb, msg.client_id, msg.call_key
+        if verb not in (p.CALL, p.LEGACY_CALL) or msg.user_id != self.out.broker.user_id:
+            sys.__stderr__.write(f"zexec worker: ignored a {verb[:8]!r} message\n")
+            return
         if verb == p.LEGACY_CALL:
-            proto, task = LEGACY, [b"", LEGACY, b"", client_id, b"{}", *frames[6:]]
+            proto, task = LEGACY, [b"", LEGACY, b"", client_id, b"{}", *msg.rest]
         else:
-            proto, task = V1, [b"", V1, call_key, client_id, *frames[6:]]
-        del frames
+            proto, task = V1, [b"", V1, call_key, client_id, *msg.rest]
+        del frames, msg
         with self.out.lock:
             send_frames(self.out.sock, [b"", STARTED, client_id, call_key, proto])
         self.execute(task)
@@ -465,13 +477,18 @@ def _exit_on_sigterm(signum: int, frame: Any) -> None:
 
 def broker_link(ctx: zmq.Context, broker: list[str] | None) -> BrokerLink | None:
     """The direct connection to the broker the server asked for (``[url, user id,
-    credential]`` in CONFIG), or None (events then go through the server)."""
+    credential, routing id]`` in CONFIG; the routing id only for direct dispatch), or
+    None (calls and events then go through the server)."""
     if not broker:
         return None
     url, user_id, credential, *routing_id = broker
     sock = ctx.socket(zmq.DEALER)
     if routing_id:  # direct dispatch: the server names this worker to the broker by it
         sock.setsockopt(zmq.ROUTING_ID, routing_id[0].encode())
+    # As the server's connection: a dead TCP connection is noticed and replaced, so the
+    # broker does not keep sending calls into it.
+    sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
     # Queued (not dropped) until connected: a worker's first result may be ready before
     # its TCP connection is; LINGER lets the last events of a call leave on exit.
     sock.setsockopt(zmq.LINGER, 2000)
