@@ -487,14 +487,17 @@ def test_call_round_trip_property(token, call_id, rest):
 
 def test_direct_dispatch_messages_round_trip():
     ready = p.parse_backend(p.worker_ready("alice-id", "c" * 64)[1:])
-    assert ready == p.WorkerReady("alice-id", b"c" * 64)
+    assert ready == p.WorkerReady("alice-id", b"c" * 64, reconnected=False)
+    again = p.parse_backend(p.worker_ready("alice-id", "c" * 64, reconnected=True)[1:])
+    assert again.reconnected
     gone = p.parse_backend(p.worker_gone(b"abc-w1", -9)[1:])
     assert gone == p.WorkerGone(b"abc-w1", -9)
     assert p.parse_backend([p.MAGIC, p.WORKER_GONE, b"w", b'{"exit_code": true}']) == \
         p.WorkerGone(b"w", None)  # not an int: unknown
     assert p.parse_kill(p.kill(b"abc-w1")[1:]) == b"abc-w1"
     assert p.parse_kill(p.to_server(p.CALL, b"c", b"k", "u", [b"h"])[1:]) is None
-    for bad in ([p.MAGIC, p.WORKER_READY, b"u"], [p.MAGIC, p.WORKER_GONE, b"w"],
+    for bad in ([p.MAGIC, p.WORKER_READY, b"u"], [p.MAGIC, p.WORKER_READY, b"u", b"c", b"X"],
+                [p.MAGIC, p.WORKER_GONE, b"w"],
                 [p.MAGIC, p.WORKER_GONE, b"w", b"not json"]):
         with pytest.raises(ProtocolError):
             p.parse_backend(bad)

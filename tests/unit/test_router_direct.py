@@ -416,3 +416,24 @@ def test_events_for_a_call_still_waiting_here_are_dropped():
     front(r, CLI, call(T_ALICE, ID1), 1.0)
     wreply(r, W1, CLI, ID1, True, p.v1_event(ID1, "return", 1))  # right credential
     assert take(r) == [] and (CLI, ID1) in r.servers["alice-id"].queued
+
+
+def test_a_worker_whose_connection_broke_ends_its_lost_call():
+    r = direct_ready()
+    front(r, CLI, call(T_ALICE, ID1), 1.0)
+    take(r)
+    back(r, W1, p.worker_ready("alice-id", cred("alice-id"), reconnected=True), 5.0)
+    (dest, frames), = take(r)
+    ev = client_event(frames)
+    assert ev.call_id == ID1 and ev.header["code"] == "CALL_LOST"
+    assert r.inflight == {} and r.servers["alice-id"].idle == [W1]
+
+
+def test_a_final_event_from_the_server_for_a_queued_call_unqueues_it():
+    r = direct_ready(workers=())
+    front(r, CLI, call(T_ALICE, ID1), 1.0)
+    body = p.v1_error(ID1, "SHUTTING_DOWN", "stopping")
+    back(r, SRV_A, p.reply(CLI, ID1, True, body), 1.1)
+    (dest, frames), = take(r)
+    assert frames == [CLI, b"", *body]
+    assert r.servers["alice-id"].queued == {} and r.servers["alice-id"].queued_bytes == 0

@@ -366,12 +366,15 @@ def worker_reply(user_id: str, credential: str, client_id: bytes, call_key: byte
             call_key, FINAL if final else MORE, *body]
 
 
-def worker_ready(user_id: str, credential: str) -> list[Any]:
+def worker_ready(user_id: str, credential: str, reconnected: bool = False) -> list[Any]:
     """Worker -> broker: this connection is an idle worker of ``user_id``'s server (the
     credential is the server's); sent when it starts, then every 50 ms until its first
     call (an announcement before the server's registration is ignored) or for 3 s, then
-    every second while idle, so a restarted broker learns it again."""
-    return [b"", MAGIC, WORKER_READY, user_id.encode(), credential.encode()]
+    every second while idle, so a restarted broker learns it again. ``reconnected``
+    (a sixth frame ``b"R"``): its connection broke since the last call it was given, so
+    a call the broker believes it runs was lost on the way (or its last events were)."""
+    frames = [b"", MAGIC, WORKER_READY, user_id.encode(), credential.encode()]
+    return [*frames, b"R"] if reconnected else frames
 
 
 def worker_gone(worker_id: bytes, exit_code: int | None) -> list[Any]:
@@ -408,6 +411,7 @@ class WorkerReply:
 class WorkerReady:
     user_id: str
     credential: bytes
+    reconnected: bool = False
 
 
 @dataclass(frozen=True)
@@ -458,9 +462,9 @@ def parse_backend(body: Sequence[Any]) -> BackendMessage:
         return WorkerReply(_user_id(body[2]), frame_bytes(body[3]), frame_bytes(body[4]),
                            frame_bytes(body[5]), _flag(body[6]), list(body[7:]))
     if verb == WORKER_READY:
-        if len(body) != 4:
-            raise ProtocolError("WRDY needs [user_id, credential]")
-        return WorkerReady(_user_id(body[2]), frame_bytes(body[3]))
+        if len(body) not in (4, 5) or len(body) == 5 and frame_bytes(body[4]) != b"R":
+            raise ProtocolError("WRDY needs [user_id, credential] and optionally R")
+        return WorkerReady(_user_id(body[2]), frame_bytes(body[3]), len(body) == 5)
     if verb == WORKER_GONE:
         if len(body) != 4:
             raise ProtocolError("WGONE needs [worker_id, info]")

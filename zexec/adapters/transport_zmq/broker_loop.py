@@ -180,7 +180,10 @@ class BrokerLoop:
                     # meant for a worker (this loop then sends what that adds to
                     # ``out``); a server's heartbeats stop and its TTL drops it.
                     log.info("backend peer unreachable; message not delivered")
-                    self.router.on_undeliverable(frames)
+                    try:
+                        self.router.on_undeliverable(frames)
+                    except Exception:  # must not stop routing
+                        log.exception("failed to requeue an undeliverable call")
                 else:
                     raise
         out.clear()

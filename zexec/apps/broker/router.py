@@ -364,13 +364,13 @@ class Router:
             body = p.v1_event(call_key, p.EV_CANCELLED, 0, {"reason": why})
         self._stop_call(key, call, body)
 
-    def _stop_call(self, key: Key, call: InFlight, body: list[Any]) -> None:
+    def _stop_call(self, key: Key, call: InFlight, body: list[Any], kill: bool = True) -> None:
         """End a directly dispatched call with ``body`` (an event of the broker's own,
-        seq 0): unqueue it, or have its worker killed (a worker stopped mid-call cannot
-        be trusted with another)."""
+        seq 0): unqueue it, or retire its worker and (``kill``) have it killed (a worker
+        stopped mid-call cannot be trusted with another)."""
         server = self.servers.get(call.user_id)
         if call.worker_rid is not None:
-            self._retire(call.worker_rid)
+            self._retire(call.worker_rid, kill=kill)
         elif server is not None:
             queued = server.queued.pop(key, None)
             if queued is not None:
@@ -410,10 +410,11 @@ class Router:
             call = self.inflight.get(key)
             if call is None or call.server_rid != rid:
                 return  # not a call this server is running: never forward it
-            if msg.final and call.worker_rid is not None:
-                # The server ended a call it had not run (shutting down): its worker
-                # is being stopped too.
-                self._retire(call.worker_rid, kill=False)
+            if msg.final and call.direct:
+                # The server ended a call the broker gave one of its workers (shutting
+                # down): the worker is being stopped too, or the call was still queued.
+                self._stop_call(key, call, msg.body, kill=False)
+                return
             self._deliver(key, msg.final, msg.body)
         elif isinstance(msg, p.WorkerGone):
             self._worker_gone(rid, msg)
@@ -451,8 +452,16 @@ class Router:
     def _worker_ready(self, rid: bytes, msg: p.WorkerReady) -> None:
         """A worker of a direct server announces itself (and then keeps doing so while
         idle: how a restarted broker learns it again)."""
-        if rid in self.workers or rid in self.server_users:
-            return  # known (a busy one's WRDY may cross its call on the wire)
+        known = self.workers.get(rid)
+        if known is not None:
+            # A busy one's WRDY may cross its call on the wire: only the final event
+            # frees a worker, unless its connection broke since it was given the call.
+            if msg.reconnected and known.call is not None and \
+                    self._credential_ok(msg.user_id, msg.credential):
+                self._lost_on_the_way(known)
+            return
+        if rid in self.server_users:
+            return
         server = self.servers.get(msg.user_id)
         if server is None or not server.direct:
             return  # its server registers first; the worker says it again in a second
@@ -463,6 +472,18 @@ class Router:
             return
         worker = self.workers[rid] = WorkerEntry(rid, msg.user_id, server.rid)
         server.workers.add(rid)
+        self._worker_free(worker)
+
+    def _lost_on_the_way(self, worker: WorkerEntry) -> None:
+        """An idle worker says its connection broke while the broker thought it ran a
+        call: the call or its final event was lost. It is failed, not sent again: it may
+        have run."""
+        key = worker.call
+        call = self.inflight.get(key) if key is not None else None
+        if key is not None and call is not None and call.worker_rid == worker.rid:
+            self._deliver(key, True, _error(
+                key[1], call, "CALL_LOST", "the connection between the broker and the "
+                "worker running the call broke; the call may or may not have run"))
         self._worker_free(worker)
 
     def _worker_free(self, worker: WorkerEntry) -> None:

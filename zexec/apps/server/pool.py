@@ -105,8 +105,10 @@ class WorkerPool:
     def adopt(self, proc: subprocess.Popen, wid: bytes) -> WorkerProcess:
         """Take on a worker process started for this pool's endpoint (see
         :func:`start_worker`)."""
+        # A random part per worker too: the prefix travels in REG, and the next id
+        # must not be predictable (a peer holding it first would lock the worker out).
         w = WorkerProcess(wid, proc, os.pidfd_open(proc.pid),
-                          f"{self.worker_prefix}{wid.decode()}".encode())
+                          f"{self.worker_prefix}{wid.decode()}-{os.urandom(4).hex()}".encode())
         self.workers[wid] = w
         self.by_fd[w.pidfd] = w
         self.by_broker_id[w.broker_id] = w

@@ -40,6 +40,7 @@ from collections import OrderedDict
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from zexec.adapters.serializer import default_registry
 from zexec.adapters.transport_zmq.frames import NOBLOCK, recv_frames, send_frames
@@ -70,18 +71,28 @@ READY_FAST_MS, READY_FAST_FOR = 50, 3.0
 class BrokerLink:
     """The worker's own connection to the broker, for v1 events (``WRPL``)."""
 
-    def __init__(self, sock: Any, user_id: str, credential: str) -> None:
+    def __init__(self, sock: Any, user_id: str, credential: str, monitor: Any = None) -> None:
         self.sock = sock
         self.user_id = user_id
         self.credential = credential
+        self.monitor = monitor  # the socket's disconnect events (direct dispatch)
+        self.reconnected = False
 
     def send(self, client_id: bytes, call_id: bytes, final: bool, body: list[Any]) -> None:
         self._send(p.worker_reply(self.user_id, self.credential, client_id, call_id, final,
                                   body))
 
     def ready(self) -> None:
-        """Tell the broker this worker is idle (direct dispatch)."""
-        self._send(p.worker_ready(self.user_id, self.credential))
+        """Tell the broker this worker is idle (direct dispatch), and whether the
+        connection broke since the last call (see :func:`zexec.core.protocol.worker_ready`)."""
+        self._send(p.worker_ready(self.user_id, self.credential, self.reconnected))
+        self.reconnected = False
+
+    def watch(self) -> None:
+        """Take the connection monitor's news (never blocks)."""
+        while self.monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            if recv_monitor_message(self.monitor)["event"] == zmq.EVENT_DISCONNECTED:
+                self.reconnected = True
 
     def _send(self, frames: list[Any]) -> None:
         try:
@@ -304,13 +315,18 @@ class Worker:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(link.sock, zmq.POLLIN)
+        if link.monitor is not None:
+            poller.register(link.monitor, zmq.POLLIN)
         with self.out.lock:
             link.ready()
         fast_until = time.monotonic() + READY_FAST_FOR
         while True:
             fast = time.monotonic() < fast_until
             events = dict(poller.poll(READY_FAST_MS if fast else READY_INTERVAL_MS))
-            if not events:
+            if link.monitor is not None and events.get(link.monitor):
+                link.watch()
+                events.pop(link.monitor)
+            if not events or link.reconnected:  # idle (a broken link: say so at once)
                 with self.out.lock:
                     link.ready()
             if events.get(link.sock):
@@ -453,6 +469,9 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         sock.close()
         if broker is not None:
+            if broker.monitor is not None:
+                broker.sock.disable_monitor()
+                broker.monitor.close(0)
             broker.sock.close()
         ctx.term()
 
@@ -485,17 +504,20 @@ def broker_link(ctx: zmq.Context, broker: list[str] | None) -> BrokerLink | None
     sock = ctx.socket(zmq.DEALER)
     if routing_id:  # direct dispatch: the server names this worker to the broker by it
         sock.setsockopt(zmq.ROUTING_ID, routing_id[0].encode())
-    # As the server's connection: a dead TCP connection is noticed and replaced, so the
-    # broker does not keep sending calls into it.
+    # A dead TCP connection is noticed at both ends (TTL: the broker drops it too, so
+    # the reconnection, with the same routing id, is accepted) and replaced; the
+    # monitor tells the worker it happened (its next WRDY says so).
     sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
+    sock.setsockopt(zmq.HEARTBEAT_TTL, 3000)
+    monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED) if routing_id else None
     # Queued (not dropped) until connected: a worker's first result may be ready before
     # its TCP connection is; LINGER lets the last events of a call leave on exit.
     sock.setsockopt(zmq.LINGER, 2000)
     sock.setsockopt(zmq.RECONNECT_IVL, 100)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
     sock.connect(url)
-    return BrokerLink(sock, user_id, credential)
+    return BrokerLink(sock, user_id, credential, monitor)
 
 
 if __name__ == "__main__":
