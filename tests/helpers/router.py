@@ -68,7 +68,9 @@ def register(r: Router, rid: bytes, user: UserIdentity, now: float, credential: 
     assert len(out) == 1
     dest, frames = out[0]
     assert dest == BACK and frames[:4] == [rid, b"", p.MAGIC, p.REGISTER_ACK]
-    return p.load_header(frames[4])
+    ack = p.load_header(frames[4])
+    ack.pop("last_call_ago", None)  # checked where it matters
+    return ack
 
 
 def login(r: Router, token: str, outcome, now: float) -> None:

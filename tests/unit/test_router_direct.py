@@ -437,3 +437,15 @@ def test_a_final_event_from_the_server_for_a_queued_call_unqueues_it():
     (dest, frames), = take(r)
     assert frames == [CLI, b"", *body]
     assert r.servers["alice-id"].queued == {} and r.servers["alice-id"].queued_bytes == 0
+
+
+def test_the_registration_ack_says_when_the_users_last_call_came():
+    r = direct_ready()
+    back(r, SRV_A, p.register("alice-id", cred("alice-id"), DIRECT), 1.0)
+    (_, frames), = take(r)
+    assert p.load_header(frames[4]) == {"ok": True, "last_call_ago": None}
+    front(r, CLI, call(T_ALICE, ID1), 2.0)
+    take(r)
+    back(r, SRV_A, p.register("alice-id", cred("alice-id"), DIRECT), 2.5)
+    (_, frames), = take(r)
+    assert p.load_header(frames[4]) == {"ok": True, "last_call_ago": 0.5}

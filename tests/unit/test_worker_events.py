@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from zexec.adapters.serializer import default_registry
-from zexec.apps.server.worker import PYTHON, BrokerLink, FunctionCache, Worker
+from zexec.apps.server.worker import ANNOUNCE_AFTER, PYTHON, BrokerLink, FunctionCache, Worker
 from zexec.core import protocol as p
 
 SER = default_registry().get("cloudpickle")
@@ -153,13 +153,14 @@ def test_another_python_version_is_refused_by_name(worker):
     assert "3.99" in ev.header["message"] and PYTHON in ev.header["message"]
 
 
-def direct_worker() -> Worker:
+def direct_worker(flush_interval: float = 3600) -> Worker:
     link = BrokerLink(RecordingSocket(), "alice-id", "cred")
-    return Worker(RecordingSocket(), flush_interval=3600, flush_bytes=1 << 20, broker=link)
+    return Worker(RecordingSocket(), flush_interval=flush_interval, flush_bytes=1 << 20,
+                  broker=link)
 
 
 @pytest.mark.parametrize("legacy", [False, True])
-def test_a_call_from_the_broker_is_answered_to_it_and_reported_to_the_server(legacy):
+def test_a_quick_call_from_the_broker_is_answered_to_it_alone(legacy):
     import dill
 
     worker = direct_worker()
@@ -169,9 +170,7 @@ def test_a_call_from_the_broker_is_answered_to_it_and_reported_to_the_server(leg
         verb, call_key, frames = p.CALL, b"c" * 16, call_frames(abs, -3)
         rest = frames[4:]
     worker.execute_direct(p.to_server(verb, CLIENT, call_key, "alice-id", rest))
-    # The server hears that the call started and that it ended, nothing else.
-    proto = b"L" if legacy else b"1"
-    assert worker.out.sock.messages == [[b"", b"T", CLIENT, call_key, proto], [b"", p.DONE]]
+    assert worker.out.sock.messages == []  # the server hears nothing of a quick call
     replies = [p.parse_backend(m[1:]) for m in worker.out.broker.sock.messages]
     assert all(r.client_id == CLIENT and r.call_key == call_key for r in replies)
     assert [r.final for r in replies] == [False] * (len(replies) - 1) + [True]
@@ -182,6 +181,22 @@ def test_a_call_from_the_broker_is_answered_to_it_and_reported_to_the_server(leg
     else:
         (ret,) = [p.parse_client_bound(r.body) for r in replies]
         assert ret.kind == p.EV_RETURN and SER.loads(ret.buffers) == 3
+
+
+def test_the_server_hears_of_a_broker_given_call_that_runs_long():
+    def slow():
+        import time
+
+        time.sleep(ANNOUNCE_AFTER * 4)
+        return "done"
+
+    worker = direct_worker(flush_interval=0.01)  # its flusher thread announces the call
+    rest = call_frames(slow)[4:]
+    worker.execute_direct(p.to_server(p.CALL, CLIENT, b"c" * 16, "alice-id", rest))
+    assert worker.out.sock.messages == [[b"", b"T", CLIENT, b"c" * 16, b"1"], [b"", p.DONE]]
+    (ret,) = [p.parse_client_bound(p.parse_backend(m[1:]).body)
+              for m in worker.out.broker.sock.messages]
+    assert SER.loads(ret.buffers) == "done"
 
 
 def test_function_cache_reuses_deserialized_functions():

@@ -4,8 +4,10 @@ It registers with the broker (the registration doubles as the heartbeat) and sup
 a pool of warm workers over an ipc ROUTER. With direct dispatch (a pooled server, the
 default) the workers take calls from the broker on their own connections and send their
 events to it; the broker decides cancels and timeouts and sends ``KILL`` for the worker
-concerned; the server hears from each worker when a call starts and ends (``T``/``D``,
-for draining, idling and its heartbeat) and reports its workers' deaths (``WGONE``).
+concerned; the server hears from a worker when a call has run 50 ms and when that call
+ends (``T``/``D``, for draining and its heartbeat; quick calls cost it nothing), learns
+when its user's last call came from the broker's ``RACK`` (its idle timeout), and
+reports its workers' deaths (``WGONE``).
 Otherwise (fresh-process mode, or a broker that sends it calls) it queues calls, hands
 them to idle workers, forwards their events and enforces cancellation and deadlines
 itself. Payloads are never deserialized here; that happens only in the workers.
@@ -37,6 +39,9 @@ PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 TICK = 0.1
 #: Seconds between registration attempts until the broker has acknowledged one.
 FIRST_BEAT_RETRY = 0.05
+#: Seconds a stopping direct server waits before it trusts that no call is running:
+#: its workers announce a call only once it has run 50 ms (worker.ANNOUNCE_AFTER).
+STOP_SETTLE = 0.2
 
 
 @dataclass(eq=False)
@@ -137,7 +142,13 @@ class ServerLoop:
                 self.exit_code = 3
                 self.stopping = True
                 self.drain_timeout = 0
-            elif not self.registered:
+            else:
+                # Direct dispatch: quick calls never reach this server, the broker
+                # says when the last one came (for the idle timeout).
+                ago = ack.get("last_call_ago")
+                if isinstance(ago, int | float) and not isinstance(ago, bool):
+                    self.last_activity = max(self.last_activity, time.monotonic() - ago)
+            if ack.get("ok") and not self.registered:
                 self.registered = True
                 log.info("registered with the broker as the server of user %s", self.user_id)
                 if self.ready_file:
@@ -369,6 +380,7 @@ class ServerLoop:
         self._heartbeat()
         next_beat = time.monotonic() + FIRST_BEAT_RETRY
         stop_deadline: float | None = None
+        settled = 0.0
         try:
             while True:
                 wait = max(0.0, min(TICK, next_beat - time.monotonic()))
@@ -413,7 +425,11 @@ class ServerLoop:
                     if stop_deadline is None:
                         stop_deadline = now + self.drain_timeout
                         self._heartbeat()  # "stopping": the broker sends no more calls
-                    if not self.tasks or now >= stop_deadline:
+                        # A call the broker gave a worker just before is either over
+                        # or announced (T) by then.
+                        settled = now + (STOP_SETTLE if self.pool.direct and
+                                         self.drain_timeout > 0 else 0.0)
+                    if (not self.tasks and now >= settled) or now >= stop_deadline:
                         break
         finally:
             for task in list(self.tasks.values()):

@@ -596,8 +596,12 @@ class Router:
             if current.stopping:
                 self._fail_queued(current, "SHUTTING_DOWN",
                                   f"the server of user {msg.user_id} is shutting down")
-        self.outbox.append((BACK, [rid, b"", p.MAGIC, p.REGISTER_ACK,
-                                   p.dump_header({"ok": True})]))
+        # Quick calls never reach a direct server: it learns from here when the last
+        # call of its user came (its idle timeout).
+        last = self.last_activity.get(msg.user_id)
+        ack = {"ok": True,
+               "last_call_ago": None if last is None else round(self.now - last, 3)}
+        self.outbox.append((BACK, [rid, b"", p.MAGIC, p.REGISTER_ACK, p.dump_header(ack)]))
 
     def _drop_server(self, user: str, why: str, grace: float = 0.0) -> None:
         entry = self.servers.pop(user, None)
