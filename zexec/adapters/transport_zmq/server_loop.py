@@ -303,9 +303,9 @@ class ServerLoop:
                 self.pool.kill(w)
 
     def _on_direct(self, w: Any, said: list[Any]) -> None:
-        """``[T, client_id, call_key, proto]``: worker ``w`` started a call the broker gave
-        it; ``[D]``: it ended. Kept for draining, idling and the heartbeat: the broker
-        ends these calls itself (cancel, timeout, worker death)."""
+        """``[T, client_id, call_key, proto]``: a call the broker gave worker ``w`` has run
+        50 ms; ``[D]``: it ended. Kept for draining and the heartbeat: the broker ends
+        these calls itself (cancel, timeout, worker death)."""
         verb = p.frame_bytes(said[0])
         if verb == b"T" and len(said) == 4:
             client_id, call_key, proto = (p.frame_bytes(f) for f in said[1:])
