@@ -205,6 +205,22 @@ def test_user_code_sees_no_server_setting_or_credential(client):
     assert client.call(zexec_env) == []
 
 
+def test_calls_go_from_the_broker_straight_to_the_workers(client, shared_stack):
+    # Everything above passes through the server too (fresh-process mode): this is
+    # what says the pooled path is direct dispatch (docs/protocol.md section 7.4).
+    assert [client.call(abs, -i) for i in range(4)] == [0, 1, 2, 3]
+
+    def alice() -> dict:
+        (server,) = shared_stack.control_command(b"STATUS")["status"]["servers"].values()
+        return server
+
+    assert alice()["info"]["direct"] is True
+    # Both workers announced themselves to the broker (the second starts later) and
+    # are free again; nothing waits.
+    wait_for(lambda: (alice()["workers"], alice()["idle"], alice()["queued"]) == (2, 2, 0),
+             what="both workers known to the broker and idle")
+
+
 def test_broker_and_workers_run_with_huge_pages_for_large_buffers(client, shared_stack):
     def tunables():
         import os
