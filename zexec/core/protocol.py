@@ -305,6 +305,26 @@ def legacy_event(kind: str, seq: int, **fields: Any) -> dict[str, Any]:
     return {"type": kind, "sequence": seq, **fields}
 
 
+# --------------------------------------------------------------------------- final events
+# What a broker or server that is not running the call sends to end it, in the call's
+# own protocol: both end calls (cancel, deadline, worker or server gone).
+
+
+def final_error(call_key: bytes, legacy: bool, code: str, message: str, seq: int = 0,
+                type_name: str = "") -> list[Any]:
+    """Client-bound frames of an error that ends a call (legacy: an ``ERROR`` event)."""
+    if legacy:
+        return [legacy_payload(legacy_event("ERROR", seq, message=message, details=""))]
+    return v1_error(call_key, code, message, seq, type_name)
+
+
+def final_cancelled(call_key: bytes, legacy: bool, reason: str, seq: int = 0) -> list[Any]:
+    """Client-bound frames of the event that ends a cancelled call."""
+    if legacy:
+        return [legacy_payload(legacy_event("END", seq, cancelled=True, reason=reason))]
+    return v1_event(call_key, EV_CANCELLED, seq, {"reason": reason})
+
+
 # --------------------------------------------------------------------------- backend
 
 

@@ -216,11 +216,8 @@ class ServerLoop:
     def _fail(self, task: Task, code: str, message: str, type_name: str = "") -> None:
         """End ``task`` with an error event generated here (not by a worker)."""
         seq = self._own_seq(task)
-        if task.legacy:
-            body = [p.legacy_payload(p.legacy_event("ERROR", seq, message=message, details=""))]
-        else:
-            body = p.v1_error(task.call_key, code, message, seq, type_name)
-        self._send_client(task, True, body)
+        self._send_client(task, True, p.final_error(task.call_key, task.legacy, code, message,
+                                                    seq, type_name))
         self._forget(task)
 
     @staticmethod
@@ -242,11 +239,7 @@ class ServerLoop:
         else:
             self.queue.remove(task)
         seq = self._own_seq(task)
-        if task.legacy:
-            body = [p.legacy_payload(p.legacy_event("END", seq, cancelled=True, reason=reason))]
-        else:
-            body = p.v1_event(task.call_key, p.EV_CANCELLED, seq, {"reason": reason})
-        self._send_client(task, True, body)
+        self._send_client(task, True, p.final_cancelled(task.call_key, task.legacy, reason, seq))
         self._forget(task)
 
     # ------------------------------------------------------------------ worker side
