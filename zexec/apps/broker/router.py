@@ -102,8 +102,7 @@ class InFlight:
     started: float
     direct: bool = False  # dispatched by the broker to a worker (see the module docstring)
     worker_rid: bytes | None = None  # direct dispatch: the worker running it
-    deadline: float | None = None  # direct dispatch: when its timeout expires
-    timeout: float | None = None
+    timeout: float | None = None  # direct dispatch: it expires at started + timeout
 
 
 @dataclass
@@ -311,16 +310,15 @@ class Router:
                          "down; retry shortly", LEGACY_SERVER_STOPPING.format(user=user))
             return
         timeout = None
-        if not legacy:
+        if not legacy:  # the broker ends the call at its timeout (the header said it)
             try:
                 timeout = p.call_timeout(p.load_header(rest[0]))
-            except (ProtocolError, IndexError) as exc:
+            except ProtocolError as exc:
                 self._refuse(rid, msg, "BAD_REQUEST", f"bad call header: {exc}", "")
                 return
-        size = sum(len(f) for f in rest)
+        size = 0 if server.idle else _size(rest)
         # At least one call may always wait, however large (it is here already).
-        if not server.idle and server.queued and \
-                server.queued_bytes + size > self.max_queued_bytes:
+        if size and server.queued and server.queued_bytes + size > self.max_queued_bytes:
             self.stats["queue_full"] += 1
             self._refuse(rid, msg, "BUSY", f"too many calls are waiting for the workers of "
                          f"user {user}; retry", LEGACY_BUSY)
@@ -328,8 +326,7 @@ class Router:
         key = (rid, call_key)
         call = InFlight(user, legacy, server.rid, self.now, direct=True, timeout=timeout)
         if timeout is not None:
-            call.deadline = self.now + timeout
-            heapq.heappush(self._deadlines, (call.deadline, key))
+            heapq.heappush(self._deadlines, (self.now + timeout, key))
         self.inflight[key] = call
         self.last_activity[user] = self.now
         self.stats["calls"] += 1
@@ -337,8 +334,17 @@ class Router:
         if server.idle:
             self._run(self.workers[server.idle.pop()], key, call, frames)
         else:
-            server.queued[key] = (frames, size)
-            server.queued_bytes += size
+            self._queue(server, key, frames, size)
+
+    @staticmethod
+    def _queue(server: ServerEntry, key: Key, frames: list[Any], size: int,
+               first: bool = False) -> None:
+        """Let a call (its ``frames`` to a worker, ``size`` bytes) wait for ``server``'s
+        next free worker: last in line, or ``first``."""
+        server.queued[key] = (frames, size)
+        if first:
+            server.queued.move_to_end(key, last=False)
+        server.queued_bytes += size
 
     def _run(self, worker: WorkerEntry, key: Key, call: InFlight, frames: list[Any]) -> None:
         worker.call = key
@@ -357,12 +363,8 @@ class Router:
                 (BACK, [call.server_rid, *p.to_server(verb, rid, call_key, user, [reason])])
             )
             return
-        why = reason.decode(errors="replace")
-        if call.legacy:
-            body = [p.legacy_payload(p.legacy_event("END", 0, cancelled=True, reason=why))]
-        else:
-            body = p.v1_event(call_key, p.EV_CANCELLED, 0, {"reason": why})
-        self._stop_call(key, call, body)
+        self._stop_call(key, call, p.final_cancelled(call_key, call.legacy,
+                                                     reason.decode(errors="replace")))
 
     def _stop_call(self, key: Key, call: InFlight, body: list[Any], kill: bool = True) -> None:
         """End a directly dispatched call with ``body`` (an event of the broker's own,
@@ -481,9 +483,9 @@ class Router:
         key = worker.call
         call = self.inflight.get(key) if key is not None else None
         if key is not None and call is not None and call.worker_rid == worker.rid:
-            self._deliver(key, True, _error(
-                key[1], call, "CALL_LOST", "the connection between the broker and the "
-                "worker running the call broke; the call may or may not have run"))
+            self._deliver(key, True, p.final_error(
+                key[1], call.legacy, "CALL_LOST", "the connection between the broker and "
+                "the worker running the call broke; the call may or may not have run"))
         self._worker_free(worker)
 
     def _worker_free(self, worker: WorkerEntry) -> None:
@@ -529,11 +531,8 @@ class Router:
         if call is None or call.worker_rid != worker.rid or server is None:
             return
         call.worker_rid = None
-        body = frames[1:]
-        size = sum(len(f) for f in body[6:])
-        server.queued[key] = (body, size)
-        server.queued.move_to_end(key, last=False)
-        server.queued_bytes += size
+        body = frames[1:]  # the to_server layout: the call's own frames from index 6
+        self._queue(server, key, body, _size(body[6:]), first=True)
         if server.idle:
             self._worker_free(self.workers[server.idle.pop()])
 
@@ -548,9 +547,9 @@ class Router:
         if key is None or call is None:
             return
         text = f"the worker process running the call died (exit code {msg.exit_code})"
-        self._deliver(key, True, _error(key[1], call, "WORKER_DIED", text))
+        self._deliver(key, True, p.final_error(key[1], call.legacy, "WORKER_DIED", text))
 
-    def _deliver(self, key: tuple[bytes, bytes], final: bool, body: list[Any]) -> None:
+    def _deliver(self, key: Key, final: bool, body: list[Any]) -> None:
         """Forward a reply to the call's client; the final one ends the call."""
         if final:
             del self.inflight[key]
@@ -627,14 +626,12 @@ class Router:
         for key in list(server.queued):
             call = self.inflight.get(key)
             if call is not None:
-                self._stop_call(key, call, _error(key[1], call, code, text))
+                self._stop_call(key, call, p.final_error(key[1], call.legacy, code, text))
 
-    def _server_gone(self, key: tuple[bytes, bytes], call: InFlight, why: str) -> None:
+    def _server_gone(self, key: Key, call: InFlight, why: str) -> None:
         """Fail an in-flight call whose server is gone."""
-        del self.inflight[key]
-        client, call_key = key
         text = f"the server for user {call.user_id} stopped responding ({why})"
-        self._front(client, _error(call_key, call, "SERVER_GONE", text))
+        self._deliver(key, True, p.final_error(key[1], call.legacy, "SERVER_GONE", text))
 
     # ------------------------------------------------------------------ time
 
@@ -652,12 +649,12 @@ class Router:
         while self._deadlines and self._deadlines[0][0] <= now:
             deadline, key = heapq.heappop(self._deadlines)
             call = self.inflight.get(key)
-            if call is None or call.deadline != deadline:
-                continue  # ended already
-            self._stop_call(key, call, _error(
-                key[1], call, "DEADLINE_EXCEEDED",
+            if call is None or call.timeout is None or call.started + call.timeout != deadline:
+                continue  # ended already (the key may even be another call's by now)
+            self._stop_call(key, call, p.final_error(
+                key[1], call.legacy, "DEADLINE_EXCEEDED",
                 f"the call exceeded its timeout of {call.timeout:g}s and was stopped",
-                "TimeoutError"))
+                type_name="TimeoutError"))
         for key, (deadline, why) in list(self.orphans.items()):
             if now >= deadline:
                 del self.orphans[key]
@@ -701,8 +698,6 @@ class Router:
         self.outbox.append((FRONT, [rid, b"", *body]))
 
 
-def _error(call_key: bytes, call: InFlight, code: str, text: str, type_name: str = "") -> list[Any]:
-    """A final error event of the broker's own (seq 0) for ``call``, in its protocol."""
-    if call.legacy:
-        return [p.legacy_payload(p.legacy_event("ERROR", 0, message=text, details=""))]
-    return p.v1_error(call_key, code, text, type_name=type_name)
+def _size(frames: Sequence[Any]) -> int:
+    """Bytes in ``frames`` (what a queued call holds in the broker's memory)."""
+    return sum(len(f) for f in frames)
