@@ -79,7 +79,7 @@ class BrokerLink:
         self.sock = sock
         self.user_id = user_id
         self.credential = credential
-        self.monitor = monitor  # the socket's disconnect events (direct dispatch)
+        self.monitor = monitor  # the socket's disconnect events (None in unit tests)
         self.reconnected = False
 
     def send(self, client_id: bytes, call_id: bytes, final: bool, body: list[Any]) -> None:
@@ -337,15 +337,14 @@ class Worker:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(link.sock, zmq.POLLIN)
-        if link.monitor is not None:
-            poller.register(link.monitor, zmq.POLLIN)
+        poller.register(link.monitor, zmq.POLLIN)
         with self.out.lock:
             link.ready()
         fast_until = time.monotonic() + READY_FAST_FOR
         while True:
             fast = time.monotonic() < fast_until
             events = dict(poller.poll(READY_FAST_MS if fast else READY_INTERVAL_MS))
-            if link.monitor is not None and events.get(link.monitor):
+            if events.get(link.monitor):
                 link.watch()
                 events.pop(link.monitor)
             if not events or link.reconnected:  # idle (a broken link: say so at once)
@@ -489,9 +488,8 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         sock.close()
         if broker is not None:
-            if broker.monitor is not None:
-                broker.sock.disable_monitor()
-                broker.monitor.close(0)
+            broker.sock.disable_monitor()
+            broker.monitor.close(0)
             broker.sock.close()
         ctx.term()
 
@@ -516,21 +514,20 @@ def _exit_on_sigterm(signum: int, frame: Any) -> None:
 
 def broker_link(ctx: zmq.Context, broker: list[str] | None) -> BrokerLink | None:
     """The direct connection to the broker the server asked for (``[url, user id,
-    credential, routing id]`` in CONFIG; the routing id only for direct dispatch), or
-    None (calls and events then go through the server)."""
+    credential, routing id]`` in CONFIG), or None (calls and events then go through the
+    server)."""
     if not broker:
         return None
-    url, user_id, credential, *routing_id = broker
+    url, user_id, credential, routing_id = broker
     sock = ctx.socket(zmq.DEALER)
-    if routing_id:  # direct dispatch: the server names this worker to the broker by it
-        sock.setsockopt(zmq.ROUTING_ID, routing_id[0].encode())
+    sock.setsockopt(zmq.ROUTING_ID, routing_id.encode())  # the server names us by it
     # A dead TCP connection is noticed at both ends (TTL: the broker drops it too, so
     # the reconnection, with the same routing id, is accepted) and replaced; the
     # monitor tells the worker it happened (its next WRDY says so).
     sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
     sock.setsockopt(zmq.HEARTBEAT_TTL, 3000)
-    monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED) if routing_id else None
+    monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
     # Queued (not dropped) until connected: a worker's first result may be ready before
     # its TCP connection is; LINGER lets the last events of a call leave on exit.
     sock.setsockopt(zmq.LINGER, 2000)
