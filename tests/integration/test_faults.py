@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 
 import pytest
 import zmq
@@ -164,6 +165,25 @@ def test_idle_server_exits_cleanly_and_unregisters(tmp_path):
             assert proc.wait(60) == 0  # culled for idleness, not crashed
             with pytest.raises(zexec.ServerUnavailable):
                 c.call(abs, -1)
+    finally:
+        s.close()
+
+
+def test_a_server_kept_busy_with_quick_calls_is_not_idle(tmp_path):
+    """Quick calls never reach a direct server (its workers take them from the broker
+    and announce only calls that run 50 ms): it must learn of them from the broker's
+    RACK (last_call_ago), or it would exit as idle while in use."""
+    s = Stack(tmp_path)
+    try:
+        s.start_broker()
+        proc = s.start_server("alice", ZEXEC_SERVER_IDLE_TIMEOUT="1")
+        with zexec.Client(s.frontend, s.tokens["alice"]) as c:
+            end = time.monotonic() + 3  # three idle timeouts of quick calls
+            while time.monotonic() < end:
+                assert c.call(abs, -2) == 2
+                assert proc.poll() is None, "culled as idle while serving calls"
+                time.sleep(0.05)
+            assert proc.wait(60) == 0  # and once the calls stop, it is idle
     finally:
         s.close()
 
