@@ -93,7 +93,7 @@ def git_info() -> dict:
         r = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
         return r.stdout.strip()
     return {"commit": git("rev-parse", "--short", "HEAD"),
-            "dirty_zexec": bool(git("status", "--porcelain", "--", "zexec"))}
+            "dirty_zexec": bool(git("status", "--porcelain", "--", "src"))}
 
 
 def zexec_phase(args, sizes: Sizes, legacy_py: Path | None, logdir: Path) -> dict:
@@ -238,7 +238,7 @@ def main() -> int:
     out.write_text(json.dumps(doc, indent=2))
 
     print(f"## zexec benchmark {stamp} (commit {doc['git']['commit']}"
-          f"{', zexec/ modified' if doc['git']['dirty_zexec'] else ''}; "
+          f"{', src/ modified' if doc['git']['dirty_zexec'] else ''}; "
           f"{doc['host']['cpus']} CPUs; {doc['elapsed_s']:.0f} s)\n")
     print(report.markdown(doc["rows"]))
     print()

@@ -283,7 +283,7 @@ def git_info() -> dict:
 
     return {
         "commit": git("rev-parse", "--short", "HEAD"),
-        "dirty_zexec": bool(git("status", "--porcelain", "--", "zexec")),
+        "dirty_zexec": bool(git("status", "--porcelain", "--", "src")),
     }
 
 
@@ -634,7 +634,7 @@ def main() -> int:
     doc = run(args)
     print(
         f"## spawn benchmark {doc['timestamp']} (commit {doc['git']['commit']}"
-        f"{', zexec/ modified' if doc['git']['dirty_zexec'] else ''}; "
+        f"{', src/ modified' if doc['git']['dirty_zexec'] else ''}; "
         f"{doc['host']['cpus']} CPUs; median of {args.reps}; {doc['elapsed_s']:.0f} s)\n"
     )
     print(markdown(doc))

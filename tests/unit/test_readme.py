@@ -1,4 +1,4 @@
-"""The README's configuration tables cover every setting in zexec/settings.py (a new
+"""The README's configuration tables cover every setting in src/zexec/settings.py (a new
 setting without a row fails here), and its command table every ``zexec`` subcommand. Rows
 may abbreviate ``ZEXEC_BROKER_BACKEND_PORT`` as ``_BACKEND_PORT`` after the full name of a
 sibling, and ``zexec broker`` / ``server`` as `` / `server` `` after a sibling command."""

@@ -42,7 +42,7 @@ def zexec_install_args() -> list[str]:
     code), else the installed distribution's exact version from the index."""
     # From this file, not zexec.__file__: that is None when zexec is imported as a
     # namespace package (a source tree on sys.path without the package installed).
-    root = Path(__file__).resolve().parents[3]
+    root = Path(__file__).resolve().parents[4]
     pyproject = root / "pyproject.toml"
     if pyproject.is_file() and 'name = "zexec"' in pyproject.read_text("utf-8", "replace"):
         return ["-e", str(root)]
