@@ -34,6 +34,32 @@ class AuthSettings(BaseSettings):
     audience: str = ""
 
 
+class LogSettings(BaseSettings):
+    """Where a process logs and how much (``ZEXEC_LOG_*``); every zexec process reads it."""
+
+    model_config = SettingsConfigDict(env_prefix="ZEXEC_LOG_", extra="ignore")
+
+    #: Log file the process writes and rotates itself (its stdout and stderr go there
+    #: too); empty = stderr. ``zexec up`` sets it for the processes it starts.
+    file: str = ""
+    max_bytes: int = 10 * 1024**2
+    backups: int = 3
+    #: At most ``repeat_burst`` lines of one kind (logger, level, message template) per
+    #: ``repeat_interval`` seconds; the next one says how many were held back. 0 = no limit.
+    repeat_burst: int = 20
+    repeat_interval: float = 60.0
+
+
+class HttpSettings(BaseSettings):
+    """Limits of the HTTP apps: Deploy API, EP API, development IdP (``ZEXEC_HTTP_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="ZEXEC_HTTP_", extra="ignore")
+
+    #: Largest request body accepted, in bytes; larger ones get 413 without being read
+    #: (or as soon as a chunked body passes the limit).
+    max_body_bytes: int = 1024**2
+
+
 class BrokerSettings(BaseSettings):
     """The broker (``ZEXEC_BROKER_*``)."""
 

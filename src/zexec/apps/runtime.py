@@ -33,21 +33,36 @@ class _AppTag(logging.Filter):
 
 
 def configure_logging(tagged: bool = False) -> None:
-    """INFO-level logs to stderr in the format every zexec process uses; ``tagged``
-    adds the ``[app]`` of :func:`serve_all`'s apps to every line."""
+    """INFO-level logs in the format every zexec process uses, to stderr or, with
+    ``ZEXEC_LOG_FILE``, to a file the process rotates itself (stdout and stderr follow
+    it); repeated lines limited, access-log lines without query strings (see
+    :mod:`zexec.apps.logfiles`). ``tagged`` adds the ``[app]`` of :func:`serve_all`'s
+    apps to every line."""
+    from zexec.apps.logfiles import ProcessLogFile, RepeatLimit, StripQuery
+    from zexec.settings import LogSettings
+
+    settings = LogSettings()
     root = logging.getLogger()
     before = set(root.handlers)
-    logging.basicConfig(level=logging.INFO, format=TAGGED_LOG_FORMAT if tagged else LOG_FORMAT)
-    if tagged:
-        for handler in set(root.handlers) - before:  # the handler basicConfig added, if any
+    handlers = None
+    if settings.file:
+        handlers = [ProcessLogFile(settings.file, settings.max_bytes, settings.backups)]
+    logging.basicConfig(
+        level=logging.INFO, format=TAGGED_LOG_FORMAT if tagged else LOG_FORMAT, handlers=handlers
+    )
+    limit = RepeatLimit(settings.repeat_burst, settings.repeat_interval)
+    for handler in set(root.handlers) - before:  # the handler basicConfig added, if any
+        handler.addFilter(limit)
+        if tagged:
             handler.addFilter(_AppTag())
+    logging.getLogger("uvicorn.access").addFilter(StripQuery())
 
 
 def serve(app: Any, host: str, port: int) -> int:
     """Serve an ASGI app with uvicorn until stopped; the process exit code."""
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    uvicorn.run(app, host=host, port=port, log_level="info", log_config=None)
     return 0
 
 

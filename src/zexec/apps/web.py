@@ -33,11 +33,11 @@ def build_apps(
     from zexec.apps.deploy_api.container import build_app_from_settings as deploy_api
     from zexec.apps.devidp.app import create_app as devidp
     from zexec.apps.ep_api.container import build_app_from_settings as ep_api
-    from zexec.settings import DeploySettings, EPSettings
+    from zexec.settings import DeploySettings, EPSettings, HttpSettings
 
     deploy, ep = DeploySettings(), EPSettings()
     return [
-        ("devidp", devidp(tokens_file), idp_host, idp_port),
+        ("devidp", devidp(tokens_file, HttpSettings().max_body_bytes), idp_host, idp_port),
         ("deploy-api", deploy_api(deploy), deploy.host, deploy.port),
         ("ep-api", ep_api(ep), ep.host, ep.port),
     ]

@@ -307,8 +307,9 @@ def up(
                 step = steps[name]
                 d.log(name).write_text("")  # one run per log: old runs are noise here
                 proc = procs.spawn_detached(
-                    step["cmd"], env=step["env"], log=d.log(name), cwd=d.root
-                )
+                    step["cmd"], env={**step["env"], "ZEXEC_LOG_FILE": str(d.log(name))},
+                    log=d.log(name), cwd=d.root,
+                )  # the process rotates its own log (ZEXEC_LOG_FILE) from its first line
                 comp = {"pid": proc.pid, "start": procs.start_time(proc.pid)}
                 if "apps" in step:
                     comp["apps"] = step["apps"]

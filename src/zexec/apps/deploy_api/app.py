@@ -43,7 +43,7 @@ from zexec.apps.http_common import (
     zexec_version,
 )
 from zexec.core.errors import EnvironmentConflict, InvalidEnvironment
-from zexec.core.model import EnvSpec
+from zexec.core.model import EnvSpec, UserIdentity
 from zexec.core.ports import Authenticator, Orchestrator
 from zexec.settings import DeploySettings
 
@@ -160,6 +160,17 @@ async def form_token(request: Request) -> str | None:
     return token if isinstance(token, str) and token else None
 
 
+async def body_caller(
+    authenticator: Authenticator, token: str | None, bearer: str | None,
+    caller: UserIdentity | None,
+) -> UserIdentity:
+    """Who is calling, given the body's token field (which wins, as the legacy clients
+    expect) and the already checked Bearer token's ``caller``."""
+    if token and token != bearer:
+        return await identify(authenticator, token)
+    return caller or await identify(authenticator, token)
+
+
 def create_app(
     settings: DeploySettings,
     orchestrator: Orchestrator,
@@ -168,13 +179,15 @@ def create_app(
     parse_spec: ParseSpec | None = None,
     metrics: DeployMetrics | None = None,
     closers: Sequence[Callable[[], Any]] = (),
+    max_body_size: int | None = None,
 ) -> FastAPI:
     """The Deploy API over the given collaborators.
 
     ``parse_spec(requirements, allow_unsafe=...)`` validates requirement lists (default
     :func:`zexec.core.envspec.parse_env_spec`); ``metrics`` defaults to a fresh registry;
     ``closers`` run when the app shuts down (the composition root passes the
-    orchestrator's ``close``).
+    orchestrator's ``close``); a request body over ``max_body_size`` bytes gets 413
+    before it is read (or as soon as a chunked body passes it).
     """
     if parse_spec is None:
         from zexec.core.envspec import parse_env_spec as parse_spec
@@ -185,6 +198,7 @@ def create_app(
         version=zexec_version(),
         description="Spawns, reports and terminates per-user zexec servers.",
         lifespan=lifespan_closing(closers),
+        max_body_size=max_body_size,
     )
     app.state.metrics = metrics
     app.state.orchestrator = orchestrator
@@ -203,12 +217,17 @@ def create_app(
     )
     async def spawn(request: Request) -> JSONResponse:
         """Ensure the caller's server runs the given requirements (see module doc)."""
+        # A Bearer header is checked before the body is read: its owner's body is
+        # parsed only once the caller is known. (A form token, as the legacy clients
+        # send it, can only be read with the body, which BodyLimit keeps small.)
+        bearer = bearer_token(request)
+        caller = await identify(authenticator, bearer) if bearer else None
         try:
             fields = await read_spawn_request(request)
         except InvalidEnvironment:
             metrics.spawns.labels("invalid").inc()
             raise
-        user = await identify(authenticator, fields["token"] or bearer_token(request))
+        user = await body_caller(authenticator, fields["token"], bearer, caller)
         try:
             spec = parse_spec(
                 fields["requirements"], allow_unsafe=settings.allow_unsafe_requirements
@@ -237,7 +256,9 @@ def create_app(
     @app.delete(prefix + "/terminate", openapi_extra=TERMINATE_DOC, responses=_AUTH_ERRORS)
     async def terminate(request: Request) -> dict[str, Any]:
         """Stop and remove the caller's server (interrupting its work)."""
-        user = await identify(authenticator, await form_token(request) or bearer_token(request))
+        bearer = bearer_token(request)
+        caller = await identify(authenticator, bearer) if bearer else None
+        user = await body_caller(authenticator, await form_token(request), bearer, caller)
         existed = await run_in_threadpool(orchestrator.terminate, user.user_id)
         who = user.username or user.user_id
         metrics.terminates.labels("terminated" if existed else "absent").inc()

@@ -18,7 +18,7 @@ from zexec.apps.deploy_api.app import create_app
 from zexec.apps.deploy_api.metrics import DeployMetrics
 from zexec.core.errors import ConfigurationError
 from zexec.core.ports import Authenticator, Orchestrator
-from zexec.settings import AuthSettings, BrokerSettings, DeploySettings
+from zexec.settings import AuthSettings, BrokerSettings, DeploySettings, HttpSettings
 
 
 def memory_orchestrator() -> Orchestrator:
@@ -87,6 +87,7 @@ class DeployContainer(containers.DeclarativeContainer):
     settings = providers.Dependency(instance_of=DeploySettings)
     auth_settings = providers.Dependency(instance_of=AuthSettings)
     broker_settings = providers.Dependency(instance_of=BrokerSettings)
+    http_settings = providers.Singleton(HttpSettings)
     orchestrator_name = providers.Callable(lambda s: s.orchestrator, settings)
 
     orchestrator = providers.Selector(
@@ -104,6 +105,7 @@ class DeployContainer(containers.DeclarativeContainer):
         authenticator,
         metrics=metrics,
         closers=providers.Callable(_closers, orchestrator),
+        max_body_size=providers.Callable(lambda s: s.max_body_bytes, http_settings),
     )
 
 

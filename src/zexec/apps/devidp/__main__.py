@@ -26,7 +26,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m zexec.apps.devidp
         generate_tokens(args.tokens_file, users)
         # Tokens are in the 0600 file; printing them would put them in shell history/logs.
         print(f"wrote tokens for {', '.join(users)} to {args.tokens_file}")
-    serve(create_app(args.tokens_file), args.host, args.port)
+    from zexec.settings import HttpSettings
+
+    serve(create_app(args.tokens_file, HttpSettings().max_body_bytes), args.host, args.port)
 
 
 if __name__ == "__main__":

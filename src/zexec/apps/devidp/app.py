@@ -25,11 +25,13 @@ def _unauthorized() -> JSONResponse:
     )
 
 
-def create_app(tokens_file: str | os.PathLike[str]) -> FastAPI:
+def create_app(tokens_file: str | os.PathLike[str], max_body_size: int | None = None) -> FastAPI:
     """The app serving the tokens of ``tokens_file`` (read once, now: a bad file fails
-    here with :class:`~zexec.core.errors.ConfigurationError`, not at the first request)."""
+    here with :class:`~zexec.core.errors.ConfigurationError`, not at the first request);
+    request bodies over ``max_body_size`` bytes get 413."""
     tokens = StaticAuthenticator.from_file(tokens_file)
-    app = FastAPI(title="zexec development identity provider", docs_url=None, redoc_url=None)
+    app = FastAPI(title="zexec development identity provider", docs_url=None, redoc_url=None,
+                  max_body_size=max_body_size)
 
     def answer(token: Any) -> JSONResponse:
         if not isinstance(token, str) or not token:

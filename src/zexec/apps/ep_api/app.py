@@ -93,15 +93,18 @@ def create_app(
     login: Login | None = None,
     catalog_kind: str | None = None,
     closers: Sequence[Callable[[], Any]] = (),
+    max_body_size: int | None = None,
 ) -> FastAPI:
     """The EP API over a catalog and an authenticator. ``login`` enables
-    ``POST /user/login``; ``closers`` run at shutdown."""
+    ``POST /user/login``; ``closers`` run at shutdown; request bodies over
+    ``max_body_size`` bytes get 413."""
     version = settings.version or EP_API_VERSION
     app = FastAPI(
         title="zexec EP API",
         version=version,
         description="Endpoint API: status, remote-execution discovery, user info, datasets.",
         lifespan=lifespan_closing(closers),
+        max_body_size=max_body_size,
     )
     install_error_handlers(app)
     deploy_url = settings.deploy_api_url.rstrip("/")

@@ -18,7 +18,7 @@ from zexec.apps.auth_wiring import build_authenticator
 from zexec.apps.ep_api.app import Login, create_app
 from zexec.core.errors import AuthUnavailable, ConfigurationError, Unauthenticated
 from zexec.core.ports import Authenticator, Catalog
-from zexec.settings import AuthSettings, EPSettings
+from zexec.settings import AuthSettings, EPSettings, HttpSettings
 
 
 def sqlite_catalog(settings: EPSettings) -> Catalog:
@@ -75,6 +75,7 @@ class EPContainer(containers.DeclarativeContainer):
 
     settings = providers.Dependency(instance_of=EPSettings)
     auth_settings = providers.Dependency(instance_of=AuthSettings)
+    http_settings = providers.Singleton(HttpSettings)
     catalog_name = providers.Callable(lambda s: s.catalog, settings)
 
     catalog = providers.Selector(
@@ -91,6 +92,7 @@ class EPContainer(containers.DeclarativeContainer):
         authenticator,
         login=login,
         closers=providers.Callable(_closers, catalog),
+        max_body_size=providers.Callable(lambda s: s.max_body_bytes, http_settings),
     )
 
 
