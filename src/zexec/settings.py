@@ -81,14 +81,38 @@ class BrokerSettings(BaseSettings):
     #: ``auth_checks_per_peer`` distinct unknown tokens being checked at once.
     auth_threads: int = 32
     auth_checks_per_peer: int = 4
-    #: CurveZMQ secret key (Z85, 40 characters) of the broker. When set, a second,
-    #: encrypted client port ``secure_port`` opens: tokens and payloads of zexec SDK
-    #: clients that know the public key cross the network encrypted. The plain
-    #: ``frontend_port`` stays for the released legacy clients.
-    curve_secret_key: SecretStr = SecretStr("")
+    #: Token checks waiting or running per source address, at most (then "busy"):
+    #: checks are served fairly, address by address.
+    auth_checks_per_address: int = 32
+    #: A client connection that tries more distinct invalid tokens than this is
+    #: answered and closed.
+    failed_tokens_per_conn: int = 3
+    #: The encrypted client port: TLS (1.3) with this certificate and key (PEM files).
+    #: When both are set, ``secure_port`` opens; the plain ``frontend_port`` stays for
+    #: the released legacy clients and for loopback.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
     secure_port: int = 5562
-    #: Largest frame accepted from a peer, in bytes (larger ones drop the connection).
-    max_frame_bytes: int = 4 * 1024**3
+    #: A connection that has not shown a valid token or server credential may hold at
+    #: most ``preauth_bytes``, all of them together ``preauth_total_bytes``, and must
+    #: show one within ``preauth_timeout`` seconds.
+    preauth_bytes: int = 64 * 1024
+    preauth_total_bytes: int = 64 * 1024**2
+    preauth_timeout: float = 10.0
+    #: Largest frame accepted from an authenticated peer, in bytes (larger ones are
+    #: refused with an error that names this limit), and most frames in one message.
+    max_frame_bytes: int = 2 * 1024**3
+    max_frames: int = 4096
+    #: Bytes of large frames (over 64 KiB) the broker holds at once, at most: beyond,
+    #: it reads no more large frames until some are sent on.
+    max_payload_bytes: int = 4 * 1024**3
+    #: Bytes queued to one peer that does not read, at most (then messages to it are
+    #: dropped); a peer that reads nothing for ``write_timeout`` seconds is closed.
+    max_output_bytes: int = 256 * 1024**2
+    write_timeout: float = 60.0
+    #: A connection without traffic for this many seconds, and without a call in
+    #: flight, is closed (clients reconnect by themselves).
+    idle_timeout: float = 300.0
     #: Messages parked while their token is being checked, at most (then "busy").
     max_parked: int = 10_000
     #: Bytes of arguments the calls waiting for one user's workers may hold here, at
@@ -174,10 +198,11 @@ class DeploySettings(BaseSettings):
     #: Broker address clients are told by ``GET {prefix}/broker-config``.
     broker_external_host: str = "127.0.0.1"
     broker_external_port: int = 5559
-    #: The broker's encrypted port and CurveZMQ public key (Z85), told to clients by
-    #: ``/broker-config`` so the zexec SDK connects encrypted; empty key = plain only.
+    #: The broker's encrypted (TLS) port and its certificate (PEM file): ``/broker-config``
+    #: tells clients the port and the certificate's SHA-256, which the zexec SDK pins;
+    #: empty file = plain only.
     broker_external_secure_port: int = 5562
-    broker_curve_public_key: str = ""
+    broker_tls_cert_file: str = ""
     #: Where the local orchestrator keeps environments, logs and server state.
     state_dir: str = Field(default_factory=lambda: os.path.expanduser("~/.zexec"))
     #: A server without calls for this many seconds is stopped; 0 = never.

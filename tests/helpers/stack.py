@@ -19,6 +19,7 @@ from pathlib import Path
 import zmq
 
 from zexec.adapters.hugepages import with_hugepages
+from zexec.adapters.transport_zmtp.tls import file_pin, make_self_signed
 from zexec.apps.devidp.tokens import generate_tokens, user_id_for
 from zexec.core.protocol import server_credential
 
@@ -62,14 +63,18 @@ class Stack:
     broker: subprocess.Popen | None = None
     servers: dict[str, subprocess.Popen] = field(default_factory=dict)
     extra_broker_env: dict[str, str] = field(default_factory=dict)
-    #: CurveZMQ key pair of the broker: its encrypted client port is ``secure_frontend``.
-    curve: tuple[str, str] = field(default_factory=lambda: tuple(
-        k.decode() for k in zmq.curve_keypair()))
+    #: The broker's encrypted (TLS) client port is ``secure_frontend``; ``tls_pin`` the
+    #: SHA-256 of its self-signed certificate (made in ``workdir``).
     secure_port: int = field(default_factory=free_port)
 
     def __post_init__(self) -> None:
         self.tokens_file = self.workdir / "tokens.json"
         self.tokens = generate_tokens(self.tokens_file, ("alice", "bob", "carol"))
+        self.tls_cert = self.workdir / "broker-tls.crt"
+        self.tls_key = self.workdir / "broker-tls.key"
+        if not self.tls_cert.exists():
+            make_self_signed(self.tls_cert, self.tls_key, ["127.0.0.1", "localhost"])
+        self.tls_pin = file_pin(self.tls_cert)
 
     @property
     def frontend(self) -> str:
@@ -77,11 +82,7 @@ class Stack:
 
     @property
     def secure_frontend(self) -> str:
-        return f"tcp://127.0.0.1:{self.secure_port}"
-
-    @property
-    def public_key(self) -> str:
-        return self.curve[0]
+        return f"tls://127.0.0.1:{self.secure_port}"
 
     @property
     def backend(self) -> str:
@@ -101,7 +102,8 @@ class Stack:
             ZEXEC_BROKER_ADMIN_TOKEN=ADMIN,
             ZEXEC_AUTH_MODE="static",
             ZEXEC_AUTH_STATIC_FILE=str(self.tokens_file),
-            ZEXEC_BROKER_CURVE_SECRET_KEY=self.curve[1],
+            ZEXEC_BROKER_TLS_CERT_FILE=str(self.tls_cert),
+            ZEXEC_BROKER_TLS_KEY_FILE=str(self.tls_key),
             ZEXEC_BROKER_SECURE_PORT=str(self.secure_port),
         )
         env = _env(**{**settings, **self.extra_broker_env})

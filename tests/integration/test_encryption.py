@@ -1,4 +1,5 @@
-"""The encrypted (CurveZMQ) client port: same calls, nothing readable on the wire."""
+"""The encrypted (TLS) client port: same calls, nothing readable on the wire; the
+pinned certificate and nothing else."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ import socket
 import threading
 
 import pytest
-import zmq
 
 import zexec
+from zexec.core.errors import ConfigurationError
 
 
 class Tap:
@@ -57,19 +58,41 @@ def test_token_and_payload_visible_only_on_the_plain_port(shared_stack, secure):
     target = shared_stack.secure_port if secure else shared_stack.ports[0]
     tap = Tap(target)
     token = shared_stack.tokens["alice"]
-    key = shared_stack.public_key if secure else None
+    scheme, pin = ("tls", shared_stack.tls_pin) if secure else ("tcp", None)
     try:
-        with zexec.Client(f"tcp://127.0.0.1:{tap.port}", token, server_key=key) as c:
+        with zexec.Client(f"{scheme}://127.0.0.1:{tap.port}", token, tls_pin=pin) as c:
             assert c.call(lambda s: s.upper(), "secret-payload-text") == "SECRET-PAYLOAD-TEXT"
     finally:
         tap.close()
     visible = token.encode() in tap.seen and b"secret-payload-text" in tap.seen
     assert visible is not secure
+    if secure:
+        assert b"\x16\x03" in tap.seen[:8]  # a TLS handshake record first
+        assert b"NULL" not in tap.seen  # not even the ZMTP greeting is in clear
 
 
-def test_secure_port_refuses_clients_without_the_right_key(shared_stack):
-    for key in (None, zmq.curve_keypair()[0].decode()):
-        with zexec.Client(shared_stack.secure_frontend, shared_stack.tokens["alice"],
-                          server_key=key, connect_timeout=1.0) as c:
-            with pytest.raises(zexec.BrokerUnreachable):
+def test_secure_port_refuses_other_certificates_and_plain_clients(shared_stack):
+    other = "ab" * 32
+    for url, pin in ((shared_stack.secure_frontend, other),
+                     (shared_stack.secure_frontend.replace("tls://", "tcp://"), None)):
+        with zexec.Client(url, shared_stack.tokens["alice"], tls_pin=pin,
+                          connect_timeout=1.0) as c:
+            with pytest.raises(zexec.BrokerUnreachable) as info:
                 c.call(abs, -1)
+        if pin:
+            assert "does not match the pin" in str(info.value)
+
+
+def test_without_a_pin_the_certificate_must_be_trusted(shared_stack):
+    # A self-signed certificate no CA vouches for: refused unless pinned.
+    with zexec.Client(shared_stack.secure_frontend, shared_stack.tokens["alice"],
+                      connect_timeout=1.0) as c:
+        with pytest.raises(zexec.BrokerUnreachable, match="certificate"):
+            c.call(abs, -1)
+
+
+def test_bad_pins_are_configuration_errors():
+    with pytest.raises(ConfigurationError, match="64 hex digits"):
+        zexec.Client("tls://127.0.0.1:1", "t", tls_pin="nope")
+    with pytest.raises(ConfigurationError, match="tls://"):
+        zexec.Client("tcp://127.0.0.1:1", "t", tls_pin="ab" * 32)

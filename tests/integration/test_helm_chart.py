@@ -345,33 +345,73 @@ def test_network_policies_cover_the_control_plane(default_docs):
     assert labels["pod-security.kubernetes.io/warn"] == "restricted"
 
 
-def test_curve_example_opens_and_advertises_the_encrypted_client_port(rendered):
-    docs = rendered["curve"]
-    values = yaml.safe_load((CHART / "examples" / "curve.yaml").read_text())["broker"]
+def test_encrypted_client_port_is_on_by_default_with_a_self_signed_certificate(rendered):
+    from cryptography import x509
+
+    docs = rendered["default"]
     broker = container(deployment(docs, "broker"))
     assert {"name": "secure", "containerPort": 5562, "protocol": "TCP"} in broker["ports"]
-    env = {e["name"]: e for e in broker["env"]}
-    assert env["ZEXEC_BROKER_SECURE_PORT"]["value"] == "5562"
-    ref = env["ZEXEC_BROKER_CURVE_SECRET_KEY"]["valueFrom"]["secretKeyRef"]
-    assert ref == {"name": "zexec-broker-curve", "key": "curve-secret-key"}
-    secret = one(docs, "Secret", "zexec-broker-curve")
-    stored = base64.b64decode(secret["data"]["curve-secret-key"]).decode()
-    assert stored == values["curve"]["secretKey"]
+    env = env_of(broker, docs)
+    assert env["ZEXEC_BROKER_SECURE_PORT"] == "5562"
+    assert env["ZEXEC_BROKER_TLS_CERT_FILE"] == "/etc/zexec/tls/tls.crt"
+    assert env["ZEXEC_BROKER_TLS_KEY_FILE"] == "/etc/zexec/tls/tls.key"
+    volumes = {v["name"]: v for v in deployment(docs, "broker")["spec"]["template"]["spec"]
+               ["volumes"]}
+    assert volumes["tls"]["secret"]["secretName"] == "zexec-broker-tls"
+    secret = one(docs, "Secret", "zexec-broker-tls")
+    assert secret["type"] == "kubernetes.io/tls"
+    cert = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName)  # the broker's names
+    assert b"PRIVATE KEY" in base64.b64decode(secret["data"]["tls.key"])
     ports = {p["name"]: p for p in one(docs, "Service", "zexec-broker-external")["spec"]["ports"]}
-    assert ports["secure"]["targetPort"] == "secure"
-    assert ports["secure"]["nodePort"] == 30002
-    broker_np = one(docs, "NetworkPolicy", "zexec-broker")
-    client_rule = broker_np["spec"]["ingress"][0]
+    assert ports["secure"]["targetPort"] == "secure" and ports["secure"]["nodePort"] == 30002
+    client_rule = one(docs, "NetworkPolicy", "zexec-broker")["spec"]["ingress"][0]
     assert {p["port"] for p in client_rule["ports"]} == {5559, 5562}
     assert "from" not in client_rule
-    api = env_of(container(deployment(docs, "deploy-api")), docs)
+    # The Deploy API gets the certificate (to publish its pin), never the key.
+    api_dep = deployment(docs, "deploy-api")
+    api = env_of(container(api_dep), docs)
     assert api["ZEXEC_DEPLOY_BROKER_EXTERNAL_SECURE_PORT"] == "30002"
-    assert api["ZEXEC_DEPLOY_BROKER_CURVE_PUBLIC_KEY"] == values["curve"]["publicKey"]
+    assert api["ZEXEC_DEPLOY_BROKER_TLS_CERT_FILE"] == "/etc/zexec/broker-tls/tls.crt"
+    api_volumes = {v["name"]: v for v in api_dep["spec"]["template"]["spec"]["volumes"]}
+    assert api_volumes["broker-tls"]["secret"]["items"] == [{"key": "tls.crt",
+                                                              "path": "tls.crt"}]
     assert checks.network_errors(docs) == []
-    # Off by default: nothing of it is rendered.
-    default_broker = container(deployment(rendered["default"], "broker"))
-    assert "secure" not in {p["name"] for p in default_broker["ports"]}
-    assert not any("CURVE" in e["name"] for e in default_broker["env"])
+
+
+def test_tls_example_uses_the_sites_certificate(rendered):
+    docs = rendered["tls-existing-secret"]
+    assert not find(docs, "Secret", "zexec-broker-tls")
+    for component, volume in (("broker", "tls"), ("deploy-api", "broker-tls")):
+        spec = deployment(docs, component)["spec"]["template"]["spec"]
+        vols = {v["name"]: v for v in spec["volumes"]}
+        assert vols[volume]["secret"]["secretName"] == "zexec-broker-cert"
+
+
+def test_tls_can_be_turned_off():
+    docs = render_docs(sets=["broker.tls.enabled=false"])
+    broker = container(deployment(docs, "broker"))
+    assert "secure" not in {p["name"] for p in broker["ports"]}
+    assert not any("TLS" in e["name"] for e in broker["env"])
+    assert not find(docs, "Secret", "zexec-broker-tls")
+    api = env_of(container(deployment(docs, "deploy-api")), docs)
+    assert "ZEXEC_DEPLOY_BROKER_TLS_CERT_FILE" not in api
+
+
+def test_broker_memory_limit_covers_its_limits(rendered):
+    """The arithmetic of the chart README's "Broker memory": the container's limit
+    covers every bound the broker enforces, with the defaults."""
+    docs = rendered["default"]
+    broker = container(deployment(docs, "broker"))
+    env = env_of(broker, docs)
+    units = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
+    limit = broker["resources"]["limits"]["memory"]
+    limit_bytes = int(limit[:-2]) * units[limit[-2:]]
+    held = (int(env["ZEXEC_BROKER_MAX_PAYLOAD_BYTES"]) + int(env["ZEXEC_BROKER_PREAUTH_TOTAL_BYTES"])
+            + int(env["ZEXEC_BROKER_MAX_QUEUED_BYTES"]) + (256 << 20))
+    assert limit_bytes >= held
+    assert int(env["ZEXEC_BROKER_MAX_FRAME_BYTES"]) >= 1 << 30  # 1 GiB results pass
 
 
 # --------------------------------------------------------------------------- chart <-> code
@@ -442,7 +482,7 @@ def test_kubernetes_orchestrator_settings_agree_with_the_chart(default_docs):
     benv = env_of(container(broker), default_docs)
     assert benv["ZEXEC_BROKER_SERVER_SECRET"] == denv["ZEXEC_BROKER_SERVER_SECRET"] != ""
     assert benv["ZEXEC_BROKER_ADMIN_TOKEN"] == denv["ZEXEC_BROKER_ADMIN_TOKEN"] != ""
-    # External broker Service: NodePort 30001 -> client port only.
+    # External broker Service: NodePort 30001 -> plain client port, 30002 -> encrypted.
     ext = one(default_docs, "Service", "zexec-broker-external")
     assert ext["spec"]["type"] == "NodePort"
     assert ext["spec"]["ports"] == [
@@ -452,7 +492,14 @@ def test_kubernetes_orchestrator_settings_agree_with_the_chart(default_docs):
             "targetPort": "frontend",
             "protocol": "TCP",
             "nodePort": 30001,
-        }
+        },
+        {
+            "name": "secure",
+            "port": brokers.secure_port,
+            "targetPort": "secure",
+            "protocol": "TCP",
+            "nodePort": 30002,
+        },
     ]
     assert denv["ZEXEC_DEPLOY_BROKER_EXTERNAL_PORT"] == "30001"
     # HTTP apps: container ports and probe paths match the apps' settings.
@@ -834,7 +881,8 @@ def test_apps_start_with_the_chart_environment_and_answer_its_probes(tools, tmp_
     hc = importlib.util.module_from_spec(hc_spec)
     hc_spec.loader.exec_module(hc)
 
-    ports = {k: _free_port() for k in ("frontend", "backend", "control", "deploy", "ep")}
+    ports = {k: _free_port() for k in ("frontend", "backend", "control", "secure", "deploy",
+                                       "ep")}
     base = {k: v for k, v in os.environ.items() if not k.startswith("ZEXEC_")}
     base["HOME"] = str(tmp_path)
     procs: list[subprocess.Popen] = []
@@ -856,6 +904,10 @@ def test_apps_start_with_the_chart_environment_and_answer_its_probes(tools, tmp_
         procs.append(p)
         return p
 
+    # The TLS Secret's files, as the pods mount them.
+    tls = one(docs, "Secret", "zexec-broker-tls")["data"]
+    for key in ("tls.crt", "tls.key"):
+        (tmp_path / key).write_bytes(base64.b64decode(tls[key]))
     try:
         broker = start(
             "broker",
@@ -864,6 +916,9 @@ def test_apps_start_with_the_chart_environment_and_answer_its_probes(tools, tmp_
                 "ZEXEC_BROKER_FRONTEND_PORT": str(ports["frontend"]),
                 "ZEXEC_BROKER_BACKEND_PORT": str(ports["backend"]),
                 "ZEXEC_BROKER_CONTROL_PORT": str(ports["control"]),
+                "ZEXEC_BROKER_SECURE_PORT": str(ports["secure"]),
+                "ZEXEC_BROKER_TLS_CERT_FILE": str(tmp_path / "tls.crt"),
+                "ZEXEC_BROKER_TLS_KEY_FILE": str(tmp_path / "tls.key"),
             },
         )
         deploy = start(
@@ -872,6 +927,7 @@ def test_apps_start_with_the_chart_environment_and_answer_its_probes(tools, tmp_
                 "ZEXEC_DEPLOY_HOST": "127.0.0.1",
                 "ZEXEC_DEPLOY_PORT": str(ports["deploy"]),
                 "ZEXEC_DEPLOY_ORCHESTRATOR": "memory",  # no cluster here
+                "ZEXEC_DEPLOY_BROKER_TLS_CERT_FILE": str(tmp_path / "tls.crt"),
             },
         )
         ep = start("ep-api", {"ZEXEC_EP_HOST": "127.0.0.1", "ZEXEC_EP_PORT": str(ports["ep"])})

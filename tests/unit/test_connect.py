@@ -15,6 +15,7 @@ import respx
 import zexec
 from zexec.apps.client import connect as C
 from zexec.apps.client.progress import Progress
+from zexec.core import errors as E
 
 EP = "http://ep.test"
 DEPLOY = "http://deploy.test:8000/rexec"
@@ -64,17 +65,36 @@ def test_connect_discovers_deploy_api_and_broker(conn, mocked):
     assert mocked.calls[1].request.headers["authorization"] == "Bearer tok"
 
 
-def test_connect_prefers_the_encrypted_port_when_offered(mocked):
-    key = "Yk{GwL.y(y1YsPZNd8p^s[^G6uYGW@[NOra(I(6e"
-    mocked.get(f"{DEPLOY}/broker-config").respond(json={
-        "broker_external_host": "broker.test", "broker_external_port": 5559,
-        "broker_external_secure_port": 5562, "broker_curve_public_key": key,
-    })
-    c = zexec.connect(EP, "tok")
+PIN = "ab" * 32
+
+
+@pytest.mark.parametrize("host, encrypt, expected", [
+    ("broker.test", None, ("tls://broker.test:5562", PIN)),  # remote: encrypted
+    ("broker.test", True, ("tls://broker.test:5562", PIN)),
+    ("broker.test", False, ("tcp://broker.test:5559", None)),
+    ("127.0.0.1", None, ("tcp://127.0.0.1:5559", None)),  # loopback: never leaves the host
+    ("localhost", None, ("tcp://localhost:5559", None)),
+    ("::1", None, ("tcp://::1:5559", None)),
+    ("127.0.0.1", True, ("tls://127.0.0.1:5562", PIN)),  # unless the user insists
+])
+def test_connect_takes_the_encrypted_port_unless_the_broker_is_local(mocked, host, encrypt,
+                                                                    expected):
+    cfg = {"broker_external_host": host, "broker_external_port": 5559,
+           "broker_external_secure_port": 5562, "broker_tls_sha256": PIN}
+    mocked.get(f"{DEPLOY}/broker-config").respond(json=cfg)
+    assert C.broker_address(cfg, encrypt) == expected
+    if ":" in host:
+        return  # (a bare IPv6 address is not a URL host; the broker-config logic is)
+    c = zexec.connect(EP, "tok", encrypt=encrypt)
     try:
-        assert c.broker_url == "tcp://broker.test:5562"
+        assert c.broker_url == expected[0]
     finally:
         c.close()
+
+
+def test_connect_refuses_to_go_unencrypted_when_asked_not_to(mocked):
+    with pytest.raises(E.ConfigurationError, match="offers no encrypted port"):
+        zexec.connect(EP, "tok", encrypt=True)
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from zexec.adapters.auth_static import StaticAuthenticator
 from zexec.adapters.orchestrator_memory import InMemoryOrchestrator
 from zexec.apps.deploy_api import build_app_from_settings, create_app
 from zexec.apps.deploy_api.metrics import DeployMetrics
-from zexec.core.errors import AuthUnavailable
+from zexec.core.errors import AuthUnavailable, ConfigurationError
 from zexec.settings import AuthSettings, DeploySettings
 
 TOKENS = {
@@ -326,14 +326,23 @@ def test_broker_config_answers_with_or_without_a_session(headers):
     }
 
 
-def test_broker_config_offers_the_encrypted_port_when_keyed():
+def test_broker_config_offers_the_encrypted_port_and_its_pin(tmp_path):
+    from zexec.adapters.transport_zmtp.tls import file_pin, make_self_signed
+
+    cert = tmp_path / "tls.crt"
+    make_self_signed(cert, tmp_path / "tls.key", ["b"])
     app, _ = make(broker_external_host="b", broker_external_port=30001,
-                  broker_external_secure_port=30002, broker_curve_public_key="K" * 40)
+                  broker_external_secure_port=30002, broker_tls_cert_file=str(cert))
     with TestClient(app) as client:
         body = client.get("/rexec/broker-config").json()
     assert body["broker_external_port"] == 30001  # the legacy clients' port is unchanged
     assert body["broker_external_secure_port"] == 30002
-    assert body["broker_curve_public_key"] == "K" * 40
+    assert body["broker_tls_sha256"] == file_pin(cert) and len(file_pin(cert)) == 64
+
+
+def test_an_unreadable_broker_certificate_stops_the_start(tmp_path):
+    with pytest.raises(ConfigurationError, match="BROKER_TLS_CERT_FILE"):
+        make(broker_tls_cert_file=str(tmp_path / "missing.crt"))
 
 
 def test_healthz_and_metrics_use_a_registry_per_app(api):

@@ -17,6 +17,8 @@ orchestrator), workers (the server's pool); the container images set it too.
 
 from __future__ import annotations
 
+import mmap
+import os
 import sys
 from collections.abc import Mapping
 
@@ -36,3 +38,18 @@ def with_hugepages(env: Mapping[str, str]) -> dict[str, str]:
         return out
     out["GLIBC_TUNABLES"] = f"{current}:{SETTING}" if current else SETTING
     return out
+
+
+def advise(buf: mmap.mmap) -> None:
+    """Ask for transparent huge pages for an anonymous mapping of ours (a large frame's
+    buffer): the same first-touch saving as the malloc tunable above, for the buffers
+    zexec's own ZMTP code allocates. Off with ``ZEXEC_HUGEPAGES=0``; a no-op where the
+    kernel has no such advice."""
+    if os.environ.get(OPT_OUT) == "0":
+        return
+    flag = getattr(mmap, "MADV_HUGEPAGE", None)
+    if flag is not None:
+        try:
+            buf.madvise(flag)
+        except OSError:
+            pass

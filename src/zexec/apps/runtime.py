@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import resource
 import signal
 from collections.abc import Sequence
 from typing import Any
@@ -56,6 +57,29 @@ def configure_logging(tagged: bool = False) -> None:
         if tagged:
             handler.addFilter(_AppTag())
     logging.getLogger("uvicorn.access").addFilter(StripQuery())
+
+
+def raise_open_files_limit(log: logging.Logger) -> int:
+    """Raise this process's soft limit on open files to its hard limit (a broker holds a
+    descriptor per connection; 1024, a common default, is a few hundred clients) and say
+    so; returns the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
+    if hard == resource.RLIM_INFINITY:
+        try:
+            target = int(open("/proc/sys/fs/nr_open").read())
+        except (OSError, ValueError):
+            target = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            log.info("open files limit raised from %d to %d (the hard limit)", soft, target)
+            return target
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open files limit from %d: %s", soft, exc)
+            return soft
+    log.info("open files limit: %d (the hard limit)", soft)
+    return soft
 
 
 def serve(app: Any, host: str, port: int) -> int:

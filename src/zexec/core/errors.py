@@ -99,6 +99,13 @@ class Busy(CallError):
     code = "BUSY"
 
 
+class TooLarge(ProtocolError):
+    """A message broke one of the broker's size limits (frame size, frame count); the
+    message names the limit and its setting."""
+
+    code = "TOO_LARGE"
+
+
 class ShuttingDown(CallError):
     """The broker or server is draining and accepts no new calls."""
 
@@ -163,6 +170,7 @@ BY_CODE: dict[str, type[ZexecError]] = {
         VersionMismatch,
         SerializationError,
         ProtocolError,
+        TooLarge,
         ShuttingDown,
         Busy,
         CallCancelled,

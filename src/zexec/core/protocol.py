@@ -173,6 +173,34 @@ class LegacyCancel:
 FrontendMessage = V1Call | V1Cancel | V1Ping | LegacyCall | LegacyCancel
 
 
+def frontend_token_position(head: Sequence[Any]) -> int | None:
+    """Index of the token in a client message whose first frames (from the empty
+    delimiter on) are ``head``: 3 for v1 (after MAGIC and the verb), 1 for legacy; None
+    while ``head`` is too short to tell. Lets a transport check the token before it
+    reads the rest of the message."""
+    if len(head) < 2:
+        return None
+    return 3 if frame_bytes(head[1]) == MAGIC else 1
+
+
+def backend_credential(head: Sequence[Any]) -> tuple[str, bytes] | None:
+    """``(user_id, credential)`` of a server or worker message that carries one (``REG``,
+    ``WRDY``, ``WRPL``: frames 3 and 4 from the delimiter on), given its first frames;
+    None if it carries none or ``head`` is too short."""
+    if len(head) < 5 or frame_bytes(head[1]) != MAGIC or \
+            frame_bytes(head[2]) not in (REGISTER, WORKER_READY, WORKER_REPLY):
+        return None
+    try:
+        return frame_bytes(head[3]).decode(), frame_bytes(head[4])
+    except UnicodeDecodeError:
+        return None
+
+
+def token_of(frame: Any) -> str:
+    """The token in a token frame; :class:`ProtocolError` if it cannot be one."""
+    return _token(frame)
+
+
 def _token(frame: Any) -> str:
     raw = frame_bytes(frame)
     if not raw:

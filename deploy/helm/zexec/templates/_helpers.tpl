@@ -115,8 +115,8 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
-{{- define "zexec.curveSecretName" -}}
-{{- .Values.broker.curve.existingSecret | default (printf "%s-broker-curve" (include "zexec.fullname" .)) -}}
+{{- define "zexec.tlsSecretName" -}}
+{{- .Values.broker.tls.existingSecret | default (printf "%s-broker-tls" (include "zexec.fullname" .)) -}}
 {{- end -}}
 
 {{- define "zexec.ingressScheme" -}}

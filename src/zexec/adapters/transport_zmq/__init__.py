@@ -1,0 +1,1 @@
+"""The server side of ZeroMQ (pyzmq): a per-user server's loop and its workers' sockets."""

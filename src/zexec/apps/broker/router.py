@@ -1,11 +1,17 @@
 """The broker's routing logic as a pure state machine: frames in, frames out.
 
-No sockets and no threads here. The socket loop (:mod:`zexec.adapters.transport_zmq.
+No sockets and no threads here. The socket loop (:mod:`zexec.adapters.transport_zmtp.
 broker_loop`) feeds it messages and auth outcomes and sends what it puts in ``outbox``;
 tests drive it directly. Token checks are asynchronous: a message whose token is not in
 the cache is *parked* and an auth request is queued in ``auth_requests``; the loop runs
 the check in a thread and hands the outcome back with :meth:`Router.on_auth_result`, so a
-slow identity provider never stalls other users' traffic.
+slow identity provider never stalls other users' traffic. (The loop checks most tokens
+before it even reads the rest of their message; messages it did not read whole come in
+through :meth:`Router.on_frontend_refused` and :meth:`Router.on_backend_refused`.)
+
+Routing ids are the ones the socket loop gives: a key it assigned per connection, or on
+the backend a worker's name (unique among live connections, never starting with a zero
+byte, so it cannot collide with a key).
 
 State is soft: registered servers (refreshed by heartbeats), their workers, and calls in
 flight. A restarted broker rebuilds it from the next heartbeats; calls that were in
@@ -33,7 +39,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from zexec.core import protocol as p
-from zexec.core.errors import AuthError, AuthUnavailable, Forbidden, ProtocolError
+from zexec.core.errors import (
+    AuthError,
+    AuthUnavailable,
+    Busy,
+    Forbidden,
+    ProtocolError,
+    TooLarge,
+    ZexecError,
+)
 from zexec.core.model import UserIdentity
 from zexec.core.tokencache import TokenCache, token_key
 
@@ -173,11 +187,43 @@ class Router:
 
     def _reply_malformed(self, rid: bytes, body: Sequence[Any], why: str) -> None:
         self.stats["malformed"] += 1
+        self._reply_error(rid, body, "BAD_REQUEST", f"malformed request: {why}")
+
+    def _reply_error(self, rid: bytes, body: Sequence[Any], code: str, text: str) -> None:
+        """An error in the protocol ``body``'s first frame suggests (v1 or legacy)."""
         if body and p.frame_bytes(body[0]) == p.MAGIC:
             call_id = p.frame_bytes(body[3]) if len(body) > 3 else b""
-            self._front(rid, p.v1_error(call_id[:64], "BAD_REQUEST", f"malformed request: {why}"))
+            self._front(rid, p.v1_error(call_id[:64], code, text))
         else:
-            self._front(rid, [p.legacy_payload(f"Malformed request: {why}")])
+            self._front(rid, [p.legacy_payload(text[:1].upper() + text[1:])])
+
+    def on_frontend_refused(self, frames: Sequence[Any], why: ZexecError, now: float) -> None:
+        """A client message the transport did not read whole, because its token was
+        refused (``why``: the :class:`AuthError`, or :class:`Busy`) or because it broke a
+        limit or was malformed before its token (a :class:`ProtocolError`, e.g.
+        :class:`TooLarge`). Frames it skipped are empty placeholders. It is answered as
+        far as its first frames tell, and never routed."""
+        self.now = now
+        if len(frames) < 2:
+            return
+        rid = p.frame_bytes(frames[0])
+        if p.frame_bytes(frames[1]) != b"":
+            self._reply_malformed(rid, frames[1:], "missing empty delimiter frame")
+            return
+        body = frames[2:]
+        if isinstance(why, TooLarge):
+            self.stats["too_large"] += 1
+            self._reply_error(rid, body, why.code, str(why))
+            return
+        if isinstance(why, ProtocolError):
+            self._reply_malformed(rid, body, str(why))
+            return
+        try:
+            msg = p.parse_frontend(body)
+        except ProtocolError as exc:
+            self._reply_malformed(rid, body, str(exc))
+            return
+        self._dispatch(rid, msg, why)
 
     def _with_identity(self, rid: bytes, msg: p.FrontendMessage) -> None:
         key = token_key(msg.token)
@@ -226,11 +272,15 @@ class Router:
             self._dispatch(parked.rid, parked.msg, outcome)
 
     def _dispatch(
-        self, rid: bytes, msg: p.FrontendMessage, outcome: UserIdentity | AuthError
+        self, rid: bytes, msg: p.FrontendMessage, outcome: UserIdentity | AuthError | Busy
     ) -> None:
         if not isinstance(outcome, UserIdentity):
-            self.stats["auth_failed"] += 1
             code = outcome.code
+            if isinstance(outcome, Busy):
+                self.stats["busy"] += 1
+                self._refuse(rid, msg, code, str(outcome), LEGACY_BUSY)
+                return
+            self.stats["auth_failed"] += 1
             if isinstance(outcome, AuthUnavailable):
                 text, legacy = "identity provider unavailable; retry shortly", LEGACY_AUTH_DOWN
             elif isinstance(outcome, Forbidden):
@@ -381,6 +431,61 @@ class Router:
 
     # ------------------------------------------------------------------ backend
 
+    def backend_peer_known(self, rid: bytes) -> bool:
+        """``rid`` is a registered server or an announced worker (it showed a valid
+        credential)."""
+        return rid in self.server_users or rid in self.workers
+
+    def on_backend_bytes(self, rid: bytes, now: float) -> None:
+        """Bytes arrived from backend peer ``rid``, maybe only part of a message (a large
+        frame in transit): the server it is, or whose worker it is, is alive."""
+        user = self.server_users.get(rid)
+        if user is None:
+            worker = self.workers.get(rid)
+            if worker is None:
+                return
+            user = worker.user_id
+            server = self.servers.get(user)
+            if server is None or server.rid != worker.server_rid:
+                return
+        else:
+            server = self.servers[user]
+        server.last_seen = now
+
+    def on_backend_refused(self, frames: Sequence[Any], why: ZexecError, now: float) -> None:
+        """A backend message the transport did not read whole (``why``: a limit it broke,
+        or a credential it lacked; skipped frames are empty placeholders). A reply of a
+        call in flight ends that call with ``why`` (its client learns the limit); anything
+        else is dropped."""
+        self.now = now
+        if len(frames) < 3 or p.frame_bytes(frames[1]) != b"":
+            self.stats["malformed_backend"] += 1
+            return
+        rid = p.frame_bytes(frames[0])
+        try:
+            msg = p.parse_backend(frames[2:])
+        except ProtocolError:
+            self.stats["malformed_backend"] += 1
+            return
+        if isinstance(msg, p.Register):
+            self._register(rid, msg)  # a bad credential: refused as usual
+            return
+        if not isinstance(msg, p.Reply | p.WorkerReply) or not isinstance(why, ProtocolError):
+            self.stats["malformed_backend"] += 1
+            return
+        key = (msg.client_id, msg.call_key)
+        call = self.inflight.get(key)
+        error = p.final_error(msg.call_key, call.legacy if call else False, why.code,
+                              f"the result could not be relayed: {why}")
+        self.stats["too_large"] += 1
+        if isinstance(msg, p.Reply):
+            user = self.server_users.get(rid)
+            if user is not None and call is not None and call.server_rid == rid:
+                self._deliver(key, True, error)
+            return
+        self._worker_reply(rid, p.WorkerReply(msg.user_id, msg.credential, msg.client_id,
+                                              msg.call_key, True, error), ended=msg.final)
+
     def on_backend(self, frames: Sequence[Any], now: float) -> None:
         """A message from a server: ``[rid, b"", *body]``."""
         self.now = now
@@ -425,11 +530,12 @@ class Router:
             # after the BYE: give them a moment before failing the calls.
             self._drop_server(user, "server stopped", grace=BYE_GRACE)
 
-    def _worker_reply(self, rid: bytes, msg: p.WorkerReply) -> None:
+    def _worker_reply(self, rid: bytes, msg: p.WorkerReply, ended: bool | None = None) -> None:
         """Events a worker sends straight to the broker (not through its server): routed
         only for a call in flight on a server of the user whose credential it carries,
         and for a call dispatched to a worker, only from that worker. Its final event
-        makes the worker free for the next call."""
+        makes the worker free for the next call (``ended``: whether the worker's own
+        event was final, when ``msg`` is the broker's stand-in for it)."""
         key = (msg.client_id, msg.call_key)
         call = self.inflight.get(key)
         worker = self.workers.get(rid)
@@ -439,11 +545,11 @@ class Router:
             call.user_id == msg.user_id and (call.worker_rid == rid if call.direct else True)
         # Also when the call is not delivered (cancelled, or a client that reused a
         # call id): the worker is free either way.
-        free = msg.final and worker is not None and worker.call == key and \
-            worker.user_id == msg.user_id
+        free = (msg.final if ended is None else ended) and worker is not None and \
+            worker.call == key and worker.user_id == msg.user_id
         if not (deliver or free):
             return  # finished, cancelled, or not this user's call: never forward it
-        if not self._credential_ok(msg.user_id, msg.credential):
+        if not self.credential_ok(msg.user_id, msg.credential):
             self.stats["bad_worker_reply"] += 1
             return
         if deliver:
@@ -459,7 +565,7 @@ class Router:
             # A busy one's WRDY may cross its call on the wire: only the final event
             # frees a worker, unless its connection broke since it was given the call.
             if msg.reconnected and known.call is not None and \
-                    self._credential_ok(msg.user_id, msg.credential):
+                    self.credential_ok(msg.user_id, msg.credential):
                 self._lost_on_the_way(known)
             return
         if rid in self.server_users:
@@ -469,7 +575,7 @@ class Router:
             return  # its server registers first; the worker says it again in a second
         if not rid.startswith(server.worker_prefix):
             return  # a worker of another server of this user (one being replaced)
-        if not self._credential_ok(msg.user_id, msg.credential):
+        if not self.credential_ok(msg.user_id, msg.credential):
             self.stats["bad_worker_ready"] += 1
             return
         worker = self.workers[rid] = WorkerEntry(rid, msg.user_id, server.rid)
@@ -555,7 +661,7 @@ class Router:
             del self.inflight[key]
         self._front(key[0], body)
 
-    def _credential_ok(self, user_id: str, credential: bytes) -> bool:
+    def credential_ok(self, user_id: str, credential: bytes) -> bool:
         """``credential`` is the server credential of ``user_id``. The expected value is
         kept per user: every event a worker sends is checked (an HMAC each time
         otherwise); only users that passed the routing checks get an entry."""
@@ -667,6 +773,13 @@ class Router:
 
     def start_draining(self) -> None:
         self.draining = True
+
+    def peers_with_calls(self) -> set[bytes]:
+        """Routing ids of clients with a call in flight (parked ones included) and of
+        workers running one: connections that must not be closed as idle."""
+        peers = {key[0] for key in self.inflight}
+        peers.update(rid for rid, w in self.workers.items() if w.call is not None)
+        return peers
 
     @property
     def busy(self) -> bool:

@@ -52,7 +52,7 @@ COMPONENT_HELP = {
 PORT_LABELS = {
     "auth": "development IdP",
     "broker": "broker client (frontend)",
-    "broker_secure": "broker encrypted client (CurveZMQ)",
+    "broker_secure": "broker encrypted client (TLS)",
     "broker_backend": "broker server (backend)",
     "broker_control": "broker control",
     "deploy": "Deploy API",

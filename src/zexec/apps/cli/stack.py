@@ -39,10 +39,10 @@ from zexec.apps.cli.state import (
     StackError,
     StateDir,
     UsageError,
-    curve_key_file,
     dev_tokens,
     save,
     secret_file,
+    tls_files,
 )
 
 __all__ = ["StackError", "StateDir", "UsageError", "down", "up"]
@@ -87,19 +87,10 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def curve_public_key(secret: str) -> str:
-    """The CurveZMQ public key (Z85) that belongs to ``secret``."""
-    import zmq
-
-    return zmq.curve_public(secret.encode()).decode()
-
-
 def plan(
     d: StateDir, ports: dict[str, int], secret: str, admin: str, idle_timeout: float,
-    curve_secret: str,
 ) -> dict[str, dict[str, Any]]:
     """Command, environment, log and endpoints (URL, health check) of each process."""
-    curve_public = curve_public_key(curve_secret)
     base = [sys.executable, "-m", "zexec.apps.cli"]
     auth = f"http://{HOST}:{ports['auth']}"
     auth_env = {"ZEXEC_AUTH_MODE": "http-post", "ZEXEC_AUTH_URL": f"{auth}/auth"}
@@ -116,7 +107,8 @@ def plan(
         "broker": {
             "cmd": [*base, "broker"],
             "env": child_env(**broker_env, **auth_env, ZEXEC_BROKER_ADMIN_TOKEN=admin,
-                             ZEXEC_BROKER_CURVE_SECRET_KEY=curve_secret,
+                             ZEXEC_BROKER_TLS_CERT_FILE=str(d.tls_cert),
+                             ZEXEC_BROKER_TLS_KEY_FILE=str(d.tls_key),
                              ZEXEC_BROKER_SECURE_PORT=str(ports["broker_secure"])),
             "url": f"tcp://{HOST}:{ports['broker']}",
             "health": None,  # the control port's STATUS
@@ -139,7 +131,7 @@ def plan(
                 ZEXEC_DEPLOY_BROKER_EXTERNAL_HOST=HOST,
                 ZEXEC_DEPLOY_BROKER_EXTERNAL_PORT=str(ports["broker"]),
                 ZEXEC_DEPLOY_BROKER_EXTERNAL_SECURE_PORT=str(ports["broker_secure"]),
-                ZEXEC_DEPLOY_BROKER_CURVE_PUBLIC_KEY=curve_public,
+                ZEXEC_DEPLOY_BROKER_TLS_CERT_FILE=str(d.tls_cert),
                 ZEXEC_DEPLOY_IDLE_TIMEOUT=str(idle_timeout),
                 ZEXEC_EP_HOST=HOST,
                 ZEXEC_EP_PORT=str(ports["ep"]),
@@ -277,16 +269,16 @@ def up(
         secret, admin = secret_file(d.secret), secret_file(d.admin)
         tokens = dev_tokens(d.tokens)
         chosen = _choose_ports(ports)
-        curve_secret = curve_key_file(d.curve_key)
-        steps = plan(d, chosen, secret, admin, idle_timeout, curve_secret)
+        tls_pin = tls_files(d.tls_cert, d.tls_key, HOST)
+        steps = plan(d, chosen, secret, admin, idle_timeout)
         stack = {
             "ep_api_url": steps["web"]["apps"]["ep-api"]["url"],
             "deploy_api_url": f"http://{HOST}:{chosen['deploy']}",
             "broker_host": HOST,
             "broker_port": chosen["broker"],
-            # The encrypted client port and the key to use it (public: safe to share).
+            # The encrypted client port and its certificate's pin (public: safe to share).
             "broker_secure_port": chosen["broker_secure"],
-            "broker_public_key": curve_public_key(curve_secret),
+            "broker_tls_sha256": tls_pin,
             "auth_url": steps["web"]["apps"]["devidp"]["url"],
             "tokens": tokens,
             "users": {user: user_id_for(user) for user in tokens},  # the IdP's ``sub``

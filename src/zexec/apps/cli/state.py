@@ -37,7 +37,8 @@ class StateDir:
         self.tokens = self.root / "tokens.json"
         self.secret = self.root / "server_secret"
         self.admin = self.root / "admin_token"
-        self.curve_key = self.root / "broker_curve_secret"
+        self.tls_cert = self.root / "broker_tls.crt"
+        self.tls_key = self.root / "broker_tls.key"
         self.logs = self.root / "logs"
         self.orchestrator = self.root / "orchestrator"
 
@@ -88,19 +89,18 @@ def secret_file(path: Path) -> str:
     return value
 
 
-def curve_key_file(path: Path) -> str:
-    """The broker's CurveZMQ secret key (Z85) stored in ``path``, created (0600) if
-    missing; its public key is derived from it, so only the secret is stored."""
-    import zmq
+def tls_files(cert: Path, key: Path, host: str) -> str:
+    """The pin (SHA-256) of the broker's TLS certificate in ``cert``, made with its key
+    (0600) for ``host`` if either file is missing or unreadable. Kept across ``up``s, so
+    a pin a client learnt stays valid."""
+    from zexec.adapters.transport_zmtp.tls import file_pin, make_self_signed
 
-    with contextlib.suppress(OSError):
-        value = path.read_text().strip()
-        if len(value) == 40:
-            os.chmod(path, 0o600)
-            return value
-    value = zmq.curve_keypair()[1].decode()
-    write_private(path, value + "\n")
-    return value
+    with contextlib.suppress(OSError, ValueError):
+        if key.is_file():
+            os.chmod(key, 0o600)
+            return file_pin(cert)
+    make_self_signed(cert, key, [host, "localhost"])
+    return file_pin(cert)
 
 
 def dev_tokens(path: Path) -> dict[str, str]:

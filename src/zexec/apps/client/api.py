@@ -35,9 +35,11 @@ class Client:
 
     ``broker`` is ``"tcp://host:port"`` (or ``"host:port"``) of the broker's client port;
     ``token`` your bearer token. Both default to the ``ZEXEC_BROKER_URL`` and
-    ``ZEXEC_TOKEN`` environment variables. With ``server_key`` (the broker's CurveZMQ
-    public key, ``ZEXEC_BROKER_KEY``), ``broker`` names the broker's encrypted port and
-    everything, token included, crosses the network encrypted. ``serializer`` (``"dill"`` or
+    ``ZEXEC_TOKEN`` environment variables. ``"tls://host:port"`` names the broker's
+    encrypted port: everything, token included, crosses the network in TLS; with
+    ``tls_pin`` (``ZEXEC_BROKER_TLS_PIN``: the SHA-256 of the broker's certificate, from
+    ``/broker-config``) exactly that certificate is accepted, without it the system's CAs
+    and the host name are checked. ``serializer`` (``"dill"`` or
     ``"cloudpickle"``, or any a plugin installs) is the default for calls that do not
     name one. The connection is opened lazily on the first call, survives broker
     restarts, and a call fails (never hangs) within about ``connect_timeout`` /
@@ -55,11 +57,11 @@ class Client:
         serializer: str = DEFAULT_SERIALIZER,
         connect_timeout: float = 3.0,
         liveness_timeout: float = 3.0,
-        server_key: str | None = None,
+        tls_pin: str | None = None,
         transport_factory: Callable[[], Any] | None = None,
     ) -> None:
         broker = broker or os.environ.get("ZEXEC_BROKER_URL", "")
-        server_key = server_key or os.environ.get("ZEXEC_BROKER_KEY") or None
+        tls_pin = tls_pin or os.environ.get("ZEXEC_BROKER_TLS_PIN") or None
         token = token or os.environ.get("ZEXEC_TOKEN", "")
         if not broker and transport_factory is None:
             raise ConfigurationError(
@@ -75,10 +77,21 @@ class Client:
         self.serializer = self.serializers.get(serializer)
         self._frames = FunctionFrames()
         if transport_factory is None:
-            from zexec.adapters.transport_zmq.client_transport import ZmqTransport
+            from zexec.adapters.transport_zmtp.client import ZmtpTransport, parse_url
+
+            try:
+                scheme = parse_url(broker)[0]
+                if tls_pin:
+                    from zexec.adapters.transport_zmtp.client import normalize_pin
+
+                    normalize_pin(tls_pin)
+            except ValueError as exc:
+                raise ConfigurationError(str(exc)) from None
+            if tls_pin and scheme != "tls":
+                raise ConfigurationError("tls_pin is for an encrypted broker URL (tls://...)")
 
             def transport_factory() -> Any:
-                return ZmqTransport(broker, server_key=server_key)
+                return ZmtpTransport(broker, tls_pin=tls_pin)
 
         self._session = Session(transport_factory, token, connect_timeout=connect_timeout,
                                 liveness_timeout=liveness_timeout)

@@ -261,14 +261,51 @@ class Connection:
         self.close()
 
 
+def broker_address(cfg: dict[str, Any], encrypt: bool | None) -> tuple[str, str | None]:
+    """``(broker URL, TLS pin)`` from a ``/broker-config`` answer.
+
+    ``encrypt=None`` (the default): the encrypted port when the broker offers one,
+    except for a broker on this machine's loopback interface, where bytes never leave
+    the kernel and only root could read them (docs/security.md): there the plain port
+    is as private and skips the encryption's cost. ``True``: always encrypted (an error
+    if the broker offers no encrypted port); ``False``: always plain."""
+    host, port = cfg.get("broker_external_host"), cfg.get("broker_external_port")
+    pin, secure = cfg.get("broker_tls_sha256"), cfg.get("broker_external_secure_port")
+    offered = bool(pin and secure)
+    if encrypt and not offered:
+        raise E.ConfigurationError(
+            "connect(encrypt=True): this broker offers no encrypted port (its operator "
+            "sets ZEXEC_BROKER_TLS_CERT_FILE and the Deploy API's "
+            "ZEXEC_DEPLOY_BROKER_TLS_CERT_FILE)")
+    if offered and (encrypt or encrypt is None and not is_loopback(str(host))):
+        return f"tls://{host}:{secure}", str(pin)
+    return f"tcp://{host}:{port}", None
+
+
+def is_loopback(host: str) -> bool:
+    """``host`` is this machine's loopback (``localhost``, 127.0.0.0/8, ``::1``)."""
+    import ipaddress
+
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def connect(
-    ep_api_url: str, token: str, *, timeout: float = 30.0, **client_options: Any
+    ep_api_url: str, token: str, *, timeout: float = 30.0, encrypt: bool | None = None,
+    **client_options: Any,
 ) -> Connection:
     """Discover the Deploy API and the broker from the EP API at ``ep_api_url`` and
     return a :class:`Connection` whose client is the default of ``@zexec.remote``.
-    ``timeout`` bounds each HTTP request; ``client_options`` go to :class:`zexec.Client`
-    (``serializer``, ``connect_timeout`` ...). The token is checked now (``/user/info``)
-    so a wrong one fails here, not at the first call."""
+    ``timeout`` bounds each HTTP request; ``encrypt`` chooses the broker's encrypted
+    (TLS) port: by default whenever the broker offers one and is not on this machine's
+    loopback, ``True`` always, ``False`` never (see :func:`broker_address`);
+    ``client_options`` go to :class:`zexec.Client` (``serializer``, ``connect_timeout``
+    ...). The token is checked now (``/user/info``) so a wrong one fails here, not at
+    the first call."""
     global _default
     if not token:
         raise E.ConfigurationError("connect() needs your token")
@@ -301,15 +338,11 @@ def connect(
             http = httpx.Client(timeout=timeout)  # verifies certificates
         user = check(get(f"{ep}/user/info", "user info", headers=auth), "user info")
         cfg = check(get(f"{deploy}/broker-config", "broker-config"), "broker-config")
-        host, port = cfg.get("broker_external_host"), cfg.get("broker_external_port")
-        if not host or not port:
+        if not cfg.get("broker_external_host") or not cfg.get("broker_external_port"):
             raise E.ControlPlaneError(f"{deploy}/broker-config did not name the broker")
-        key = cfg.get("broker_curve_public_key")
-        if key and cfg.get("broker_external_secure_port"):
-            # The broker offers encryption: take it (the token travels in every message).
-            port = cfg["broker_external_secure_port"]
-            client_options.setdefault("server_key", key)
-        broker = f"tcp://{host}:{port}"
+        broker, pin = broker_address(cfg, encrypt)
+        if pin:
+            client_options.setdefault("tls_pin", pin)
         client = Client(broker, token, **client_options)
     except BaseException:
         http.close()

@@ -343,8 +343,10 @@ class Session:
         del self._unsent[:sent]
         for call in self._unsent:
             if now - call.created > self.connect_timeout:
+                why = getattr(self.transport, "last_error", "")
                 self._finish(call, error=BrokerUnreachable(
-                    f"cannot reach the broker: no connection within {self.connect_timeout:g}s"))
+                    f"cannot reach the broker: no connection within {self.connect_timeout:g}s"
+                    + (f" ({why})" if why else "")))
         self._unsent = [c for c in self._unsent if not c.done]
 
     def _tick(self, now: float) -> None:

@@ -42,7 +42,7 @@ from zexec.apps.http_common import (
     lifespan_closing,
     zexec_version,
 )
-from zexec.core.errors import EnvironmentConflict, InvalidEnvironment
+from zexec.core.errors import ConfigurationError, EnvironmentConflict, InvalidEnvironment
 from zexec.core.model import EnvSpec, UserIdentity
 from zexec.core.ports import Authenticator, Orchestrator
 from zexec.settings import DeploySettings
@@ -171,6 +171,21 @@ async def body_caller(
     return caller or await identify(authenticator, token)
 
 
+def broker_tls_pin(settings: DeploySettings) -> str:
+    """The SHA-256 pin of the broker's certificate (``broker_tls_cert_file``), "" when
+    none is configured; a file that cannot be read is a configuration error at start."""
+    if not settings.broker_tls_cert_file:
+        return ""
+    from zexec.adapters.transport_zmtp.tls import file_pin
+
+    try:
+        return file_pin(settings.broker_tls_cert_file)
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(f"ZEXEC_DEPLOY_BROKER_TLS_CERT_FILE: cannot read a "
+                                 f"certificate from {settings.broker_tls_cert_file}: {exc}"
+                                 ) from None
+
+
 def create_app(
     settings: DeploySettings,
     orchestrator: Orchestrator,
@@ -192,6 +207,7 @@ def create_app(
     if parse_spec is None:
         from zexec.core.envspec import parse_env_spec as parse_spec
     prefix = normalise_prefix(settings.prefix)
+    tls_pin = broker_tls_pin(settings)
     metrics = metrics or DeployMetrics(orchestrator)
     app = FastAPI(
         title="zexec Deploy API",
@@ -294,11 +310,11 @@ def create_app(
             "broker_external_port": port,
             "broker_external_url": f"{host}:{port}",
         }
-        if settings.broker_curve_public_key:
+        if tls_pin:
             # Extra keys: the released clients ignore them; the zexec SDK connects to
-            # the encrypted port with this key.
+            # the encrypted port and accepts exactly this certificate.
             config["broker_external_secure_port"] = settings.broker_external_secure_port
-            config["broker_curve_public_key"] = settings.broker_curve_public_key
+            config["broker_tls_sha256"] = tls_pin
         return config
 
     @app.get(prefix + "/healthz")
