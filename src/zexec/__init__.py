@@ -41,6 +41,7 @@ if TYPE_CHECKING:
         RemoteError,
         ServerGone,
         ServerUnavailable,
+        TooLarge,
         VersionMismatch,
         ZexecError,
     )
@@ -58,7 +59,7 @@ _EXPORTS = {
         ("BrokerUnreachable", "CallCancelled", "CallLost", "CallTimeout", "ControlPlaneError",
          "EnvironmentConflict", "EnvironmentFailed", "EnvironmentTimeout",
          "InvalidEnvironment", "RemoteError", "ServerGone", "ServerUnavailable",
-         "VersionMismatch", "ZexecError"), "zexec.core.errors"),
+         "TooLarge", "VersionMismatch", "ZexecError"), "zexec.core.errors"),
 }
 
 
@@ -94,6 +95,7 @@ __all__ = [
     "RemoteIterator",
     "ServerGone",
     "ServerUnavailable",
+    "TooLarge",
     "VersionMismatch",
     "ZexecError",
     "connect",

@@ -15,6 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import zmq
 
@@ -63,6 +64,8 @@ class Stack:
     broker: subprocess.Popen | None = None
     servers: dict[str, subprocess.Popen] = field(default_factory=dict)
     extra_broker_env: dict[str, str] = field(default_factory=dict)
+    #: Run in the broker process before it starts (e.g. lowering its RLIMIT_NOFILE).
+    broker_preexec: Any = None
     #: The broker's encrypted (TLS) client port is ``secure_frontend``; ``tls_pin`` the
     #: SHA-256 of its self-signed certificate (made in ``workdir``).
     secure_port: int = field(default_factory=free_port)
@@ -109,7 +112,8 @@ class Stack:
         env = _env(**{**settings, **self.extra_broker_env})
         log = open(self.workdir / "broker.log", "ab")
         self.broker = subprocess.Popen([sys.executable, "-m", "zexec.apps.broker"], env=env,
-                                       stdout=log, stderr=subprocess.STDOUT)
+                                       stdout=log, stderr=subprocess.STDOUT,
+                                       preexec_fn=self.broker_preexec)
         wait_for(self._broker_listening, what="broker to listen")
         return self.broker
 

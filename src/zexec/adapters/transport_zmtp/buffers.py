@@ -37,7 +37,8 @@ def allocate(size: int) -> Payload | mmap.mmap:
     """A writable buffer of exactly ``size`` bytes for one frame's body."""
     if size < MMAP_MIN:
         return Payload(size)
-    buf = mmap.mmap(-1, size)
+    # Private: a shared anonymous mapping would be shmem, without huge pages.
+    buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     if size >= HUGE_MIN:
         advise(buf)
     return buf

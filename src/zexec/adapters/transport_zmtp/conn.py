@@ -228,6 +228,9 @@ class Conn:
         self.waiting_start = None
         limits = self.gw.limits
         if self.mode == HEAD:
+            if not self.authed:
+                self.close(f"a frame of {ev.size} bytes before a valid credential")
+                return True
             self._discard(ProtocolError(
                 f"a frame of {ev.size} bytes where the token belongs (at most "
                 f"{limits.head_frame_max})"))
@@ -274,6 +277,9 @@ class Conn:
         elif mode == HEAD:
             size = len(data)
             if size > limits.head_frame_max:
+                if not self.authed:
+                    self.close(f"a frame of {size} bytes before a valid credential")
+                    return
                 self._discard(ProtocolError(
                     f"a frame of {size} bytes where the token belongs (at most "
                     f"{limits.head_frame_max})"))
@@ -285,8 +291,9 @@ class Conn:
                     self._apply(self.gw.handler.on_head(self, self.frames))
         else:
             self._keep(data)
-            if self.nframes > 4 * limits.max_frames:
-                self.close("a message of absurdly many frames")
+            if not self.authed and self.nframes > limits.max_frames:
+                self.close(f"a message of more than {limits.max_frames} frames before a "
+                           "valid credential")
                 return
         if not more and self.state == OPEN:
             self._deliver()

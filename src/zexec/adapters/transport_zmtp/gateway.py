@@ -232,6 +232,7 @@ class Gateway:
         name = ready.identity
         if conn.kind == "back" and name:
             if name[0] == 0:
+                self.count("reserved_identity")
                 raise zmtp.ZmtpError("identities starting with a zero byte are reserved")
             if name in self.by_rid:
                 self.count("duplicate_identity")
@@ -344,9 +345,11 @@ class Gateway:
                     "now; closing the longest-idle connections", exc.strerror,
                     len(self.conns))
         busy = self.handler.busy_rids()
+        # Peers that never showed a credential go first, then the longest idle.
         idle = sorted((c for c in self.conns.values() if c.state == OPEN and
                        c.rid not in busy and not c.in_body and
-                       self.now - c.last_rx >= EVICT_MIN_IDLE), key=lambda c: c.last_rx)
+                       self.now - c.last_rx >= EVICT_MIN_IDLE),
+                      key=lambda c: (c.authed, c.last_rx))
         for conn in idle[:EVICT_BATCH]:
             self.count("evicted")
             conn.close("evicted: the broker ran out of file descriptors")
