@@ -86,6 +86,8 @@ class Conn:
         self.ttl = 0.0  # the peer's heartbeat TTL (seconds; 0: none)
         self.held = 0  # bytes counted against the pre-auth budget
         self.paused: set[str] = set()
+        self.heavy = False  # had more than a turn's worth last time (see pump)
+        self.queued = False  # in the gateway's queue of heavy connections
         self.mask = 0  # epoll interest registered
         self.close_after_flush = False
         # the message being read
@@ -163,9 +165,14 @@ class Conn:
         if received:
             self.last_rx = gw.now
             gw.handler.on_bytes(self)
-        if self.state == OPEN and not self.paused and (
-                budget <= 0 or frames_left <= 0 or self.stream.buffered):
-            gw.kicks.add(self)
+        # A connection that had more than a turn's worth is heavy: served one turn at a
+        # time after everyone else (see Gateway.poll), so it delays others by one turn.
+        self.heavy = budget <= 0 or frames_left <= 0
+        if self.state == OPEN and not self.paused:
+            if self.heavy:
+                gw.queue_heavy(self)
+            elif self.stream.buffered:
+                gw.kicks.add(self)
 
     def _read_codec(self) -> int | None:
         limits = self.gw.limits

@@ -25,6 +25,7 @@ import logging
 import select
 import socket
 import ssl
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -69,8 +70,8 @@ class Limits:
     inline_max: int = 64 * 1024
     read_chunk: int = 256 * 1024
     #: Fair share per connection and loop turn.
-    turn_bytes: int = 4 * 1024 * 1024
-    turn_frames: int = 2048
+    turn_bytes: int = 128 * 1024
+    turn_frames: int = 128
     #: A client with this much output unread is not read from until half is gone.
     out_pause_bytes: int = 8 * 1024 * 1024
 
@@ -116,6 +117,7 @@ class Gateway:
         self.conns: dict[int, Conn] = {}
         self.by_rid: dict[bytes, Conn] = {}
         self.kicks: set[Conn] = set()
+        self.heavy: deque[Conn] = deque()  # connections with more than a turn's worth
         self.dirty: set[Conn] = set()
         self.budget_waiters: set[Conn] = set()
         self.memory_waiters: set[Conn] = set()
@@ -155,7 +157,7 @@ class Gateway:
     def poll(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for I/O and process it (reads and accepts;
         writes happen in :meth:`flush`)."""
-        if self.kicks or self._memory_free:
+        if self.kicks or self.heavy or self._memory_free:
             timeout = 0.0
         events = self.epoll.poll(timeout)
         self.now = self.clock()
@@ -168,7 +170,10 @@ class Gateway:
                 if ev & OUT:
                     self.dirty.add(conn)
                 if ev & ~OUT and conn.state != CLOSED and not conn.paused:
-                    conn.pump()
+                    if conn.heavy:
+                        self.queue_heavy(conn)
+                    else:
+                        conn.pump()
             elif fd in self.listeners:
                 self._accept(self.listeners[fd])
             elif fd in self.readers:
@@ -180,6 +185,16 @@ class Gateway:
         for conn in kicked:
             if conn.state != CLOSED and not conn.paused:
                 conn.pump()
+        # Then one turn of one heavy connection, in rotation: everyone else's messages
+        # (above) never wait for more than that, and when nobody else has anything to
+        # say the heavy ones take turns as fast as the loop goes.
+        heavy = self.heavy
+        while heavy:
+            conn = heavy.popleft()
+            conn.queued = False
+            if conn.state != CLOSED and not conn.paused:
+                conn.pump()
+                break
         if self.now >= self._next_sweep:
             self._sweep()
 
@@ -240,6 +255,11 @@ class Gateway:
             conn.rid = name
         self.by_rid[conn.rid] = conn
         self.handler.on_open(conn)
+
+    def queue_heavy(self, conn: Conn) -> None:
+        if not conn.queued:
+            conn.queued = True
+            self.heavy.append(conn)
 
     def decide(self, conn: Conn, decision: Decision) -> None:
         conn.decide(decision)
@@ -315,6 +335,7 @@ class Gateway:
                 self.count("preauth_timeout")
                 conn.close(f"no valid credential within {limits.preauth_timeout:g}s")
             elif conn.ttl and quiet > conn.ttl:
+                self.count("ttl_expired")
                 conn.close(f"silent beyond its heartbeat TTL of {conn.ttl:g}s")
             elif conn.out and now - conn.last_tx > limits.write_timeout:
                 self.count("write_timeout")
