@@ -139,6 +139,13 @@ class BrokerLoop:
         conn.ext = Peer()
 
     def on_head(self, conn: Conn, frames: list[bytes]) -> Decision | None:
+        try:
+            return self._head(conn, frames)
+        except Exception:  # one bad message must not stop routing
+            log.exception("failed to look at a message's first frames; refused it")
+            return Discard(ProtocolError("internal error"))
+
+    def _head(self, conn: Conn, frames: list[bytes]) -> Decision | None:
         if conn.kind == "back":
             return self._backend_head(conn, frames)
         if conn.kind != "front":

@@ -125,6 +125,12 @@ class Conn:
         received = 0
         try:
             if self.state == HANDSHAKE:
+                # A TLS handshake costs the loop a signature: a few per turn, the rest
+                # wait their turn with the heavy connections.
+                if gw.handshakes_left <= 0:
+                    gw.queue_heavy(self)
+                    return
+                gw.handshakes_left -= 1
                 if not self.stream.handshake():
                     return
                 self.state = OPEN
@@ -162,6 +168,9 @@ class Conn:
             self.close(f"protocol error: {exc}", flush=True)
         except StreamClosed as exc:
             self.close(str(exc))
+        except Exception:  # a bug must cost one connection, never the broker
+            log.exception("closing %r after an unexpected error", self)
+            self.close("internal error")
         if received:
             self.last_rx = gw.now
             gw.handler.on_bytes(self)
@@ -444,6 +453,10 @@ class Conn:
             self.stream.flush()
         except StreamClosed as exc:
             self.close(str(exc))
+            return
+        except Exception:  # a bug must cost one connection, never the broker
+            log.exception("closing %r after an unexpected error while writing", self)
+            self.close("internal error")
             return
         if "output" in self.paused and self.out_bytes <= self.gw.limits.out_pause_bytes // 2:
             self.resume("output")

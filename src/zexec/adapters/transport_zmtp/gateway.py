@@ -42,8 +42,10 @@ _BROKEN = select.EPOLLHUP | select.EPOLLERR
 #: Seconds between sweeps for timeouts; and accepting pauses this long after EMFILE.
 SWEEP = 1.0
 ACCEPT_PAUSE = 0.25
-#: Connections accepted per listener and turn (then the others get their turn).
+#: Connections accepted per listener and turn (then the others get their turn), and
+#: TLS handshakes driven per turn (each costs a signature).
 ACCEPT_BATCH = 64
+HANDSHAKES_PER_TURN = 8
 #: Under descriptor pressure, connections idle at least this long (no call in flight)
 #: are closed, the longest idle first, this many at a time.
 EVICT_MIN_IDLE = 1.0
@@ -122,6 +124,7 @@ class Gateway:
         self.budget_waiters: set[Conn] = set()
         self.memory_waiters: set[Conn] = set()
         self.preauth_held = 0
+        self.handshakes_left = HANDSHAKES_PER_TURN
         self.budget = PayloadBudget(limits.max_payload_bytes, on_free=self._memory_freed)
         self._memory_free = False
         self.scratch = memoryview(bytearray(1 << 20))  # where skipped bodies go
@@ -161,6 +164,7 @@ class Gateway:
             timeout = 0.0
         events = self.epoll.poll(timeout)
         self.now = self.clock()
+        self.handshakes_left = HANDSHAKES_PER_TURN
         for fd, ev in events:
             conn = self.conns.get(fd)
             if conn is not None:
