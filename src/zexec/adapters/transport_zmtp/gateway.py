@@ -73,7 +73,7 @@ class Limits:
     read_chunk: int = 256 * 1024
     #: Fair share per connection and loop turn.
     turn_bytes: int = 128 * 1024
-    turn_frames: int = 128
+    turn_frames: int = 64
     #: A client with this much output unread is not read from until half is gone.
     out_pause_bytes: int = 8 * 1024 * 1024
 
