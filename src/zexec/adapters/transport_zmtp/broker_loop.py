@@ -307,6 +307,13 @@ class BrokerLoop:
 
     # ------------------------------------------------------------------ output
 
+    def _send_out(self) -> None:
+        self._flush_outbox()
+        for conn, reason in self._closing:
+            conn.close(reason, flush=True)
+        self._closing.clear()
+        self.gw.flush()
+
     def _flush_outbox(self) -> None:
         out = self.router.outbox
         if not out:
@@ -379,11 +386,10 @@ class BrokerLoop:
                     router.tick(now)
                     if now >= next_tick:
                         next_tick = now + TICK
-                self._flush_outbox()
-                for conn, reason in self._closing:
-                    conn.close(reason, flush=True)
-                self._closing.clear()
-                self.gw.flush()
+                self._send_out()
+                # A heavy connection's turn only after everyone else's messages are out.
+                if self.gw.turn_heavy():
+                    self._send_out()
                 if self._stop_requested and self._should_exit(now):
                     break
         finally:

@@ -119,10 +119,13 @@ class ZmtpTransport:
         if self.inbox:
             return self.inbox.popleft()
         deadline = self.clock() + timeout
+        was_up = self._state == _UP
         while True:
             self._progress()
             if self.inbox:
                 return self.inbox.popleft()
+            if self._state == _UP and not was_up:
+                return None  # just connected: the caller has messages waiting to go
             now = self.clock()
             if now >= deadline:
                 return None

@@ -44,7 +44,7 @@ SWEEP = 1.0
 ACCEPT_PAUSE = 0.25
 #: Connections accepted per listener and turn (then the others get their turn), and
 #: TLS handshakes driven per turn (each costs a signature).
-ACCEPT_BATCH = 64
+ACCEPT_BATCH = 16
 HANDSHAKES_PER_TURN = 8
 #: Under descriptor pressure, connections idle at least this long (no call in flight)
 #: are closed, the longest idle first, this many at a time.
@@ -159,7 +159,7 @@ class Gateway:
 
     def poll(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for I/O and process it (reads and accepts;
-        writes happen in :meth:`flush`)."""
+        writes happen in :meth:`flush`), except heavy connections' (:meth:`turn_heavy`)."""
         if self.kicks or self.heavy or self._memory_free:
             timeout = 0.0
         events = self.epoll.poll(timeout)
@@ -189,18 +189,22 @@ class Gateway:
         for conn in kicked:
             if conn.state != CLOSED and not conn.paused:
                 conn.pump()
-        # Then one turn of one heavy connection, in rotation: everyone else's messages
-        # (above) never wait for more than that, and when nobody else has anything to
-        # say the heavy ones take turns as fast as the loop goes.
+        if self.now >= self._next_sweep:
+            self._sweep()
+
+    def turn_heavy(self) -> bool:
+        """One turn of one heavy connection, in rotation (call it after :meth:`poll` and
+        after what that produced has been sent): everyone else's messages never wait
+        for more than one such turn, and when nobody else has anything to say the
+        heavy ones take turns as fast as the loop goes. False if none was waiting."""
         heavy = self.heavy
         while heavy:
             conn = heavy.popleft()
             conn.queued = False
             if conn.state != CLOSED and not conn.paused:
                 conn.pump()
-                break
-        if self.now >= self._next_sweep:
-            self._sweep()
+                return True
+        return False
 
     def flush(self) -> None:
         """Write what is queued, to every connection that has something."""
