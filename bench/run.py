@@ -172,7 +172,13 @@ def main() -> int:
     ap.add_argument("--no-install", action="store_true",
                     help="fail instead of creating bench/.venv-ray / bench/.venv-legacy")
     ap.add_argument("--results-dir", default=str(BENCH / "results"))
+    ap.add_argument("--src", default="",
+                    help="run zexec (broker, server, SDK) from this source tree instead, "
+                         "for a before/after comparison (e.g. a `git archive` of main)")
     args = ap.parse_args()
+    if args.src:
+        # Every process the run starts inherits it; this one keeps what it imported.
+        os.environ["PYTHONPATH"] = str(Path(args.src).resolve())
     sides = set(args.sides.split(",")) | {"zexec"}
     sizes = Sizes.quick() if args.quick else Sizes()
 
@@ -193,6 +199,7 @@ def main() -> int:
     doc: dict = {
         "timestamp": stamp,
         "command": " ".join(["bench/run.py", *sys.argv[1:]]),
+        "zexec_src": args.src or None,
         "host": {"cpus": os.cpu_count(), "platform": platform.platform(),
                  "python": platform.python_version(), "loadavg_at_start": os.getloadavg()},
         "git": git_info(), "sizes": sizes.__dict__, "serializer": args.serializer,

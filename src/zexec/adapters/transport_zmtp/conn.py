@@ -115,13 +115,13 @@ class Conn:
 
     # ------------------------------------------------------------------ reading
 
-    def pump(self) -> None:
-        """Read and process what arrived, up to a fair share; the gateway calls again
-        (a kick) if more may be waiting without the socket telling epoll."""
+    def pump(self, share: int = 1) -> None:
+        """Read and process what arrived, up to ``share`` fair shares; the gateway calls
+        again (a kick) if more may be waiting without the socket telling epoll."""
         gw = self.gw
         limits = gw.limits
-        budget = limits.turn_bytes
-        frames_left = limits.turn_frames
+        budget = limits.turn_bytes * share
+        frames_left = limits.turn_frames * share
         received = 0
         try:
             if self.state == HANDSHAKE:

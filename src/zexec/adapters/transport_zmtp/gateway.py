@@ -46,6 +46,8 @@ ACCEPT_PAUSE = 0.25
 #: TLS handshakes driven per turn (each costs a signature).
 ACCEPT_BATCH = 16
 HANDSHAKES_PER_TURN = 8
+#: Shares of a turn a heavy connection gets when no other one is waiting.
+ALONE_SHARE = 8
 #: Under descriptor pressure, connections idle at least this long (no call in flight)
 #: are closed, the longest idle first, this many at a time.
 EVICT_MIN_IDLE = 1.0
@@ -202,7 +204,9 @@ class Gateway:
             conn = heavy.popleft()
             conn.queued = False
             if conn.state != CLOSED and not conn.paused:
-                conn.pump()
+                # Alone (one large transfer, nobody else waiting): longer turns, fewer
+                # loop rounds; the next light message still waits only for this one.
+                conn.pump(ALONE_SHARE if not heavy and not self.kicks else 1)
                 return True
         return False
 
