@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.helpers.attacks import assert_alive, bob_calls
+from tests.helpers.attacks import MIB, MemoryWatch, assert_alive, bob_calls
 from tests.helpers.procs import cpu_seconds
 from tests.helpers.raw_zmtp import Closed, RawPeer
 from tests.helpers.stack import Stack, wait_for
@@ -35,6 +35,7 @@ def test_idle_connections_under_a_low_open_files_limit(tmp_path):
         s.start_server("bob", workers=1)
         assert f"open files limit: {LIMIT}" in s.log("broker")
         bob_calls(s)
+        watch = MemoryWatch(s)
         # Idle peers until the broker has no descriptor left (the kernel still completes
         # TCP handshakes into the listen backlog, so some of these wait there): half of
         # them say nothing, half showed a valid token first (a PING) and went quiet.
@@ -59,6 +60,7 @@ def test_idle_connections_under_a_low_open_files_limit(tmp_path):
         bob_calls(s, n=3)
         evicted = s.control_command(b"STATUS")["status"]["gateway"]["counts"].get("evicted", 0)
         assert evicted > 0
+        assert watch.growth < 64 * MIB, f"broker grew by {watch.growth / MIB:.0f} MiB"
         assert_alive(s)
     finally:
         for peer in peers:

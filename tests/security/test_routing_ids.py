@@ -13,7 +13,7 @@ import pytest
 import zmq
 
 import zexec
-from tests.helpers.attacks import assert_alive, bob_calls
+from tests.helpers.attacks import MIB, MemoryWatch, assert_alive, bob_calls
 from tests.helpers.raw_zmtp import Closed, RawPeer
 from tests.helpers.remote_funcs import my_client_id, my_worker_names
 from tests.helpers.stack import wait_for
@@ -47,6 +47,7 @@ def counts(stack) -> dict:
 
 
 def squat_everywhere_then_call(stack, ids: list[bytes]) -> None:
+    watch = MemoryWatch(stack)
     ctx = zmq.Context()
     before = counts(stack).get("reserved_identity", 0)
     socks = []
@@ -67,6 +68,8 @@ def squat_everywhere_then_call(stack, ids: list[bytes]) -> None:
         peer.send([b"", b"not-a-token", b"fn", b"args"])
         assert peer.recv() is not None
         assert_alive(stack)
+        # A connection costs little: hundreds of squatters, a few MiB.
+        assert watch.growth < 64 * MIB, f"broker grew by {watch.growth / MIB:.0f} MiB"
     finally:
         for s in socks:
             s.close(0)

@@ -201,3 +201,22 @@ def test_close_closes_inner(clock):
     CachingAuthenticator(inner, clock=clock).close()
     assert inner.closed
     CachingAuthenticator(FakeAuthenticator({}), clock=clock).close()  # no close: fine
+
+
+def test_a_flood_of_refused_tokens_never_evicts_valid_ones():
+    cache = TokenCache(max_entries=10, max_refused=100)
+    alice = UserIdentity(user_id="alice-id", username="alice")
+    cache.put(b"alice", alice, 0.0)
+    for i in range(10_000):
+        cache.put(b"bad-%d" % i, Unauthenticated("no"), 0.0)
+    assert cache.get(b"alice", 1.0) == alice
+    assert len(cache) == 101  # the refused side holds its newest 100
+    assert cache.get(b"bad-9999", 1.0) is not None and cache.get(b"bad-0", 1.0) is None
+
+
+def test_a_token_that_becomes_valid_is_not_also_cached_as_refused():
+    cache = TokenCache()
+    cache.put(b"t", Unauthenticated("no"), 0.0)
+    alice = UserIdentity(user_id="alice-id", username="alice")
+    cache.put(b"t", alice, 1.0)
+    assert cache.get(b"t", 2.0) == alice and len(cache) == 1
