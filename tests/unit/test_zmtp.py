@@ -97,7 +97,7 @@ def handshake(server_type="ROUTER", client_type="DEALER", identity=b""):
 
 
 def wire(messages: list[list[bytes]]) -> bytes:
-    return b"".join(bytes(b) for b in zmtp.encode_messages(messages))
+    return b"".join(bytes(b) for m in messages for b in zmtp.encode_message(m))
 
 
 def test_greeting_is_zmtp_3_1_null():

@@ -26,7 +26,7 @@ decides what a name means (the broker never routes by it).
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -181,19 +181,6 @@ def encode_message(frames: Sequence[Any]) -> list[Any]:
         out.append(view if view.format == "B" and view.ndim == 1 else view.cast("B"))
     if small:
         out.append(b"".join(small))
-    return out
-
-
-def encode_messages(messages: Iterable[Sequence[Any]]) -> list[Any]:
-    """:func:`encode_message` of several messages, their small parts joined together."""
-    out: list[Any] = []
-    for frames in messages:
-        parts = encode_message(frames)
-        if out and isinstance(out[-1], bytes) and isinstance(parts[0], bytes):
-            out[-1] += parts[0]
-            out.extend(parts[1:])
-        else:
-            out.extend(parts)
     return out
 
 

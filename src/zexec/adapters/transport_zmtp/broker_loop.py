@@ -35,7 +35,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from zexec.adapters.transport_zmtp.conn import ADMIT, WAIT, Conn, Decision, Discard
+from zexec.adapters.transport_zmtp.conn import Conn
+from zexec.adapters.transport_zmtp.decisions import ADMIT, WAIT, Decision, Discard
 from zexec.adapters.transport_zmtp.gateway import Gateway, Limits
 from zexec.apps.broker.router import FRONT, Router
 from zexec.core import protocol as p

@@ -27,12 +27,12 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from itertools import islice
 from typing import Any
 from urllib.parse import urlsplit
 
 from zexec.adapters.transport_zmtp.buffers import allocate
-from zexec.adapters.transport_zmtp.stream import IOV_MAX, Stream, StreamClosed, TlsStream
+from zexec.adapters.transport_zmtp.output import Output
+from zexec.adapters.transport_zmtp.stream import Stream, StreamClosed, TlsStream
 from zexec.adapters.transport_zmtp.tls import client_context
 from zexec.core import zmtp
 
@@ -93,7 +93,7 @@ class ZmtpTransport:
         self._body: memoryview | None = None
         self._body_pos = 0
         self._body_more = False
-        self._out: deque[Any] = deque()
+        self._out = Output()
         self._last_rx = 0.0
         self._ping_at: float | None = None
         #: Why the last connection attempt or connection failed (for error messages).
@@ -111,7 +111,7 @@ class ZmtpTransport:
         self._progress()
         if self._state != _UP:
             return False
-        self._out.extend(zmtp.encode_message(frames))
+        self._out.add_message(frames)
         self._write()
         return self._state == _UP
 
@@ -239,7 +239,7 @@ class ZmtpTransport:
                         if self.tls else Stream(self._sock))
         self._codec = zmtp.Codec("DEALER", as_server=False)
         self._out.clear()
-        self._out.append(self._codec.data_to_send())
+        self._out.add(self._codec.data_to_send())
         self._last_rx = self.clock()
         self._state = _HANDSHAKE
 
@@ -268,22 +268,8 @@ class ZmtpTransport:
         self._backoff = min(self._backoff * 2, RECONNECT_MAX)
 
     def _write(self) -> None:
-        stream, out = self._stream, self._out
-        if stream is None:
-            return
-        while out:
-            n = stream.send(list(islice(out, IOV_MAX)) if len(out) > 1 else [out[0]])
-            if n == 0:
-                break
-            while n:
-                size = len(out[0])
-                if n >= size:
-                    out.popleft()
-                    n -= size
-                else:
-                    out[0] = memoryview(out[0])[n:]
-                    n = 0
-        stream.flush()
+        if self._stream is not None:
+            self._out.write(self._stream)
 
     def _read(self) -> None:
         stream, codec = self._stream, self._codec
@@ -335,7 +321,7 @@ class ZmtpTransport:
             self._ping_at = None
         out = codec.data_to_send()  # PONGs, our READY
         if out:
-            self._out.append(out)
+            self._out.add(out)
             self._write()
 
     def _frame(self, data: Any, more: bool) -> None:
@@ -350,7 +336,7 @@ class ZmtpTransport:
             if now - self._ping_at > HEARTBEAT_TIMEOUT:
                 raise StreamClosed(f"no answer from the broker for {HEARTBEAT_TIMEOUT:g}s")
         elif now - self._last_rx > HEARTBEAT_IVL and not self._wants_write():
-            self._out.append(zmtp.ping())
+            self._out.add(zmtp.ping())
             self._ping_at = now
             self._write()
 

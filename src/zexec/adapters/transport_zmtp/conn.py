@@ -17,12 +17,11 @@ total for all such connections; it reads nothing while its token is being checke
 from __future__ import annotations
 
 import logging
-from collections import deque
-from dataclasses import dataclass
-from itertools import islice
 from typing import TYPE_CHECKING, Any
 
-from zexec.adapters.transport_zmtp.stream import IOV_MAX, Stream, StreamClosed
+from zexec.adapters.transport_zmtp.decisions import Admit, Decision, Discard, Wait
+from zexec.adapters.transport_zmtp.output import Output
+from zexec.adapters.transport_zmtp.stream import Stream, StreamClosed
 from zexec.core import zmtp
 from zexec.core.errors import ProtocolError, TooLarge, ZexecError
 
@@ -37,34 +36,6 @@ HANDSHAKE, OPEN, CLOSED = range(3)
 #: the largest kept as they are (larger ones become empty placeholders).
 KEEP_FRAMES = 8
 KEEP_BYTES = 256
-#: Small output parts are joined up to this size (fewer iovecs and syscalls).
-COALESCE = 64 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class Admit:
-    """The message may be read whole: its sender showed a valid credential."""
-
-
-@dataclass(frozen=True, slots=True)
-class Wait:
-    """Stop reading this connection until :meth:`Gateway.decide` (a token check)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Discard:
-    """Read and drop the rest of the message; the handler answers it with ``why``."""
-
-    why: ZexecError
-
-
-@dataclass(frozen=True, slots=True)
-class Close:
-    reason: str
-
-
-ADMIT, WAIT = Admit(), Wait()
-Decision = Admit | Wait | Discard | Close
 
 
 class Conn:
@@ -102,8 +73,7 @@ class Conn:
         self.in_body = False
         self.waiting_start: zmtp.FrameStart | None = None
         # output
-        self.out: deque[Any] = deque()
-        self.out_bytes = 0
+        self.out = Output()
         self.dropped = 0
         self.close_after_flush_reason = ""
         if not stream.tls:
@@ -392,23 +362,13 @@ class Conn:
 
     def _queue_raw(self, data: bytes) -> None:
         if data:
-            self._append(data)
+            self._started_writing()
+            self.out.add(data)
             self.gw.dirty.add(self)
 
-    def _append(self, part: Any) -> None:
-        out = self.out
-        if not out:
+    def _started_writing(self) -> None:
+        if not self.out:
             self.last_tx = self.gw.now  # the clock of a stalled write starts now
-        elif type(part) is bytes and type(out[-1]) in (bytes, bytearray) and \
-                len(out[-1]) + len(part) <= COALESCE:
-            # Small replies in one iovec (and one syscall), grown in place.
-            if type(out[-1]) is bytes:
-                out[-1] = bytearray(out[-1])
-            out[-1] += part
-            self.out_bytes += len(part)
-            return
-        out.append(part)
-        self.out_bytes += len(part)
 
     def send(self, frames: list[Any]) -> bool:
         """Queue one message (never blocks). False if it was dropped: the connection is
@@ -417,14 +377,14 @@ class Conn:
         if self.state == CLOSED:
             return False
         limits = self.gw.limits
-        if self.out_bytes > limits.max_output_bytes:
+        if self.out.bytes > limits.max_output_bytes:
             self.dropped += 1
             log.warning("dropped a message to a peer that does not read (%s)", self.kind)
             return False
-        for part in zmtp.encode_message(frames):
-            self._append(part)
+        self._started_writing()
+        self.out.add_message(frames)
         self.gw.dirty.add(self)
-        if self.kind != "back" and self.out_bytes > limits.out_pause_bytes:
+        if self.kind != "back" and self.out.bytes > limits.out_pause_bytes:
             self.pause("output")  # take no more requests from a peer not reading replies
         return True
 
@@ -433,24 +393,9 @@ class Conn:
             if self.stream.wants_write:
                 self.stream.flush()
             return
-        out = self.out
         try:
-            while out:
-                n = self.stream.send(list(islice(out, IOV_MAX)) if len(out) > 1 else [out[0]])
-                if n == 0:
-                    break
+            if self.out.write(self.stream):
                 self.last_tx = self.gw.now
-                self.out_bytes -= n
-                while n:
-                    head = out[0]
-                    size = len(head)
-                    if n >= size:
-                        out.popleft()
-                        n -= size
-                    else:
-                        out[0] = memoryview(head)[n:]
-                        n = 0
-            self.stream.flush()
         except StreamClosed as exc:
             self.close(str(exc))
             return
@@ -458,9 +403,9 @@ class Conn:
             log.exception("closing %r after an unexpected error while writing", self)
             self.close("internal error")
             return
-        if "output" in self.paused and self.out_bytes <= self.gw.limits.out_pause_bytes // 2:
+        if "output" in self.paused and self.out.bytes <= self.gw.limits.out_pause_bytes // 2:
             self.resume("output")
-        if self.close_after_flush and not out and not self.stream.wants_write:
+        if self.close_after_flush and not self.out and not self.stream.wants_write:
             self.close(self.close_after_flush_reason)
             return
         self.gw.update(self)

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from zexec.adapters.transport_zmtp.buffers import PayloadBudget
-from zexec.adapters.transport_zmtp.conn import CLOSED, OPEN, Conn, Decision
+from zexec.adapters.transport_zmtp.conn import CLOSED, OPEN, Conn
+from zexec.adapters.transport_zmtp.decisions import Decision
 from zexec.adapters.transport_zmtp.stream import Stream, TlsStream
 from zexec.core import zmtp
 
