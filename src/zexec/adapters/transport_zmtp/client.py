@@ -304,7 +304,7 @@ class ZmtpTransport:
             if type(ev) is zmtp.Frame:
                 self._frame(ev.data, ev.more)
             elif type(ev) is zmtp.FrameStart:
-                self._body = memoryview(allocate(ev.size))
+                self._body = memoryview(allocate(ev.size, huge=False))
                 self._body_more = ev.more
                 self._body_pos = codec.read_body_into(self._body)
                 if codec.body_remaining == 0:
