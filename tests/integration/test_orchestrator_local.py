@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from orch_support import FAKE_UV, PY, SECRET, wait_for, write_script
+from orch_support import FAKE_UV, OFF, PY, SECRET, wait_for, write_script
 
 from tests.helpers.procs import alive
 from zexec.adapters.orchestrator_local import LocalOrchestrator
@@ -46,6 +46,7 @@ def full(tmp_path_factory, standin, pythons):
     orch = LocalOrchestrator(
         tmp_path_factory.mktemp("full-state"), "tcp://127.0.0.1:5560", SECRET,
         available_pythons=pythons, server_workers=3, server_command=standin[0], grace=0.5,
+        isolation=OFF,
     )  # fmt: skip
     st = orch.ensure(UserIdentity("alice"), SIX)
     assert st.phase == "pending" and st.env == SIX
@@ -62,7 +63,9 @@ def test_server_runs_in_the_built_env_with_its_settings(full, standin, monkeypat
     assert rep["six"] is True
     assert rep["zexec"].startswith(str(Path(__file__).resolve().parents[2]))  # editable
     assert rep["ZEXEC_SERVER_USER_ID"] == "alice"
-    assert rep["ZEXEC_SERVER_CREDENTIAL"] == server_credential(SECRET, "alice")
+    # The credential comes over an inherited pipe, never in the environment.
+    assert rep["credential"] == server_credential(SECRET, "alice")
+    assert "ZEXEC_SERVER_CREDENTIAL" not in rep
     assert rep["ZEXEC_SERVER_BROKER_URL"] == "tcp://127.0.0.1:5560"
     assert rep["ZEXEC_SERVER_WORKERS"] == "3"
     assert Path(rep["ZEXEC_SERVER_READY_FILE"]).exists()
@@ -137,6 +140,7 @@ def test_terminate_while_installing_kills_the_installer(tmp_path, standin, pytho
     orch = LocalOrchestrator(
         tmp_path / "state", "tcp://127.0.0.1:5560", SECRET, available_pythons=pythons,
         uv=str(uv), server_command=standin[0], zexec_args=[], grace=0.5,
+        isolation=OFF,
     )  # fmt: skip
     orch.ensure(UserIdentity("u-inst"), BARE)
     # The installer's output shows up live while installing.
