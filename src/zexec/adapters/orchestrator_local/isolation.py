@@ -121,18 +121,24 @@ def bwrap_problem(bwrap: str) -> str | None:
 
 def resolve(
     requested: str, *, single_trust_domain: bool = False, euid: int | None = None,
-    bwrap: str | None = None,
+    bwrap: str | None = None, reach: Sequence[str | Path] = (),
 ) -> Isolation:
     """The mode ``requested`` means on this machine; ConfigurationError when it asks
     for what the machine cannot do (a uid without root, a sandbox without bubblewrap).
-    ``euid`` / ``bwrap`` default to this process's and the ``bwrap`` on PATH."""
+    ``euid`` / ``bwrap`` default to this process's and the ``bwrap`` on PATH. ``reach``:
+    paths whose parents servers running as other uids must pass without a sandbox (the
+    state directory, the interpreter, zexec's source): ``auto`` cannot isolate by uid
+    alone when one is closed to them."""
     if requested not in MODES:
         raise ConfigurationError(f"isolation must be one of {', '.join(MODES)}, not {requested!r}")
     root = (os.geteuid() if euid is None else euid) == 0
     bwrap = bwrap or shutil.which("bwrap")
     problem = "bubblewrap (bwrap) is not installed" if bwrap is None else bwrap_problem(bwrap)
     if requested == "auto":
-        if root:
+        closed = unreachable(reach) if root and problem else []
+        if root and closed:
+            problem += f", and {closed[0]} is closed to other uids (no o+x)"
+        if root and not closed:
             requested = "uid" if problem else "uid+sandbox"
         else:
             requested = "none" if problem else "sandbox"

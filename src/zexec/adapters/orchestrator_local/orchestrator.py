@@ -144,7 +144,7 @@ class LocalOrchestrator:
         self.isolation = isolation if isolation is not None else resolve("auto")
         self.tenancy = Tenancy(
             self.isolation, self.state_dir,
-            Path(users_dir or self.state_dir / "users").resolve(), running_python()[1], uids,
+            Path(users_dir or self.state_dir / "users").resolve(), uids,
         )  # fmt: skip
         self.envs = EnvStore(self.state_dir / "envs", self.uv, zexec_args)
         os.chmod(self.envs.root, 0o755)

@@ -28,7 +28,7 @@ from zexec.adapters.orchestrator_local.isolation import (
 )
 from zexec.adapters.orchestrator_local.records import write_json_atomic
 from zexec.adapters.orchestrator_local.uids import UidMap
-from zexec.core.errors import ConfigurationError, Forbidden
+from zexec.core.errors import ConfigurationError, Forbidden, OrchestratorError
 
 
 @dataclass(frozen=True)
@@ -67,17 +67,28 @@ def pth_dirs(env: Path) -> list[Path]:
     return found
 
 
+def paths_to_reach(*dirs: str | Path) -> list[Path]:
+    """What servers running as other uids, without a sandbox, must reach: ``dirs`` (the
+    state directory ...), the interpreter, and the zexec source tree an editable install
+    of zexec points to (see :func:`.isolation.unreachable`)."""
+    from zexec.adapters.orchestrator_local.envs import zexec_install_args
+    from zexec.adapters.orchestrator_local.pythons import running_python
+
+    args = zexec_install_args()
+    src = [Path(args[1]) / "src"] if args[:1] == ["-e"] else []
+    return [*map(Path, dirs), Path(running_python()[1]), *src]
+
+
 class Tenancy:
     """Tenants of one orchestrator, under ``isolation``."""
 
     def __init__(
-        self, isolation: Isolation, state_dir: Path, users_dir: Path, shim_python: str,
+        self, isolation: Isolation, state_dir: Path, users_dir: Path,
         uids: UidMap | None = None,
     ) -> None:
         self.isolation = isolation
         self.state_dir = state_dir
         self.users_dir = users_dir
-        self.shim_python = shim_python
         if isolation.uid and uids is None:
             uids = UidMap(state_dir / "uids.json")
         self.uids = uids
@@ -87,7 +98,8 @@ class Tenancy:
             os.chmod(d, mode)
         if isolation.uid and not isolation.sandbox:
             # No sandbox to show them their files: the servers walk the real paths.
-            closed = unreachable([state_dir / "envs", state_dir / "run", users_dir, shim_python])
+            closed = unreachable(paths_to_reach(state_dir / "envs", state_dir / "run",
+                                                users_dir))
             if closed:
                 raise ConfigurationError(
                     "uid isolation without a sandbox needs the environments, the users' "
@@ -108,14 +120,22 @@ class Tenancy:
         return t
 
     def argv(self, tenant: Tenant, cmd: Sequence[str], env: Path, interpreter: str) -> list[str]:
-        """``cmd`` (the server) confined as the isolation mode says."""
+        """``cmd`` (the server) confined as the isolation mode says; ``interpreter`` (the
+        one ``env`` was made from: trusted, not the user's) also switches the uid."""
         iso = self.isolation
-        drop = drop_privileges(self.shim_python, tenant.uid, tenant.gid) \
+        drop = drop_privileges(interpreter, tenant.uid, tenant.gid) \
             if tenant.uid is not None else []
         if not iso.sandbox:
+            closed = unreachable([interpreter, *pth_dirs(env)]) if iso.uid else []
+            if closed:
+                raise OrchestratorError(
+                    f"the server cannot run as uid {tenant.uid}: {closed[0]} is closed to "
+                    f"other uids (no o+x), and it must reach {interpreter} and its environment "
+                    "through it; allow passing (chmod o+x) or install bubblewrap"
+                )
             return [*drop, *cmd]
         assert iso.bwrap is not None
-        shown = [env, prefix_of(interpreter), prefix_of(self.shim_python), *pth_dirs(env)]
+        shown = [env, prefix_of(interpreter), *pth_dirs(env)]
         sandbox = sandbox_argv(
             iso.bwrap, read_only=shown, writable=[tenant.workdir, tenant.rundir],
             workdir=tenant.workdir, privileged=iso.uid, hidden=[self.state_dir, self.users_dir],

@@ -159,10 +159,12 @@ def _options(
     return opts
 
 
-def _isolation(options: dict[str, Any]):
+def _isolation(d: StateDir, options: dict[str, Any]):
     from zexec.adapters.orchestrator_local.isolation import resolve
+    from zexec.adapters.orchestrator_local.tenancy import paths_to_reach
 
-    return resolve(options["isolation"], single_trust_domain=options["single_trust_domain"])
+    return resolve(options["isolation"], single_trust_domain=options["single_trust_domain"],
+                   reach=paths_to_reach(d.root))
 
 
 def up(
@@ -197,7 +199,7 @@ def up(
                 f"by an older zexec; stop it with: zexec down --state-dir {d.root}"
             )
         options = _options(old, given, bool(live))
-        iso = _isolation(options)  # a resolved mode: the web process must not guess again
+        iso = _isolation(d, options)  # a resolved mode: the web process must not guess again
         d.prepare(traversable=iso.mode == "uid")
         if live:
             for name, port in ports.items():

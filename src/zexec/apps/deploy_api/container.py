@@ -43,10 +43,13 @@ def local_orchestrator(settings: DeploySettings, broker: BrokerSettings) -> Orch
     """Server processes on this machine, reaching the broker's backend port."""
     from zexec.adapters.orchestrator_local import LocalOrchestrator
     from zexec.adapters.orchestrator_local.isolation import resolve
+    from zexec.adapters.orchestrator_local.tenancy import paths_to_reach
     from zexec.adapters.orchestrator_local.uids import UidMap
 
-    isolation = resolve(settings.isolation, single_trust_domain=settings.single_trust_domain)
     state = Path(settings.state_dir).expanduser().resolve()
+    users = Path(settings.users_dir).expanduser().resolve() if settings.users_dir else None
+    isolation = resolve(settings.isolation, single_trust_domain=settings.single_trust_domain,
+                        reach=paths_to_reach(state, *(users,) if users else ()))
     uids = UidMap(state / "uids.json", settings.uid_range, settings.uid_map) \
         if isolation.uid else None
     return LocalOrchestrator(
@@ -56,7 +59,7 @@ def local_orchestrator(settings: DeploySettings, broker: BrokerSettings) -> Orch
         idle_timeout=settings.idle_timeout,
         isolation=isolation,
         uids=uids,
-        users_dir=settings.users_dir or None,
+        users_dir=users,
     )
 
 
