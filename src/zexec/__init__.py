@@ -37,11 +37,13 @@ if TYPE_CHECKING:
         EnvironmentConflict,
         EnvironmentFailed,
         EnvironmentTimeout,
+        Forbidden,
         InvalidEnvironment,
         RemoteError,
         ServerGone,
         ServerUnavailable,
         VersionMismatch,
+        WorkerDied,
         ZexecError,
     )
 
@@ -56,9 +58,9 @@ _EXPORTS = {
                     "zexec.apps.client.connect"),
     **dict.fromkeys(
         ("BrokerUnreachable", "CallCancelled", "CallLost", "CallTimeout", "ControlPlaneError",
-         "EnvironmentConflict", "EnvironmentFailed", "EnvironmentTimeout",
+         "EnvironmentConflict", "EnvironmentFailed", "EnvironmentTimeout", "Forbidden",
          "InvalidEnvironment", "RemoteError", "ServerGone", "ServerUnavailable",
-         "VersionMismatch", "ZexecError"), "zexec.core.errors"),
+         "VersionMismatch", "WorkerDied", "ZexecError"), "zexec.core.errors"),
 }
 
 
@@ -88,6 +90,7 @@ __all__ = [
     "EnvironmentConflict",
     "EnvironmentFailed",
     "EnvironmentTimeout",
+    "Forbidden",
     "InvalidEnvironment",
     "RemoteError",
     "RemoteFunction",
@@ -95,6 +98,7 @@ __all__ = [
     "ServerGone",
     "ServerUnavailable",
     "VersionMismatch",
+    "WorkerDied",
     "ZexecError",
     "connect",
     "environment",

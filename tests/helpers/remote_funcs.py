@@ -24,3 +24,12 @@ def wait_for_file(path):
     while not os.path.exists(path):
         time.sleep(0.01)
     return "released"
+
+
+def stop_myself():
+    """Stop the calling worker (SIGSTOP): it makes no progress until continued."""
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGSTOP)
+    return "continued"

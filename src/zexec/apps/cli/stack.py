@@ -63,6 +63,8 @@ PROCESSES = ("broker", "web")
 WEB_APPS = web.APPS
 #: Seconds between two rounds of health checks while ``up`` waits.
 POLL = 0.05
+#: Seconds ``up`` waits for running servers to register with a restarted broker.
+SERVER_RETURN = 15.0
 #: ``up``'s options and their defaults; a restart keeps the recorded ones.
 DEFAULT_OPTIONS = {"idle_timeout": 3600.0, "isolation": "auto", "single_trust_domain": False}
 
@@ -262,6 +264,8 @@ def up(
                 stack["components"][name] = {**comp, "log": str(d.log(name))}
                 save(d, stack)  # from here on `zexec down` can stop what exists
             _wait_ready(d, stack, admin, timeout)
+            if "broker" in started:
+                _wait_servers(d, stack, admin, min(timeout, SERVER_RETURN), out)
         except BaseException:  # a failure or Ctrl-C: leave nothing half-started behind
             mine = {"components": {n: stack["components"][n] for n in started}}
             stop(d, mine if live else stack, grace=5.0, out=out, quiet=True, sweep=not live)
@@ -296,6 +300,28 @@ def _wait_ready(d: StateDir, stack: dict[str, Any], admin: str, timeout: float) 
             raise StackError(_failure(d, name, comp, f"not ready after {timeout:g}s"))
         if pending:
             time.sleep(POLL)
+
+
+def _wait_servers(
+    d: StateDir, stack: dict[str, Any], admin: str, timeout: float, out: TextIO
+) -> None:
+    """After a broker restart: wait until the users' servers that still run have
+    registered with it again (they retry every second or so), so that a call made right
+    after ``up`` finds its server; a server that does not within ``timeout`` is named."""
+    from zexec.adapters.orchestrator_local.records import Records
+
+    expected = {r["user_id"] for r in Records(d.orchestrator / "servers", create=False)
+                .load_all().values()
+                if r.get("role") == "server" and procs.alive(r["pid"], r.get("start"))}
+    deadline = time.monotonic() + timeout
+    while expected:
+        reply = broker_control(stack["broker_host"], stack["broker_control_port"], admin) or {}
+        expected -= set((reply.get("status") or {}).get("servers") or {})
+        if not expected or time.monotonic() > deadline:
+            break
+        time.sleep(POLL)
+    if expected:
+        out.write(f"note: not yet registered with the new broker: {', '.join(sorted(expected))}\n")
 
 
 def _failure(d: StateDir, name: str, comp: dict[str, Any], what: str) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 from zexec.adapters.transport_zmq.server_loop import ServerLoop
 from zexec.apps.runtime import configure_logging
 from zexec.apps.server.pool import WorkerPool, private_endpoint
+from zexec.apps.server.stopped import StoppedWatch
 from zexec.core.errors import ConfigurationError
 from zexec.settings import ServerSettings
 
@@ -60,6 +61,7 @@ def build_server(settings: ServerSettings, workers: tuple[str, str] | None = Non
         ready_file=settings.ready_file,
         idle_timeout=settings.idle_timeout,
         fresh_process=settings.fresh_process,
+        stopped_watch=StoppedWatch(settings.stopped_timeout),
         workers=workers or private_endpoint(),
         early_worker=early_worker,
     )
