@@ -67,16 +67,17 @@ def pth_dirs(env: Path) -> list[Path]:
     return found
 
 
-def paths_to_reach(*dirs: str | Path) -> list[Path]:
+def paths_to_reach(*dirs: str | Path, interpreter: bool = True) -> list[Path]:
     """What servers running as other uids, without a sandbox, must reach: ``dirs`` (the
-    state directory ...), the interpreter, and the zexec source tree an editable install
-    of zexec points to (see :func:`.isolation.unreachable`)."""
+    state directory ...), the zexec source tree an editable install of zexec points to,
+    and (``interpreter``) the running interpreter, which serves the most common pin (see
+    :func:`.isolation.unreachable`)."""
     from zexec.adapters.orchestrator_local.envs import zexec_install_args
     from zexec.adapters.orchestrator_local.pythons import running_python
 
     args = zexec_install_args()
     src = [Path(args[1]) / "src"] if args[:1] == ["-e"] else []
-    return [*map(Path, dirs), Path(running_python()[1]), *src]
+    return [*map(Path, dirs), *src, *([Path(running_python()[1])] if interpreter else [])]
 
 
 class Tenancy:
@@ -98,12 +99,13 @@ class Tenancy:
             os.chmod(d, mode)
         if isolation.uid and not isolation.sandbox:
             # No sandbox to show them their files: the servers walk the real paths.
+            # (each server's interpreter is checked when it starts)
             closed = unreachable(paths_to_reach(state_dir / "envs", state_dir / "run",
-                                                users_dir))
+                                                users_dir, interpreter=False))
             if closed:
                 raise ConfigurationError(
                     "uid isolation without a sandbox needs the environments, the users' "
-                    f"directories and the interpreter reachable by other uids, but {closed[0]} "
+                    f"directories and zexec's source reachable by other uids, but {closed[0]} "
                     "is closed to them (no o+x): allow passing through it (chmod o+x), choose "
                     "another state directory, or install bubblewrap"
                 )
