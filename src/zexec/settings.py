@@ -164,6 +164,11 @@ class KubernetesSettings(ZexecSettings):
     memory_limit: str = "4Gi"
     #: Extra egress CIDRs the servers may reach (comma-separated), e.g. a package mirror.
     extra_egress_cidrs: str = ""
+    #: Namespace and pod labels of the cluster DNS service: the only DNS the servers'
+    #: NetworkPolicy lets them reach (port 53). A node-local DNS cache is an address:
+    #: add it to ``extra_egress_cidrs``.
+    dns_namespace: str = "kube-system"
+    dns_pod_labels: str = "k8s-app=kube-dns"
     #: Name of the Secret (in the Deploy API's namespace) holding the broker's
     #: ``server-secret`` key; credentials for each user are derived from it.
     server_secret_name: str = "zexec-broker"
