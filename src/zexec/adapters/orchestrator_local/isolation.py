@@ -16,10 +16,10 @@ Modes (``ZEXEC_DEPLOY_ISOLATION``; ``auto`` picks the strongest the machine allo
 * ``none``: servers run as the stack's own uid and see everything it sees. One user
   only, unless the operator declares every user trusted (``single_trust_domain``).
 
-With a uid, the switch happens in a few lines of the stack's own interpreter run with
-``-I -S`` (:data:`DROP_PRIVILEGES`): nothing of the user's environment runs before the
-process is the user's, without capabilities, with ``no_new_privs`` (setuid binaries do
-not elevate) and umask 077 (the user's new files are private).
+With a uid, the switch happens in a few lines run by the interpreter the environment was
+made from, with ``-I -S`` (:data:`DROP_PRIVILEGES`): nothing of the user's environment
+runs before the process is the user's, without capabilities, with ``no_new_privs``
+(setuid binaries do not elevate) and umask 077 (the user's new files are private).
 """
 
 from __future__ import annotations
