@@ -7,6 +7,9 @@ what came back for secrets itself.
 
 from __future__ import annotations
 
+import json
+import uuid
+from pathlib import Path
 from typing import Any
 
 #: Probe names in the order of the issue, with what each tries.
@@ -16,7 +19,7 @@ PROBES = {
     "other_files": "read and list bob's working directory",
     "other_log": "read bob's server log",
     "register": "register with the broker as bob's server (every credential found)",
-    "signal": "signal bob's server, the broker and the web process",
+    "signal": "SIGKILL bob's server; signal (0: the permission check) the broker and web",
 }
 
 
@@ -110,10 +113,15 @@ def probe_all(targets: dict[str, Any]) -> dict[str, Any]:
         + ("" if control else "; CONTROL FAILED: the probe could not register at all"),
     }
 
-    def kill(pid: int):
-        return lambda: os.kill(pid, signal.SIGKILL)
+    def kill(pid: int, sig: int):
+        return lambda: os.kill(pid, sig)
 
-    attempt("signal", [(f"{n} ({pid})", kill(pid)) for n, pid in targets["pids"].items()])
+    # SIGKILL for bob's server; the stack's processes get signal 0, which performs the
+    # same permission check without harm (this code's answer has to come back through
+    # them when the stack cannot stop it).
+    sigs = {name: signal.SIGKILL if name == "bob's server" else 0 for name in targets["pids"]}
+    attempt("signal", [(f"{n} ({pid}, signal {sigs[n]})", kill(pid, sigs[n]))
+                       for n, pid in targets["pids"].items()])
     return {"results": results, "readable_environ": readable, "control_registered": control}
 
 
@@ -125,3 +133,71 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         verdict = {True: "yes", False: "**NO**", None: "-"}[r["refused"]]
         rows.append(f"| {name} | {what} | {verdict} | {r['detail']} |")
     return "\n".join(rows)
+
+
+def plant():
+    """Run as bob: a file of his, readable by all (0644): only its directory may keep it
+    private. Returns (his working directory, his uid)."""
+    import os
+
+    with open("secret.txt", "w") as f:
+        f.write("bob's private data")
+    os.chmod("secret.txt", 0o644)
+    return os.getcwd(), os.getuid()
+
+
+def _first(state: Path, *names: str) -> Path:
+    """The first of ``names`` under ``state`` that exists (layouts of zexec before and
+    after ``secrets/``), else the first."""
+    return next((state / n for n in names if (state / n).exists()), state / names[0])
+
+
+def stack_secrets(state: Path, stack: dict[str, Any]) -> list[str]:
+    """Every secret of a ``zexec up`` stack: server secret, admin token, CurveZMQ key,
+    the users' tokens and server credentials."""
+    from zexec.core.protocol import server_credential
+
+    files = [_first(state, "secrets/ZEXEC_BROKER_SERVER_SECRET", "server_secret"),
+             _first(state, "secrets/ZEXEC_BROKER_ADMIN_TOKEN", "admin_token"),
+             _first(state, "secrets/ZEXEC_BROKER_CURVE_SECRET_KEY", "broker_curve_secret")]
+    values = [f.read_text().strip() for f in files if f.exists()]
+    secret = values[0].encode()
+    return [*values, *stack["tokens"].values(),
+            *(server_credential(secret, uid) for uid in stack["users"].values())]
+
+
+def targets(state: Path, stack: dict[str, Any], bob_dir: str, bob_pid: int) -> dict[str, Any]:
+    """What alice's code aims at on the ``zexec up`` stack in ``state`` (see
+    :func:`probe_all`), as the operator knows it."""
+    from zexec.core.protocol import server_credential
+
+    secret = _first(state, "secrets/ZEXEC_BROKER_SERVER_SECRET", "server_secret")
+    control_id = f"probe-control-{uuid.uuid4().hex[:8]}"
+    return {
+        "stack_files": [str(p) for p in (
+            state / "stack.json", state / "tokens.json", secret,
+            _first(state, "secrets/ZEXEC_BROKER_ADMIN_TOKEN", "admin_token"),
+            _first(state, "secrets/ZEXEC_BROKER_CURVE_SECRET_KEY", "broker_curve_secret"))],
+        "pids": {"bob's server": bob_pid, "broker": stack["components"]["broker"]["pid"],
+                 "web": stack["components"]["web"]["pid"]},
+        "other_files": [bob_dir, f"{bob_dir}/secret.txt"],
+        "other_log": str(state / "orchestrator" / "logs" / f"{stack['users']['bob']}.log"),
+        "backend": f"tcp://127.0.0.1:{stack['broker_backend_port']}",
+        "other_user_id": stack["users"]["bob"],
+        "control": (control_id,
+                    server_credential(secret.read_text().strip().encode(), control_id)),
+    }
+
+
+def leaks(got: dict[str, Any], secrets: list[str]) -> dict[str, int]:
+    """``{pid: how many secrets}`` of the environments alice's code could read."""
+    out = {}
+    for pid, text in got["readable_environ"].items():
+        n = sum(1 for v in secrets if v and v in text)
+        if n:
+            out[pid] = n
+    return out
+
+
+def load_stack(state: Path) -> dict[str, Any]:
+    return json.loads((state / "stack.json").read_text())

@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import uuid
 from pathlib import Path
 
 import cloudpickle
@@ -26,17 +25,19 @@ import tests.helpers.tenant_probes as tenant_probes
 import zexec
 from zexec.apps.cli import procs
 from zexec.apps.client.connect import PYTHON
-from zexec.core.protocol import server_credential
 
 pytestmark = pytest.mark.timeout(900)  # env builds; a hang guard, not a measurement
 
 _SCRIPT = Path(sys.executable).with_name("zexec")
 ZEXEC = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "zexec.apps.cli"]
+#: The zexec command of each stack (state dir) not run from this interpreter's venv.
+COMMANDS: dict[Path, list[str]] = {}
 REQS = [f"python=={PYTHON}"]
 
 
 def cli(*args: str, state: Path, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([*ZEXEC, *args, "--state-dir", str(state)], capture_output=True,
+    command = COMMANDS.get(state, ZEXEC)
+    proc = subprocess.run([*command, *args, "--state-dir", str(state)], capture_output=True,
                           text=True, timeout=600)
     assert "Traceback" not in proc.stderr, proc.stderr
     if check:
@@ -44,14 +45,21 @@ def cli(*args: str, state: Path, check: bool = True) -> subprocess.CompletedProc
     return proc
 
 
-@pytest.fixture(scope="module")
-def state():
+@pytest.fixture(scope="module", params=["auto", "uid"])
+def state(request):
+    """A stack isolating as this machine allows (``auto``), and one isolating by uid
+    alone (as root on a machine without bubblewrap), run from a virtual environment
+    other uids can reach (see conftest)."""
     # Not pytest's tmp_path: its parents are 0700, and servers running as other uids
     # without a sandbox must pass through the state directory's parents.
     top = Path(tempfile.mkdtemp(prefix="zexec-tenants-"))
     top.chmod(0o711)
     d = top / "state"
-    up = cli("up", state=d)
+    if request.param == "uid":
+        if os.geteuid() != 0:
+            pytest.skip("isolation by uid needs root")
+        COMMANDS[d] = [request.getfixturevalue("reachable_venv")[1]]
+    up = cli("up", "--isolation", request.param, state=d)
     d.joinpath("up.out").write_text(up.stdout)
     yield d
     cli("down", state=d, check=False)
@@ -82,6 +90,8 @@ def test_up_and_status_say_how_users_are_isolated(state, stack, mode):
     assert json.loads(cli("status", "--json", state=state).stdout)["isolation"]["mode"] == mode
     if os.geteuid() == 0:
         assert mode in ("uid+sandbox", "uid", "none")
+    if stack["options"]["isolation"] == "uid":
+        assert mode == "uid"
     if mode == "none":
         assert "WARNING: the users of this stack are not isolated" in out
         assert "a second user is refused" in status
@@ -97,45 +107,28 @@ def test_a_second_user_is_refused_when_users_cannot_be_isolated(stack, mode):
         bob.environment(REQS, progress=False, timeout=600)
 
 
-def test_alice_cannot_touch_bob(state, stack, mode):
+@pytest.fixture
+def probes_by_value():
+    """The probes travel by value: the servers cannot import ``tests``."""
+    cloudpickle.register_pickle_by_value(tenant_probes)
+    yield
+    cloudpickle.unregister_pickle_by_value(tenant_probes)
+
+
+def test_alice_cannot_touch_bob(state, stack, mode, probes_by_value):
     if mode == "none":
         pytest.skip("this machine cannot isolate users: the refusal test runs instead")
     bob = connect(stack, "bob")
     alice = connect(stack, "alice")
 
-    def plant():
-        import os
-
-        with open("secret.txt", "w") as f:
-            f.write("bob's private data")
-        os.chmod("secret.txt", 0o644)  # the directory alone must keep it private
-        return os.getcwd(), os.getuid()
-
-    bob_dir, bob_uid = bob.client.call(plant)
+    bob_dir, bob_uid = bob.client.call(tenant_probes.plant)
     rows = {s["user"]: s for s in json.loads(cli("status", "--json", state=state).stdout)
             ["servers"]}
     bob_pid = rows["bob"]["pid"]
     bob_start = procs.start_time(bob_pid)
-    secret = (state / "secrets" / "ZEXEC_BROKER_SERVER_SECRET").read_text().strip()
-    control_id = f"probe-control-{uuid.uuid4().hex[:8]}"
-    targets = {
-        "stack_files": [str(state / n) for n in (
-            "stack.json", "tokens.json", "secrets/ZEXEC_BROKER_SERVER_SECRET",
-            "secrets/ZEXEC_BROKER_ADMIN_TOKEN", "secrets/ZEXEC_BROKER_CURVE_SECRET_KEY")],
-        "pids": {"bob's server": bob_pid, "broker": stack["components"]["broker"]["pid"],
-                 "web": stack["components"]["web"]["pid"]},
-        "other_files": [bob_dir, f"{bob_dir}/secret.txt"],
-        "other_log": str(state / "orchestrator" / "logs" / f"{stack['users']['bob']}.log"),
-        "backend": f"tcp://127.0.0.1:{stack['broker_backend_port']}",
-        "other_user_id": stack["users"]["bob"],
-        "control": (control_id, server_credential(secret.encode(), control_id)),
-    }
+    targets = tenant_probes.targets(state, stack, bob_dir, bob_pid)
     assert Path(targets["other_log"]).exists() and Path(bob_dir, "secret.txt").exists()
-    cloudpickle.register_pickle_by_value(tenant_probes)
-    try:
-        got = alice.client.call(tenant_probes.probe_all, targets)
-    finally:
-        cloudpickle.unregister_pickle_by_value(tenant_probes)
+    got = alice.client.call(tenant_probes.probe_all, targets)
     print(f"\nisolation {mode}\n" + tenant_probes.table(got["results"]))
     assert got["control_registered"], "the registration probe could not register at all"
     refused = {name: r["refused"] for name, r in got["results"].items()}
@@ -143,12 +136,7 @@ def test_alice_cannot_touch_bob(state, stack, mode):
 
     # Nothing alice can read of any process's environment holds a secret or a token,
     # her own server's credential included (it came over a pipe).
-    values = [secret, *stack["tokens"].values(),
-              (state / "secrets" / "ZEXEC_BROKER_ADMIN_TOKEN").read_text().strip(),
-              (state / "secrets" / "ZEXEC_BROKER_CURVE_SECRET_KEY").read_text().strip(),
-              *(server_credential(secret.encode(), stack["users"][u]) for u in ("alice", "bob"))]
-    for pid, text in got["readable_environ"].items():
-        assert not [v for v in values if v in text], f"a secret in /proc/{pid}/environ"
+    assert tenant_probes.leaks(got, tenant_probes.stack_secrets(state, stack)) == {}
 
     # Bob's server is untouched and still his: same process, same uid, working.
     assert procs.alive(bob_pid, bob_start)

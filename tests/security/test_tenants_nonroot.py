@@ -15,14 +15,10 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import httpx
 import pytest
-
-from zexec.adapters.orchestrator_local.isolation import unreachable
-from zexec.adapters.orchestrator_local.pythons import find_uv
 
 pytestmark = [
     pytest.mark.timeout(600),
@@ -31,36 +27,13 @@ pytestmark = [
 ]
 
 UID = 60999  # no account needed; outside the range zexec allocates from
-REPO = Path(__file__).resolve().parents[2]
 PYTHON = "{}.{}".format(*sys.version_info[:2])
 
 
-def reachable_python() -> str | None:
-    for minor in range(11, 15):
-        for d in ("/usr/bin", "/usr/local/bin"):
-            exe = Path(d) / f"python3.{minor}"
-            if exe.exists() and not unreachable([exe]):
-                return str(exe)
-    return None
-
-
 @pytest.fixture(scope="module")
-def top():
-    """(directory, the stack's zexec command) reachable and usable by uid UID."""
-    python = reachable_python()
-    if python is None:
-        pytest.skip("no Python interpreter other uids can reach (python3.1x in /usr/bin)")
-    if unreachable([REPO / "src"]):
-        pytest.skip(f"this checkout ({REPO}) is closed to other uids: cannot install it "
-                    "editable for one")
-    d = Path(tempfile.mkdtemp(prefix="zexec-nonroot-"))
-    d.chmod(0o711)
-    uv = find_uv()
-    subprocess.run([uv, "venv", "--quiet", "--python", python, str(d / "venv")], check=True)
-    subprocess.run([uv, "pip", "install", "--quiet", "--python", str(d / "venv/bin/python"),
-                    "-e", f"{REPO}[api]", "uv"], check=True, timeout=300)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+def top(reachable_venv):
+    """A directory uid UID may pass through, holding ``venv/`` (see conftest)."""
+    return reachable_venv[0]
 
 
 def as_uid(top: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -84,7 +84,7 @@ class Isolation:
         """One line for people: what separates one user's code from another's."""
         return {
             "uid+sandbox": "each user's server runs as its own uid in a bubblewrap sandbox",
-            "uid": "each user's server runs as its own uid (no sandbox: bubblewrap absent)",
+            "uid": "each user's server runs as its own uid, without a sandbox",
             "sandbox": "each user's server runs in its own bubblewrap sandbox (same uid)",
             "none": "NONE: every user's code runs as this stack's uid and can read the "
             "stack's secrets and other users' files"
