@@ -385,6 +385,8 @@ class LocalOrchestrator:
     def _supervise(self, rec: _Server, proc: subprocess.Popen[bytes] | procs.Adopted) -> None:
         """Wait for the server to exit, then say how it ended."""
         code = proc.wait()
+        # A sandboxed server's leader (bubblewrap) may go first: let the server drain.
+        procs.wait_group_gone(proc.pid, self.grace)
         procs.reap_group(proc)  # workers the server left behind
         self.records.remove(rec.key, proc.pid)
         if code == 0:

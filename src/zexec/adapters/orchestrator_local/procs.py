@@ -209,10 +209,14 @@ def stop(proc: subprocess.Popen[bytes] | Adopted, grace: float) -> int:
     # wait(timeout) notices the other thread's reaping.
     if proc.returncode is None:
         _killpg(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
         try:
             proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             pass
+        # A sandboxed server's leader (bubblewrap) exits at once; the server itself, in
+        # the same group, gets the rest of the grace to drain and say goodbye.
+        wait_group_gone(pgid, max(0.0, deadline - time.monotonic()))
     # Also when the leader already exited: its workers may still be around.
     _killpg(pgid, signal.SIGKILL)
     code = proc.wait()
@@ -221,19 +225,10 @@ def stop(proc: subprocess.Popen[bytes] | Adopted, grace: float) -> int:
 
 
 def wait_group_gone(pgid: int, timeout: float) -> bool:
-    """Wait until no process of group ``pgid`` exists (workers die a moment after the
-    server); True when the group is gone."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.02)
+    """Wait until no live process of group ``pgid`` is left (workers die a moment after
+    the server; a zombie whose parent is gone does not count); True when the group is
+    gone."""
+    return not wait_groups_gone([pgid], timeout)
 
 
 def reap_group(proc: subprocess.Popen[bytes] | Adopted) -> None:
