@@ -14,7 +14,8 @@ the machine's load hits every mode alike):
 * **first call**: the first ``pow(2, 10)`` on the fresh server, from a client connected
   before the spawn (the server's first worker is warm or warming);
 * **warm call**: the median of the next 20 calls (the floor: what isolation costs per call
-  once running, expected to be nothing).
+  once running, expected to be nothing);
+* **8 MB echo**: the median of 5 round trips of an 8 MB numpy array (out-of-band frames).
 
 Then ``terminate()`` (untimed). Prints medians, p90 and the ratio to ``none`` per column,
 and writes ``bench/results/isolation-<timestamp>.json`` with every sample. Not a test:
@@ -77,9 +78,14 @@ def modes() -> dict[str, Isolation]:
         out["uid"] = resolve("uid")
         if sandbox_ok:
             out["uid+sandbox"] = resolve("uid+sandbox")
+            out["sandbox"] = resolve("sandbox")  # as a non-root stack runs it
     elif sandbox_ok:
         out["sandbox"] = resolve("sandbox")
     return out
+
+
+def _echo(x):
+    return x
 
 
 def wait_ready(orch: LocalOrchestrator, user_id: str) -> None:
@@ -106,7 +112,7 @@ def main() -> int:
     orchs: dict[str, LocalOrchestrator] = {}
     samples: dict[str, dict[str, list[float]]] = {}
     user = UserIdentity(user_id_for("alice"), "alice")
-    spec = parse_env_spec([f"python=={PY}"])
+    spec = parse_env_spec([f"python=={PY}", "numpy"])
     try:
         stack.start_broker()
         for name, iso in modes().items():
@@ -114,11 +120,14 @@ def main() -> int:
                 top / name, stack.backend, SECRET.encode(), {PY: interpreter()},
                 isolation=iso, users_dir=top / name / "users",
             )
-            samples[name] = {"spawn": [], "first": [], "warm": []}
+            samples[name] = {"spawn": [], "first": [], "warm": [], "echo": []}
             print(f"building the environment for {name} ...", file=sys.stderr)
             orchs[name].ensure(user, spec)
             wait_ready(orchs[name], user.user_id)
             orchs[name].terminate(user.user_id)
+        import numpy as np
+
+        array = np.random.default_rng(0).random(1_000_000)  # 8 MB
         with Client(stack.frontend, stack.tokens["alice"]) as client:
             for r in range(args.rounds):
                 for name, orch in orchs.items():
@@ -133,7 +142,13 @@ def main() -> int:
                         t = time.perf_counter()
                         client.call(pow, 2, 10)
                         warm.append(time.perf_counter() - t)
+                    echo = []
+                    for _ in range(5):
+                        t = time.perf_counter()
+                        client.call(_echo, array)
+                        echo.append(time.perf_counter() - t)
                     orch.terminate(user.user_id)
+                    samples[name]["echo"].append(statistics.median(echo))
                     samples[name]["spawn"].append(t1 - t0)
                     samples[name]["first"].append(t2 - t1)
                     samples[name]["warm"].append(statistics.median(warm))
@@ -154,12 +169,12 @@ def main() -> int:
 
 def report(samples: dict[str, dict[str, list[float]]], rounds: int) -> str:
     rows = [f"isolation cost, {rounds} rounds, medians (p90) in ms; ratio to `none`", "",
-            "| mode | spawn to ready | ratio | first call | ratio | warm call | ratio |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]
+            "| mode | spawn to ready | ratio | first call | ratio | warm call | ratio | 8 MB echo "
+            "| ratio |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     base = {k: statistics.median(v) for k, v in samples["none"].items()}
     for name, cols in samples.items():
         cells = []
-        for key in ("spawn", "first", "warm"):
+        for key in ("spawn", "first", "warm", "echo"):
             s = sorted(cols[key])
             med = statistics.median(s)
             cells += [f"{med * 1e3:.1f} ({percentile(s, 90) * 1e3:.1f})",

@@ -278,11 +278,12 @@ class LocalOrchestrator:
 
     def _start(self, rec: _Server, cmd: Sequence[str], env: dict[str, str], log, *,
                role: str, cwd: Path | None = None, pass_fds: Sequence[int] = (),
-               umask: int = -1) -> bool:
+               umask: int = -1, shown: str = "") -> bool:
+        """Start ``cmd`` for ``rec`` (the log shows ``shown``, else the command)."""
         with rec.lock:  # paired with _stop: a stopped record never gets a new child
             if rec.stopped.is_set():
                 return False
-            log.write(f"$ {' '.join(cmd)}\n".encode())
+            log.write(f"$ {shown or ' '.join(cmd)}\n".encode())
             log.flush()
             rec.proc = procs.spawn(cmd, env=env, log=log, cwd=cwd or self.state_dir,
                                    pass_fds=pass_fds, umask=umask)
@@ -339,6 +340,7 @@ class LocalOrchestrator:
         cmd = [
             part.replace("{python}", str(self.envs.python(spec))) for part in self.server_command
         ]
+        shown = " ".join(cmd) + self.tenancy.describe(rec.tenant)
         cmd = self.tenancy.argv(rec.tenant, cmd, venv, rec.interpreter)
         # The credential travels over a pipe: never in an environment /proc shows.
         cred_r, cred_w = os.pipe()
@@ -356,7 +358,7 @@ class LocalOrchestrator:
         )
         try:
             started = self._start(rec, cmd, env, log, role="server", cwd=rec.tenant.workdir,
-                                  pass_fds=(cred_r,))
+                                  pass_fds=(cred_r,), shown=shown)
             os.close(cred_r)
             if started:
                 with open(cred_w, "wb", closefd=False) as pipe:

@@ -144,6 +144,12 @@ class Tenancy:
         )  # fmt: skip
         return [*sandbox, *drop, *cmd]
 
+    def describe(self, tenant: Tenant) -> str:
+        """How a server of ``tenant`` runs, for its log: " (as uid N, in a sandbox)"."""
+        how = ([f"as uid {tenant.uid}"] if tenant.uid is not None else []) + (
+            ["in a bubblewrap sandbox"] if self.isolation.sandbox else [])
+        return f"  ({', '.join(how)})" if how else ""
+
     def admit(self, user_id: str, username: str) -> None:
         """Without isolation (and no single trust domain) the first user to ask owns the
         stack for good (``<state>/tenant.json``); Forbidden for anyone else."""

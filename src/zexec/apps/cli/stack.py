@@ -162,11 +162,23 @@ def _options(
 
 
 def _isolation(d: StateDir, options: dict[str, Any]):
-    from zexec.adapters.orchestrator_local.isolation import resolve
+    """The isolation ``options`` ask for, resolved; a uid without a sandbox is checked
+    here, before anything starts: its servers must reach their files as other uids."""
+    from zexec.adapters.orchestrator_local.isolation import resolve, unreachable
     from zexec.adapters.orchestrator_local.tenancy import paths_to_reach
 
-    return resolve(options["isolation"], single_trust_domain=options["single_trust_domain"],
-                   reach=paths_to_reach(d.root))
+    reach = paths_to_reach(d.root)
+    iso = resolve(options["isolation"], single_trust_domain=options["single_trust_domain"],
+                  reach=reach)
+    closed = unreachable(reach) if iso.mode == "uid" else []
+    if closed:
+        raise UsageError(
+            f"isolation 'uid' (no sandbox): the users' servers, running as other uids, "
+            f"must pass through {closed[0]}, which is closed to them (no o+x); use "
+            "--isolation uid+sandbox (bubblewrap), allow passing (chmod o+x), or put the "
+            "state directory and Python elsewhere"
+        )
+    return iso
 
 
 def up(
