@@ -398,11 +398,9 @@ def worker_ready(user_id: str, credential: str, reconnected: bool = False) -> li
 
 
 def worker_gone(worker_id: bytes, exit_code: int | None, reason: str = "") -> list[Any]:
-    """Server -> broker: the worker whose backend routing id is ``worker_id`` exited;
-    ``reason``, if any, says why (the server killed it), for the call's error message."""
-    info: dict[str, Any] = {"exit_code": exit_code}
-    if reason:
-        info["reason"] = reason
+    """Server -> broker: the worker whose backend routing id is ``worker_id`` exited
+    (``reason``: why the server killed it, for the call's error message)."""
+    info = {"exit_code": exit_code, **({"reason": reason} if reason else {})}
     return [b"", MAGIC, WORKER_GONE, worker_id, dump_header(info)]
 
 
@@ -493,8 +491,7 @@ def parse_backend(body: Sequence[Any]) -> BackendMessage:
     if verb == WORKER_GONE:
         if len(body) != 4:
             raise ProtocolError("WGONE needs [worker_id, info]")
-        info = load_header(body[3])
-        code, reason = info.get("exit_code"), info.get("reason")
+        code, reason = (load_header(body[3]).get(k) for k in ("exit_code", "reason"))
         return WorkerGone(frame_bytes(body[2]),
                           code if isinstance(code, int) and not isinstance(code, bool) else None,
                           reason[:500] if isinstance(reason, str) else "")
