@@ -243,7 +243,7 @@ def test_without_isolation_the_first_user_owns_the_stack(tmp_path):
     trusted.admit("id-bob", "bob")
 
 
-def test_a_tenant_gets_private_directories(tmp_path):
+def test_a_tenant_gets_private_directories(tmp_path, open_tmp):
     t = Tenancy(Isolation.off(), tmp_path / "o", tmp_path / "u")
     ten = t.tenant("id-alice", "alice")
     assert ten.uid is None and ten.workdir == tmp_path / "u" / "alice"
@@ -252,12 +252,9 @@ def test_a_tenant_gets_private_directories(tmp_path):
     assert ten.ready_file == tmp_path / "o" / "run" / "alice" / "ready"
     if os.geteuid() == 0:
         iso = Isolation("uid", why="test")
-        base = Path(tempfile.mkdtemp(prefix="zexec-test-"))
-        base.chmod(0o711)
-        t = Tenancy(iso, base / "o", base / "u", UidMap(tmp_path / "uids.json"))
+        t = Tenancy(iso, open_tmp / "o", open_tmp / "u", UidMap(tmp_path / "uids.json"))
         ten = t.tenant("id-alice", "alice")
         assert ten.workdir.stat().st_uid == ten.uid != 0
-        shutil.rmtree(base)
 
 
 # ------------------------------------------------------------------ stopped workers
