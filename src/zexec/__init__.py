@@ -37,12 +37,14 @@ if TYPE_CHECKING:
         EnvironmentConflict,
         EnvironmentFailed,
         EnvironmentTimeout,
+        Forbidden,
         InvalidEnvironment,
         RemoteError,
         ServerGone,
         ServerUnavailable,
         TooLarge,
         VersionMismatch,
+        WorkerDied,
         ZexecError,
     )
 
@@ -57,9 +59,9 @@ _EXPORTS = {
                     "zexec.apps.client.connect"),
     **dict.fromkeys(
         ("BrokerUnreachable", "CallCancelled", "CallLost", "CallTimeout", "ControlPlaneError",
-         "EnvironmentConflict", "EnvironmentFailed", "EnvironmentTimeout",
+         "EnvironmentConflict", "EnvironmentFailed", "EnvironmentTimeout", "Forbidden",
          "InvalidEnvironment", "RemoteError", "ServerGone", "ServerUnavailable",
-         "TooLarge", "VersionMismatch", "ZexecError"), "zexec.core.errors"),
+         "TooLarge", "VersionMismatch", "WorkerDied", "ZexecError"), "zexec.core.errors"),
 }
 
 
@@ -89,6 +91,7 @@ __all__ = [
     "EnvironmentConflict",
     "EnvironmentFailed",
     "EnvironmentTimeout",
+    "Forbidden",
     "InvalidEnvironment",
     "RemoteError",
     "RemoteFunction",
@@ -97,6 +100,7 @@ __all__ = [
     "ServerUnavailable",
     "TooLarge",
     "VersionMismatch",
+    "WorkerDied",
     "ZexecError",
     "connect",
     "environment",

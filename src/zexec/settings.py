@@ -2,18 +2,34 @@
 
 Each app has its own settings class and environment prefix; the identity settings are
 shared. Secrets are ``SecretStr`` so they never appear in reprs or logs.
+
+Any setting can also come from a file in the directory ``ZEXEC_SECRETS_DIR`` names: the
+file is named like the variable (``ZEXEC_BROKER_SERVER_SECRET``) and holds the value. That
+is how ``zexec up`` hands the broker and the web process their secrets without putting
+them in an environment (``/proc/<pid>/environ``); the environment wins over a file.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class AuthSettings(BaseSettings):
+class ZexecSettings(BaseSettings):
+    """Base of every settings class: the environment, then the files of
+    ``ZEXEC_SECRETS_DIR`` (see the module's docstring)."""
+
+    def __init__(self, **values: Any) -> None:
+        secrets_dir = os.environ.get("ZEXEC_SECRETS_DIR", "")
+        if secrets_dir and "_secrets_dir" not in values:
+            values["_secrets_dir"] = secrets_dir
+        super().__init__(**values)
+
+
+class AuthSettings(ZexecSettings):
     """How tokens are validated (``ZEXEC_AUTH_*``)."""
 
     model_config = SettingsConfigDict(env_prefix="ZEXEC_AUTH_", extra="ignore")
@@ -34,7 +50,7 @@ class AuthSettings(BaseSettings):
     audience: str = ""
 
 
-class LogSettings(BaseSettings):
+class LogSettings(ZexecSettings):
     """Where a process logs and how much (``ZEXEC_LOG_*``); every zexec process reads it."""
 
     model_config = SettingsConfigDict(env_prefix="ZEXEC_LOG_", extra="ignore")
@@ -50,7 +66,7 @@ class LogSettings(BaseSettings):
     repeat_interval: float = 60.0
 
 
-class HttpSettings(BaseSettings):
+class HttpSettings(ZexecSettings):
     """Limits of the HTTP apps: Deploy API, EP API, development IdP (``ZEXEC_HTTP_*``)."""
 
     model_config = SettingsConfigDict(env_prefix="ZEXEC_HTTP_", extra="ignore")
@@ -60,7 +76,7 @@ class HttpSettings(BaseSettings):
     max_body_bytes: int = 1024**2
 
 
-class BrokerSettings(BaseSettings):
+class BrokerSettings(ZexecSettings):
     """The broker (``ZEXEC_BROKER_*``)."""
 
     model_config = SettingsConfigDict(env_prefix="ZEXEC_BROKER_", extra="ignore")
@@ -120,7 +136,7 @@ class BrokerSettings(BaseSettings):
     max_queued_bytes: int = 1024**3
 
 
-class ServerSettings(BaseSettings):
+class ServerSettings(ZexecSettings):
     """A per-user server (``ZEXEC_SERVER_*``)."""
 
     model_config = SettingsConfigDict(env_prefix="ZEXEC_SERVER_", extra="ignore")
@@ -129,6 +145,9 @@ class ServerSettings(BaseSettings):
     user_id: str = ""
     #: ``zexec.core.protocol.server_credential(broker secret, user_id)``.
     credential: SecretStr = SecretStr("")
+    #: An inherited file descriptor to read the credential from (until end of file)
+    #: instead: how the local orchestrator hands it over, out of the environment.
+    credential_fd: int = -1
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1)
     #: Run every call in a fresh worker process (isolation over speed).
     fresh_process: bool = False
@@ -141,9 +160,12 @@ class ServerSettings(BaseSettings):
     #: Exit (code 0) after this many seconds without calls; 0 = never. Orchestrators
     #: see the exit and report the server as terminated (idle).
     idle_timeout: float = 0.0
+    #: A worker stopped (SIGSTOP, state ``T``) this many seconds is killed and its call
+    #: fails with a message saying so, instead of waiting for ever; 0 = never.
+    stopped_timeout: float = 10.0
 
 
-class KubernetesSettings(BaseSettings):
+class KubernetesSettings(ZexecSettings):
     """The Kubernetes orchestrator (``ZEXEC_K8S_*``). The Helm chart sets these on the
     Deploy API; names here and in ``deploy/helm/zexec`` must agree (a test checks)."""
 
@@ -166,6 +188,11 @@ class KubernetesSettings(BaseSettings):
     memory_limit: str = "4Gi"
     #: Extra egress CIDRs the servers may reach (comma-separated), e.g. a package mirror.
     extra_egress_cidrs: str = ""
+    #: Namespace and pod labels of the cluster DNS service: the only DNS the servers'
+    #: NetworkPolicy lets them reach (port 53). A node-local DNS cache is an address:
+    #: add it to ``extra_egress_cidrs``.
+    dns_namespace: str = "kube-system"
+    dns_pod_labels: str = "k8s-app=kube-dns"
     #: Name of the Secret (in the Deploy API's namespace) holding the broker's
     #: ``server-secret`` key; credentials for each user are derived from it.
     server_secret_name: str = "zexec-broker"
@@ -179,7 +206,7 @@ class KubernetesSettings(BaseSettings):
     pod_security_level: str = "restricted"
 
 
-class DeploySettings(BaseSettings):
+class DeploySettings(ZexecSettings):
     """The Deploy API (``ZEXEC_DEPLOY_*``): spawns, reports and removes per-user servers.
 
     Who may use it is decided by the authenticator (``ZEXEC_AUTH_*``, including
@@ -212,9 +239,23 @@ class DeploySettings(BaseSettings):
     #: Form-encoded (legacy client) spawns wait up to this many seconds for the server
     #: to be ready, since those clients call it right after; 0 = answer at once.
     legacy_spawn_wait: float = 900.0
+    #: Local orchestrator: how users are kept apart (see
+    #: :mod:`zexec.adapters.orchestrator_local.isolation`): ``auto`` = the strongest
+    #: this machine allows (``uid+sandbox``, ``uid``, ``sandbox``, else ``none``).
+    isolation: Literal["auto", "uid+sandbox", "uid", "sandbox", "none"] = "auto"
+    #: Without isolation, serve more than one user anyway: they all trust each other.
+    single_trust_domain: bool = False
+    #: Uids allocated to users (``FIRST-LAST``) when isolating by uid, kept per user.
+    uid_range: str = "61184-65519"
+    #: ``<user id>=<account or uid>,...``: users whose servers run as an existing
+    #: account instead of an allocated uid.
+    uid_map: str = ""
+    #: The users' private working directories (one per user, mode 0700, owned by the
+    #: server's uid); empty = ``<state_dir>/users``.
+    users_dir: str = ""
 
 
-class EPSettings(BaseSettings):
+class EPSettings(ZexecSettings):
     """The Endpoint (EP) API (``ZEXEC_EP_*``): status, discovery and dataset search."""
 
     model_config = SettingsConfigDict(env_prefix="ZEXEC_EP_", extra="ignore")

@@ -58,3 +58,10 @@ def filled(nbytes, value=7):
     import numpy as np
 
     return np.full(nbytes, value, dtype=np.uint8)
+def stop_myself():
+    """Stop the calling worker (SIGSTOP): it makes no progress until continued."""
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGSTOP)
+    return "continued"

@@ -349,6 +349,32 @@ def server_workload_errors(
         errors.append(
             f"no NetworkPolicy egress rule reaches the broker ({broker_ns}, {broker_labels}, port {backend_port})"
         )
+    # DNS only at the cluster DNS pods the chart names; no rule open to every address.
+    dns_ns = denv["ZEXEC_K8S_DNS_NAMESPACE"]
+    dns_labels = dict(kv.split("=", 1) for kv in denv["ZEXEC_K8S_DNS_POD_LABELS"].split(","))
+    for np_ in (o for o in objects if o["kind"] == "NetworkPolicy"):
+        for rule in np_["spec"].get("egress") or ():
+            if not rule.get("to"):
+                errors.append(f"{describe(np_)}: an egress rule open to every address: {rule}")
+            elif 53 in {p.get("port") for p in rule.get("ports") or ()} and not all(
+                ((peer.get("namespaceSelector") or {}).get("matchLabels") or {})
+                == {"kubernetes.io/metadata.name": dns_ns}
+                and ((peer.get("podSelector") or {}).get("matchLabels") or {}) == dns_labels
+                for peer in rule["to"]
+            ):
+                errors.append(f"{describe(np_)}: DNS reaches more than the cluster DNS pods "
+                              f"({dns_ns}, {dns_labels}): {rule['to']}")
+    # The broker admits registrations only from namespaces its policy selects: the user
+    # namespace must be one of them.
+    for policy in find(chart_docs, "NetworkPolicy"):
+        for rule in policy["spec"].get("ingress") or ():
+            if backend_port not in {p.get("port") for p in rule.get("ports") or ()}:
+                continue
+            for peer in rule.get("from") or ():
+                nsel = peer.get("namespaceSelector")
+                if nsel is None or not checks._selects(nsel, ns_labels):
+                    errors.append(f"the broker NetworkPolicy's namespaceSelector {nsel} does "
+                                  f"not select the user namespace {ns} ({ns_labels})")
     return errors
 
 

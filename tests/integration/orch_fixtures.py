@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from orch_support import SECRET, STANDIN_SERVER
+from orch_support import OFF, SECRET, STANDIN_SERVER
 
 from zexec.adapters.orchestrator_local import LocalOrchestrator, discover_pythons, find_uv
 
@@ -42,6 +42,7 @@ def lite(lite_dir, standin, pythons):
         server_command=standin[0],
         zexec_args=[],
         grace=0.5,
+        isolation=OFF,
     )
     yield orch
     orch.close()

@@ -9,10 +9,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from zexec.adapters.orchestrator_local.isolation import Isolation
+
 T = TypeVar("T")
 
 SECRET = b"test-broker-secret"
 PY = "{}.{}".format(*sys.version_info[:2])
+#: The orchestrator tests exercise processes and builds, not isolation (tests/security does).
+OFF = Isolation.off()
 
 
 def wait_for(fn: Callable[[], T], *, timeout: float = 120.0, what: str = "") -> T:
@@ -36,6 +40,8 @@ from pathlib import Path
 user = os.environ["ZEXEC_SERVER_USER_ID"]
 ready = Path(os.environ["ZEXEC_SERVER_READY_FILE"])
 report = {k: v for k, v in os.environ.items() if k.startswith("ZEXEC_")}
+with os.fdopen(int(os.environ["ZEXEC_SERVER_CREDENTIAL_FD"]), "rb") as pipe:
+    report["credential"] = pipe.read().decode()
 report.update(executable=sys.executable, prefix=sys.prefix, pid=os.getpid())
 try:
     import six  # noqa: F401

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -147,3 +148,29 @@ def test_a_failed_up_reports_and_stops_what_it_started(tmp_path, capsys):
     assert "not ready after 0s; last lines of" in err and "Traceback" not in err
     assert not (tmp_path / "stack.json").exists()
     assert procs.processes_under(tmp_path) == []  # components run with cwd = state dir
+
+
+def test_a_port_in_time_wait_counts_as_free(tmp_path):
+    """After a crash the stack's ports hold connections in TIME_WAIT; ``up`` binds them
+    again (its check uses SO_REUSEADDR, as the broker and uvicorn do)."""
+    import socket
+
+    from zexec.apps.cli.plan import port_in_use
+
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    conn, _ = listener.accept()
+    assert port_in_use(port)  # listening
+    conn.close()  # the listening side closes first: its end of the port goes to TIME_WAIT
+    client.close()
+    listener.close()
+    states = Path("/proc/net/tcp").read_text()
+    assert f":{port:04X} " in states  # the TIME_WAIT entry is still there ...
+    assert not port_in_use(port)  # ... and the port counts as free
+    with socket.socket() as plain:  # without SO_REUSEADDR it would not
+        with pytest.raises(OSError):
+            plain.bind(("127.0.0.1", port))

@@ -64,6 +64,12 @@ def alice(stack):
     conn.close()
 
 
+def group_members(pgid: int) -> list[int]:
+    """The live processes of process group ``pgid``, as this (host) pid namespace sees them."""
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+            and (f := procs.stat_fields(int(p.name))) and int(f[2]) == pgid and f[0] != "Z"]
+
+
 def server_row(state: Path, user: str = "alice") -> dict | None:
     doc = json.loads(zexec_cli("status", "--json", state=state).stdout)
     return next((s for s in doc["servers"] if s["user"] == user), None)
@@ -82,8 +88,20 @@ def test_up_writes_stack_json_and_private_files(state, stack):
     assert web["apps"]["ep-api"]["url"] == stack["ep_api_url"]
     assert web["apps"]["devidp"]["url"] == stack["auth_url"]
     assert web["log"] == str(state / "logs" / "web.log")
-    for name in ("stack.json", "tokens.json", "server_secret", "admin_token"):
+    for name in ("stack.json", "tokens.json", "ports.json", "secrets/ZEXEC_BROKER_SERVER_SECRET",
+                 "secrets/ZEXEC_BROKER_ADMIN_TOKEN", "secrets/broker_tls.key"):
         assert stat.S_IMODE((state / name).stat().st_mode) == 0o600, name
+    for name in ("secrets", "logs"):
+        assert stat.S_IMODE((state / name).stat().st_mode) == 0o700, name
+    # Each process's command line is recorded; no secret is in its environment.
+    for comp in stack["components"].values():
+        assert comp["cmd"][:3] == [sys.executable, "-m", "zexec.apps.cli"]
+        environ = Path(f"/proc/{comp['pid']}/environ").read_bytes()
+        assert b"ZEXEC_SECRETS_DIR=" + str(state / "secrets").encode() in environ
+        for secret in ("server_secret", "admin_token"):
+            assert (state / "secrets").exists() and secret not in environ.decode()
+        for f in (state / "secrets").iterdir():
+            assert f.read_bytes().strip() not in environ
 
 
 def test_up_again_is_idempotent(state, stack):
@@ -155,10 +173,13 @@ def test_terminate_stops_the_server_and_respawn_reuses_the_env(state, alice):
 
 
 def test_down_leaves_no_process_behind(state, stack, alice):
-    worker = alice.client.call(os.getpid)  # a worker of alice's server
+    alice.client.call(os.getpid)  # a worker of alice's server runs
     server = server_row(state)["pid"]
     tracked = [(c["pid"], c["start"]) for c in stack["components"].values()]
-    tracked += [(server, procs.start_time(server)), (worker, procs.start_time(worker))]
+    # The server's process group: the server (maybe in a sandbox) and its workers.
+    group = group_members(server)
+    assert len(group) >= 2
+    tracked += [(p, procs.start_time(p)) for p in group]
     assert all(procs.alive(p, s) for p, s in tracked)
     out = zexec_cli("down", state=state).stdout
     assert "stopped" in out

@@ -334,6 +334,14 @@ def test_network_policies_cover_the_control_plane(default_docs):
     assert "from" not in rules[5559]  # clients come from anywhere
     server_peer = rules[5560]["from"][0]
     assert server_peer["podSelector"]["matchLabels"] == SERVER_LABELS
+    # Only from namespaces the Deploy API created: pod labels alone are anyone's to set.
+    assert server_peer["namespaceSelector"] == {
+        "matchLabels": {"app.kubernetes.io/managed-by": "zexec"}}
+    more = render_docs(sets=["networkPolicy.serverNamespaceSelector.matchLabels.site=a"])
+    peer = {r["ports"][0]["port"]: r for r in one(more, "NetworkPolicy", "zexec-broker")
+            ["spec"]["ingress"]}[5560]["from"][0]
+    assert peer["namespaceSelector"]["matchLabels"] == {
+        "app.kubernetes.io/managed-by": "zexec", "site": "a"}
     assert (
         rules[5561]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
         == "deploy-api"
@@ -450,6 +458,8 @@ def test_kubernetes_orchestrator_settings_agree_with_the_chart(default_docs):
         "memory_request",
         "memory_limit",
         "extra_egress_cidrs",
+        "dns_namespace",
+        "dns_pod_labels",
         "server_secret_name",
         "server_workers",
         "pip_index_url",
@@ -625,6 +635,21 @@ def test_per_user_server_workload_agrees_with_the_chart(default_docs, orchestrat
                 "ports"
             ][0].update(port=5559),
             "reaches the broker",
+        ),
+        "dns-anywhere": (
+            lambda o: next(x for x in o if x["kind"] == "NetworkPolicy")["spec"]["egress"][1]
+            .pop("to"),
+            "open to every address",
+        ),
+        "dns-elsewhere": (
+            lambda o: next(x for x in o if x["kind"] == "NetworkPolicy")["spec"]["egress"][1][
+                "to"][0]["podSelector"]["matchLabels"].update({"k8s-app": "anything"}),
+            "DNS reaches more than the cluster DNS pods",
+        ),
+        "unmanaged-namespace": (
+            lambda o: o[[x["kind"] for x in o].index("Namespace")]["metadata"]["labels"].pop(
+                "app.kubernetes.io/managed-by"),
+            "does not select the user namespace",
         ),
         "kind": (
             lambda o: o.append({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}}),

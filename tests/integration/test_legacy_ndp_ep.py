@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 import zexec
-from tests.helpers.procs import alive, start_time
+from tests.helpers.procs import alive, in_group, start_time
 
 pytest_plugins = ["legacy_env"]
 
@@ -125,7 +125,9 @@ class Up:
 def up(tmp_path_factory):
     state = tmp_path_factory.mktemp("ndp-ep") / "state"  # `up` creates it
     try:
-        zexec_cli("up", state=state)
+        # alice and bob share this stack: on a machine that cannot isolate them, the
+        # operator says they trust each other (tests/security covers isolation).
+        zexec_cli("up", "--single-trust-domain", state=state)
         stack = json.loads((state / "stack.json").read_text())
     except BaseException:
         zexec_cli("down", state=state, check=False)
@@ -290,7 +292,7 @@ def test_setup_rexec_environment_then_remote_func_returns_its_value(up, alice_se
     row = alice_server["row"]
     assert row is not None and row["phase"] == "ready" and row["registered"], row
     # The pid the orchestrator reports is the process that runs alice's calls.
-    assert alice_server["ppid"] == row["pid"] and alive(row["pid"], alice_server["start"])
+    assert in_group(row["pid"], alice_server["ppid"]) and alive(row["pid"], alice_server["start"])
 
 
 def test_bob_gets_his_own_server_from_the_same_environment(up, alice_server, bob_server):
@@ -298,7 +300,7 @@ def test_bob_gets_his_own_server_from_the_same_environment(up, alice_server, bob
     assert bob_server["setup"]["env"]["digest"] == alice_server["setup"]["env"]["digest"]
     a, b = alice_server["row"], bob_server["row"]
     assert b["phase"] == "ready" and b["user_id"] == up.stack["users"]["bob"]
-    assert bob_server["ppid"] == b["pid"] != a["pid"]
+    assert in_group(b["pid"], bob_server["ppid"]) and b["pid"] != a["pid"]
     envs = [p for p in (up.state / "orchestrator" / "envs").iterdir() if p.is_dir()]
     assert len(envs) == 1, envs  # built once, reused for bob
 
@@ -328,7 +330,9 @@ def test_terminate_leaves_no_server_for_alice_and_spares_bob(
     proc = run_script(legacy_env, up, tmp_path, body)
     (phase, outcome), ppid, first, after, second = results(proc)
     assert phase == "ready" and outcome == "unchanged", outcome
-    assert ppid == a_pid  # the idempotent spawn kept the running server
+    # The idempotent spawn kept the running server (the same pid as alice's code sees it;
+    # the server is gone by now: terminate ran).
+    assert ppid == alice_server["ppid"]
     assert isinstance(first, dict) and first["terminated"] is True, first
     assert after is None
     tail = proc.stdout.split("--- after terminate", 1)[1]
@@ -348,7 +352,7 @@ def test_terminate_leaves_no_server_for_alice_and_spares_bob(
         result(remote_func(os.getppid)())
     """
     proc = run_script(legacy_env, up, tmp_path, body, user="bob", name="bob_again.py")
-    assert results(proc) == [b_pid]
+    assert in_group(b_pid, results(proc)[0])
 
 
 # --------------------------------------------------------------------------- zexec SDK
@@ -363,7 +367,7 @@ def test_sdk_sees_the_server_the_legacy_client_spawned(up, bob_server):
         assert st["env"]["digest"] == bob_server["setup"]["env"]["digest"]
         st = conn.environment([PY], progress=False, timeout=120)  # idempotent: kept
         assert st["phase"] == "ready"
-        assert conn.client.call(os.getppid) == b_pid
+        assert in_group(b_pid, conn.client.call(os.getppid))
         assert up.server("bob")["pid"] == b_pid
     finally:
         conn.close()
@@ -376,9 +380,9 @@ def test_sdk_connect_environment_call_terminate(up, bob_server):
         st = conn.environment([PY], progress=False, timeout=300)  # the env is cached
         assert st["phase"] == "ready" and st["user"] == "alice"
         assert conn.client.call(pow, 2, 10) == 1024
-        pid = conn.client.call(os.getppid)
         row = up.server("alice")
-        assert row["pid"] == pid and row["phase"] == "ready"
+        pid = row["pid"]
+        assert in_group(pid, conn.client.call(os.getppid)) and row["phase"] == "ready"
         start = start_time(pid)
 
         done = conn.terminate()

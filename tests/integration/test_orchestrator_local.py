@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from orch_support import FAKE_UV, PY, SECRET, wait_for, write_script
+from orch_support import FAKE_UV, OFF, PY, SECRET, wait_for, write_script
 
 from tests.helpers.procs import alive
 from zexec.adapters.orchestrator_local import LocalOrchestrator
@@ -46,6 +46,7 @@ def full(tmp_path_factory, standin, pythons):
     orch = LocalOrchestrator(
         tmp_path_factory.mktemp("full-state"), "tcp://127.0.0.1:5560", SECRET,
         available_pythons=pythons, server_workers=3, server_command=standin[0], grace=0.5,
+        isolation=OFF,
     )  # fmt: skip
     st = orch.ensure(UserIdentity("alice"), SIX)
     assert st.phase == "pending" and st.env == SIX
@@ -62,7 +63,9 @@ def test_server_runs_in_the_built_env_with_its_settings(full, standin, monkeypat
     assert rep["six"] is True
     assert rep["zexec"].startswith(str(Path(__file__).resolve().parents[2]))  # editable
     assert rep["ZEXEC_SERVER_USER_ID"] == "alice"
-    assert rep["ZEXEC_SERVER_CREDENTIAL"] == server_credential(SECRET, "alice")
+    # The credential comes over an inherited pipe, never in the environment.
+    assert rep["credential"] == server_credential(SECRET, "alice")
+    assert "ZEXEC_SERVER_CREDENTIAL" not in rep
     assert rep["ZEXEC_SERVER_BROKER_URL"] == "tcp://127.0.0.1:5560"
     assert rep["ZEXEC_SERVER_WORKERS"] == "3"
     assert Path(rep["ZEXEC_SERVER_READY_FILE"]).exists()
@@ -137,6 +140,7 @@ def test_terminate_while_installing_kills_the_installer(tmp_path, standin, pytho
     orch = LocalOrchestrator(
         tmp_path / "state", "tcp://127.0.0.1:5560", SECRET, available_pythons=pythons,
         uv=str(uv), server_command=standin[0], zexec_args=[], grace=0.5,
+        isolation=OFF,
     )  # fmt: skip
     orch.ensure(UserIdentity("u-inst"), BARE)
     # The installer's output shows up live while installing.
@@ -164,3 +168,59 @@ def test_concurrent_ensures_start_one_server(lite):
     assert len(results) == 8 and {r.env.digest for r in results} == {BARE.digest}
     wait_for(lambda: phase_is(lite, "u-many", "ready"), what="ready")
     assert lite.log_path("u-many").read_text().count("server.py") == 1
+
+
+def restarted(orch: LocalOrchestrator, **kw) -> LocalOrchestrator:
+    """A new orchestrator on the same state directory, as a Deploy API restarted after a
+    crash builds it (the old one is simply abandoned, as a killed process would be)."""
+    return LocalOrchestrator(
+        orch.state_dir, orch.broker_backend_url, SECRET, available_pythons=orch.pythons(),
+        server_command=orch.server_command, zexec_args=orch.envs.zexec_args, grace=0.5,
+        isolation=OFF, uv=kw.pop("uv", orch.uv), **kw,
+    )
+
+
+def test_a_restarted_orchestrator_adopts_the_servers_it_can_trust(lite, standin):
+    lite.ensure(UserIdentity("adopt-1"), BARE)
+    wait_for(lambda: phase_is(lite, "adopt-1", "ready"), what="ready")
+    rep = report(standin[1], "adopt-1")
+    record = json.loads((lite.state_dir / "servers" / "adopt-1.json").read_text())
+    assert record["pid"] == rep["pid"] and record["role"] == "server"
+    assert record["env"]["digest"] == BARE.digest and record["start"]
+
+    again = restarted(lite)
+    st = again.status("adopt-1")
+    assert st is not None and st.phase == "ready" and st.env == BARE
+    assert alive(rep["pid"])  # the same process, not a new one
+    assert again.terminate("adopt-1") is True
+    assert not alive(rep["pid"]) and not alive(rep["worker"])
+    assert not (lite.state_dir / "servers" / "adopt-1.json").exists()
+
+
+def test_a_restarted_orchestrator_stops_what_it_cannot_trust(lite, standin):
+    lite.ensure(UserIdentity("distrust-1"), BARE)
+    wait_for(lambda: phase_is(lite, "distrust-1", "ready"), what="ready")
+    rep = report(standin[1], "distrust-1")
+    # Started for another broker address: its registration is worth nothing now.
+    other = LocalOrchestrator(
+        lite.state_dir, "tcp://127.0.0.1:5999", SECRET, available_pythons=lite.pythons(),
+        server_command=lite.server_command, zexec_args=[], grace=0.5, isolation=OFF,
+    )
+    assert other.status("distrust-1") is None
+    assert not alive(rep["pid"]) and not alive(rep["worker"])  # no orphan left
+    assert not (lite.state_dir / "servers" / "distrust-1.json").exists()
+
+
+def test_a_restarted_orchestrator_stops_a_build_cut_short(tmp_path, standin, pythons):
+    uv = write_script(tmp_path / "uv", FAKE_UV, sys.executable)
+    orch = LocalOrchestrator(
+        tmp_path / "state", "tcp://127.0.0.1:5560", SECRET, available_pythons=pythons,
+        uv=str(uv), server_command=standin[0], zexec_args=[], grace=0.5, isolation=OFF,
+    )  # fmt: skip
+    orch.ensure(UserIdentity("u-cut"), BARE)
+    wait_for(lambda: phase_is(orch, "u-cut", "installing"), what="installing")
+    installer = wait_for(lambda: orch._servers["u-cut"].proc, what="installer")
+    again = restarted(orch, uv=str(uv))
+    assert installer.wait(10) is not None  # stopped by the new orchestrator
+    assert again.status("u-cut") is None
+    assert not (orch.state_dir / "servers" / "u-cut.json").exists()

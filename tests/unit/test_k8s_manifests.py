@@ -160,7 +160,18 @@ def test_network_policy_allows_only_broker_dns_and_extra_cidrs():
     ]
     assert broker["ports"] == [{"protocol": "TCP", "port": 5560}]
     assert {(p["protocol"], p["port"]) for p in dns["ports"]} == {("UDP", 53), ("TCP", 53)}
-    assert "to" not in dns
+    # DNS only at the cluster DNS pods, not port 53 of any address (a tunnel out).
+    assert dns["to"] == [{
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+        "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+    }]
+    other = m.build_network_policy(NS, KubernetesSettings(
+        dns_namespace="dns", dns_pod_labels="app=coredns,tier=dns"), LABELS)
+    assert other["spec"]["egress"][1]["to"] == [{
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "dns"}},
+        "podSelector": {"matchLabels": {"app": "coredns", "tier": "dns"}},
+    }]
+    assert all(rule.get("to") for rule in spec["egress"])  # no rule open to every address
     assert extra == {"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}},
                             {"ipBlock": {"cidr": "192.168.1.10/32"}}]}  # fmt: skip
     assert len(m.build_network_policy(NS, KubernetesSettings(), LABELS)["spec"]["egress"]) == 2

@@ -425,9 +425,11 @@ def worker_ready(user_id: str, credential: str, reconnected: bool = False) -> li
     return [*frames, b"R"] if reconnected else frames
 
 
-def worker_gone(worker_id: bytes, exit_code: int | None) -> list[Any]:
-    """Server -> broker: the worker whose backend routing id is ``worker_id`` exited."""
-    return [b"", MAGIC, WORKER_GONE, worker_id, dump_header({"exit_code": exit_code})]
+def worker_gone(worker_id: bytes, exit_code: int | None, reason: str = "") -> list[Any]:
+    """Server -> broker: the worker whose backend routing id is ``worker_id`` exited
+    (``reason``: why the server killed it, for the call's error message)."""
+    info = {"exit_code": exit_code, **({"reason": reason} if reason else {})}
+    return [b"", MAGIC, WORKER_GONE, worker_id, dump_header(info)]
 
 
 @dataclass(frozen=True)
@@ -466,6 +468,7 @@ class WorkerReady:
 class WorkerGone:
     worker_id: bytes
     exit_code: int | None
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -516,9 +519,10 @@ def parse_backend(body: Sequence[Any]) -> BackendMessage:
     if verb == WORKER_GONE:
         if len(body) != 4:
             raise ProtocolError("WGONE needs [worker_id, info]")
-        code = load_header(body[3]).get("exit_code")
+        code, reason = (load_header(body[3]).get(k) for k in ("exit_code", "reason"))
         return WorkerGone(frame_bytes(body[2]),
-                          code if isinstance(code, int) and not isinstance(code, bool) else None)
+                          code if isinstance(code, int) and not isinstance(code, bool) else None,
+                          reason[:500] if isinstance(reason, str) else "")
     if verb == BYE:
         return Bye()
     raise ProtocolError(f"unknown backend verb {verb[:16]!r}")

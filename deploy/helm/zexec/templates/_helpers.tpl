@@ -80,6 +80,15 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
 {{/* Labels selecting the broker pod, as "k=v,k=v" (ZEXEC_K8S_BROKER_POD_LABELS). */}}
+{{/* A label map as k=v,... sorted by key (the ZEXEC_K8S_*_POD_LABELS format). */}}
+{{- define "zexec.labelList" -}}
+{{- $pairs := list -}}
+{{- range $k := keys . | sortAlpha -}}
+{{- $pairs = append $pairs (printf "%s=%s" $k (index $ $k)) -}}
+{{- end -}}
+{{- join "," $pairs -}}
+{{- end -}}
+
 {{- define "zexec.brokerPodLabelsCsv" -}}
 {{- $labels := include "zexec.selectorLabels" (dict "ctx" . "component" "broker") | fromYaml -}}
 {{- $pairs := list -}}

@@ -134,7 +134,8 @@ def build_namespace(
 def build_network_policy(
     namespace: str, settings: KubernetesSettings, labels: dict[str, str]
 ) -> dict[str, Any]:
-    """Deny all ingress; egress only to the broker pods' backend port, to DNS, and to
+    """Deny all ingress; egress only to the broker pods' backend port, to the cluster
+    DNS pods' port 53 (``dns_namespace``, ``dns_pod_labels``), and to
     ``extra_egress_cidrs`` (e.g. the package index the install step needs)."""
     egress: list[dict[str, Any]] = [
         {
@@ -148,8 +149,18 @@ def build_network_policy(
             ],
             "ports": [{"protocol": "TCP", "port": broker_port(settings.broker_backend_url)}],
         },
-        # DNS to any address: cluster DNS may be kube-dns pods or a node-local cache IP.
-        {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
+        # DNS only at the cluster's DNS pods: port 53 elsewhere is a tunnel out.
+        {
+            "to": [
+                {
+                    "namespaceSelector": {
+                        "matchLabels": {"kubernetes.io/metadata.name": settings.dns_namespace}
+                    },
+                    "podSelector": {"matchLabels": parse_labels(settings.dns_pod_labels)},
+                }
+            ],
+            "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+        },
     ]
     cidrs = [c.strip() for c in settings.extra_egress_cidrs.split(",") if c.strip()]
     if cidrs:

@@ -7,16 +7,31 @@ waits for it to touch its ready file (``ready``). The same thread then waits for
 process: exiting 0 on its own (the server's idle timeout) shows ``terminated`` with
 reason ``idle``; anything else ``failed`` with the exit status and the log's last lines.
 
-Files under ``state_dir``: ``envs/`` (see :mod:`.envs`), ``logs/<user>.log`` (installer
-and server output), ``run/<user>.ready``. ``<user>`` is the user id made file-name safe.
+Files under ``state_dir``: ``envs/`` (see :mod:`.envs`; built by the stack's uid,
+readable by every user, writable by none), ``logs/<user>.log`` (installer and server
+output; 0700 directory), ``run/<user>/ready``, ``servers/<user>.json`` (see
+:mod:`.records`), ``uids.json`` (see :mod:`.uids`). ``<user>`` is the user id made
+file-name safe. The users' working directories are elsewhere (``users_dir``, see
+:mod:`.tenancy`).
 
-Servers get a scrubbed environment: no ``ZEXEC_*`` variable of the Deploy API (the
-broker secret lives there) reaches user code, only the ones a server needs.
+Each server runs as :mod:`.isolation` says (its user's uid, a sandbox, both, or
+neither). It gets a scrubbed environment: no ``ZEXEC_*`` variable of the Deploy API
+reaches user code, only the ones a server needs, and its broker credential arrives over
+an inherited pipe (``ZEXEC_SERVER_CREDENTIAL_FD``), not in the environment that
+``/proc/<pid>/environ`` shows.
+
+A restarted orchestrator (the Deploy API was killed) reads the records: a server that
+still runs, is the process recorded (its start time), has registered with the broker
+(its ready file), and was started for the same broker, credential, environment and
+isolation is adopted and shows ``ready`` again; any other recorded process that still
+runs (an interrupted build, a server it cannot trust) is stopped, so none is left
+orphaned.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import subprocess
@@ -25,11 +40,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from zexec.adapters.hugepages import with_hugepages
 from zexec.adapters.orchestrator_local import procs
 from zexec.adapters.orchestrator_local.envs import BuildCancelled, BuildFailed, EnvStore
+from zexec.adapters.orchestrator_local.isolation import Isolation, resolve
 from zexec.adapters.orchestrator_local.pythons import discover_pythons, find_uv, running_python
+from zexec.adapters.orchestrator_local.records import Records, distrust, record_spec
+from zexec.adapters.orchestrator_local.tenancy import Tenancy, Tenant
+from zexec.adapters.orchestrator_local.uids import UidMap
 from zexec.adapters.orchestrator_memory import TERMINAL, conflict_message
 from zexec.core.errors import EnvironmentConflict, InvalidEnvironment
 from zexec.core.model import EnvSpec, ServerStatus, UserIdentity
@@ -41,6 +61,10 @@ DEFAULT_SERVER_COMMAND = ("{python}", "-m", "zexec.apps.server")
 #: look missed is latency added to the user's first call.
 READY_POLL = 0.01
 _SCRUB = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP", "PYTHONUSERBASE")
+#: File creation mask of builds: environments readable by every user's uid.
+BUILD_UMASK = 0o022
+
+log = logging.getLogger("zexec.orchestrator")
 
 
 def file_key(user_id: str) -> str:
@@ -63,7 +87,8 @@ class _Server:
     since: float
     reason: str = ""
     log_tail: tuple[str, ...] = ()
-    proc: subprocess.Popen[bytes] | None = None
+    proc: subprocess.Popen[bytes] | procs.Adopted | None = None
+    tenant: Tenant | None = None
     stopped: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
     thread: threading.Thread | None = None
@@ -80,7 +105,10 @@ class LocalOrchestrator:
     an item becomes the env's interpreter); ``zexec_args`` replaces what is installed for
     zexec itself (default: this source tree editable, else ``zexec==<version>``);
     ``start_timeout`` fails a server that is not ready in time (0 = wait for ever);
-    ``grace`` is how long SIGTERM may take before SIGKILL.
+    ``grace`` is how long SIGTERM may take before SIGKILL; ``isolation`` keeps users
+    apart (default: the strongest this machine allows, :func:`.isolation.resolve`),
+    ``uids`` picks each user's uid when isolating by uid, ``users_dir`` holds the users'
+    working directories (default ``<state_dir>/users``).
     """
 
     def __init__(
@@ -98,6 +126,9 @@ class LocalOrchestrator:
         zexec_args: Sequence[str] | None = None,
         start_timeout: float = 300.0,
         grace: float = 5.0,
+        isolation: Isolation | None = None,
+        uids: UidMap | None = None,
+        users_dir: str | Path | None = None,
     ) -> None:
         self.state_dir = Path(state_dir).resolve()
         self.broker_backend_url = broker_backend_url
@@ -110,17 +141,27 @@ class LocalOrchestrator:
         self.server_command = list(server_command or DEFAULT_SERVER_COMMAND)
         self.start_timeout = start_timeout
         self.grace = grace
+        self.isolation = isolation if isolation is not None else resolve("auto")
+        self.tenancy = Tenancy(
+            self.isolation, self.state_dir,
+            Path(users_dir or self.state_dir / "users").resolve(), uids,
+        )  # fmt: skip
         self.envs = EnvStore(self.state_dir / "envs", self.uv, zexec_args)
-        for sub in ("logs", "run"):
-            (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
+        os.chmod(self.envs.root, 0o755)
+        (self.state_dir / "logs").mkdir(mode=0o700, exist_ok=True)
+        os.chmod(self.state_dir / "logs", 0o700)
+        self.records = Records(self.state_dir / "servers")
+        self._secret_digest = hashlib.sha256(self._secret).hexdigest()[:16]
         self._servers: dict[str, _Server] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self._discovering = threading.Lock()  # one discovery; the users' locks stay free
+        self._recover()
 
     # ------------------------------------------------------------------ the port
 
     def ensure(self, user: UserIdentity, spec: EnvSpec, force: bool = False) -> ServerStatus:
+        self.tenancy.admit(user.user_id, user.username)
         with self._user_lock(user.user_id):
             cur = self._servers.get(user.user_id)
             if cur is not None and cur.phase not in TERMINAL and not force:
@@ -218,10 +259,10 @@ class LocalOrchestrator:
             procs.stop(proc, self.grace)
         if rec.thread is not None and rec.thread is not threading.current_thread():
             rec.thread.join(timeout=self.grace + 30)
-        self._ready_file(rec).unlink(missing_ok=True)
-
-    def _ready_file(self, rec: _Server) -> Path:
-        return self.state_dir / "run" / f"{rec.key}.ready"
+        if proc is not None:
+            self.records.remove(rec.key, proc.pid)
+        if rec.tenant is not None:
+            rec.tenant.ready_file.unlink(missing_ok=True)
 
     def _child_env(self, extra: dict[str, str], venv: Path | None = None) -> dict[str, str]:
         env = {
@@ -235,14 +276,33 @@ class LocalOrchestrator:
         env.update(extra)
         return env
 
-    def _start(self, rec: _Server, cmd: Sequence[str], env: dict[str, str], log) -> bool:
+    def _start(self, rec: _Server, cmd: Sequence[str], env: dict[str, str], log, *,
+               role: str, cwd: Path | None = None, pass_fds: Sequence[int] = (),
+               umask: int = -1, shown: str = "") -> bool:
+        """Start ``cmd`` for ``rec`` (the log shows ``shown``, else the command)."""
         with rec.lock:  # paired with _stop: a stopped record never gets a new child
             if rec.stopped.is_set():
                 return False
-            log.write(f"$ {' '.join(cmd)}\n".encode())
+            log.write(f"$ {shown or ' '.join(cmd)}\n".encode())
             log.flush()
-            rec.proc = procs.spawn(cmd, env=env, log=log, cwd=self.state_dir)
+            rec.proc = procs.spawn(cmd, env=env, log=log, cwd=cwd or self.state_dir,
+                                   pass_fds=pass_fds, umask=umask)
+            self._record(rec, role)
             return True
+
+    def _record(self, rec: _Server, role: str) -> None:
+        """Write down the child just started, before anything can kill this process."""
+        assert rec.proc is not None and rec.tenant is not None
+        self.records.write(rec.key, {
+            "user_id": rec.user_id, "role": role, "pid": rec.proc.pid,
+            "start": procs.start_time(rec.proc.pid), "since": self.clock(),
+            "env": {"python": rec.spec.python, "requirements": list(rec.spec.requirements),
+                    "digest": rec.spec.digest},
+            "interpreter": rec.interpreter, "isolation": self.isolation.mode,
+            "uid": rec.tenant.uid, "gid": rec.tenant.gid,
+            "broker_url": self.broker_backend_url, "secret": self._secret_digest,
+            "ready_file": str(rec.tenant.ready_file),
+        })  # fmt: skip
 
     def _provision(self, rec: _Server) -> None:
         try:
@@ -257,38 +317,57 @@ class LocalOrchestrator:
 
     def _provision_logged(self, rec: _Server, log) -> None:
         def run(cmd: Sequence[str]) -> int:
-            if not self._start(rec, cmd, self._child_env({}), log):
+            if not self._start(rec, cmd, self._child_env({}), log, role="build",
+                               umask=BUILD_UMASK):
                 raise BuildCancelled()
             assert rec.proc is not None
             code = rec.proc.wait()
+            self.records.remove(rec.key, rec.proc.pid)
             if rec.stopped.is_set():
                 raise BuildCancelled()
             return code
 
         spec = rec.spec
+        rec.tenant = self.tenancy.tenant(rec.user_id, rec.key)
         if not self.envs.is_complete(spec, rec.interpreter):
             self._set(rec, "installing")
             with self.envs.locked(spec, rec.stopped.wait):
                 self.envs.build(spec, rec.interpreter, run)
         self._set(rec, "starting")
-        ready = self._ready_file(rec)
+        ready = rec.tenant.ready_file
         ready.unlink(missing_ok=True)
         venv = self.envs.path(spec)
         cmd = [
             part.replace("{python}", str(self.envs.python(spec))) for part in self.server_command
         ]
+        shown = " ".join(cmd) + self.tenancy.describe(rec.tenant)
+        cmd = self.tenancy.argv(rec.tenant, cmd, venv, rec.interpreter)
+        # The credential travels over a pipe: never in an environment /proc shows.
+        cred_r, cred_w = os.pipe()
         env = self._child_env(
             {
                 "ZEXEC_SERVER_BROKER_URL": self.broker_backend_url,
                 "ZEXEC_SERVER_USER_ID": rec.user_id,
-                "ZEXEC_SERVER_CREDENTIAL": server_credential(self._secret, rec.user_id),
+                "ZEXEC_SERVER_CREDENTIAL_FD": str(cred_r),
                 "ZEXEC_SERVER_WORKERS": str(self.server_workers),
                 "ZEXEC_SERVER_READY_FILE": str(ready),
                 "ZEXEC_SERVER_IDLE_TIMEOUT": str(self.idle_timeout),
+                "HOME": str(rec.tenant.workdir),
             },
             venv,
         )
-        if not self._start(rec, cmd, env, log):
+        try:
+            started = self._start(rec, cmd, env, log, role="server", cwd=rec.tenant.workdir,
+                                  pass_fds=(cred_r,), shown=shown)
+            os.close(cred_r)
+            if started:
+                with open(cred_w, "wb", closefd=False) as pipe:
+                    pipe.write(server_credential(self._secret, rec.user_id).encode())
+        except BrokenPipeError:
+            pass  # it died at once; the log says why
+        finally:
+            os.close(cred_w)
+        if not started:
             return
         proc = rec.proc
         assert proc is not None
@@ -296,15 +375,70 @@ class LocalOrchestrator:
         while proc.poll() is None and not ready.exists():
             if deadline is not None and time.monotonic() > deadline:
                 procs.stop(proc, self.grace)
+                self.records.remove(rec.key, proc.pid)
                 self._set(rec, "failed", f"not ready after {self.start_timeout:g}s", tail=True)
                 return
             if rec.stopped.wait(READY_POLL):
                 return
         if proc.poll() is None:
             self._set(rec, "ready")
+        self._supervise(rec, proc)
+
+    def _supervise(self, rec: _Server, proc: subprocess.Popen[bytes] | procs.Adopted) -> None:
+        """Wait for the server to exit, then say how it ended."""
         code = proc.wait()
+        # A sandboxed server's leader (bubblewrap) may go first: let the server drain.
+        procs.wait_group_gone(proc.pid, self.grace)
         procs.reap_group(proc)  # workers the server left behind
+        self.records.remove(rec.key, proc.pid)
         if code == 0:
             self._set(rec, "terminated", "idle")
+        elif code == procs.UNKNOWN_EXIT:
+            self._set(rec, "terminated", procs.describe_exit(code), tail=True)
         else:
             self._set(rec, "failed", f"server {procs.describe_exit(code)}", tail=True)
+
+    # ------------------------------------------------------------------ restart
+
+    def _recover(self) -> None:
+        """Adopt the recorded servers this orchestrator can trust; stop the rest."""
+        doomed: list[tuple[int, int | None]] = []
+        for key, r in self.records.load_all(drop_bad=True).items():
+            pid, start = r["pid"], r.get("start")
+            if not procs.alive(pid, start):
+                self.records.remove(key, pid)
+                continue
+            why = self._distrust(r)
+            if why is None:
+                try:
+                    self._adopt(key, r)
+                    continue
+                except (ProcessLookupError, KeyError, TypeError, ValueError) as exc:
+                    why = f"cannot adopt it: {exc!r}"
+            log.warning("stopping the %s of user %s left by an earlier Deploy API (pid %d): %s",
+                        r.get("role"), r.get("user_id"), pid, why)
+            doomed.append((pid, start))
+            self.records.remove(key, pid)
+        if doomed:
+            procs.stop_groups(doomed, self.grace)
+
+    def _distrust(self, r: dict[str, Any]) -> str | None:
+        """Why the recorded, still running process ``r`` cannot be adopted (None: it can)."""
+        uids = self.tenancy.uids
+        return distrust(
+            r, isolation=self.isolation.mode, broker_url=self.broker_backend_url,
+            secret=self._secret_digest,
+            env_complete=lambda spec, interpreter: self.envs.is_complete(spec, interpreter),
+            uid_of=(lambda user_id: uids.uid_for(user_id)) if uids is not None else None,
+        )  # fmt: skip
+
+    def _adopt(self, key: str, r: dict[str, Any]) -> None:
+        spec = record_spec(r)
+        rec = _Server(r["user_id"], key, spec, r["interpreter"], "ready", float(r["since"]))
+        rec.tenant = self.tenancy.tenant(rec.user_id, key)
+        rec.proc = procs.Adopted(r["pid"], r.get("start"))
+        self._servers[rec.user_id] = rec
+        rec.thread = threading.Thread(target=self._supervise, args=(rec, rec.proc),
+                                      name=f"zexec-local-{key}", daemon=True)
+        rec.thread.start()
+        log.info("adopted the running server of user %s (pid %d)", rec.user_id, rec.proc.pid)

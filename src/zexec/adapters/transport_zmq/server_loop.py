@@ -68,12 +68,13 @@ class ServerLoop:
         heartbeat_interval: float = 0.5, ready_file: str = "", idle_timeout: float = 0.0,
         fresh_process: bool = False, drain_timeout: float = 10.0,
         context: zmq.Context | None = None, workers: tuple[str, str],
-        early_worker: tuple[Any, bytes] | None = None,
+        early_worker: tuple[Any, bytes] | None = None, stopped_watch: Any = None,
     ) -> None:
         """``workers`` = (private directory, ipc endpoint in it) for the workers; the
         directory is removed on close. ``early_worker`` = (process, worker id) of a
         worker started for that endpoint before the settings were read (see
-        :mod:`zexec.apps.server.__main__`): the pool adopts it."""
+        :mod:`zexec.apps.server.__main__`): the pool adopts it. ``stopped_watch.tick(pool,
+        now)`` runs each round (see :mod:`zexec.apps.server.stopped`)."""
         if not user_id or not credential:
             raise ValueError("a server needs its user id and credential")
         self.user_id = user_id
@@ -115,6 +116,7 @@ class ServerLoop:
         self.stopping = False
         self.exit_code = 0
         self._next_deadline = float("inf")  # earliest deadline of any task
+        self.stopped_watch = stopped_watch
 
     # ------------------------------------------------------------------ broker side
 
@@ -323,11 +325,11 @@ class ServerLoop:
         w = self.pool.reap(fd)
         code = w.proc.returncode
         if self.pool.direct:  # the broker fails its call, if it gave it one
-            self._to_broker(p.worker_gone(w.broker_id, code))
+            self._to_broker(p.worker_gone(w.broker_id, code, w.reason))
         if w.task is not None and w.task.from_broker:
             self._forget(w.task)
         elif w.task is not None:
-            self._fail(w.task, "WORKER_DIED",
+            self._fail(w.task, "WORKER_DIED", w.reason or
                        f"the worker process running the call died (exit code {code})")
         if not self.stopping:
             self._spawn_into(self._poller)
@@ -403,6 +405,8 @@ class ServerLoop:
                 self._dispatch()
                 now = time.monotonic()
                 self._check_deadlines(now)
+                if self.stopped_watch is not None:
+                    self.stopped_watch.tick(self.pool, now)
                 if now >= next_beat:
                     self._heartbeat()
                     # Until the broker has answered, retry soon: a REG sent before the

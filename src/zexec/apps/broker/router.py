@@ -652,7 +652,7 @@ class Router:
         call = self.inflight.get(key) if key is not None else None
         if key is None or call is None:
             return
-        text = f"the worker process running the call died (exit code {msg.exit_code})"
+        text = msg.reason or f"the worker process running the call died (exit code {msg.exit_code})"
         self._deliver(key, True, p.final_error(key[1], call.legacy, "WORKER_DIED", text))
 
     def _deliver(self, key: Key, final: bool, body: list[Any]) -> None:

@@ -160,7 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(`zexec web`) serving the development IdP (tokens for alice and bob), the Deploy "
         "API with the local orchestrator and the EP API, each on its own port; return "
         "when all answer; print URLs and tokens; write DIR/stack.json. Ports not given "
-        "are chosen free. Does nothing if the stack in DIR already runs.",
+        "are the ones pinned in DIR/ports.json by the first up, else free ones. Does "
+        "nothing if the stack in DIR already runs; restarts just the processes of it that "
+        "died (their Deploy API adopts the users' servers still running).",
     )
     _state_dir(p)
     for name in st.PORT_NAMES:
@@ -181,8 +183,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--idle-timeout",
         type=seconds,
-        default=3600.0,
-        help="stop a user's server after this many idle seconds; 0 = never (default %(default)s)",
+        help="stop a user's server after this many idle seconds; 0 = never (default: as "
+        "recorded by the previous up, else 3600)",
+    )
+    p.add_argument(
+        "--isolation",
+        choices=("auto", "uid+sandbox", "uid", "sandbox", "none"),
+        help="how users' servers are kept apart: own uid (needs root), bubblewrap sandbox, "
+        "both, or none; auto = the strongest this machine allows (default: as recorded, "
+        "else auto)",
+    )
+    p.add_argument(
+        "--single-trust-domain",
+        action="store_true",
+        default=None,
+        help="when users cannot be isolated, let more than one user use the stack anyway "
+        "(they all trust each other); without it a second user is refused "
+        "(default: as recorded; also ZEXEC_DEPLOY_SINGLE_TRUST_DOMAIN=true)",
     )
     p.set_defaults(func=cmd_up)
 
@@ -261,11 +278,18 @@ def cmd_up(args: argparse.Namespace) -> int:
     given = [p for p in ports.values() if p]
     if len(given) != len(set(given)):
         raise st.UsageError("the same port is given for two components")
+    trust = args.single_trust_domain
+    if trust is None and os.environ.get("ZEXEC_DEPLOY_SINGLE_TRUST_DOMAIN"):
+        from zexec.settings import DeploySettings
+
+        trust = DeploySettings().single_trust_domain or None
     st.up(
         st.StateDir(args.state_dir),
         ports=ports,
         timeout=args.timeout,
         idle_timeout=args.idle_timeout,
+        isolation=args.isolation,
+        single_trust_domain=trust,
     )
     return 0
 

@@ -1,10 +1,8 @@
 """Background processes of ``zexec up``: start detached, recognise later, stop for good.
 
-A pid alone is not an identity: after a reboot or a long time the number names some
-other process. Each component is recorded as ``(pid, start)`` where ``start`` is the
-kernel's start time of the process (``/proc/<pid>/stat`` field 22); a pid whose start
-time differs is not ours and is never signalled. Without ``/proc`` (macOS) ``start`` is
-None and the pid is trusted.
+Each component is recorded as ``(pid, start)`` (see
+:mod:`zexec.adapters.orchestrator_local.procs`, whose identity and group helpers are
+re-exported here): a pid whose start time differs is not ours and is never signalled.
 
 Every component runs in its own session (``start_new_session``), so its process group id
 is its pid: one ``killpg`` reaches it and anything it forked, and Ctrl-C in the terminal
@@ -14,58 +12,22 @@ that ran ``zexec up`` never reaches the stack.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from zexec.adapters.orchestrator_local.procs import spawn
-
-PROC = Path("/proc")
-
-
-def stat_fields(pid: int) -> list[str] | None:
-    """Fields 3.. of ``/proc/<pid>/stat`` (state, ppid, ...), None if there is no such
-    process (or no ``/proc``). The process may vanish between open and read: that is
-    "no such process" too."""
-    try:
-        stat = (PROC / str(pid) / "stat").read_text()
-    except OSError:  # FileNotFoundError, or ProcessLookupError mid-read
-        return None
-    # The command name (field 2) may contain spaces and parentheses: split after it.
-    return stat[stat.rfind(")") + 2 :].split()
-
-
-def start_time(pid: int) -> int | None:
-    """The kernel start time of ``pid`` (clock ticks since boot), None if unknown."""
-    fields = stat_fields(pid)
-    return None if fields is None else int(fields[19])  # field 22 overall
-
-
-def parent_pid(pid: int) -> int | None:
-    """The parent of ``pid``, None if there is no such process."""
-    fields = stat_fields(pid)
-    return None if fields is None else int(fields[1])
-
-
-def alive(pid: int, start: int | None = None) -> bool:
-    """Whether ``pid`` runs (not a zombie) and, if ``start`` is given, is the same
-    process that was recorded."""
-    if pid <= 0:
-        return False
-    if PROC.is_dir():
-        fields = stat_fields(pid)
-        if fields is None or fields[0] in ("Z", "X"):  # a zombie has nothing left to stop
-            return False
-        return start is None or int(fields[19]) == start
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+from zexec.adapters.orchestrator_local.procs import (  # noqa: F401  (re-exported)
+    PROC,
+    alive,
+    live_groups,
+    parent_pid,
+    signal_group,
+    spawn,
+    start_time,
+    stat_fields,
+    stop_groups,
+    wait_groups_gone,
+)
 
 
 def spawn_detached(
@@ -75,68 +37,6 @@ def spawn_detached(
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         return spawn(cmd, env=env, log=out, cwd=cwd)
-
-
-def signal_group(pid: int, sig: int) -> None:
-    """Send ``sig`` to the process group led by ``pid`` (and to ``pid`` itself, in case
-    it left its group); vanished processes are fine."""
-    for send in (os.killpg, os.kill):
-        try:
-            send(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-def live_groups(pgids: Iterable[int]) -> set[int]:
-    """Which of the process groups ``pgids`` still have a live (non-zombie) member.
-    Without ``/proc``: those whose leader is alive."""
-    wanted = set(pgids)
-    if not PROC.is_dir():
-        return {g for g in wanted if alive(g)}
-    found: set[int] = set()
-    for entry in PROC.iterdir():
-        rest = stat_fields(int(entry.name)) if entry.name.isdigit() else None
-        if rest is None:
-            continue
-        if rest[0] not in ("Z", "X") and int(rest[2]) in wanted:  # rest[2]: field 5, pgrp
-            found.add(int(rest[2]))
-    return found
-
-
-def wait_groups_gone(pgids: Iterable[int], timeout: float) -> set[int]:
-    """Wait up to ``timeout`` seconds for every member of the groups to exit; return the
-    groups that still have members."""
-    left = set(pgids)
-    deadline = time.monotonic() + timeout
-    while True:
-        left = live_groups(left)
-        if not left or time.monotonic() >= deadline:
-            return left
-        time.sleep(0.05)
-
-
-def stop_groups(procs: Sequence[tuple[int, int | None]], grace: float) -> list[int]:
-    """SIGTERM the process group of each live ``(pid, start)``, wait up to ``grace``
-    seconds for every member of those groups (not just the leader: a server's workers
-    die a moment after it), then SIGKILL the groups with survivors and wait for them.
-    Returns the groups that needed SIGKILL. Our own group is never signalled."""
-    groups: set[int] = set()
-    for pid, start in procs:
-        if alive(pid, start):
-            try:
-                pgid = os.getpgid(pid)
-            except ProcessLookupError:
-                continue
-            if pgid != os.getpgrp():
-                groups.add(pgid)
-    for pgid in groups:
-        signal_group(pgid, signal.SIGTERM)
-    stubborn = wait_groups_gone(groups, grace)
-    for pgid in stubborn:
-        signal_group(pgid, signal.SIGKILL)
-    # SIGKILL cannot be ignored; the wait only lets the kernel finish the job.
-    wait_groups_gone(stubborn, 5.0)
-    return sorted(stubborn)
 
 
 def ancestors(pid: int | None = None) -> set[int]:

@@ -56,10 +56,13 @@ def collect(d: StateDir) -> dict[str, Any] | None:
         }
     return {
         "state_dir": stack["state_dir"],
+        # How users are kept apart (mode, description); absent: a stack of zexec before.
+        "isolation": stack.get("isolation"),
         "components": comps,
         "servers": _servers(
             stack,
             admin,
+            d.orchestrator,
             broker_up=comps.get("broker", {}).get("state") == "up",
             deploy_up=comps.get("deploy-api", {}).get("state") == "up",
         ),
@@ -67,7 +70,7 @@ def collect(d: StateDir) -> dict[str, Any] | None:
 
 
 def _servers(
-    stack: dict[str, Any], admin: str, *, broker_up: bool, deploy_up: bool
+    stack: dict[str, Any], admin: str, orchestrator: Path, *, broker_up: bool, deploy_up: bool
 ) -> list[dict[str, Any]]:
     """One row per user with a server known to the Deploy API or the broker."""
     ids = stack.get("users", {})  # name -> user id (the IdP's ``sub``)
@@ -109,9 +112,18 @@ def _servers(
                 inflight=entry.get("inflight"),
             )
             row.setdefault("python", info.get("python"))
+    # The pid the orchestrator recorded: the one to signal (a sandboxed server reports
+    # its pid inside its own pid namespace to the broker).
+    from zexec.adapters.orchestrator_local.records import Records
+
+    recorded = {r["user_id"]: r for r in Records(orchestrator / "servers", create=False).load_all().values()
+                if r.get("role") == "server" and "user_id" in r}
     for uid, row in rows.items():
         row["user_id"] = uid
         row.setdefault("registered", False)
+        if uid in recorded:
+            row["pid"] = recorded[uid]["pid"]
+            row["uid"] = recorded[uid].get("uid")
         row.setdefault("pid", None)
     return sorted(rows.values(), key=lambda r: r["user"])
 
@@ -126,13 +138,19 @@ def status(d: StateDir, out: TextIO, as_json: bool = False) -> int:
         out.write(json.dumps(doc, indent=2) + "\n")
     else:
         out.write(f"zexec stack in {doc['state_dir']}\n")
+        iso = doc.get("isolation") or {"mode": "unknown", "description": "not recorded"}
+        out.write(f"  isolation   {iso['mode']}: {iso['description']}\n")
         for name, c in doc["components"].items():
             shared = "" if c["process"] == name else f", {c['process']} process"
             where = f"pid {c['pid']}{shared}"
             out.write(f"  {name:<11} {c['state']:<10} {c['url']}  ({where})\n")
         out.write("user servers:\n" if doc["servers"] else "user servers: none\n")
         for s in doc["servers"]:
-            where = f"pid {s['pid']}" if s["pid"] else "not registered with the broker"
+            where = ", ".join(
+                ([f"pid {s['pid']}"] if s["pid"] else [])
+                + ([f"uid {s['uid']}"] if s.get("uid") is not None else [])
+                + ([] if s["registered"] else ["not registered with the broker"])
+            )
             phase = s["phase"] or "unknown to the Deploy API"
             extra = f" - {s['reason']}" if s.get("reason") else ""
             out.write(f"  {s['user']:<11} {phase:<10} python {s.get('python')}  ({where}){extra}\n")

@@ -4,37 +4,44 @@ Two processes: the broker (``zexec broker``) and the web process (``zexec web``)
 serves the development IdP, the Deploy API (with the local orchestrator) and the EP API,
 each on its own port, from one interpreter (one FastAPI import instead of three: on a
 small machine that is most of the start-up time). The users' servers are processes of
-their own, started by the Deploy API.
+their own, started by the Deploy API, isolated from each other as the machine allows
+(:mod:`zexec.adapters.orchestrator_local.isolation`).
 
 Layout of the state directory ``DIR`` (every secret file mode 0600):
 
-* ``stack.json``: URLs, ports, tokens and the processes' ``(pid, start)`` under
-  ``components`` (``broker``; ``web`` with its ``apps``: URL and health check of each);
-  written as soon as the processes exist (so ``down`` can clean up an interrupted ``up``)
-  and again with ``"ready": true`` once every app answers;
+* ``stack.json``: URLs, ports, tokens, the isolation mode, the options, and each
+  process's ``(pid, start)`` and command line under ``components`` (``broker``; ``web``
+  with its ``apps``: URL and health check of each); written as soon as the processes
+  exist (so ``down`` can clean up an interrupted ``up``) and again with ``"ready": true``
+  once every app answers;
+* ``ports.json``: the ports, pinned at the first ``up`` (see :mod:`.plan`);
 * ``tokens.json``: the development IdP's token file (users ``alice`` and ``bob``);
-* ``server_secret`` (broker <-> servers credentials), ``admin_token`` (broker control);
+* ``secrets/``: one file per secret setting (``ZEXEC_SECRETS_DIR`` of the broker and
+  the web process): the server secret (broker <-> servers credentials), the admin token
+  (broker control), the broker's TLS key (its certificate, public, is ``broker_tls.crt``);
 * ``logs/broker.log``, ``logs/web.log`` (each line tagged ``[devidp]``, ``[deploy-api]``
   or ``[ep-api]``); ``orchestrator/``: the local orchestrator's environments, server
-  logs (``orchestrator/logs/``) and ready files.
+  logs, records and ready files; ``users/``: the users' private working directories.
 
-Secrets and tokens are reused from an earlier ``up`` of the same directory, so tokens
-pasted into a notebook keep working across restarts. Everything listens on 127.0.0.1.
+Secrets, tokens and ports are reused from an earlier ``up`` of the same directory, so
+tokens pasted into a notebook keep working across restarts, and an open session
+reconnects by itself. ``up`` on a stack with a dead process (killed, crashed) restarts
+just that one, with the recorded ports and options; the Deploy API it restarts adopts
+the users' servers that still run (or stops those it cannot trust). Everything listens on
+127.0.0.1.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import socket
 import sys
 import time
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from zexec.adapters.hugepages import with_hugepages
 from zexec.apps import web
 from zexec.apps.cli import procs
+from zexec.apps.cli.plan import HOST, PORT_NAMES, PREFIX, choose_ports, plan
 from zexec.apps.cli.state import (
     StackError,
     StateDir,
@@ -45,9 +52,8 @@ from zexec.apps.cli.state import (
     tls_files,
 )
 
-__all__ = ["StackError", "StateDir", "UsageError", "down", "up"]
+__all__ = ["PORT_NAMES", "StackError", "StateDir", "UsageError", "down", "up"]
 
-HOST = "127.0.0.1"
 #: The stack's parts as users name them (``zexec status`` rows, ``zexec logs NAME``).
 COMPONENTS = ("devidp", "broker", "deploy-api", "ep-api")
 #: The processes, in start order; ``down`` stops the web process first (its Deploy API
@@ -57,96 +63,10 @@ PROCESSES = ("broker", "web")
 WEB_APPS = web.APPS
 #: Seconds between two rounds of health checks while ``up`` waits.
 POLL = 0.05
-PORT_NAMES = ("auth", "broker", "broker_secure", "broker_backend", "broker_control", "deploy",
-              "ep")
-PREFIX = "/rexec"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def port_in_use(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind((HOST, port))
-        except OSError:
-            return True
-    return False
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    """This environment without ``ZEXEC_*`` (a stray setting of the user's must not
-    reconfigure the stack), with huge pages for large buffers (the broker relays
-    payloads; see :mod:`zexec.adapters.hugepages`), plus ``extra``."""
-    env = {k: v for k, v in with_hugepages(os.environ).items() if not k.startswith("ZEXEC_")}
-    env["PYTHONUNBUFFERED"] = "1"  # logs in order, as they happen
-    env.update(extra)
-    return env
-
-
-def plan(
-    d: StateDir, ports: dict[str, int], secret: str, admin: str, idle_timeout: float,
-) -> dict[str, dict[str, Any]]:
-    """Command, environment, log and endpoints (URL, health check) of each process."""
-    base = [sys.executable, "-m", "zexec.apps.cli"]
-    auth = f"http://{HOST}:{ports['auth']}"
-    auth_env = {"ZEXEC_AUTH_MODE": "http-post", "ZEXEC_AUTH_URL": f"{auth}/auth"}
-    broker_env = {
-        "ZEXEC_BROKER_HOST": HOST,
-        "ZEXEC_BROKER_FRONTEND_PORT": str(ports["broker"]),
-        "ZEXEC_BROKER_BACKEND_PORT": str(ports["broker_backend"]),
-        "ZEXEC_BROKER_CONTROL_PORT": str(ports["broker_control"]),
-        "ZEXEC_BROKER_SERVER_SECRET": secret,
-    }
-    deploy = f"http://{HOST}:{ports['deploy']}"
-    ep = f"http://{HOST}:{ports['ep']}"
-    return {
-        "broker": {
-            "cmd": [*base, "broker"],
-            "env": child_env(**broker_env, **auth_env, ZEXEC_BROKER_ADMIN_TOKEN=admin,
-                             ZEXEC_BROKER_TLS_CERT_FILE=str(d.tls_cert),
-                             ZEXEC_BROKER_TLS_KEY_FILE=str(d.tls_key),
-                             ZEXEC_BROKER_SECURE_PORT=str(ports["broker_secure"])),
-            "url": f"tcp://{HOST}:{ports['broker']}",
-            "health": None,  # the control port's STATUS
-        },
-        "web": {
-            "cmd": [
-                *base, "web", "--tokens-file", str(d.tokens),
-                "--idp-host", HOST, "--idp-port", str(ports["auth"]),
-            ],
-            # The Deploy API's local orchestrator reads the broker's host, backend port
-            # and secret; the EP API tells clients where the Deploy API is.
-            "env": child_env(
-                **broker_env,
-                **auth_env,
-                ZEXEC_DEPLOY_HOST=HOST,
-                ZEXEC_DEPLOY_PORT=str(ports["deploy"]),
-                ZEXEC_DEPLOY_PREFIX=PREFIX,
-                ZEXEC_DEPLOY_ORCHESTRATOR="local",
-                ZEXEC_DEPLOY_STATE_DIR=str(d.orchestrator),
-                ZEXEC_DEPLOY_BROKER_EXTERNAL_HOST=HOST,
-                ZEXEC_DEPLOY_BROKER_EXTERNAL_PORT=str(ports["broker"]),
-                ZEXEC_DEPLOY_BROKER_EXTERNAL_SECURE_PORT=str(ports["broker_secure"]),
-                ZEXEC_DEPLOY_BROKER_TLS_CERT_FILE=str(d.tls_cert),
-                ZEXEC_DEPLOY_IDLE_TIMEOUT=str(idle_timeout),
-                ZEXEC_EP_HOST=HOST,
-                ZEXEC_EP_PORT=str(ports["ep"]),
-                ZEXEC_EP_DEPLOY_API_URL=deploy,
-            ),
-            "apps": {  # in the order of zexec.apps.web.APPS
-                "devidp": {"url": f"{auth}/auth", "health": f"{auth}/healthz"},
-                "deploy-api": {
-                    "url": deploy + PREFIX,
-                    "health": f"{deploy}{PREFIX}/healthz",
-                },
-                "ep-api": {"url": ep, "health": f"{ep}/health"},
-            },
-        },
-    }
+#: Seconds ``up`` waits for running servers to register with a restarted broker.
+SERVER_RETURN = 15.0
+#: ``up``'s options and their defaults; a restart keeps the recorded ones.
+DEFAULT_OPTIONS = {"idle_timeout": 3600.0, "isolation": "auto", "single_trust_domain": False}
 
 
 def endpoints(stack: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -222,20 +142,43 @@ def running(stack: dict[str, Any]) -> dict[str, bool]:
     return {n: procs.alive(c["pid"], c.get("start")) for n, c in comps.items()}
 
 
-def _choose_ports(requested: dict[str, int | None]) -> dict[str, int]:
-    ports: dict[str, int] = {}
-    for name in PORT_NAMES:
-        want = requested.get(name)
-        if want:
-            if want in ports.values() or port_in_use(want):
-                raise StackError(f"port {want} (--{name.replace('_', '-')}-port) is in use")
-            ports[name] = want
-        else:
-            port = free_port()
-            while port in ports.values() or port in requested.values():
-                port = free_port()
-            ports[name] = port
-    return ports
+def _options(
+    stack: dict[str, Any] | None, given: dict[str, Any], live: bool
+) -> dict[str, Any]:
+    """``up``'s options: the ones given, else those recorded in ``stack``, else the
+    defaults. A stack with a live process keeps its own: another one given is an error."""
+    recorded = (stack or {}).get("options") or {}
+    opts = {k: recorded.get(k, v) for k, v in DEFAULT_OPTIONS.items()}
+    for key, value in given.items():
+        if value is None:
+            continue
+        if live and value != opts[key]:
+            raise UsageError(
+                f"the stack in DIR runs with {key.replace('_', '-')} {opts[key]!r}; stop it "
+                "(zexec down) to change that"
+            )
+        opts[key] = value
+    return opts
+
+
+def _isolation(d: StateDir, options: dict[str, Any]):
+    """The isolation ``options`` ask for, resolved; a uid without a sandbox is checked
+    here, before anything starts: its servers must reach their files as other uids."""
+    from zexec.adapters.orchestrator_local.isolation import resolve, unreachable
+    from zexec.adapters.orchestrator_local.tenancy import paths_to_reach
+
+    reach = paths_to_reach(d.root)
+    iso = resolve(options["isolation"], single_trust_domain=options["single_trust_domain"],
+                  reach=reach)
+    closed = unreachable(reach) if iso.mode == "uid" else []
+    if closed:
+        raise UsageError(
+            f"isolation 'uid' (no sandbox): the users' servers, running as other uids, "
+            f"must pass through {closed[0]}, which is closed to them (no o+x); use "
+            "--isolation uid+sandbox (bubblewrap), allow passing (chmod o+x), or put the "
+            "state directory and Python elsewhere"
+        )
+    return iso
 
 
 def up(
@@ -243,34 +186,48 @@ def up(
     *,
     ports: dict[str, int | None],
     timeout: float,
-    idle_timeout: float,
+    idle_timeout: float | None = None,
+    isolation: str | None = None,
+    single_trust_domain: bool | None = None,
     out: TextIO | None = None,
 ) -> dict[str, Any]:
-    """Start the stack in ``d`` (or report the running one) and return its stack.json."""
+    """Start the stack in ``d``, or the processes of it that are not running (the rest
+    keeps running), and return its stack.json. Options left None keep the recorded
+    value (else the default)."""
     from zexec.apps.devidp.tokens import user_id_for
 
     out = out or sys.stdout
+    given = {"idle_timeout": idle_timeout, "isolation": isolation,
+             "single_trust_domain": single_trust_domain}
     with d.locked():
-        stack = d.load()
-        if stack is not None:
-            alive = running(stack)
-            if stack.get("ready") and all(alive.values()) and set(alive) == set(PROCESSES):
-                out.write(f"zexec stack already running in {d.root}\n")
-                show(stack, out)
-                return stack
-            if any(alive.values()):
-                up_now = ", ".join(n for n, a in alive.items() if a)
-                raise StackError(
-                    f"a stack in {d.root} is partly running ({up_now}); "
-                    f"stop it with: zexec down --state-dir {d.root}"
-                )
-        for sub in (d.logs, d.orchestrator):
-            sub.mkdir(parents=True, exist_ok=True)
-        secret, admin = secret_file(d.secret), secret_file(d.admin)
+        old = d.load()
+        alive = running(old) if old is not None else {}
+        live = [n for n in PROCESSES if alive.get(n)]
+        if old is not None and live == list(PROCESSES) and old.get("ready"):
+            out.write(f"zexec stack already running in {d.root}\n")
+            show(old, out)
+            return old
+        if live and (old is None or "options" not in old or "ports" not in old):
+            raise StackError(
+                f"a stack in {d.root} is partly running ({', '.join(live)}) and was started "
+                f"by an older zexec; stop it with: zexec down --state-dir {d.root}"
+            )
+        options = _options(old, given, bool(live))
+        iso = _isolation(d, options)  # a resolved mode: the web process must not guess again
+        d.prepare(traversable=iso.mode == "uid")
+        if live:
+            for name, port in ports.items():
+                if port and port != old["ports"][name]:
+                    raise UsageError(f"the running stack uses port {old['ports'][name]} for "
+                                     f"{name}; stop it (zexec down) to change that")
+            chosen = old["ports"]
+        else:
+            chosen = choose_ports(d, ports, out)
+        secret_file(d.secret)
+        admin = secret_file(d.admin)
         tokens = dev_tokens(d.tokens)
-        chosen = _choose_ports(ports)
         tls_pin = tls_files(d.tls_cert, d.tls_key, HOST)
-        steps = plan(d, chosen, secret, admin, idle_timeout)
+        steps = plan(d, chosen, {**options, "isolation": iso.mode})
         stack = {
             "ep_api_url": steps["web"]["apps"]["ep-api"]["url"],
             "deploy_api_url": f"http://{HOST}:{chosen['deploy']}",
@@ -286,23 +243,32 @@ def up(
             "broker_url": steps["broker"]["url"],
             "broker_backend_port": chosen["broker_backend"],
             "broker_control_port": chosen["broker_control"],
+            "ports": chosen,
+            "options": options,
+            "isolation": iso.as_dict(),
             "state_dir": str(d.root),
             "python": sys.executable,
-            "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "started_at": (old or {}).get("started_at") if live else
+            datetime.now(UTC).isoformat(timespec="seconds"),
             "ready": False,
-            "components": {},
+            "components": {n: old["components"][n] for n in live},
         }
         for stale in WEB_APPS:  # logs of the four-process layout (before `zexec web`)
             d.log(stale).unlink(missing_ok=True)
+        started: list[str] = []
         try:
             for name in PROCESSES:
+                if name in live:
+                    continue
                 step = steps[name]
-                d.log(name).write_text("")  # one run per log: old runs are noise here
+                if not live:
+                    d.log(name).write_text("")  # one run per log: old runs are noise here
                 proc = procs.spawn_detached(
                     step["cmd"], env={**step["env"], "ZEXEC_LOG_FILE": str(d.log(name))},
                     log=d.log(name), cwd=d.root,
                 )  # the process rotates its own log (ZEXEC_LOG_FILE) from its first line
-                comp = {"pid": proc.pid, "start": procs.start_time(proc.pid)}
+                started.append(name)
+                comp = {"pid": proc.pid, "start": procs.start_time(proc.pid), "cmd": step["cmd"]}
                 if "apps" in step:
                     comp["apps"] = step["apps"]
                 else:
@@ -310,12 +276,20 @@ def up(
                 stack["components"][name] = {**comp, "log": str(d.log(name))}
                 save(d, stack)  # from here on `zexec down` can stop what exists
             _wait_ready(d, stack, admin, timeout)
+            if "broker" in started:
+                _wait_servers(d, stack, admin, min(timeout, SERVER_RETURN), out)
         except BaseException:  # a failure or Ctrl-C: leave nothing half-started behind
-            stop(d, stack, grace=5.0, out=out, quiet=True)
-            d.stack_json.unlink(missing_ok=True)
+            mine = {"components": {n: stack["components"][n] for n in started}}
+            stop(d, mine if live else stack, grace=5.0, out=out, quiet=True, sweep=not live)
+            if not live:
+                d.stack_json.unlink(missing_ok=True)
+            else:
+                save(d, {**stack, "components": {n: stack["components"][n] for n in live}})
             raise
         stack["ready"] = True
         save(d, stack)
+    if started != list(PROCESSES):
+        out.write(f"restarted {', '.join(started)}; {', '.join(live)} kept running\n")
     out.write(f"zexec stack is up (state dir {d.root})\n")
     show(stack, out)
     return stack
@@ -340,6 +314,28 @@ def _wait_ready(d: StateDir, stack: dict[str, Any], admin: str, timeout: float) 
             time.sleep(POLL)
 
 
+def _wait_servers(
+    d: StateDir, stack: dict[str, Any], admin: str, timeout: float, out: TextIO
+) -> None:
+    """After a broker restart: wait until the users' servers that still run have
+    registered with it again (they retry every second or so), so that a call made right
+    after ``up`` finds its server; a server that does not within ``timeout`` is named."""
+    from zexec.adapters.orchestrator_local.records import Records
+
+    expected = {r["user_id"] for r in Records(d.orchestrator / "servers", create=False)
+                .load_all().values()
+                if r.get("role") == "server" and procs.alive(r["pid"], r.get("start"))}
+    deadline = time.monotonic() + timeout
+    while expected:
+        reply = broker_control(stack["broker_host"], stack["broker_control_port"], admin) or {}
+        expected -= set((reply.get("status") or {}).get("servers") or {})
+        if not expected or time.monotonic() > deadline:
+            break
+        time.sleep(POLL)
+    if expected:
+        out.write(f"note: not yet registered with the new broker: {', '.join(sorted(expected))}\n")
+
+
 def _failure(d: StateDir, name: str, comp: dict[str, Any], what: str) -> str:
     log = d.log(comp["process"])
     where = "" if comp["process"] == name else f" (in the {comp['process']} process)"
@@ -359,14 +355,21 @@ def show(stack: dict[str, Any], out: TextIO) -> None:
         out.write(f"  {label:<15} {value}\n")
     state = stack["state_dir"]
     out.write(f"  {'stack file':<15} {state}/stack.json\n")
+    iso = stack.get("isolation") or {}
+    if iso:
+        out.write(f"  {'isolation':<15} {iso.get('mode')}: {iso.get('description')}\n")
+        if iso.get("mode") == "none":
+            out.write("WARNING: the users of this stack are not isolated from each other "
+                      "(see docs/security.md, Tenant isolation)\n")
     out.write(f"stop it with: zexec down --state-dir {state}\n")
 
 
 def stop(
-    d: StateDir, stack: dict[str, Any], *, grace: float, out: TextIO, quiet: bool = False
+    d: StateDir, stack: dict[str, Any], *, grace: float, out: TextIO, quiet: bool = False,
+    sweep: bool = True,
 ) -> list[str]:
-    """Stop the components of ``stack`` and every process the local orchestrator left
-    under ``d``; returns notes on what needed force."""
+    """Stop the components of ``stack`` and (``sweep``) every process the local
+    orchestrator left under ``d``; returns notes on what needed force."""
     notes: list[str] = []
     comps = stack.get("components", {})
 
@@ -382,7 +385,7 @@ def stop(
         notes += [f"process group {g} outlived SIGTERM by {grace:g}s: killed" for g in killed]
     # Safety net: servers or builds the Deploy API could not stop (it was killed, or
     # crashed earlier) still have their cwd or ready file under the orchestrator dir.
-    leftovers = procs.processes_under(d.orchestrator)
+    leftovers = _leftovers(d) if sweep else []
     if leftovers:
         notes.append(f"stopped {len(leftovers)} leftover server process(es): {leftovers}")
         procs.stop_groups([(p, procs.start_time(p)) for p in leftovers], grace)
@@ -390,6 +393,12 @@ def stop(
         for note in notes:
             out.write(note + "\n")
     return notes
+
+
+def _leftovers(d: StateDir) -> list[int]:
+    """Processes started by the local orchestrator of ``d`` that still run: found by
+    their working directory (a user's, or the orchestrator's for builds) or ready file."""
+    return sorted(set(procs.processes_under(d.orchestrator)) | set(procs.processes_under(d.users)))
 
 
 def down(d: StateDir, *, grace: float, out: TextIO | None = None) -> bool:
@@ -401,7 +410,7 @@ def down(d: StateDir, *, grace: float, out: TextIO | None = None) -> bool:
     with d.locked():
         stack = d.load()
         if stack is None:
-            leftovers = procs.processes_under(d.orchestrator)
+            leftovers = _leftovers(d)
             if leftovers:
                 procs.stop_groups([(p, procs.start_time(p)) for p in leftovers], grace)
                 out.write(f"stopped {len(leftovers)} leftover process(es) under {d.root}\n")

@@ -35,12 +35,33 @@ class StateDir:
         self.root = Path(root).expanduser().resolve()
         self.stack_json = self.root / "stack.json"
         self.tokens = self.root / "tokens.json"
-        self.secret = self.root / "server_secret"
-        self.admin = self.root / "admin_token"
         self.tls_cert = self.root / "broker_tls.crt"
-        self.tls_key = self.root / "broker_tls.key"
+        self.ports = self.root / "ports.json"
+        # Named after the settings they hold: the directory is ZEXEC_SECRETS_DIR.
+        self.secrets = self.root / "secrets"
+        self.secret = self.secrets / "ZEXEC_BROKER_SERVER_SECRET"
+        self.admin = self.secrets / "ZEXEC_BROKER_ADMIN_TOKEN"
+        self.tls_key = self.secrets / "broker_tls.key"
         self.logs = self.root / "logs"
         self.orchestrator = self.root / "orchestrator"
+        self.users = self.root / "users"
+
+    def prepare(self, traversable: bool) -> None:
+        """Create the private directories (0700); move secrets from where zexec before
+        ``secrets/`` kept them. ``traversable``: other uids may pass through the state
+        directory (not list it): the users' servers reach their environment through it
+        when they run as their own uids without a sandbox."""
+        for sub in (self.logs, self.secrets):
+            sub.mkdir(mode=0o700, exist_ok=True)
+            os.chmod(sub, 0o700)
+        self.orchestrator.mkdir(exist_ok=True)
+        for old, new in (("server_secret", self.secret), ("admin_token", self.admin),
+                         ("broker_tls.key", self.tls_key)):
+            if (self.root / old).exists() and not new.exists():
+                os.replace(self.root / old, new)
+        mode = self.root.stat().st_mode
+        if traversable and not mode & 0o001:
+            os.chmod(self.root, (mode & 0o7777) | 0o011)
 
     def log(self, component: str) -> Path:
         return self.logs / f"{component}.log"

@@ -8,6 +8,7 @@ a provider (``orchestrator=...``, ``authenticator=...``) instead of patching.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from dependency_injector import containers, providers
@@ -41,12 +42,24 @@ def _server_secret(broker: BrokerSettings) -> bytes:
 def local_orchestrator(settings: DeploySettings, broker: BrokerSettings) -> Orchestrator:
     """Server processes on this machine, reaching the broker's backend port."""
     from zexec.adapters.orchestrator_local import LocalOrchestrator
+    from zexec.adapters.orchestrator_local.isolation import resolve
+    from zexec.adapters.orchestrator_local.tenancy import paths_to_reach
+    from zexec.adapters.orchestrator_local.uids import UidMap
 
+    state = Path(settings.state_dir).expanduser().resolve()
+    users = Path(settings.users_dir).expanduser().resolve() if settings.users_dir else None
+    isolation = resolve(settings.isolation, single_trust_domain=settings.single_trust_domain,
+                        reach=paths_to_reach(state, *(users,) if users else ()))
+    uids = UidMap(state / "uids.json", settings.uid_range, settings.uid_map) \
+        if isolation.uid else None
     return LocalOrchestrator(
-        settings.state_dir,
+        state,
         f"tcp://{broker.host}:{broker.backend_port}",
         _server_secret(broker),
         idle_timeout=settings.idle_timeout,
+        isolation=isolation,
+        uids=uids,
+        users_dir=users,
     )
 
 

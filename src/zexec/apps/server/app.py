@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+import os
 from functools import partial
 from typing import Any
 
 from zexec.adapters.transport_zmq.server_loop import ServerLoop
 from zexec.apps.runtime import configure_logging
 from zexec.apps.server.pool import WorkerPool, private_endpoint
+from zexec.apps.server.stopped import StoppedWatch
 from zexec.core.errors import ConfigurationError
 from zexec.settings import ServerSettings
+
+
+def read_credential_fd(fd: int) -> str:
+    """The credential written to inherited descriptor ``fd`` (a pipe the orchestrator
+    fills and closes), "" when ``fd`` is -1. The descriptor is closed after reading, so
+    nothing started later (the workers, the user's code) inherits it."""
+    if fd < 0:
+        return ""
+    try:
+        with os.fdopen(fd, "rb") as f:
+            return f.read(4096).decode().strip()
+    except OSError as exc:
+        raise ConfigurationError(f"ZEXEC_SERVER_CREDENTIAL_FD={fd}: cannot read it: {exc}") \
+            from None
 
 
 def build_server(settings: ServerSettings, workers: tuple[str, str] | None = None,
@@ -17,11 +33,13 @@ def build_server(settings: ServerSettings, workers: tuple[str, str] | None = Non
     """Build a server from its settings (nothing starts until ``run``). ``workers`` is
     the workers' (directory, endpoint) (default: new ones) and ``early_worker`` a worker
     already started for it (see :mod:`zexec.apps.server.__main__`)."""
-    credential = settings.credential.get_secret_value()
+    credential = settings.credential.get_secret_value() or read_credential_fd(
+        settings.credential_fd)
     if not settings.user_id or not credential:
         raise ConfigurationError(
-            "the server needs ZEXEC_SERVER_USER_ID and ZEXEC_SERVER_CREDENTIAL "
-            "(the credential is derived from the broker secret by the deployer)"
+            "the server needs ZEXEC_SERVER_USER_ID and ZEXEC_SERVER_CREDENTIAL (or "
+            "ZEXEC_SERVER_CREDENTIAL_FD): the credential is derived from the broker "
+            "secret by the deployer"
         )
     if settings.workers < 1:
         raise ConfigurationError("ZEXEC_SERVER_WORKERS must be at least 1")
@@ -43,6 +61,7 @@ def build_server(settings: ServerSettings, workers: tuple[str, str] | None = Non
         ready_file=settings.ready_file,
         idle_timeout=settings.idle_timeout,
         fresh_process=settings.fresh_process,
+        stopped_watch=StoppedWatch(settings.stopped_timeout),
         workers=workers or private_endpoint(),
         early_worker=early_worker,
     )

@@ -58,6 +58,7 @@ class WorkerProcess:
     ready: bool = False
     task: Any = None  # the Task it runs, if any
     retired: bool = field(default=False)  # killed on purpose: its death is expected
+    reason: str = ""  # why the server killed it, for the call it ran (if any)
 
 
 class WorkerPool:
