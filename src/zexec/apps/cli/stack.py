@@ -35,6 +35,7 @@ from typing import Any, TextIO
 from zexec.adapters.hugepages import with_hugepages
 from zexec.apps import web
 from zexec.apps.cli import procs
+from zexec.apps.cli.banner import down_command, show
 from zexec.apps.cli.state import (
     StackError,
     StateDir,
@@ -270,7 +271,7 @@ def up(
                 up_now = ", ".join(n for n, a in alive.items() if a)
                 raise StackError(
                     f"a stack in {d.root} is partly running ({up_now}); "
-                    f"stop it with: zexec down --state-dir {d.root}"
+                    f"stop it with: {down_command(d.root)}"
                 )
         for sub in (d.logs, d.orchestrator):
             sub.mkdir(parents=True, exist_ok=True)
@@ -352,22 +353,6 @@ def _failure(d: StateDir, name: str, comp: dict[str, Any], what: str) -> str:
     log = d.log(comp["process"])
     where = "" if comp["process"] == name else f" (in the {comp['process']} process)"
     return f"{name}{where} {what}; last lines of {log}:\n{procs.tail(log, 25) or '(empty log)'}"
-
-
-def show(stack: dict[str, Any], out: TextIO) -> None:
-    """The URLs and tokens a user needs, and how to stop."""
-    rows = [
-        ("EP API", stack["ep_api_url"]),
-        ("Deploy API", stack["deploy_api_url"] + stack.get("deploy_api_prefix", "")),
-        ("broker", f"tcp://{stack['broker_host']}:{stack['broker_port']}"),
-        ("identity (dev)", stack["auth_url"]),
-    ]
-    rows += [(f"token {user}", tok) for user, tok in stack["tokens"].items()]
-    for label, value in rows:
-        out.write(f"  {label:<15} {value}\n")
-    state = stack["state_dir"]
-    out.write(f"  {'stack file':<15} {state}/stack.json\n")
-    out.write(f"stop it with: zexec down --state-dir {state}\n")
 
 
 def stop(
