@@ -273,6 +273,11 @@ def connect(
     if not token:
         raise E.ConfigurationError("connect() needs your token")
     ep = ep_api_url.strip().rstrip("/")
+    if ep.startswith("tcp://"):
+        raise E.ConfigurationError(
+            f"{ep!r} is a broker address; connect() takes the EP API's http(s) URL (it "
+            f"finds the broker), or use zexec.Client({ep!r}, token) to talk to the broker only"
+        )
     if not ep.startswith(("http://", "https://")):
         raise E.ConfigurationError(f"the EP API URL must start with http:// or https://: {ep!r}")
     # Certificates are loaded only for an https:// EP API (loading them costs ~60 ms);
@@ -289,9 +294,8 @@ def connect(
     try:
         resp = get(f"{ep}/status/rexec", "discovery", headers=auth)
         if resp.status_code == 404:
-            raise E.ControlPlaneError(
-                f"remote execution is not enabled at {ep}: {_detail(resp)[0]}"
-            )
+            raise E.ControlPlaneError(_not_an_ep_api(http, ep) or (
+                f"remote execution is not enabled at {ep}: {_detail(resp)[0]}"))
         found = check(resp, "discovery").get("deployment_api_url")
         if not isinstance(found, str) or not found:
             raise E.ControlPlaneError(f"{ep}/status/rexec did not name a deployment_api_url")
@@ -322,6 +326,24 @@ def connect(
     set_default_client(client)
     _default = Connection(ep, token, deploy, broker, client, http, user)
     return _default
+
+
+def _not_an_ep_api(http: httpx.Client, url: str) -> str | None:
+    """When ``url`` is a Deploy API rather than an EP API (its ``/broker-config``
+    answers), the message that says so and which URL to pass instead."""
+    for base in (url, deploy_url_from(url)):
+        try:
+            resp = http.get(f"{base}/broker-config")
+            body = resp.json() if resp.is_success else None
+        except Exception:  # a courtesy probe: any failure leaves the plain 404 message
+            continue
+        if isinstance(body, dict) and "broker_external_host" in body:
+            return (
+                f"{url} is a Deploy API, not an EP API: connect() takes the EP API's URL, "
+                "whose /status/rexec names this Deploy API (with zexec up: ep_api_url in "
+                "stack.json, the 'EP API' line it prints)"
+            )
+    return None
 
 
 def default_connection() -> Connection:
