@@ -39,9 +39,11 @@ if TYPE_CHECKING:
         EnvironmentTimeout,
         InvalidEnvironment,
         RemoteError,
+        RemoteExit,
         ServerGone,
         ServerUnavailable,
         VersionMismatch,
+        WorkerDied,
         ZexecError,
     )
 
@@ -57,8 +59,8 @@ _EXPORTS = {
     **dict.fromkeys(
         ("BrokerUnreachable", "CallCancelled", "CallLost", "CallTimeout", "ControlPlaneError",
          "EnvironmentConflict", "EnvironmentFailed", "EnvironmentTimeout",
-         "InvalidEnvironment", "RemoteError", "ServerGone", "ServerUnavailable",
-         "VersionMismatch", "ZexecError"), "zexec.core.errors"),
+         "InvalidEnvironment", "RemoteError", "RemoteExit", "ServerGone", "ServerUnavailable",
+         "VersionMismatch", "WorkerDied", "ZexecError"), "zexec.core.errors"),
 }
 
 
@@ -90,11 +92,13 @@ __all__ = [
     "EnvironmentTimeout",
     "InvalidEnvironment",
     "RemoteError",
+    "RemoteExit",
     "RemoteFunction",
     "RemoteIterator",
     "ServerGone",
     "ServerUnavailable",
     "VersionMismatch",
+    "WorkerDied",
     "ZexecError",
     "connect",
     "environment",

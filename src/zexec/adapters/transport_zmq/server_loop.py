@@ -322,13 +322,24 @@ class ServerLoop:
     def _on_worker_exit(self, fd: int) -> None:
         w = self.pool.reap(fd)
         code = w.proc.returncode
+        # Its call's unsent output goes out before the error that ends the call.
+        death = self.pool.death(w)
+        left = death.leftover
         if self.pool.direct:  # the broker fails its call, if it gave it one
+            if left is not None and not w.retired:  # (killed on purpose: ended already)
+                bodies = death.output(left.call_id, left.legacy, left.seq + 1)
+                for body in bodies:
+                    self._to_broker(p.reply(left.client_id, left.call_id, False, body))
+                self._to_broker(p.reply(left.client_id, left.call_id, True, p.final_error(
+                    left.call_id, left.legacy, "WORKER_DIED", death.message,
+                    left.seq + 1 + len(bodies))))
             self._to_broker(p.worker_gone(w.broker_id, code))
         if w.task is not None and w.task.from_broker:
             self._forget(w.task)
         elif w.task is not None:
-            self._fail(w.task, "WORKER_DIED",
-                       f"the worker process running the call died (exit code {code})")
+            for body in death.output(w.task.call_key, w.task.legacy, self._own_seq(w.task)):
+                self._send_client(w.task, False, body)
+            self._fail(w.task, "WORKER_DIED", death.message)
         if not self.stopping:
             self._spawn_into(self._poller)
 

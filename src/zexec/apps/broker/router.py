@@ -34,6 +34,7 @@ from typing import Any
 
 from zexec.core import protocol as p
 from zexec.core.errors import AuthError, AuthUnavailable, Forbidden, ProtocolError
+from zexec.core.exits import worker_died
 from zexec.core.model import UserIdentity
 from zexec.core.tokencache import TokenCache, token_key
 
@@ -546,7 +547,7 @@ class Router:
         call = self.inflight.get(key) if key is not None else None
         if key is None or call is None:
             return
-        text = f"the worker process running the call died (exit code {msg.exit_code})"
+        text = worker_died(msg.exit_code)
         self._deliver(key, True, p.final_error(key[1], call.legacy, "WORKER_DIED", text))
 
     def _deliver(self, key: Key, final: bool, body: list[Any]) -> None:
