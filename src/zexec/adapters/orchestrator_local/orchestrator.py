@@ -30,7 +30,8 @@ from zexec.adapters.hugepages import with_hugepages
 from zexec.adapters.orchestrator_local import procs
 from zexec.adapters.orchestrator_local.envs import BuildCancelled, BuildFailed, EnvStore
 from zexec.adapters.orchestrator_local.pythons import discover_pythons, find_uv, running_python
-from zexec.adapters.orchestrator_memory import TERMINAL, conflict_message
+from zexec.adapters.orchestrator_memory import conflict_message
+from zexec.core import replacing
 from zexec.core.errors import EnvironmentConflict, InvalidEnvironment
 from zexec.core.model import EnvSpec, ServerStatus, UserIdentity
 from zexec.core.protocol import server_credential
@@ -67,6 +68,9 @@ class _Server:
     stopped: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
     thread: threading.Thread | None = None
+    #: A replacement built beside the current server (see :mod:`zexec.core.replacing`):
+    #: promoted to current once ready, its own ready file meanwhile.
+    beside: bool = False
 
 
 class LocalOrchestrator:
@@ -114,6 +118,7 @@ class LocalOrchestrator:
         for sub in ("logs", "run"):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
         self._servers: dict[str, _Server] = {}
+        self._nexts: dict[str, _Server] = {}  # replacements built beside a current server
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self._discovering = threading.Lock()  # one discovery; the users' locks stay free
@@ -121,44 +126,63 @@ class LocalOrchestrator:
     # ------------------------------------------------------------------ the port
 
     def ensure(self, user: UserIdentity, spec: EnvSpec, force: bool = False) -> ServerStatus:
-        with self._user_lock(user.user_id):
-            cur = self._servers.get(user.user_id)
-            if cur is not None and cur.phase not in TERMINAL and not force:
-                if cur.spec.digest == spec.digest:
-                    return self._snapshot(cur)
-                raise EnvironmentConflict(conflict_message(user.user_id, cur.spec, spec))
+        uid = user.user_id
+        with self._user_lock(uid):
+            cur, nxt = self._servers.get(uid), self._nexts.get(uid)
+            decision = replacing.plan_ensure(self._plain(cur), self._plain(nxt), spec, force)
+            if decision == "conflict":
+                have = replacing.wanted(self._plain(cur), self._plain(nxt))
+                raise EnvironmentConflict(conflict_message(uid, have.env if have else None,
+                                                           spec))
+            if decision == "keep-current" and nxt is not None:
+                self._nexts.pop(uid)  # a failed replacement: the user is back
+            if decision in ("keep-current", "keep-next"):
+                return self._view(uid)
             interpreter = self._interpreter(spec.python)  # refuse before stopping anything
-            if cur is not None:
+            if nxt is not None:
+                self._stop(self._nexts.pop(uid))
+            if decision == "restart" and cur is not None:
                 self._stop(cur)
-            log = self.log_path(user.user_id)
+            log = self.log_path(uid)
             if log.exists():  # one server's story per log; keep the previous one
                 os.replace(log, log.with_name(log.name + ".1"))
-            rec = _Server(
-                user.user_id, file_key(user.user_id), spec, interpreter, "pending", self.clock()
-            )
-            self._servers[user.user_id] = rec
+            rec = _Server(uid, file_key(uid), spec, interpreter, "pending", self.clock(),
+                          beside=decision == "replace-beside")
+            (self._nexts if rec.beside else self._servers)[uid] = rec
             rec.thread = threading.Thread(
                 target=self._provision, args=(rec,), name=f"zexec-local-{rec.key}", daemon=True
             )
-            first = self._snapshot(rec)  # before the thread can move it on
+            first = self._view(uid)  # before the thread can move it on
             rec.thread.start()
             return first
 
     def terminate(self, user_id: str) -> bool:
         with self._user_lock(user_id):
+            nxt = self._nexts.pop(user_id, None)
+            if nxt is not None:
+                self._stop(nxt)
             rec = self._servers.pop(user_id, None)
-            if rec is None:
+            if rec is not None:
+                self._stop(rec)
+            return rec is not None or nxt is not None
+
+    def cancel(self, user_id: str, digest: str | None = None) -> bool:
+        with self._user_lock(user_id):
+            cur, nxt = self._servers.get(user_id), self._nexts.get(user_id)
+            what = replacing.plan_cancel(self._plain(cur), self._plain(nxt), digest)
+            if what is None:
                 return False
-            self._stop(rec)
+            table = self._nexts if what == "next" else self._servers
+            self._stop(table.pop(user_id))
             return True
 
     def status(self, user_id: str) -> ServerStatus | None:
-        rec = self._servers.get(user_id)
-        return None if rec is None else self._snapshot(rec)
+        return self._view(user_id)
 
     def list(self) -> list[ServerStatus]:
-        rows = list(self._servers.values())  # a copy: ensure() may insert meanwhile
-        return [self._snapshot(r) for r in sorted(rows, key=lambda r: r.key)]
+        users = sorted({*self._servers, *self._nexts}, key=file_key)  # copies: ensure()
+        views = [self._view(u) for u in users]                        # may insert meanwhile
+        return [v for v in views if v is not None]
 
     # ------------------------------------------------------------------ extras
 
@@ -196,6 +220,13 @@ class LocalOrchestrator:
             )
         return found[python]
 
+    def _view(self, user_id: str) -> ServerStatus | None:
+        return replacing.view(self._plain(self._servers.get(user_id)),
+                              self._plain(self._nexts.get(user_id)))
+
+    def _plain(self, rec: _Server | None) -> ServerStatus | None:
+        return None if rec is None else self._snapshot(rec)
+
     def _snapshot(self, rec: _Server) -> ServerStatus:
         with rec.lock:
             phase, reason, tail, since = rec.phase, rec.reason, rec.log_tail, rec.since
@@ -221,7 +252,7 @@ class LocalOrchestrator:
         self._ready_file(rec).unlink(missing_ok=True)
 
     def _ready_file(self, rec: _Server) -> Path:
-        return self.state_dir / "run" / f"{rec.key}.ready"
+        return self.state_dir / "run" / f"{rec.key}{'.next' if rec.beside else ''}.ready"
 
     def _child_env(self, extra: dict[str, str], venv: Path | None = None) -> dict[str, str]:
         env = {
@@ -243,6 +274,26 @@ class LocalOrchestrator:
             log.flush()
             rec.proc = procs.spawn(cmd, env=env, log=log, cwd=self.state_dir)
             return True
+
+    def _promote(self, rec: _Server) -> bool:
+        """A replacement is ready (registered: the broker routes to it now): it becomes
+        the user's server and the one it replaces is stopped. False if it was stopped
+        itself meanwhile (whoever stops it holds the user's lock: never wait on it)."""
+        lock = self._user_lock(rec.user_id)
+        while not lock.acquire(timeout=0.05):
+            if rec.stopped.is_set():
+                return False
+        try:
+            if rec.stopped.is_set() or self._nexts.get(rec.user_id) is not rec:
+                return False
+            del self._nexts[rec.user_id]
+            old = self._servers.get(rec.user_id)
+            self._servers[rec.user_id] = rec
+            if old is not None:
+                self._stop(old)
+            return True
+        finally:
+            lock.release()
 
     def _provision(self, rec: _Server) -> None:
         try:
@@ -301,6 +352,8 @@ class LocalOrchestrator:
             if rec.stopped.wait(READY_POLL):
                 return
         if proc.poll() is None:
+            if rec.beside and not self._promote(rec):
+                return
             self._set(rec, "ready")
         code = proc.wait()
         procs.reap_group(proc)  # workers the server left behind

@@ -114,6 +114,7 @@ class ServerLoop:
         self.last_activity = time.monotonic()
         self.stopping = False
         self.exit_code = 0
+        self.started = time.time()
         self._next_deadline = float("inf")  # earliest deadline of any task
 
     # ------------------------------------------------------------------ broker side
@@ -122,7 +123,8 @@ class ServerLoop:
         info = {"python": PYTHON, "workers": self.pool.size, "pid": os.getpid(),
                 "running": len(self.tasks) - len(self.queue), "queued": len(self.queue),
                 "direct": self.pool.direct, "stopping": self.stopping,
-                "worker_prefix": self.pool.worker_prefix}
+                "worker_prefix": self.pool.worker_prefix,
+                "started": self.started}  # the newest of a user's servers wins
         self._to_broker(p.register(self.user_id, self.credential, info))
 
     def _to_broker(self, frames: list[Any]) -> None:

@@ -582,6 +582,15 @@ class Router:
                 {"ok": False, "error": "this connection already serves another user"})]))
             return
         current = self.servers.get(msg.user_id)
+        if current is not None and current.rid != rid and \
+                _started(current.info) > _started(msg.info):
+            # The server a newer one replaced (built beside it, see
+            # zexec.core.replacing) must not take the user back with its next heartbeat:
+            # refused, it stops.
+            self.stats["bad_registration"] += 1
+            self.outbox.append((BACK, [rid, b"", p.MAGIC, p.REGISTER_ACK, p.dump_header(
+                {"ok": False, "error": "replaced by a newer server of this user"})]))
+            return
         if current is not None and current.rid != rid:
             # A replacement server (restart, force reinstall): the old one is gone.
             self._drop_server(msg.user_id, "server was replaced")
@@ -697,6 +706,13 @@ class Router:
 
     def _front(self, rid: bytes, body: list[Any]) -> None:
         self.outbox.append((FRONT, [rid, b"", *body]))
+
+
+def _started(info: dict[str, Any]) -> float:
+    """When a server started (epoch seconds, from its registration; 0 if it did not say)."""
+    value = info.get("started", 0.0)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) \
+        else 0.0
 
 
 def _size(frames: Sequence[Any]) -> int:

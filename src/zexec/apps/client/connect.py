@@ -198,12 +198,15 @@ class Connection:
         path) under ``python`` (default: this interpreter's ``X.Y``), waiting up to
         ``timeout`` seconds for it to be ready. The same environment again returns at
         once; another one raises EnvironmentConflict unless ``force=True``, which
-        replaces the server. Returns the server's status (``phase`` is ``"ready"``).
-        While waiting it asks for the status every 50 ms for the first 3 s, then every
-        ``poll`` seconds."""
+        replaces the server: the new environment is built beside your running server,
+        which keeps serving until the new one is ready (and goes on if the build fails).
+        Returns the server's status (``phase`` is ``"ready"``). While waiting it asks for
+        the status every 50 ms for the first 3 s, then every ``poll`` seconds. Ctrl-C
+        (KeyboardInterrupt) while waiting asks the Deploy API to cancel the build."""
         body = {"requirements": requirement_list(requirements, python), "force": bool(force)}
         display = Progress(enabled=progress)
         started = time.monotonic()
+        st: dict[str, Any] = {}
         try:
             st = check(self._request("POST", "/spawn", "spawn", json=body), "spawn")
             while True:
@@ -234,8 +237,29 @@ class Connection:
                         "your server disappeared while starting (terminated meanwhile?)"
                     )
                 st = check(resp, "status")
+        except KeyboardInterrupt:
+            display.close(self._cancel_build(st))
+            raise
         finally:
             display.close()
+
+    def _cancel_build(self, st: dict[str, Any]) -> str:
+        """After Ctrl-C in :meth:`environment`: ask the Deploy API to stop the build (of
+        the environment asked for, when known); returns what happened, in a few words."""
+        if st.get("phase") in ("ready", "failed", "terminated"):
+            return "interrupted"
+        digest = (st.get("env") or {}).get("digest")
+        try:
+            resp = self._request("POST", "/cancel", "cancel",
+                                 json={"digest": digest} if digest else {})
+            done = check(resp, "cancel")
+        except E.ZexecError as exc:
+            return f"interrupted; the build could not be cancelled ({exc})"
+        if not done.get("cancelled"):
+            return "interrupted (no build was under way)"
+        if done.get("status"):
+            return "interrupted: build cancelled, your previous server keeps serving"
+        return "interrupted: build cancelled"
 
     def status(self) -> dict[str, Any] | None:
         """Your server's status (phase, reason, log tail, environment), None if none."""
