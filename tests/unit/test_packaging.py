@@ -152,3 +152,14 @@ def test_running_wheel_of_this_checkout_installs_entry_points(tmp_path):
     assert "zexec/apps/server/__main__.py" in names
     assert "zexec/adapters/catalog_sqlite/sample_datasets.json" in names
     assert "serializers = zexec.adapters.serializer.plugin" in eps
+
+
+def test_image_builds_copy_every_file_pyproject_names():
+    names = {PYPROJECT["readme"], *PYPROJECT["license-files"], "pyproject.toml"}
+    for image in ("Dockerfile", "Dockerfile.server"):
+        text = (REPO / "deploy" / "docker" / image).read_text()
+        copied = {f for line in text.splitlines() if line.startswith("COPY pyproject.toml")
+                  for f in line.split()[1:-1]}
+        assert names <= copied, image
+        ignore = (REPO / "deploy" / "docker" / f"{image}.dockerignore").read_text().split()
+        assert all(f"!{n}" in ignore for n in names), image
