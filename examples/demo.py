@@ -1,6 +1,9 @@
 """A short tour of zexec against the stack ``zexec up`` started on this machine.
 
-    python examples/demo.py [STACK_JSON]      (default: .state/stack.json)
+    python examples/demo.py [STACK]     (STACK: a stack.json, or the --state-dir of zexec up)
+
+Without STACK it uses the first stack.json found in ``$ZEXEC_STATE_DIR``, ``./.state``,
+the repository's ``.state`` (``scripts/demo.sh``) and ``~/.zexec`` (``zexec up``'s default).
 
 Connects as the development user alice, asks for a server running this interpreter's
 Python with numpy, runs a few remote calls, then terminates the server. Each function
@@ -10,6 +13,7 @@ below runs in alice's server process, not here.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -56,9 +60,25 @@ def scale(a: np.ndarray, k: float) -> np.ndarray:
     return a * k
 
 
+def find_stack(arg: str | None) -> Path:
+    """The stack.json to use (see the module doc); exits with a message if there is none."""
+    if arg:
+        given = Path(arg).expanduser()
+        candidates = [given / "stack.json" if given.is_dir() else given]
+    else:
+        dirs = [os.environ.get("ZEXEC_STATE_DIR"), ".state",
+                Path(__file__).resolve().parents[1] / ".state", "~/.zexec"]
+        candidates = [Path(d).expanduser() / "stack.json" for d in dirs if d]
+    for path in candidates:
+        if path.is_file():
+            return path
+    looked = ", ".join(str(p) for p in candidates)
+    sys.exit(f"demo.py: no stack.json ({looked}); start the stack with `zexec up "
+             "--state-dir DIR` and run: python examples/demo.py DIR/stack.json")
+
+
 def main() -> None:
-    stack_file = Path(sys.argv[1] if len(sys.argv) > 1 else ".state/stack.json")
-    stack = json.loads(stack_file.read_text())
+    stack = json.loads(find_stack(sys.argv[1] if len(sys.argv) > 1 else None).read_text())
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
 
     print(f"== connecting to {stack['ep_api_url']} as alice")

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
         Forbidden,
         InvalidEnvironment,
         RemoteError,
+        RemoteExit,
         ServerGone,
         ServerUnavailable,
         TooLarge,
@@ -60,7 +61,7 @@ _EXPORTS = {
     **dict.fromkeys(
         ("BrokerUnreachable", "CallCancelled", "CallLost", "CallTimeout", "ControlPlaneError",
          "EnvironmentConflict", "EnvironmentFailed", "EnvironmentTimeout", "Forbidden",
-         "InvalidEnvironment", "RemoteError", "ServerGone", "ServerUnavailable",
+         "InvalidEnvironment", "RemoteError", "RemoteExit", "ServerGone", "ServerUnavailable",
          "TooLarge", "VersionMismatch", "WorkerDied", "ZexecError"), "zexec.core.errors"),
 }
 
@@ -94,6 +95,7 @@ __all__ = [
     "Forbidden",
     "InvalidEnvironment",
     "RemoteError",
+    "RemoteExit",
     "RemoteFunction",
     "RemoteIterator",
     "ServerGone",

@@ -58,6 +58,8 @@ def filled(nbytes, value=7):
     import numpy as np
 
     return np.full(nbytes, value, dtype=np.uint8)
+
+
 def stop_myself():
     """Stop the calling worker (SIGSTOP): it makes no progress until continued."""
     import os
@@ -65,3 +67,51 @@ def stop_myself():
 
     os.kill(os.getpid(), signal.SIGSTOP)
     return "continued"
+
+
+# ---------------------------------------------------------------- calls that surprise
+
+
+def exits_3():
+    import sys
+
+    print("about to exit")
+    sys.exit(3)
+
+
+def plain_exit():
+    exit()
+
+
+def interrupts():
+    raise KeyboardInterrupt("remote ctrl-c")
+
+
+def gen_exit():
+    yield 1
+    raise GeneratorExit
+
+
+def segfaults_after_printing():
+    import ctypes
+    import sys
+
+    print("line one")
+    print("to stderr", file=sys.stderr)
+    print("last words", end="")
+    ctypes.string_at(0)  # a real invalid read: SIGSEGV
+
+
+def kills_itself(sig_name):
+    import os
+    import signal
+
+    print(f"sending {sig_name}")
+    os.kill(os.getpid(), getattr(signal, sig_name))
+
+
+def hog():
+    print("allocating")
+    chunks = []
+    while True:
+        chunks.append(bytearray(16 * 1024 * 1024))  # touched: really resident

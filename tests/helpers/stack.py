@@ -127,9 +127,11 @@ class Stack:
             return False
 
     def start_server(self, user: str = "alice", workers: int = 2, user_id: str = "",
-                     credential: str = "", **env: str) -> subprocess.Popen:
+                     credential: str = "", launcher: tuple[str, ...] = (),
+                     **env: str) -> subprocess.Popen:
         """Start ``user``'s server (its id is the dev IdP's id for that name unless
-        ``user_id`` is given) and wait until the broker accepted it."""
+        ``user_id`` is given) and wait until the broker accepted it. ``launcher`` is
+        put before the command (a wrapper that ends with ``exec "$@"``)."""
         ready = self.workdir / f"{user}.ready"
         ready.unlink(missing_ok=True)
         uid = user_id or user_id_for(user)
@@ -142,7 +144,7 @@ class Stack:
             **env,
         )
         log = open(self.workdir / f"server-{user}.log", "ab")
-        proc = subprocess.Popen([sys.executable, "-m", "zexec.apps.server"], env=penv,
+        proc = subprocess.Popen([*launcher, sys.executable, "-m", "zexec.apps.server"], env=penv,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.servers[user] = proc
 

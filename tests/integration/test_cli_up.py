@@ -2,8 +2,8 @@
 through ``zexec.connect`` with the real local orchestrator.
 
 One stack and one environment build for the whole module: ``python==<this X.Y>`` and
-nothing else, so uv builds a single venv (the local orchestrator installs this zexec
-source tree into it, editable). The tests run in file order and share the stack; the
+nothing else, so uv builds a single venv (the local orchestrator installs a wheel of this
+zexec into it). The tests run in file order and share the stack; the
 down test stops it and checks that no process of it is left; the last one starts it again
 and stops the web process alone with SIGTERM, as a supervisor would.
 """
@@ -109,6 +109,37 @@ def test_up_again_is_idempotent(state, stack):
     assert "already running" in again.stdout
     assert stack["tokens"]["alice"] in again.stdout
     assert json.loads((state / "stack.json").read_text())["components"] == stack["components"]
+
+
+def test_up_prints_what_to_paste(state, stack):
+    out = zexec_cli("up", state=state).stdout  # running already: prints the same banner
+    # The zexec that ran, by its full path: a venv's bin/ is often not on PATH.
+    assert f"stop it with: {' '.join(ZEXEC)} down --state-dir {state}" in out
+    assert ZEXEC[0].startswith("/")
+    # The broker port the SDK will use, as /broker-config reports it: on loopback the
+    # plain one (docs/security.md), with the TLS port for encrypt=True beside it.
+    assert f"tcp://127.0.0.1:{stack['broker_port']}  (what zexec.connect uses" in out
+    assert f"tls://127.0.0.1:{stack['broker_secure_port']}  (zexec.connect(..., encrypt" in out
+
+
+def test_readme_lists_every_stack_json_key(stack):
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme[readme.index("Its keys:"):readme.index("## The `zexec` command")]
+    listed = set()
+    for row in table.splitlines()[4:]:
+        if row.startswith("| `"):
+            listed |= {k.strip("` ") for k in row.split("|")[1].split(",")}
+    assert listed == set(stack)
+
+
+def test_connect_to_the_deploy_api_url_says_which_url_to_use(stack):
+    for wrong in (stack["deploy_api_url"], stack["deploy_api_url"] + "/rexec"):
+        with pytest.raises(zexec.ControlPlaneError, match="is a Deploy API, not an EP API.*"
+                           "ep_api_url in stack.json"):
+            zexec.connect(wrong, stack["tokens"]["alice"])
+    broker = f"tcp://127.0.0.1:{stack['broker_port']}"
+    with pytest.raises(zexec.ZexecError, match="is a broker address.*zexec.Client"):
+        zexec.connect(broker, stack["tokens"]["alice"])
 
 
 def test_remote_calls_through_connect(alice, capfd):

@@ -67,7 +67,7 @@ def test_worker_crash_is_reported_and_replaced(stack):
         os._exit(7)
 
     with zexec.Client(stack.frontend, stack.tokens["alice"]) as c:
-        with pytest.raises(zexec.ZexecError, match="exit code 7"):
+        with pytest.raises(zexec.ZexecError, match="exited with status 7"):
             c.call(crash)
         assert [c.call(abs, -i) for i in range(5)] == list(range(5))
 

@@ -21,33 +21,57 @@ pytest_plugins = ["orch_fixtures", "k8s_fixtures"]
 
 A = parse_env_spec([f"python=={PY}"])
 B = parse_env_spec([f"python=={PY}", "six"])
+BROKEN = parse_env_spec([f"python=={PY}", "zexec-test-no-such-package-4711"])
 _ids = itertools.count()
 
 
 @pytest.fixture(params=["memory", "local", "kubernetes"])
-def impl(request) -> tuple[Orchestrator, Callable[[str], None]]:
-    """(orchestrator, make_ready(user_id)): make_ready brings the user's server to
-    ready the way that implementation gets there."""
+def impl3(request) -> tuple[Orchestrator, Callable[[str], None], Callable]:
+    """(orchestrator, make_ready(user_id), force_failing(user)): make_ready brings the
+    user's server (the replacement, while one is built) to ready the way that
+    implementation gets there; force_failing forces a replacement that fails there."""
     if request.param == "memory":
         orch = InMemoryOrchestrator()
-        return orch, lambda uid: orch.advance(uid, "ready")
+
+        def memory_fail(u: UserIdentity) -> None:
+            orch.ensure(u, B, force=True)
+            orch.advance(u.user_id, "failed", "no such package")
+
+        return orch, lambda uid: orch.advance(uid, "ready"), memory_fail
     if request.param == "local":
         orch = request.getfixturevalue("lite")
 
         def local_ready(uid: str) -> None:
             wait_for(lambda: (s := orch.status(uid)) and s.phase == "ready" and s, what=uid)
 
-        return orch, local_ready
+        def local_fail(u: UserIdentity) -> None:
+            orch.ensure(u, BROKEN, force=True)
+            wait_for(lambda: orch.status(u.user_id).phase == "failed", what="build failure")
+
+        return orch, local_ready, local_fail
     orch = request.getfixturevalue("k8s_orch")
     core = client.CoreV1Api(request.getfixturevalue("kube")[1])
 
-    def k8s_ready(uid: str) -> None:  # what the kubelet would report
+    def set_pod(uid: str, status: dict) -> None:  # what the kubelet would report
         ns = f"zexec-u-{uid}"
-        pod = core.read_namespace(ns).metadata.annotations["zexec.io/pod"]
-        status = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+        ann = core.read_namespace(ns).metadata.annotations
+        pod = ann.get("zexec.io/next-pod") or ann["zexec.io/pod"]
         core.patch_namespaced_pod_status(pod, ns, {"status": status}, _preload_content=False)
 
-    return orch, k8s_ready
+    def k8s_ready(uid: str) -> None:
+        set_pod(uid, {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]})
+
+    def k8s_fail(u: UserIdentity) -> None:
+        orch.ensure(u, B, force=True)
+        set_pod(u.user_id, {"phase": "Failed", "initContainerStatuses": [
+            {"name": "install", "state": {"terminated": {"exitCode": 1}}}]})
+
+    return orch, k8s_ready, k8s_fail
+
+
+@pytest.fixture
+def impl(impl3) -> tuple[Orchestrator, Callable[[str], None]]:
+    return impl3[0], impl3[1]
 
 
 def user() -> UserIdentity:
@@ -84,6 +108,60 @@ def test_other_environment_conflicts_unless_forced(impl):
     make_ready(u.user_id)
     assert orch.status(u.user_id).phase == "ready"
     orch.terminate(u.user_id)
+
+
+def test_force_builds_beside_the_server_which_serves_until_the_new_one_is_ready(impl):
+    orch, make_ready = impl
+    u = user()
+    orch.ensure(u, A)
+    make_ready(u.user_id)
+    st = orch.ensure(u, B, force=True)
+    assert st.env == B and st.phase != "ready"
+    assert (st.previous.phase, st.previous.env) == ("ready", A)  # still serving
+    with pytest.raises(EnvironmentConflict):
+        orch.ensure(u, A)  # the user asked for B last
+    assert orch.ensure(u, B).env == B  # idempotent while it builds
+    assert orch.status(u.user_id).previous.env == A
+    make_ready(u.user_id)
+    st = orch.status(u.user_id)
+    assert (st.phase, st.env, st.previous) == ("ready", B, None)  # the old one is gone
+    assert [s.env for s in orch.list() if s.user_id == u.user_id] == [B]
+    orch.terminate(u.user_id)
+
+
+def test_a_failed_replacement_leaves_the_old_server_serving(impl3):
+    orch, make_ready, force_failing = impl3
+    u = user()
+    orch.ensure(u, A)
+    make_ready(u.user_id)
+    force_failing(u)
+    st = orch.status(u.user_id)
+    assert st.phase == "failed" and "your previous server" in st.reason
+    assert "keeps serving" in st.reason
+    assert (st.previous.phase, st.previous.env) == ("ready", A)
+    back = orch.ensure(u, A)  # asking for the serving environment: no rebuild
+    assert (back.phase, back.env, back.previous) == ("ready", A, None)
+    assert orch.status(u.user_id).phase == "ready"
+    orch.terminate(u.user_id)
+
+
+def test_cancel_drops_a_replacement_or_a_first_server_on_its_way(impl):
+    orch, make_ready = impl
+    u = user()
+    orch.ensure(u, A)
+    make_ready(u.user_id)
+    orch.ensure(u, B, force=True)
+    assert orch.cancel(u.user_id, A.digest) is False  # not the build under way
+    assert orch.cancel(u.user_id, B.digest) is True
+    st = orch.status(u.user_id)
+    assert (st.phase, st.env, st.previous) == ("ready", A, None)
+    assert orch.cancel(u.user_id) is False  # nothing under way: the ready one stays
+    assert orch.status(u.user_id).phase == "ready"
+    orch.terminate(u.user_id)
+    v = user()
+    orch.ensure(v, A)
+    assert orch.cancel(v.user_id) is True
+    assert orch.status(v.user_id) is None
 
 
 def test_terminate_then_nothing(impl):

@@ -61,7 +61,13 @@ def test_server_runs_in_the_built_env_with_its_settings(full, standin, monkeypat
     env_dir = full.state_dir / "envs" / SIX.digest
     assert Path(rep["prefix"]) == env_dir
     assert rep["six"] is True
-    assert rep["zexec"].startswith(str(Path(__file__).resolve().parents[2]))  # editable
+    # zexec comes from the wheel of this very installation, not an index or the checkout
+    installed = Path(rep["zexec"])
+    assert installed.is_relative_to(env_dir)
+    import zexec
+
+    assert installed.read_bytes() == Path(zexec.__file__).read_bytes()
+    assert "zexec-wheels" in full.log_path("alice").read_text()
     assert rep["ZEXEC_SERVER_USER_ID"] == "alice"
     # The credential comes over an inherited pipe, never in the environment.
     assert rep["credential"] == server_credential(SECRET, "alice")

@@ -427,6 +427,25 @@ def test_replacement_registration_fails_the_old_servers_calls():
     assert take(r) == []
 
 
+def test_a_replaced_server_cannot_take_its_user_back():
+    r = ready()  # SRV_A registered (no start time: 0)
+    back(r, SRV_A2, p.register("alice-id", cred("alice-id"), {"started": 200.0}), 1.0)
+    take(r)
+    # The old one's next heartbeat (it started earlier) is refused: it stops.
+    back(r, SRV_A, p.register("alice-id", cred("alice-id"), {"started": 100.0}), 1.2)
+    (dest, frames), = take(r)
+    assert frames[0] == SRV_A and p.load_header(frames[4]) == {
+        "ok": False, "error": "replaced by a newer server of this user"}
+    assert r.servers["alice-id"].rid == SRV_A2
+    front(r, CLI, call(T_ALICE, ID1), 1.5)
+    (_, frames), = take(r)
+    assert frames[0] == SRV_A2
+    # A server that started later (a restart) still replaces it.
+    back(r, SRV_A, p.register("alice-id", cred("alice-id"), {"started": 300.0}), 2.0)
+    take(r)
+    assert r.servers["alice-id"].rid == SRV_A
+
+
 def test_server_ttl_expiry_fails_in_flight_calls():
     r = ready()
     front(r, CLI, call(T_ALICE, ID1), 0.5)

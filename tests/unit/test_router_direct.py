@@ -241,7 +241,7 @@ def test_a_worker_death_fails_its_call_and_it_is_forgotten():
     back(r, SRV_A, p.worker_gone(runner, 9), 1.2)
     (dest, frames), = take(r)
     ev = client_event(frames)
-    assert ev.header["code"] == "WORKER_DIED" and "exit code 9" in ev.header["message"]
+    assert ev.header["code"] == "WORKER_DIED" and "exited with status 9" in ev.header["message"]
     assert runner not in r.workers and r.inflight == {}
 
 

@@ -152,6 +152,37 @@ class RemoteError(CallError):
         return base
 
 
+class RemoteExit(CallError):
+    """The remote function raised ``SystemExit`` (``sys.exit()``, ``exit()``),
+    ``KeyboardInterrupt``, ``GeneratorExit`` or another exception that is not an
+    ``Exception``: it ends the call, never the caller's program. ``type_name`` says
+    which, ``exit_status`` is SystemExit's argument (None for the others). On the wire
+    it is a remote exception (code ``REMOTE_EXCEPTION``) of this type."""
+
+    code = "REMOTE_EXIT"
+
+    def __init__(self, type_name: str, detail: str = "", exit_status: int | str | None = None):
+        super().__init__(type_name, detail, exit_status)
+        self.type_name = type_name
+        self.detail = detail
+        self.exit_status = exit_status
+
+    def __str__(self) -> str:
+        if self.type_name == "SystemExit":
+            what = f"SystemExit({self.exit_status!r}) (sys.exit() or exit())"
+        else:
+            what = self.type_name + (f": {self.detail}" if self.detail else "")
+        return f"the remote function raised {what}; the call ended, your program goes on"
+
+    @classmethod
+    def wrap(cls, exc: BaseException) -> RemoteExit:
+        """The RemoteExit standing for ``exc``."""
+        status = exc.code if isinstance(exc, SystemExit) else None
+        if status is not None and not isinstance(status, int | str):
+            status = repr(status)
+        return cls(type(exc).__name__, "" if isinstance(exc, SystemExit) else str(exc), status)
+
+
 #: (InvalidEnvironment, EnvironmentConflict and OrchestratorError are added below.)
 #: Error classes by wire code, for clients turning an ERROR event back into an exception.
 BY_CODE: dict[str, type[ZexecError]] = {

@@ -69,3 +69,6 @@ class ServerStatus:
     log_tail: tuple[str, ...] = ()
     #: Epoch seconds when the server entered ``phase``.
     since: float = 0.0
+    #: While a forced replacement is built beside it (and after one failed), the server
+    #: that keeps serving the user meanwhile; None otherwise.
+    previous: ServerStatus | None = None

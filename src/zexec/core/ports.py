@@ -73,12 +73,19 @@ class Orchestrator(Protocol):
     ``ensure`` is idempotent: a server for ``user`` with the same ``spec.digest`` is left
     as it is; a different digest raises
     :class:`~zexec.core.errors.EnvironmentConflict` unless ``force``, which replaces
-    it. It returns at once with the current status; building the environment and
-    starting the server continue in the background (``status`` shows the phase:
-    pending -> installing -> starting -> ready, or failed with a reason).
+    it: a ready server keeps serving while the new one is built beside it and is
+    stopped only once that one is ready; if it fails, the old one goes on (the rules are
+    :mod:`zexec.core.replacing`'s, shared by every implementation). It returns at once
+    with the status; building the environment and starting the server continue in the
+    background (``status`` shows the phase: pending -> installing -> starting -> ready,
+    or failed with a reason; during a replacement, that of the new server, with the one
+    still serving as ``previous``).
     A server in a terminal phase (``failed``, or ``terminated`` after exiting on its
     idle timeout) is no conflict: ``ensure`` starts a new one, whatever its digest.
-    ``terminate`` removes the user's server and returns whether there was one.
+    ``terminate`` removes the user's server (and a replacement) and returns whether
+    there was one. ``cancel(user_id, digest)`` stops a build under way (of ``digest``,
+    or any when None): a replacement is dropped and the previous server goes on, a first
+    server not yet ready is removed; it returns whether there was one to stop.
     ``status`` is None when the user has no server. ``ensure`` raises
     :class:`~zexec.core.errors.InvalidEnvironment` when this orchestrator cannot serve
     the spec (e.g. no such Python here) and
@@ -89,6 +96,8 @@ class Orchestrator(Protocol):
     def ensure(self, user: UserIdentity, spec: EnvSpec, force: bool = False) -> ServerStatus: ...
 
     def terminate(self, user_id: str) -> bool: ...
+
+    def cancel(self, user_id: str, digest: str | None = None) -> bool: ...
 
     def status(self, user_id: str) -> ServerStatus | None: ...
 

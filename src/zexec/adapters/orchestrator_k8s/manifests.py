@@ -40,6 +40,10 @@ LABEL_DIGEST = "zexec.io/env-digest"
 ANN_USER_ID = "zexec.io/user-id"
 ANN_ENV = "zexec.io/env"
 ANN_POD = "zexec.io/pod"
+#: A replacement pod built beside the current one, and its EnvSpec (see
+#: :mod:`zexec.core.replacing`); promoted to ANN_POD / ANN_ENV once ready.
+ANN_NEXT_POD = "zexec.io/next-pod"
+ANN_NEXT_ENV = "zexec.io/next-env"
 ANN_CREATED = "zexec.io/created-at"
 
 SERVER_CONTAINER = "server"

@@ -6,10 +6,13 @@ name), so Deploy API replicas and restarts agree. A lock per user orders this
 process's calls; across replicas the API server's 409s do.
 
 ``ensure`` creates the namespace, NetworkPolicy, Secret, ConfigMap and Pod (in that
-order, so the pod never runs unconfined) or, on ``force`` or after the server ended,
-replaces the Pod and ConfigMap in place. ``terminate`` deletes the namespace; Kubernetes
-removes everything in it (the namespace stays "Terminating" for a while, during which
-the user has no server and a new ``ensure`` asks to retry shortly).
+order, so the pod never runs unconfined) or, after the server ended, replaces the Pod
+and ConfigMap in place. ``force`` on a ready server builds the new pod *beside* it (the
+namespace's ``next-pod``/``next-env`` annotations, :mod:`zexec.core.replacing`): the
+first ``status`` that sees it ready promotes it and deletes the old pod; a failed one is
+reported while the old pod goes on serving. ``terminate`` deletes the namespace;
+Kubernetes removes everything in it (the namespace stays "Terminating" for a while,
+during which the user has no server and a new ``ensure`` asks to retry shortly).
 """
 
 from __future__ import annotations
@@ -28,11 +31,21 @@ from kubernetes.client.exceptions import ApiException
 
 from zexec.adapters.orchestrator_k8s import manifests as m
 from zexec.adapters.orchestrator_k8s.podstatus import pod_phase
-from zexec.adapters.orchestrator_memory import TERMINAL, conflict_message
+from zexec.adapters.orchestrator_memory import conflict_message
+from zexec.core import replacing
 from zexec.core.errors import EnvironmentConflict, OrchestratorError
 from zexec.core.model import EnvSpec, ServerStatus, UserIdentity
 from zexec.core.protocol import server_credential
 from zexec.settings import KubernetesSettings
+
+
+def _env_from(text: str) -> EnvSpec:
+    """The EnvSpec an annotation holds (ValueError if it does not hold one)."""
+    try:
+        raw = json.loads(text)
+        return EnvSpec(raw["python"], tuple(raw["requirements"]), raw["digest"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"not an EnvSpec annotation: {exc}") from None
 
 
 @contextmanager
@@ -104,12 +117,36 @@ class KubernetesOrchestrator:
                 raise OrchestratorError(
                     "the previous server is still being removed; try again in a few seconds"
                 )
-            current = self._status_of(existing, logs=False)
-            if current.phase not in TERMINAL and not force:
-                if current.env is not None and current.env.digest == spec.digest:
-                    return current
-                raise EnvironmentConflict(conflict_message(user.user_id, current.env, spec))
+            current, nxt = self._pair(existing, logs=False)
+            decision = replacing.plan_ensure(current, nxt, spec, force)
+            if decision == "conflict":
+                have = replacing.wanted(current, nxt)
+                raise EnvironmentConflict(
+                    conflict_message(user.user_id, have.env if have else None, spec))
+            if decision == "keep-current" and nxt is not None:
+                self._drop_next(ns, existing)  # a failed replacement: the user is back
+                nxt = None
+            if decision in ("keep-current", "keep-next"):
+                return replacing.view(current, nxt)
+            if nxt is not None:
+                self._drop_next(ns, existing)
+            if decision == "replace-beside":
+                return self._build_beside(user, spec, ns, current)
             return self._replace(user, spec, ns, existing)
+
+    def cancel(self, user_id: str, digest: str | None = None) -> bool:
+        ns = m.namespace_name(self.settings.namespace_prefix, user_id)
+        with self._user_lock(user_id):
+            existing = self._read_namespace(ns)
+            if existing is None or self._owner(existing) != user_id or \
+                    self._terminating(existing):
+                return False
+            what = replacing.plan_cancel(*self._pair(existing, logs=False), digest)
+            if what == "next":
+                self._drop_next(ns, existing)
+        if what == "current":
+            return self.terminate(user_id)
+        return what is not None
 
     def terminate(self, user_id: str) -> bool:
         ns = m.namespace_name(self.settings.namespace_prefix, user_id)
@@ -133,7 +170,17 @@ class KubernetesOrchestrator:
         existing = self._read_namespace(ns)
         if existing is None or self._owner(existing) != user_id or self._terminating(existing):
             return None
-        return self._status_of(existing, logs=True)
+        current, nxt = self._pair(existing, logs=True)
+        if nxt is not None and nxt.phase == "ready":
+            with self._user_lock(user_id):  # ensure() may be changing it meanwhile
+                existing = self._read_namespace(ns)
+                if existing is not None and self._owner(existing) == user_id and \
+                        not self._terminating(existing):
+                    current, nxt = self._pair(existing, logs=True)
+                    if nxt is not None and nxt.phase == "ready":
+                        self._promote(ns, existing, nxt)
+                        current, nxt = nxt, None
+        return replacing.view(current, nxt)
 
     def list(self) -> list[ServerStatus]:
         with _api("listing namespaces"):
@@ -149,7 +196,7 @@ class KubernetesOrchestrator:
                 and self._owner(ns)
                 and not self._terminating(ns)
             ):
-                out.append(self._status_of(ns, logs=False))
+                out.append(replacing.view(*self._pair(ns, logs=False)))
         return sorted(out, key=lambda s: s.user_id)
 
     # ------------------------------------------------------------------ provisioning
@@ -208,6 +255,53 @@ class KubernetesOrchestrator:
         self._drop_old_config_maps(ns, keep=m.config_map_name(spec))
         return ServerStatus(user.user_id, "pending", spec, since=self.clock())
 
+    def _build_beside(self, user: UserIdentity, spec: EnvSpec, ns: str,
+                      current: ServerStatus | None) -> ServerStatus:
+        """A new pod for ``spec`` next to the serving one, named in the namespace's
+        next-pod annotations."""
+        key = ns[len(self.settings.namespace_prefix) :]
+        pod_name = self._pod_name(spec)
+        self._create_env_and_pod(user, spec, ns, key, pod_name)
+        with _api(f"updating namespace {ns}"):
+            _raw(self.core.patch_namespace, ns, {"metadata": {"annotations": {
+                m.ANN_NEXT_POD: pod_name, m.ANN_NEXT_ENV: m.env_json(spec)}}})
+        nxt = ServerStatus(user.user_id, "pending", spec, since=self.clock())
+        return replacing.view(current, nxt)
+
+    def _drop_next(self, ns: str, existing: dict[str, Any]) -> None:
+        """Delete the replacement pod, if any, and forget it (the current one stays)."""
+        ann = existing["metadata"].get("annotations") or {}
+        pod = ann.get(m.ANN_NEXT_POD)
+        if pod:
+            with _api(f"deleting pod {pod}", ok=(404,)):
+                _raw(self.core.delete_namespaced_pod, pod, ns)
+        with _api(f"updating namespace {ns}"):
+            _raw(self.core.patch_namespace, ns, {"metadata": {"annotations": {
+                m.ANN_NEXT_POD: None, m.ANN_NEXT_ENV: None}}})
+        keep = ann.get(m.ANN_ENV)
+        if keep:
+            try:
+                spec = _env_from(keep)
+            except ValueError:
+                return
+            self._drop_old_config_maps(ns, keep=m.config_map_name(spec))
+
+    def _promote(self, ns: str, existing: dict[str, Any], nxt: ServerStatus) -> None:
+        """The replacement is ready (registered: the broker routes to it): it becomes
+        the current pod, and the old one is deleted."""
+        ann = existing["metadata"].get("annotations") or {}
+        old_pod, new_pod = ann.get(m.ANN_POD), ann[m.ANN_NEXT_POD]
+        assert nxt.env is not None
+        with _api(f"updating namespace {ns}"):
+            _raw(self.core.patch_namespace, ns, {"metadata": {
+                "labels": {m.LABEL_DIGEST: nxt.env.digest[:16]},
+                "annotations": {m.ANN_POD: new_pod, m.ANN_ENV: ann[m.ANN_NEXT_ENV],
+                                m.ANN_NEXT_POD: None, m.ANN_NEXT_ENV: None}}})
+        if old_pod:
+            with _api(f"deleting pod {old_pod}", ok=(404,)):
+                _raw(self.core.delete_namespaced_pod, old_pod, ns)
+        self._drop_old_config_maps(ns, keep=m.config_map_name(nxt.env))
+
     def _create_env_and_pod(
         self, user: UserIdentity, spec: EnvSpec, ns: str, key: str, pod_name: str
     ) -> None:
@@ -251,16 +345,24 @@ class KubernetesOrchestrator:
 
     # ------------------------------------------------------------------ reading back
 
-    def _status_of(self, ns: dict[str, Any], logs: bool) -> ServerStatus:
+    def _pair(self, ns: dict[str, Any], logs: bool) -> tuple[ServerStatus, ServerStatus | None]:
+        """(current server, replacement server or None) of a user's namespace."""
+        ann = ns["metadata"].get("annotations") or {}
+        current = self._status_of(ns, logs, m.ANN_POD, m.ANN_ENV)
+        if not ann.get(m.ANN_NEXT_POD):
+            return current, None
+        return current, self._status_of(ns, logs, m.ANN_NEXT_POD, m.ANN_NEXT_ENV)
+
+    def _status_of(self, ns: dict[str, Any], logs: bool, pod_key: str = m.ANN_POD,
+                   env_key: str = m.ANN_ENV) -> ServerStatus:
         meta = ns["metadata"]
         ann = meta.get("annotations") or {}
         user_id = ann[m.ANN_USER_ID]
         try:
-            raw = json.loads(ann.get(m.ANN_ENV, ""))
-            env = EnvSpec(raw["python"], tuple(raw["requirements"]), raw["digest"])
-        except (ValueError, KeyError, TypeError):
+            env: EnvSpec | None = _env_from(ann.get(env_key, ""))
+        except ValueError:
             env = None
-        pod_name = ann.get(m.ANN_POD, "")
+        pod_name = ann.get(pod_key, "")
         pod = self._read_pod(meta["name"], pod_name) if pod_name else None
         if pod is None:
             return ServerStatus(

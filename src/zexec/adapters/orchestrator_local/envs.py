@@ -3,8 +3,11 @@
 Layout: ``<root>/<digest>/`` is the venv; ``<root>/<digest>/.zexec-complete`` is written
 last, so a directory without it (a crash or a terminate mid-build) is rebuilt rather
 than trusted; ``<root>/<digest>.lock`` (``flock``) lets one builder work on a digest at a
-time, across threads and processes sharing the state directory. The marker also records
-which zexec was installed: a different one (upgrade, other source tree) forces a rebuild.
+time, across threads and processes sharing the state directory. Every env gets the zexec
+this process runs, as a wheel built from it (:mod:`.wheel`) into ``zexec-wheels/`` beside
+``<root>``: no package index is asked for zexec. The marker records which wheel (its
+path holds the content hash): a different zexec (upgrade, edited checkout) forces a
+rebuild.
 
 Requirements reach uv as a file passed with ``-r``: they are data, and every command is
 an argument list, never a shell line.
@@ -16,9 +19,9 @@ import fcntl
 import json
 import os
 import shutil
+import threading
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
-from importlib import metadata
 from pathlib import Path
 
 from zexec.core.envspec import requirements_text
@@ -36,27 +39,31 @@ class BuildFailed(Exception):
     """A build step exited non-zero; the message says which."""
 
 
-def zexec_install_args() -> list[str]:
-    """What to install so the env can run ``python -m zexec.apps.server``: the source
-    tree this zexec runs from, editable (so a developer's env never runs stale server
-    code), else the installed distribution's exact version from the index."""
-    # From this file, not zexec.__file__: that is None when zexec is imported as a
-    # namespace package (a source tree on sys.path without the package installed).
-    root = Path(__file__).resolve().parents[4]
-    pyproject = root / "pyproject.toml"
-    if pyproject.is_file() and 'name = "zexec"' in pyproject.read_text("utf-8", "replace"):
-        return ["-e", str(root)]
-    return [f"zexec=={metadata.version('zexec')}"]
+WHEELS = "zexec-wheels"
 
 
 class EnvStore:
-    """Builds and finds per-digest virtual environments under ``root``."""
+    """Builds and finds per-digest virtual environments under ``root``.
+
+    ``zexec_args`` is what ``uv pip install`` gets for zexec itself (default: the wheel
+    of the running zexec, built on first use; tests pass ``[]`` with a stand-in server).
+    """
 
     def __init__(self, root: Path, uv: str, zexec_args: Sequence[str] | None = None) -> None:
         self.root = root
         self.uv = uv
-        self.zexec_args = list(zexec_args) if zexec_args is not None else zexec_install_args()
+        self._zexec_args = list(zexec_args) if zexec_args is not None else None
+        self._wheel_lock = threading.Lock()
         root.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def zexec_args(self) -> list[str]:
+        with self._wheel_lock:  # one build, however many users' threads ask at once
+            if self._zexec_args is None:
+                from zexec.adapters.orchestrator_local.wheel import build_wheel
+
+                self._zexec_args = [str(build_wheel(self.root.with_name(WHEELS)))]
+            return self._zexec_args
 
     def path(self, spec: EnvSpec) -> Path:
         return self.root / spec.digest

@@ -50,7 +50,8 @@ from zexec.adapters.orchestrator_local.pythons import discover_pythons, find_uv,
 from zexec.adapters.orchestrator_local.records import Records, distrust, record_spec
 from zexec.adapters.orchestrator_local.tenancy import Tenancy, Tenant
 from zexec.adapters.orchestrator_local.uids import UidMap
-from zexec.adapters.orchestrator_memory import TERMINAL, conflict_message
+from zexec.adapters.orchestrator_memory import conflict_message
+from zexec.core import replacing
 from zexec.core.errors import EnvironmentConflict, InvalidEnvironment
 from zexec.core.model import EnvSpec, ServerStatus, UserIdentity
 from zexec.core.protocol import server_credential
@@ -63,6 +64,8 @@ READY_POLL = 0.01
 _SCRUB = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP", "PYTHONUSERBASE")
 #: File creation mask of builds: environments readable by every user's uid.
 BUILD_UMASK = 0o022
+#: Suffix of a replacement's record and ready file while it starts beside the current one.
+NEXT = ".next"
 
 log = logging.getLogger("zexec.orchestrator")
 
@@ -92,6 +95,14 @@ class _Server:
     stopped: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
     thread: threading.Thread | None = None
+    #: A replacement built beside the current server (see :mod:`zexec.core.replacing`):
+    #: promoted to current once ready, its own ready file and record meanwhile.
+    beside: bool = False
+    ready: Path | None = None  # the ready file its server writes
+
+    @property
+    def record_key(self) -> str:
+        return self.key + NEXT if self.beside else self.key
 
 
 class LocalOrchestrator:
@@ -153,6 +164,7 @@ class LocalOrchestrator:
         self.records = Records(self.state_dir / "servers")
         self._secret_digest = hashlib.sha256(self._secret).hexdigest()[:16]
         self._servers: dict[str, _Server] = {}
+        self._nexts: dict[str, _Server] = {}  # replacements built beside a current server
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self._discovering = threading.Lock()  # one discovery; the users' locks stay free
@@ -161,45 +173,64 @@ class LocalOrchestrator:
     # ------------------------------------------------------------------ the port
 
     def ensure(self, user: UserIdentity, spec: EnvSpec, force: bool = False) -> ServerStatus:
-        self.tenancy.admit(user.user_id, user.username)
-        with self._user_lock(user.user_id):
-            cur = self._servers.get(user.user_id)
-            if cur is not None and cur.phase not in TERMINAL and not force:
-                if cur.spec.digest == spec.digest:
-                    return self._snapshot(cur)
-                raise EnvironmentConflict(conflict_message(user.user_id, cur.spec, spec))
+        uid = user.user_id
+        self.tenancy.admit(uid, user.username)
+        with self._user_lock(uid):
+            cur, nxt = self._servers.get(uid), self._nexts.get(uid)
+            decision = replacing.plan_ensure(self._plain(cur), self._plain(nxt), spec, force)
+            if decision == "conflict":
+                have = replacing.wanted(self._plain(cur), self._plain(nxt))
+                raise EnvironmentConflict(conflict_message(uid, have.env if have else None,
+                                                           spec))
+            if decision == "keep-current" and nxt is not None:
+                self._nexts.pop(uid)  # a failed replacement: the user is back
+            if decision in ("keep-current", "keep-next"):
+                return self._view(uid)
             interpreter = self._interpreter(spec.python)  # refuse before stopping anything
-            if cur is not None:
+            if nxt is not None:
+                self._stop(self._nexts.pop(uid))
+            if decision == "restart" and cur is not None:
                 self._stop(cur)
-            log = self.log_path(user.user_id)
+            log = self.log_path(uid)
             if log.exists():  # one server's story per log; keep the previous one
                 os.replace(log, log.with_name(log.name + ".1"))
-            rec = _Server(
-                user.user_id, file_key(user.user_id), spec, interpreter, "pending", self.clock()
-            )
-            self._servers[user.user_id] = rec
+            rec = _Server(uid, file_key(uid), spec, interpreter, "pending", self.clock(),
+                          beside=decision == "replace-beside")
+            (self._nexts if rec.beside else self._servers)[uid] = rec
             rec.thread = threading.Thread(
                 target=self._provision, args=(rec,), name=f"zexec-local-{rec.key}", daemon=True
             )
-            first = self._snapshot(rec)  # before the thread can move it on
+            first = self._view(uid)  # before the thread can move it on
             rec.thread.start()
             return first
 
     def terminate(self, user_id: str) -> bool:
         with self._user_lock(user_id):
+            nxt = self._nexts.pop(user_id, None)
+            if nxt is not None:
+                self._stop(nxt)
             rec = self._servers.pop(user_id, None)
-            if rec is None:
+            if rec is not None:
+                self._stop(rec)
+            return rec is not None or nxt is not None
+
+    def cancel(self, user_id: str, digest: str | None = None) -> bool:
+        with self._user_lock(user_id):
+            cur, nxt = self._servers.get(user_id), self._nexts.get(user_id)
+            what = replacing.plan_cancel(self._plain(cur), self._plain(nxt), digest)
+            if what is None:
                 return False
-            self._stop(rec)
+            table = self._nexts if what == "next" else self._servers
+            self._stop(table.pop(user_id))
             return True
 
     def status(self, user_id: str) -> ServerStatus | None:
-        rec = self._servers.get(user_id)
-        return None if rec is None else self._snapshot(rec)
+        return self._view(user_id)
 
     def list(self) -> list[ServerStatus]:
-        rows = list(self._servers.values())  # a copy: ensure() may insert meanwhile
-        return [self._snapshot(r) for r in sorted(rows, key=lambda r: r.key)]
+        users = sorted({*self._servers, *self._nexts}, key=file_key)  # copies: ensure()
+        views = [self._view(u) for u in users]                        # may insert meanwhile
+        return [v for v in views if v is not None]
 
     # ------------------------------------------------------------------ extras
 
@@ -237,6 +268,13 @@ class LocalOrchestrator:
             )
         return found[python]
 
+    def _view(self, user_id: str) -> ServerStatus | None:
+        return replacing.view(self._plain(self._servers.get(user_id)),
+                              self._plain(self._nexts.get(user_id)))
+
+    def _plain(self, rec: _Server | None) -> ServerStatus | None:
+        return None if rec is None else self._snapshot(rec)
+
     def _snapshot(self, rec: _Server) -> ServerStatus:
         with rec.lock:
             phase, reason, tail, since = rec.phase, rec.reason, rec.log_tail, rec.since
@@ -260,9 +298,9 @@ class LocalOrchestrator:
         if rec.thread is not None and rec.thread is not threading.current_thread():
             rec.thread.join(timeout=self.grace + 30)
         if proc is not None:
-            self.records.remove(rec.key, proc.pid)
-        if rec.tenant is not None:
-            rec.tenant.ready_file.unlink(missing_ok=True)
+            self.records.remove(rec.record_key, proc.pid)
+        if rec.ready is not None:
+            rec.ready.unlink(missing_ok=True)
 
     def _child_env(self, extra: dict[str, str], venv: Path | None = None) -> dict[str, str]:
         env = {
@@ -293,7 +331,7 @@ class LocalOrchestrator:
     def _record(self, rec: _Server, role: str) -> None:
         """Write down the child just started, before anything can kill this process."""
         assert rec.proc is not None and rec.tenant is not None
-        self.records.write(rec.key, {
+        self.records.write(rec.record_key, {
             "user_id": rec.user_id, "role": role, "pid": rec.proc.pid,
             "start": procs.start_time(rec.proc.pid), "since": self.clock(),
             "env": {"python": rec.spec.python, "requirements": list(rec.spec.requirements),
@@ -301,8 +339,33 @@ class LocalOrchestrator:
             "interpreter": rec.interpreter, "isolation": self.isolation.mode,
             "uid": rec.tenant.uid, "gid": rec.tenant.gid,
             "broker_url": self.broker_backend_url, "secret": self._secret_digest,
-            "ready_file": str(rec.tenant.ready_file),
+            "ready_file": str(rec.ready or rec.tenant.ready_file),
         })  # fmt: skip
+
+    def _promote(self, rec: _Server) -> bool:
+        """A replacement is ready (registered: the broker routes to it now): it becomes
+        the user's server and the one it replaces is stopped. False if it was stopped
+        itself meanwhile (whoever stops it holds the user's lock: never wait on it)."""
+        lock = self._user_lock(rec.user_id)
+        while not lock.acquire(timeout=0.05):
+            if rec.stopped.is_set():
+                return False
+        try:
+            if rec.stopped.is_set() or self._nexts.get(rec.user_id) is not rec:
+                return False
+            del self._nexts[rec.user_id]
+            old = self._servers.get(rec.user_id)
+            self._servers[rec.user_id] = rec
+            with rec.lock:
+                rec.beside = False
+            self._record(rec, "server")  # its record under the user's key, then the
+            assert rec.proc is not None      # beside one goes
+            self.records.remove(rec.key + NEXT, rec.proc.pid)
+            if old is not None:
+                self._stop(old)
+            return True
+        finally:
+            lock.release()
 
     def _provision(self, rec: _Server) -> None:
         try:
@@ -322,7 +385,7 @@ class LocalOrchestrator:
                 raise BuildCancelled()
             assert rec.proc is not None
             code = rec.proc.wait()
-            self.records.remove(rec.key, rec.proc.pid)
+            self.records.remove(rec.record_key, rec.proc.pid)
             if rec.stopped.is_set():
                 raise BuildCancelled()
             return code
@@ -335,6 +398,7 @@ class LocalOrchestrator:
                 self.envs.build(spec, rec.interpreter, run)
         self._set(rec, "starting")
         ready = rec.tenant.ready_file
+        ready = rec.ready = ready.with_name(ready.name + (NEXT if rec.beside else ""))
         ready.unlink(missing_ok=True)
         venv = self.envs.path(spec)
         cmd = [
@@ -375,12 +439,14 @@ class LocalOrchestrator:
         while proc.poll() is None and not ready.exists():
             if deadline is not None and time.monotonic() > deadline:
                 procs.stop(proc, self.grace)
-                self.records.remove(rec.key, proc.pid)
+                self.records.remove(rec.record_key, proc.pid)
                 self._set(rec, "failed", f"not ready after {self.start_timeout:g}s", tail=True)
                 return
             if rec.stopped.wait(READY_POLL):
                 return
         if proc.poll() is None:
+            if rec.beside and not self._promote(rec):
+                return
             self._set(rec, "ready")
         self._supervise(rec, proc)
 
@@ -390,7 +456,7 @@ class LocalOrchestrator:
         # A sandboxed server's leader (bubblewrap) may go first: let the server drain.
         procs.wait_group_gone(proc.pid, self.grace)
         procs.reap_group(proc)  # workers the server left behind
-        self.records.remove(rec.key, proc.pid)
+        self.records.remove(rec.record_key, proc.pid)
         if code == 0:
             self._set(rec, "terminated", "idle")
         elif code == procs.UNKNOWN_EXIT:
@@ -408,7 +474,9 @@ class LocalOrchestrator:
             if not procs.alive(pid, start):
                 self.records.remove(key, pid)
                 continue
-            why = self._distrust(r)
+            # A replacement that had not taken over: the user's current server stays.
+            why = "a replacement that had not taken over" if key.endswith(NEXT) \
+                else self._distrust(r)
             if why is None:
                 try:
                     self._adopt(key, r)
@@ -436,6 +504,7 @@ class LocalOrchestrator:
         spec = record_spec(r)
         rec = _Server(r["user_id"], key, spec, r["interpreter"], "ready", float(r["since"]))
         rec.tenant = self.tenancy.tenant(rec.user_id, key)
+        rec.ready = Path(r.get("ready_file") or rec.tenant.ready_file)
         rec.proc = procs.Adopted(r["pid"], r.get("start"))
         self._servers[rec.user_id] = rec
         rec.thread = threading.Thread(target=self._supervise, args=(rec, rec.proc),

@@ -40,7 +40,10 @@ def find_uv() -> str:
         return str(sibling)
     found = shutil.which("uv")
     if found is None:
-        raise FileNotFoundError("uv not found; install it (pip install uv) or pass uv=...")
+        raise FileNotFoundError(
+            "uv not found: it comes with zexec's server extra "
+            "(pip install 'zexec[server]'), or put a uv binary on PATH"
+        )
     return found
 
 

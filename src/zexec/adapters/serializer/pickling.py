@@ -4,15 +4,48 @@ from __future__ import annotations
 
 import io
 import pickle
+import sys
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
+from zexec.adapters.serializer import culprit
 from zexec.core.errors import SerializationError
 
 #: Buffers smaller than this stay in the pickle stream: a separate frame costs more
 #: than copying a few KiB.
 OUT_OF_BAND_MIN = 64 * 1024
+
+
+def _refuse_open_file(obj: Any) -> None:
+    """Both picklers would copy a file opened for reading (or reopen it by name on the
+    server): a silent surprise. Refused instead (the standard streams go by name)."""
+    if isinstance(obj, io.IOBase) and obj not in (sys.stdout, sys.stderr, sys.__stdout__,
+                                                  sys.__stderr__):
+        raise pickle.PicklingError(f"an open file ({getattr(obj, 'name', '?')!r}) is not "
+                                   "copied to the server")
+
+
+def _culprit_error(dump: Callable[..., bytes], obj: Any, exc: Exception) -> SerializationError:
+    """The error saying where in ``obj`` the part is that cannot be pickled, and what to
+    do about it. It keeps ``culprit_path``, ``culprit`` and ``detail`` (the pickler's
+    words) for callers that know what ``obj`` is (a call's arguments)."""
+
+    def pickles(part: Any) -> bool:
+        try:
+            dump(part, protocol=5, buffer_callback=lambda b: True)
+        except Exception:
+            return False
+        return True
+
+    detail = f"{type(exc).__name__}: {exc}"
+    try:
+        path, found = culprit.find(obj, pickles)
+        error = SerializationError(f"{culprit.message(path, found)} ({detail})")
+    except Exception:  # the search is a courtesy: never worse than the plain error
+        return SerializationError(f"cannot serialize {type(obj).__name__}: {exc}")
+    error.culprit_path, error.culprit, error.detail = path, found, detail
+    return error
 
 
 def _split(dump: Callable[..., bytes], obj: Any, out_of_band: bool) -> list[Any]:
@@ -30,7 +63,8 @@ def _split(dump: Callable[..., bytes], obj: Any, out_of_band: bool) -> list[Any]
     try:
         main = dump(obj, protocol=5, buffer_callback=keep)
     except Exception as exc:  # pickling runs arbitrary __reduce__ code
-        raise SerializationError(f"cannot serialize {type(obj).__name__}: {exc}") from exc
+        # No chained traceback: the pickler's internals are noise, the message says all.
+        raise _culprit_error(dump, obj, exc) from None
     return [main, *buffers]
 
 
@@ -76,12 +110,25 @@ def _dill_pickler() -> type:
         # dill registers its own reducer for numpy arrays that copies the data into the
         # stream; numpy's own protocol-5 reduction yields an out-of-band buffer instead.
         def reducer_override(self, obj: Any) -> Any:
+            _refuse_open_file(obj)
             t = type(obj)
             if t.__name__ == "ndarray" and t.__module__ == "numpy":
                 return obj.__reduce_ex__(5)
             if t is memoryview:
                 return reduce_memoryview(obj)
             return NotImplemented
+
+    return Pickler
+
+
+@lru_cache(maxsize=1)
+def _cloud_pickler() -> type:
+    import cloudpickle
+
+    class Pickler(cloudpickle.Pickler):
+        def reducer_override(self, obj: Any) -> Any:
+            _refuse_open_file(obj)
+            return super().reducer_override(obj)
 
     return Pickler
 
@@ -111,9 +158,9 @@ class CloudpickleSerializer(_PickleFamily):
     name = "cloudpickle"
 
     def _dumps(self, obj: Any, **kw: Any) -> bytes:
-        import cloudpickle
-
-        return cloudpickle.dumps(obj, **kw)
+        f = io.BytesIO()
+        _cloud_pickler()(f, **kw).dump(obj)
+        return f.getvalue()
 
     def _loads(self, data: Any, buffers: Sequence[Any]) -> Any:
         # cloudpickle output is a standard pickle stream.

@@ -115,6 +115,7 @@ class ServerLoop:
         self.last_activity = time.monotonic()
         self.stopping = False
         self.exit_code = 0
+        self.started = time.time()
         self._next_deadline = float("inf")  # earliest deadline of any task
         self.stopped_watch = stopped_watch
 
@@ -124,7 +125,8 @@ class ServerLoop:
         info = {"python": PYTHON, "workers": self.pool.size, "pid": os.getpid(),
                 "running": len(self.tasks) - len(self.queue), "queued": len(self.queue),
                 "direct": self.pool.direct, "stopping": self.stopping,
-                "worker_prefix": self.pool.worker_prefix}
+                "worker_prefix": self.pool.worker_prefix,
+                "started": self.started}  # the newest of a user's servers wins
         self._to_broker(p.register(self.user_id, self.credential, info))
 
     def _to_broker(self, frames: list[Any]) -> None:
@@ -324,13 +326,25 @@ class ServerLoop:
     def _on_worker_exit(self, fd: int) -> None:
         w = self.pool.reap(fd)
         code = w.proc.returncode
+        # Its call's unsent output goes out before the error that ends the call.
+        death = self.pool.death(w)
+        left = death.leftover
+        message = w.reason or death.message  # the server's own reason (it was stopped) first
         if self.pool.direct:  # the broker fails its call, if it gave it one
+            if left is not None and not w.retired:  # (killed on purpose: ended already)
+                bodies = death.output(left.call_id, left.legacy, left.seq + 1)
+                for body in bodies:
+                    self._to_broker(p.reply(left.client_id, left.call_id, False, body))
+                self._to_broker(p.reply(left.client_id, left.call_id, True, p.final_error(
+                    left.call_id, left.legacy, "WORKER_DIED", message,
+                    left.seq + 1 + len(bodies))))
             self._to_broker(p.worker_gone(w.broker_id, code, w.reason))
         if w.task is not None and w.task.from_broker:
             self._forget(w.task)
         elif w.task is not None:
-            self._fail(w.task, "WORKER_DIED", w.reason or
-                       f"the worker process running the call died (exit code {code})")
+            for body in death.output(w.task.call_key, w.task.legacy, self._own_seq(w.task)):
+                self._send_client(w.task, False, body)
+            self._fail(w.task, "WORKER_DIED", message)
         if not self.stopping:
             self._spawn_into(self._poller)
 

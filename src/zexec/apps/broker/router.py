@@ -48,6 +48,7 @@ from zexec.core.errors import (
     TooLarge,
     ZexecError,
 )
+from zexec.core.exits import worker_died
 from zexec.core.model import UserIdentity
 from zexec.core.tokencache import TokenCache, token_key
 
@@ -652,7 +653,7 @@ class Router:
         call = self.inflight.get(key) if key is not None else None
         if key is None or call is None:
             return
-        text = msg.reason or f"the worker process running the call died (exit code {msg.exit_code})"
+        text = msg.reason or worker_died(msg.exit_code)
         self._deliver(key, True, p.final_error(key[1], call.legacy, "WORKER_DIED", text))
 
     def _deliver(self, key: Key, final: bool, body: list[Any]) -> None:
@@ -687,6 +688,15 @@ class Router:
                 {"ok": False, "error": "this connection already serves another user"})]))
             return
         current = self.servers.get(msg.user_id)
+        if current is not None and current.rid != rid and \
+                _started(current.info) > _started(msg.info):
+            # The server a newer one replaced (built beside it, see
+            # zexec.core.replacing) must not take the user back with its next heartbeat:
+            # refused, it stops.
+            self.stats["bad_registration"] += 1
+            self.outbox.append((BACK, [rid, b"", p.MAGIC, p.REGISTER_ACK, p.dump_header(
+                {"ok": False, "error": "replaced by a newer server of this user"})]))
+            return
         if current is not None and current.rid != rid:
             # A replacement server (restart, force reinstall): the old one is gone.
             self._drop_server(msg.user_id, "server was replaced")
@@ -809,6 +819,13 @@ class Router:
 
     def _front(self, rid: bytes, body: list[Any]) -> None:
         self.outbox.append((FRONT, [rid, b"", *body]))
+
+
+def _started(info: dict[str, Any]) -> float:
+    """When a server started (epoch seconds, from its registration; 0 if it did not say)."""
+    value = info.get("started", 0.0)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) \
+        else 0.0
 
 
 def _size(frames: Sequence[Any]) -> int:

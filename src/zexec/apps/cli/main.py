@@ -274,6 +274,9 @@ def run_web(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from zexec.apps.extras import require_server
+
+    require_server("zexec up")  # before anything starts: not a component failing later
     ports = {name: getattr(args, f"port_{name}") for name in st.PORT_NAMES}
     given = [p for p in ports.values() if p]
     if len(given) != len(set(given)):
@@ -343,6 +346,7 @@ def guard(command: str, run) -> int:
     """Run a command; turn every failure into one message and an exit status."""
     from pydantic import ValidationError
 
+    from zexec.apps.extras import missing_extra
     from zexec.core.errors import ConfigurationError, ZexecError
 
     def fail(code: int, message: str) -> int:
@@ -351,6 +355,11 @@ def guard(command: str, run) -> int:
 
     try:
         return int(run() or 0)
+    except ModuleNotFoundError as exc:
+        extra = missing_extra(exc, f"zexec {command}")
+        if extra is not None:
+            return fail(1, f"error: {extra}")
+        return fail(1, _internal(exc))
     except (st.UsageError, ConfigurationError) as exc:
         return fail(2, f"error: {exc}")
     except ValidationError as exc:
@@ -362,8 +371,13 @@ def guard(command: str, run) -> int:
     except OSError as exc:  # an unwritable state dir, a full disk ...
         return fail(1, f"error: {exc}")
     except Exception as exc:
-        debug = bool(os.environ.get("ZEXEC_DEBUG"))
-        if debug:
-            traceback.print_exc()
-        hint = "" if debug else " (ZEXEC_DEBUG=1 shows the traceback)"
-        return fail(1, f"internal error: {type(exc).__name__}: {exc}{hint}")
+        return fail(1, _internal(exc))
+
+
+def _internal(exc: BaseException) -> str:
+    """The message of an unexpected error (its traceback printed with ZEXEC_DEBUG)."""
+    debug = bool(os.environ.get("ZEXEC_DEBUG"))
+    if debug:
+        traceback.print_exception(exc)
+    hint = "" if debug else " (ZEXEC_DEBUG=1 shows the traceback)"
+    return f"internal error: {type(exc).__name__}: {exc}{hint}"

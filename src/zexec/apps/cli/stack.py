@@ -41,6 +41,7 @@ from typing import Any, TextIO
 
 from zexec.apps import web
 from zexec.apps.cli import procs
+from zexec.apps.cli.banner import down_command, show
 from zexec.apps.cli.plan import HOST, PORT_NAMES, PREFIX, choose_ports, plan
 from zexec.apps.cli.state import (
     StackError,
@@ -210,7 +211,7 @@ def up(
         if live and (old is None or "options" not in old or "ports" not in old):
             raise StackError(
                 f"a stack in {d.root} is partly running ({', '.join(live)}) and was started "
-                f"by an older zexec; stop it with: zexec down --state-dir {d.root}"
+                f"by an older zexec; stop it with: {down_command(d.root)}"
             )
         options = _options(old, given, bool(live))
         iso = _isolation(d, options)  # a resolved mode: the web process must not guess again
@@ -340,28 +341,6 @@ def _failure(d: StateDir, name: str, comp: dict[str, Any], what: str) -> str:
     log = d.log(comp["process"])
     where = "" if comp["process"] == name else f" (in the {comp['process']} process)"
     return f"{name}{where} {what}; last lines of {log}:\n{procs.tail(log, 25) or '(empty log)'}"
-
-
-def show(stack: dict[str, Any], out: TextIO) -> None:
-    """The URLs and tokens a user needs, and how to stop."""
-    rows = [
-        ("EP API", stack["ep_api_url"]),
-        ("Deploy API", stack["deploy_api_url"] + stack.get("deploy_api_prefix", "")),
-        ("broker", f"tcp://{stack['broker_host']}:{stack['broker_port']}"),
-        ("identity (dev)", stack["auth_url"]),
-    ]
-    rows += [(f"token {user}", tok) for user, tok in stack["tokens"].items()]
-    for label, value in rows:
-        out.write(f"  {label:<15} {value}\n")
-    state = stack["state_dir"]
-    out.write(f"  {'stack file':<15} {state}/stack.json\n")
-    iso = stack.get("isolation") or {}
-    if iso:
-        out.write(f"  {'isolation':<15} {iso.get('mode')}: {iso.get('description')}\n")
-        if iso.get("mode") == "none":
-            out.write("WARNING: the users of this stack are not isolated from each other "
-                      "(see docs/security.md, Tenant isolation)\n")
-    out.write(f"stop it with: zexec down --state-dir {state}\n")
 
 
 def stop(

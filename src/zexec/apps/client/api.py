@@ -9,15 +9,16 @@ import queue
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from functools import update_wrapper
 from itertools import islice
 from typing import Any
 
-from zexec.adapters.serializer import default_registry
+from zexec.adapters.serializer import culprit, default_registry, localmods
 from zexec.apps.client.fncache import FunctionFrames
 from zexec.apps.client.session import END, PendingCall, Session
 from zexec.core.batching import MAX_BATCH, BatchSizer, run_batch
-from zexec.core.errors import ConfigurationError, ProtocolError
+from zexec.core.errors import ConfigurationError, ProtocolError, SerializationError
 from zexec.core.ports import Serializer
 
 #: cloudpickle by default: it pickles interactively defined functions by value like dill
@@ -41,7 +42,10 @@ class Client:
     ``/broker-config``) exactly that certificate is accepted, without it the system's CAs
     and the host name are checked. ``serializer`` (``"dill"`` or
     ``"cloudpickle"``, or any a plugin installs) is the default for calls that do not
-    name one. The connection is opened lazily on the first call, survives broker
+    name one. ``modules`` (modules or their names) are shipped as source with every
+    call, for code that imports them on the server (local modules a function uses travel
+    by themselves: see :mod:`zexec.adapters.serializer.localmods`). The connection is
+    opened lazily on the first call, survives broker
     restarts, and a call fails (never hangs) within about ``connect_timeout`` /
     ``liveness_timeout`` seconds when the broker or the server is gone.
 
@@ -59,6 +63,7 @@ class Client:
         liveness_timeout: float = 3.0,
         tls_pin: str | None = None,
         transport_factory: Callable[[], Any] | None = None,
+        modules: Iterable[Any] = (),
     ) -> None:
         broker = broker or os.environ.get("ZEXEC_BROKER_URL", "")
         tls_pin = tls_pin or os.environ.get("ZEXEC_BROKER_TLS_PIN") or None
@@ -76,6 +81,7 @@ class Client:
         self.serializers = default_registry()
         self.serializer = self.serializers.get(serializer)
         self._frames = FunctionFrames()
+        self.modules = tuple(modules)
         if transport_factory is None:
             from zexec.adapters.transport_zmtp.client import ZmtpTransport, parse_url
 
@@ -105,17 +111,21 @@ class Client:
     def _serializer(self, name: str | None) -> Serializer:
         return self.serializer if name is None else self.serializers.get(name)
 
+    def _frame(self, fn: Callable, ser: Serializer, modules: tuple[Any, ...] = ()) -> Any:
+        return self._frames.frame(fn, ser, self.modules + modules)
+
     def _start(self, fn: Callable, args: tuple, kwargs: dict, *, serializer: str | None,
                timeout: float | None, fn_frame: Any = None,
-               name: str | None = None) -> PendingCall:
+               name: str | None = None, modules: tuple[Any, ...] = ()) -> PendingCall:
         ser = self._serializer(serializer)
         if fn_frame is None:
-            fn_frame = self._frames.frame(fn, ser)
-        return self._session.start_call(
-            fn_frame, args, kwargs, ser, timeout=timeout,
-            stream=inspect.isgeneratorfunction(fn),
-            name=getattr(fn, "__name__", "") if name is None else name,
-        )
+            fn_frame = self._frame(fn, ser, modules)
+        with _arguments_named(fn):
+            return self._session.start_call(
+                fn_frame, args, kwargs, ser, timeout=timeout,
+                stream=inspect.isgeneratorfunction(fn),
+                name=getattr(fn, "__name__", "") if name is None else name,
+            )
 
     def warm(self) -> None:
         """Open the connection to the broker now, in the background, and have the broker
@@ -124,31 +134,39 @@ class Client:
         self._session.warm()
 
     def submit(self, fn: Callable, /, *args: Any, _serializer: str | None = None,
-               _timeout: float | None = None, **kwargs: Any) -> Future:
+               _timeout: float | None = None, _modules: tuple[Any, ...] = (),
+               **kwargs: Any) -> Future:
         """Run ``fn(*args, **kwargs)`` remotely; returns a :class:`~concurrent.futures.Future`.
 
         ``future.cancel()`` stops the remote work. For a generator function the future
         resolves (to None) when the generator is exhausted; use :meth:`call` to iterate.
         """
-        return self._start(fn, args, kwargs, serializer=_serializer, timeout=_timeout).future
+        return self._start(fn, args, kwargs, serializer=_serializer, timeout=_timeout,
+                           modules=_modules).future
 
     def call(self, fn: Callable, /, *args: Any, _serializer: str | None = None,
-             _timeout: float | None = None, **kwargs: Any) -> Any:
+             _timeout: float | None = None, _modules: tuple[Any, ...] = (),
+             **kwargs: Any) -> Any:
         """Run ``fn(*args, **kwargs)`` remotely and wait: returns its value, raises its
         exception, and prints its output here as it happens. A generator function
         returns an iterator over the items as the remote side yields them. Ctrl-C
         cancels the remote call."""
         if inspect.isgeneratorfunction(fn):
-            call = self._start(fn, args, kwargs, serializer=_serializer, timeout=_timeout)
+            call = self._start(fn, args, kwargs, serializer=_serializer, timeout=_timeout,
+                               modules=_modules)
             return RemoteIterator(self._session, call)
         ser = self._serializer(_serializer)
-        return self._session.call(self._frames.frame(fn, ser), args, kwargs, ser,
-                                  timeout=_timeout, name=getattr(fn, "__name__", ""))
+        frame = self._frame(fn, ser, _modules)
+        with _arguments_named(fn):
+            return self._session.call(frame, args, kwargs, ser,
+                                      timeout=_timeout, name=getattr(fn, "__name__", ""))
 
     async def call_async(self, fn: Callable, /, *args: Any, _serializer: str | None = None,
-                         _timeout: float | None = None, **kwargs: Any) -> Any:
+                         _timeout: float | None = None, _modules: tuple[Any, ...] = (),
+                         **kwargs: Any) -> Any:
         """``await`` version of :meth:`call` (cancelling the task cancels the remote call)."""
-        call = self._start(fn, args, kwargs, serializer=_serializer, timeout=_timeout)
+        call = self._start(fn, args, kwargs, serializer=_serializer, timeout=_timeout,
+                           modules=_modules)
         try:
             return await asyncio.wrap_future(call.future)
         except asyncio.CancelledError:
@@ -157,7 +175,7 @@ class Client:
 
     def map(self, fn: Callable, *iterables: Iterable[Any], serializer: str | None = None,
             timeout: float | None = None, window: int = 1024,
-            batch_size: int | str = "auto") -> Iterator[Any]:
+            batch_size: int | str = "auto", modules: tuple[Any, ...] = ()) -> Iterator[Any]:
         """Like :func:`map`, remotely and pipelined: up to ``window`` items in flight at
         once, results yielded in input order. An exception raised for an item is raised
         when the iteration reaches that item.
@@ -172,15 +190,16 @@ class Client:
         if window < 1:
             raise ValueError(f"window must be at least 1, not {window}")
         if fixed == 1 or inspect.isgeneratorfunction(fn):
-            return self._map_calls(fn, iterables, serializer, timeout, window)
+            return self._map_calls(fn, iterables, serializer, timeout, window, modules)
         return self._map_batches(fn, iterables, serializer, timeout, window,
-                                 BatchSizer(fixed, cap=min(MAX_BATCH, max(1, window // 4))))
+                                 BatchSizer(fixed, cap=min(MAX_BATCH, max(1, window // 4))),
+                                 modules)
 
     def _map_calls(self, fn: Callable, iterables: tuple[Iterable[Any], ...],
                    serializer: str | None, timeout: float | None,
-                   window: int) -> Iterator[Any]:
+                   window: int, modules: tuple[Any, ...]) -> Iterator[Any]:
         ser = self._serializer(serializer)
-        fn_frame = self._frames.frame(fn, ser)  # serialized once for all calls
+        fn_frame = self._frame(fn, ser, modules)  # serialized once for all calls
         inflight: deque[PendingCall] = deque()
         try:
             for args in zip(*iterables, strict=False):
@@ -196,9 +215,12 @@ class Client:
 
     def _map_batches(self, fn: Callable, iterables: tuple[Iterable[Any], ...],
                      serializer: str | None, timeout: float | None, window: int,
-                     sizer: BatchSizer) -> Iterator[Any]:
+                     sizer: BatchSizer, modules: tuple[Any, ...]) -> Iterator[Any]:
         ser = self._serializer(serializer)
-        runner = self._frames.frame(run_batch, ser)  # a reference: same every time
+        # A reference (the same every time), with the modules ``fn`` needs, since ``fn``
+        # travels as an argument.
+        needs = tuple(localmods.roots_for(fn, ser.name))
+        runner = self._frame(run_batch, ser, modules + needs)
         name = getattr(fn, "__name__", "")
         source = zip(*iterables, strict=False)
         inflight: deque[_Batch] = deque()
@@ -250,6 +272,23 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@contextmanager
+def _arguments_named(fn: Callable) -> Iterator[None]:
+    """An argument that cannot be pickled is named as the argument it is ("argument 2
+    of `f`"), not as a part of the ``(args, kwargs)`` pair that travels."""
+    try:
+        yield
+    except SerializationError as exc:
+        path = getattr(exc, "culprit_path", None)
+        if path is None or getattr(exc, "named", False):
+            raise
+        root, rest = culprit.args_root(path, getattr(fn, "__name__", "the function"))
+        named = SerializationError(f"{culprit.message(rest, exc.culprit, root)} "
+                                   f"({exc.detail})")
+        named.named = True
+        raise named from None
 
 
 def _next_item(session: Session, call: PendingCall) -> tuple[Any, Any]:
@@ -365,13 +404,15 @@ class RemoteFunction:
     """A function that runs remotely when called. Made by :func:`remote`."""
 
     def __init__(self, fn: Callable, client: Client | None = None,
-                 serializer: str | None = None, timeout: float | None = None) -> None:
+                 serializer: str | None = None, timeout: float | None = None,
+                 modules: Iterable[Any] = ()) -> None:
         if not callable(fn):
             raise TypeError(f"remote() needs a function, not {type(fn).__name__}")
         self.fn = fn
         self.client = client
         self.serializer = serializer
         self.timeout = timeout
+        self.modules = tuple(modules)
         if serializer is not None:
             default_registry().get(serializer)  # fail now on an unknown name
         update_wrapper(self, fn)
@@ -382,44 +423,53 @@ class RemoteFunction:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run remotely and return the value (an iterator for generator functions)."""
         return self._client().call(self.fn, *args, _serializer=self.serializer,
-                                   _timeout=self.timeout, **kwargs)
+                                   _timeout=self.timeout, _modules=self.modules, **kwargs)
 
     def submit(self, *args: Any, **kwargs: Any) -> Future:
         """Run remotely without waiting; returns a Future."""
         return self._client().submit(self.fn, *args, _serializer=self.serializer,
-                                     _timeout=self.timeout, **kwargs)
+                                     _timeout=self.timeout, _modules=self.modules, **kwargs)
 
     def map(self, *iterables: Iterable[Any], window: int = 1024,
             batch_size: int | str = "auto") -> Iterator[Any]:
         """Pipelined map over the iterables; results in order (see :meth:`Client.map`)."""
         return self._client().map(self.fn, *iterables, serializer=self.serializer,
-                                  timeout=self.timeout, window=window, batch_size=batch_size)
+                                  timeout=self.timeout, window=window, batch_size=batch_size,
+                                  modules=self.modules)
 
     async def aio(self, *args: Any, **kwargs: Any) -> Any:
         """Awaitable call."""
         return await self._client().call_async(self.fn, *args, _serializer=self.serializer,
-                                               _timeout=self.timeout, **kwargs)
+                                               _timeout=self.timeout, _modules=self.modules,
+                                               **kwargs)
 
     def local(self, *args: Any, **kwargs: Any) -> Any:
         """Run the function here, in this process."""
         return self.fn(*args, **kwargs)
 
     def options(self, **changes: Any) -> RemoteFunction:
-        """A copy with other ``client``, ``serializer`` or ``timeout``."""
-        kw = {"client": self.client, "serializer": self.serializer, "timeout": self.timeout}
+        """A copy with other ``client``, ``serializer``, ``timeout`` or ``modules``."""
+        kw = {"client": self.client, "serializer": self.serializer, "timeout": self.timeout,
+              "modules": self.modules}
         kw.update(changes)
         return RemoteFunction(self.fn, **kw)
 
 
 def remote(fn: Callable | None = None, *, client: Client | None = None,
-           serializer: str | None = None, timeout: float | None = None) -> Any:
+           serializer: str | None = None, timeout: float | None = None,
+           modules: Iterable[Any] = ()) -> Any:
     """Make ``fn`` run remotely: ``@zexec.remote`` or ``@zexec.remote(serializer=...,
-    timeout=..., client=...)``.
+    timeout=..., client=..., modules=[mylib])``.
+
+    Local modules (not installed: files beside your notebook or script) that ``fn``
+    uses travel with it: their functions and classes by value, the ones it imports in
+    its body as source. ``modules`` ships more as source (e.g. imported under a
+    computed name); see :mod:`zexec.adapters.serializer.localmods` for the rules.
 
     Calling the result runs the function on your server and returns its value (or an
     iterator for generator functions); ``.submit()`` returns a Future, ``.map()``
     pipelines many calls, ``await .aio()`` suits asyncio, ``.local()`` runs it here.
     """
     if fn is None:
-        return lambda f: RemoteFunction(f, client, serializer, timeout)
-    return RemoteFunction(fn, client, serializer, timeout)
+        return lambda f: RemoteFunction(f, client, serializer, timeout, modules)
+    return RemoteFunction(fn, client, serializer, timeout, modules)

@@ -198,12 +198,15 @@ class Connection:
         path) under ``python`` (default: this interpreter's ``X.Y``), waiting up to
         ``timeout`` seconds for it to be ready. The same environment again returns at
         once; another one raises EnvironmentConflict unless ``force=True``, which
-        replaces the server. Returns the server's status (``phase`` is ``"ready"``).
-        While waiting it asks for the status every 50 ms for the first 3 s, then every
-        ``poll`` seconds."""
+        replaces the server: the new environment is built beside your running server,
+        which keeps serving until the new one is ready (and goes on if the build fails).
+        Returns the server's status (``phase`` is ``"ready"``). While waiting it asks for
+        the status every 50 ms for the first 3 s, then every ``poll`` seconds. Ctrl-C
+        (KeyboardInterrupt) while waiting asks the Deploy API to cancel the build."""
         body = {"requirements": requirement_list(requirements, python), "force": bool(force)}
         display = Progress(enabled=progress)
         started = time.monotonic()
+        st: dict[str, Any] = {}
         try:
             st = check(self._request("POST", "/spawn", "spawn", json=body), "spawn")
             while True:
@@ -234,8 +237,29 @@ class Connection:
                         "your server disappeared while starting (terminated meanwhile?)"
                     )
                 st = check(resp, "status")
+        except KeyboardInterrupt:
+            display.close(self._cancel_build(st))
+            raise
         finally:
             display.close()
+
+    def _cancel_build(self, st: dict[str, Any]) -> str:
+        """After Ctrl-C in :meth:`environment`: ask the Deploy API to stop the build (of
+        the environment asked for, when known); returns what happened, in a few words."""
+        if st.get("phase") in ("ready", "failed", "terminated"):
+            return "interrupted"
+        digest = (st.get("env") or {}).get("digest")
+        try:
+            resp = self._request("POST", "/cancel", "cancel",
+                                 json={"digest": digest} if digest else {})
+            done = check(resp, "cancel")
+        except E.ZexecError as exc:
+            return f"interrupted; the build could not be cancelled ({exc})"
+        if not done.get("cancelled"):
+            return "interrupted (no build was under way)"
+        if done.get("status"):
+            return "interrupted: build cancelled, your previous server keeps serving"
+        return "interrupted: build cancelled"
 
     def status(self) -> dict[str, Any] | None:
         """Your server's status (phase, reason, log tail, environment), None if none."""
@@ -310,6 +334,11 @@ def connect(
     if not token:
         raise E.ConfigurationError("connect() needs your token")
     ep = ep_api_url.strip().rstrip("/")
+    if ep.startswith("tcp://"):
+        raise E.ConfigurationError(
+            f"{ep!r} is a broker address; connect() takes the EP API's http(s) URL (it "
+            f"finds the broker), or use zexec.Client({ep!r}, token) to talk to the broker only"
+        )
     if not ep.startswith(("http://", "https://")):
         raise E.ConfigurationError(f"the EP API URL must start with http:// or https://: {ep!r}")
     # Certificates are loaded only for an https:// EP API (loading them costs ~60 ms);
@@ -326,9 +355,8 @@ def connect(
     try:
         resp = get(f"{ep}/status/rexec", "discovery", headers=auth)
         if resp.status_code == 404:
-            raise E.ControlPlaneError(
-                f"remote execution is not enabled at {ep}: {_detail(resp)[0]}"
-            )
+            raise E.ControlPlaneError(_not_an_ep_api(http, ep) or (
+                f"remote execution is not enabled at {ep}: {_detail(resp)[0]}"))
         found = check(resp, "discovery").get("deployment_api_url")
         if not isinstance(found, str) or not found:
             raise E.ControlPlaneError(f"{ep}/status/rexec did not name a deployment_api_url")
@@ -355,6 +383,24 @@ def connect(
     set_default_client(client)
     _default = Connection(ep, token, deploy, broker, client, http, user)
     return _default
+
+
+def _not_an_ep_api(http: httpx.Client, url: str) -> str | None:
+    """When ``url`` is a Deploy API rather than an EP API (its ``/broker-config``
+    answers), the message that says so and which URL to pass instead."""
+    for base in (url, deploy_url_from(url)):
+        try:
+            resp = http.get(f"{base}/broker-config")
+            body = resp.json() if resp.is_success else None
+        except Exception:  # a courtesy probe: any failure leaves the plain 404 message
+            continue
+        if isinstance(body, dict) and "broker_external_host" in body:
+            return (
+                f"{url} is a Deploy API, not an EP API: connect() takes the EP API's URL, "
+                "whose /status/rexec names this Deploy API (with zexec up: ep_api_url in "
+                "stack.json, the 'EP API' line it prints)"
+            )
+    return None
 
 
 def default_connection() -> Connection:

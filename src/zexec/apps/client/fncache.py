@@ -10,6 +10,10 @@ live in an importable module), and the key holds the identity of each, so rebind
 global, a default or a cell gives a new frame. A function that captures anything else
 (a list, a dict, an array, another ``__main__`` function or class, its own ``__dict__``)
 is pickled every time, exactly as without the cache.
+
+The local modules a call needs travel with the function (see
+:mod:`zexec.adapters.serializer.localmods`): the frame is then the pickle of a bundle
+that installs them on the server first, and the key holds their sources' version.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any
 
+from zexec.adapters.serializer import localmods
 from zexec.core.ports import Serializer
 
 _IMMUTABLE = (int, float, complex, bool, str, bytes, type(None), type(Ellipsis), range)
@@ -83,20 +88,26 @@ class FunctionFrames:
         self.hits = 0
         self._frames: OrderedDict[Hashable, tuple[Any, list[Any]]] = OrderedDict()
 
-    def frame(self, fn: Callable, serializer: Serializer) -> Any:
+    def frame(self, fn: Callable, serializer: Serializer, modules: tuple[Any, ...] = ()) -> Any:
+        """The frame of ``fn``, with the local modules it needs and ``modules``."""
+        if serializer.name == "cloudpickle":
+            localmods.register_local_modules()
+        shipped = localmods.payload(localmods.roots_for(fn, serializer.name, modules))
+        obj = fn if shipped is None else localmods.Bundle(fn, shipped)
         values = captured(fn)
         if values is None:
-            return serializer.dumps(fn, out_of_band=False)[0]
+            return serializer.dumps(obj, out_of_band=False)[0]
         # Identities, not values (1 == 1.0 == True must not share a frame); the entry
         # keeps the values alive, so no other object can take one of their ids.
         key = (serializer.name, fn, fn.__code__, fn.__name__, fn.__qualname__, fn.__module__,
-               tuple(id(v) for v in values))
+               tuple(id(v) for v in values), id(shipped))
+        values.append(shipped)
         found = self._frames.get(key)
         if found is not None:
             self.hits += 1
             self._frames.move_to_end(key)
             return found[0]
-        frame = serializer.dumps(fn, out_of_band=False)[0]
+        frame = serializer.dumps(obj, out_of_band=False)[0]
         self._frames[key] = (frame, values)
         if len(self._frames) > self.size:
             self._frames.popitem(last=False)

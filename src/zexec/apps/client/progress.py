@@ -38,6 +38,8 @@ def describe(status: dict[str, Any], elapsed: float, label: str) -> str:
     filled = int(round((share or 0.0) * BAR))
     bar = "#" * filled + "." * (BAR - filled)
     line = f"{label}: [{bar}] {phase:<10} {elapsed:5.0f}s"
+    if (status.get("previous") or {}).get("phase") == "ready":
+        line += "  (your current server serves meanwhile)"
     tail = status.get("log_tail") or []
     if phase in ("installing", "starting") and tail:
         line += f"  {str(tail[-1]).strip()}"

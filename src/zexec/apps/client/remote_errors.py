@@ -31,6 +31,19 @@ def _with_remote_traceback(exc: BaseException, tb: str) -> BaseException:
 
 
 def exception_from_event(event: Event, serializer: Serializer | None) -> BaseException:
+    """The exception for an ERROR event (see :func:`_exception`), with a hint when the
+    server missed a module."""
+    exc = _exception(event, serializer)
+    if isinstance(exc, ModuleNotFoundError | SerializationError | RemoteError):
+        from zexec.adapters.serializer.localmods import missing_module_hint
+
+        hint = missing_module_hint(str(event.header.get("message", "")))
+        if hint:
+            exc.add_note(hint)
+    return exc
+
+
+def _exception(event: Event, serializer: Serializer | None) -> BaseException:
     """The exception for an ERROR event.
 
     A remote exception is re-raised as its original type when that type is importable

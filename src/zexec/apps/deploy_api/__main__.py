@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from zexec.apps.deploy_api.container import build_app_from_settings
-from zexec.apps.runtime import configure_logging, serve
-from zexec.settings import DeploySettings
-
 
 def main() -> int:
+    from zexec.apps.deploy_api.container import build_app_from_settings
+    from zexec.apps.runtime import configure_logging, serve
+    from zexec.settings import DeploySettings
+
     configure_logging()
     settings = DeploySettings()
     return serve(build_app_from_settings(settings), settings.host, settings.port)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from zexec.apps.cli.main import guard
+
+    raise SystemExit(guard("deploy-api", main))

@@ -12,8 +12,13 @@ Routes, all under ``settings.prefix`` (``/rexec``):
   build that fails meanwhile is answered 422 with the reason and the installer's tail.
 * ``DELETE /terminate``: form field ``token`` or Bearer; 200 whether or not a server
   was running (``terminated`` says which).
-* ``GET /status``: the caller's server (phase, progress, reason, log tail, since, env);
-  404 when there is none.
+* ``GET /status``: the caller's server (phase, progress, reason, log tail, since, env,
+  and ``previous``: the server still serving during a forced replacement); 404 when
+  there is none.
+* ``POST /cancel``: stop the caller's environment build under way (JSON body
+  ``{"digest": ...}`` optional: only that environment's): a replacement is dropped and
+  the previous server goes on; a first server not yet ready is removed. 200 with
+  ``cancelled`` true/false.
 * ``GET /broker-config``: where clients reach the broker (no token needed).
 * ``GET /healthz``, ``GET /metrics`` (Prometheus text).
 
@@ -99,6 +104,16 @@ TERMINATE_DOC: dict[str, Any] = {
         },
     }
 }
+CANCEL_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": False,
+        "content": {
+            "application/json": {
+                "schema": {"type": "object", "properties": {"digest": {"type": "string"}}}
+            },
+        },
+    }
+}
 _AUTH_ERRORS = {401: _ERR, 403: _ERR, 503: _ERR}
 
 
@@ -149,6 +164,21 @@ async def read_spawn_request(request: Request) -> dict[str, Any]:
         "wait": None,  # the legacy default, decided by settings
         "legacy": True,
     }
+
+
+async def read_cancel_digest(request: Request) -> str | None:
+    """The ``digest`` of a cancel's optional JSON body (None: any build)."""
+    raw = await request.body()
+    if not raw.strip():
+        return None
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise InvalidEnvironment("the body is not valid JSON") from None
+    digest = body.get("digest") if isinstance(body, dict) else None
+    if digest is not None and not isinstance(digest, str):
+        raise InvalidEnvironment('"digest" must be a string')
+    return digest
 
 
 async def form_token(request: Request) -> str | None:
@@ -286,6 +316,23 @@ def create_app(
             if existed
             else f"{who} had no server; nothing to terminate",
         }
+
+    @app.post(prefix + "/cancel", openapi_extra=CANCEL_DOC, responses=_AUTH_ERRORS)
+    async def cancel(request: Request) -> dict[str, Any]:
+        """Stop the caller's environment build under way (see module doc)."""
+        user = await identify(authenticator, bearer_token(request))
+        digest = await read_cancel_digest(request)
+        done = await run_in_threadpool(orchestrator.cancel, user.user_id, digest)
+        st = await run_in_threadpool(orchestrator.status, user.user_id)
+        who = user.username or user.user_id
+        if not done:
+            message = f"{who} had no environment build under way; nothing cancelled"
+        elif st is not None:
+            message = f"build cancelled; the server of {who} keeps serving"
+        else:
+            message = f"build cancelled; {who} has no server now"
+        return {"cancelled": done, "message": message,
+                "status": None if st is None else service.status_view(st, user)}
 
     @app.get(prefix + "/status", responses={404: _ERR, **_AUTH_ERRORS})
     async def status(request: Request) -> Any:

@@ -99,7 +99,10 @@ def env_view(env: EnvSpec | None) -> dict[str, Any] | None:
 
 
 def status_view(st: ServerStatus, user: UserIdentity) -> dict[str, Any]:
-    """The JSON view of a server's status, as ``GET /status`` and spawn return it."""
+    """The JSON view of a server's status, as ``GET /status`` and spawn return it.
+    ``previous``: while a replacement is built (or after it failed), the server that
+    keeps serving meanwhile (``phase``, ``env``, ``since``); else None."""
+    prev = st.previous
     return {
         "status": st.phase,
         "phase": st.phase,
@@ -112,6 +115,8 @@ def status_view(st: ServerStatus, user: UserIdentity) -> dict[str, Any]:
         "user": user.username or user.user_id,
         "user_id": user.user_id,
         "env": env_view(st.env),
+        "previous": None if prev is None else {
+            "phase": prev.phase, "env": env_view(prev.env), "since": prev.since},
     }
 
 
@@ -120,6 +125,9 @@ def spawn_message(result: SpawnResult, user: UserIdentity, prefix: str) -> str:
     st, who = result.status, user.username or user.user_id
     env = st.env
     what = f"python {env.python} + {len(env.requirements)} requirement(s)" if env else "server"
+    if st.previous is not None and st.phase != "failed":
+        return (f"server for {who} being replaced with {what}: {st.phase}; the current one "
+                f"keeps serving until the new one is ready (poll GET {prefix}/status)")
     if st.phase == "ready":
         tail = "ready for calls"
     elif st.phase == "failed":

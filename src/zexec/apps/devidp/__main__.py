@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from zexec.apps.devidp import create_app, generate_tokens
-from zexec.apps.runtime import serve
-
 
 def main(argv: list[str] | None = None, prog: str = "python -m zexec.apps.devidp") -> None:
     p = argparse.ArgumentParser(
@@ -21,6 +18,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m zexec.apps.devidp
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
     p.add_argument("--port", type=int, default=8090, help="port (default %(default)s)")
     args = p.parse_args(argv)
+    from zexec.apps.devidp import create_app, generate_tokens
+    from zexec.apps.runtime import serve
+
     if args.generate:
         users = [u.strip() for u in args.generate.split(",") if u.strip()]
         generate_tokens(args.tokens_file, users)
@@ -32,4 +32,6 @@ def main(argv: list[str] | None = None, prog: str = "python -m zexec.apps.devidp
 
 
 if __name__ == "__main__":
-    main()
+    from zexec.apps.cli.main import guard
+
+    raise SystemExit(guard("devidp", main))

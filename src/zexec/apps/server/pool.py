@@ -16,9 +16,11 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from zexec.adapters.hugepages import with_hugepages
+from zexec.apps.server.crashlog import Death, Deaths
 
 log = logging.getLogger("zexec.server")
 
@@ -86,6 +88,7 @@ class WorkerPool:
         #: and unique to this server (the broker takes a worker only for the server
         #: whose registration names its prefix; a replacement server's w1 is another).
         self.worker_prefix = os.urandom(6).hex() + "-"
+        self.deaths = Deaths()
 
     @property
     def direct(self) -> bool:
@@ -94,10 +97,23 @@ class WorkerPool:
 
     def config_for(self, w: WorkerProcess) -> dict[str, Any]:
         """What worker ``w`` is told when it says HELLO: ``broker`` is [url, user id,
-        credential, its routing id] for direct dispatch."""
-        if not self.direct:
-            return self.config
-        return {**self.config, "broker": [*self.config["broker"], w.broker_id.decode()]}
+        credential, its routing id] for direct dispatch; ``crash`` the files it leaves
+        for the server if it dies (:meth:`crash_files`)."""
+        config = {**self.config, "crash": [str(p) for p in self.crash_files(w)]}
+        if self.direct:
+            config["broker"] = [*self.config["broker"], w.broker_id.decode()]
+        return config
+
+    def death(self, w: WorkerProcess) -> Death:
+        """What reaped worker ``w`` left behind: the call it was running and the error
+        message that names how it died (see :mod:`zexec.apps.server.crashlog`)."""
+        return self.deaths.examine(*self.crash_files(w), w.proc.returncode)
+
+    def crash_files(self, w: WorkerProcess) -> tuple[Path, Path]:
+        """Worker ``w``'s spill and fatal-signal stack files, in the server's private
+        directory (see :mod:`zexec.apps.server.crashlog`)."""
+        directory = Path(self.endpoint.removeprefix("ipc://")).parent
+        return directory / f"{w.wid.decode()}.spill", directory / f"{w.wid.decode()}.stack"
 
     def spawn(self) -> WorkerProcess:
         wid = f"w{next(self._ids)}".encode()

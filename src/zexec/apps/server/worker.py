@@ -46,10 +46,12 @@ from zmq.utils.monitor import recv_monitor_message
 
 from zexec.adapters.serializer import default_registry
 from zexec.adapters.transport_zmq.frames import NOBLOCK, recv_frames, send_frames
+from zexec.apps.server.crashlog import Spill, open_crash_files
 from zexec.core import batching
 from zexec.core import protocol as p
 from zexec.core.errors import (
     ProtocolError,
+    RemoteExit,
     SerializationError,
     UnknownSerializerError,
     ZexecError,
@@ -144,6 +146,8 @@ class Call:
             buffers = self.serializer.dumps(value) if has_value else []
             body = p.v1_event(self.call_id, kind, seq, fields, buffers)
         self.seq = seq
+        if self.out.spill is not None:
+            self.out.spill.sent(seq)
         broker = self.out.broker
         if broker is None:
             send_frames(self.out.sock, [self.task_key, p.FINAL if final else p.MORE, *body])
@@ -182,9 +186,13 @@ class Outbound:
     """
 
     def __init__(self, sock: zmq.Socket, flush_interval: float, flush_bytes: int,
-                 parent: int | None = None, broker: BrokerLink | None = None) -> None:
+                 parent: int | None = None, broker: BrokerLink | None = None,
+                 spill: Spill | None = None) -> None:
         self.sock = sock
         self.broker = broker
+        #: The running call's unsent output, where the server finds it if we die
+        #: (:mod:`zexec.apps.server.crashlog`).
+        self.spill = spill
         self.parent = os.getppid() if parent is None else parent
         self.lock = threading.Lock()
         self.flush_interval = flush_interval
@@ -206,6 +214,8 @@ class Outbound:
                 self.segments[-1][1] += text
             else:
                 self.segments.append([channel, text])
+            if self.spill is not None:
+                self.spill.output(channel, text)
             self.pending += len(text)
             if self.pending >= self.flush_bytes:
                 self._flush_locked()
@@ -221,6 +231,8 @@ class Outbound:
                 call.send("out", {"channel": channel, "data": text})
         else:
             call.send(p.EV_OUTPUT, {"out": segments})
+        if self.spill is not None:
+            self.spill.flushed()
 
     def event(self, kind: str, fields: dict[str, Any] | None = None, value: Any = None,
               has_value: bool = False, final: bool = False) -> None:
@@ -317,8 +329,9 @@ def _user_traceback(exc: BaseException) -> str:
 
 class Worker:
     def __init__(self, sock: zmq.Socket, flush_interval: float, flush_bytes: int,
-                 parent: int | None = None, broker: BrokerLink | None = None) -> None:
-        self.out = Outbound(sock, flush_interval, flush_bytes, parent, broker)
+                 parent: int | None = None, broker: BrokerLink | None = None,
+                 spill: Spill | None = None) -> None:
+        self.out = Outbound(sock, flush_interval, flush_bytes, parent, broker, spill)
         self.registry = default_registry()
         self.functions = FunctionCache()
         self.stdout = _Stream(self.out, "stdout")
@@ -383,14 +396,19 @@ class Worker:
         except UnknownSerializerError:
             serializer = None
         call = Call(self.out, task_key, proto, call_id, serializer, client_id)
+        spill = self.out.spill
         with self.out.lock:
             self.out.call = call
+            if spill is not None:
+                spill.begin(call_id, client_id, call.legacy)
         try:
             self._run_call(call, header, fn_frame, args_frames)
         finally:
             with self.out.lock:
                 self.out.segments, self.out.pending = [], 0
                 self.out.call = None
+                if spill is not None:
+                    spill.end()
 
     def _run_call(self, call: Call, header: dict[str, Any], fn_frame: Any,
                   args_frames: list[Any]) -> None:
@@ -445,11 +463,17 @@ class Worker:
                                    "type": "", "traceback": ""}, final=True)
 
     def _send_error(self, call: Call, exc: BaseException) -> None:
+        tb = _user_traceback(exc)
+        if not isinstance(exc, Exception):
+            # SystemExit (sys.exit, exit()), KeyboardInterrupt, GeneratorExit: raised
+            # there as themselves they would end the caller's program (or its loop).
+            exc = RemoteExit.wrap(exc)
         fields = {
-            "code": exc.code if isinstance(exc, ZexecError) else "REMOTE_EXCEPTION",
+            "code": exc.code if isinstance(exc, ZexecError) and not isinstance(exc, RemoteExit)
+            else "REMOTE_EXCEPTION",
             "message": f"{type(exc).__name__}: {exc}" if call.legacy else str(exc),
             "type": _qualname(exc),
-            "traceback": _user_traceback(exc),
+            "traceback": tb,
         }
         exc.__traceback__ = None  # tracebacks do not pickle; the text travels instead
         try:
@@ -484,7 +508,7 @@ def main(argv: list[str] | None = None) -> None:
         config = hello(sock, int(server_pid))
         broker = broker_link(ctx, config.get("broker"))
         Worker(sock, float(config["flush_interval"]), int(config["flush_bytes"]),
-               int(server_pid), broker).run()
+               int(server_pid), broker, open_crash_files(config.get("crash"))).run()
     finally:
         sock.close()
         if broker is not None:
