@@ -28,6 +28,7 @@ if TYPE_CHECKING:
         set_default_client,
     )
     from zexec.apps.client.connect import Connection, connect, environment, terminate
+    from zexec.apps.client.debug import debug
     from zexec.core.errors import (
         BrokerUnreachable,
         CallCancelled,
@@ -54,6 +55,7 @@ _EXPORTS = {
          "set_default_client"), "zexec.apps.client.api"),
     **dict.fromkeys(("Connection", "connect", "environment", "terminate"),
                     "zexec.apps.client.connect"),
+    "debug": "zexec.apps.client.debug",
     **dict.fromkeys(
         ("BrokerUnreachable", "CallCancelled", "CallLost", "CallTimeout", "ControlPlaneError",
          "EnvironmentConflict", "EnvironmentFailed", "EnvironmentTimeout",
@@ -97,6 +99,7 @@ __all__ = [
     "VersionMismatch",
     "ZexecError",
     "connect",
+    "debug",
     "environment",
     "get_default_client",
     "remote",

@@ -16,6 +16,7 @@ from typing import Any
 from zexec.adapters.serializer import default_registry
 from zexec.apps.client.fncache import FunctionFrames
 from zexec.apps.client.session import END, PendingCall, Session
+from zexec.apps.client.tracebacks import public, public_iter
 from zexec.core.batching import MAX_BATCH, BatchSizer, run_batch
 from zexec.core.errors import ConfigurationError, ProtocolError
 from zexec.core.ports import Serializer
@@ -110,6 +111,7 @@ class Client:
         a broker that cannot be reached shows up at the first call as usual."""
         self._session.warm()
 
+    @public
     def submit(self, fn: Callable, /, *args: Any, _serializer: str | None = None,
                _timeout: float | None = None, **kwargs: Any) -> Future:
         """Run ``fn(*args, **kwargs)`` remotely; returns a :class:`~concurrent.futures.Future`.
@@ -119,6 +121,7 @@ class Client:
         """
         return self._start(fn, args, kwargs, serializer=_serializer, timeout=_timeout).future
 
+    @public
     def call(self, fn: Callable, /, *args: Any, _serializer: str | None = None,
              _timeout: float | None = None, **kwargs: Any) -> Any:
         """Run ``fn(*args, **kwargs)`` remotely and wait: returns its value, raises its
@@ -132,6 +135,7 @@ class Client:
         return self._session.call(self._frames.frame(fn, ser), args, kwargs, ser,
                                   timeout=_timeout, name=getattr(fn, "__name__", ""))
 
+    @public
     async def call_async(self, fn: Callable, /, *args: Any, _serializer: str | None = None,
                          _timeout: float | None = None, **kwargs: Any) -> Any:
         """``await`` version of :meth:`call` (cancelling the task cancels the remote call)."""
@@ -159,9 +163,10 @@ class Client:
         if window < 1:
             raise ValueError(f"window must be at least 1, not {window}")
         if fixed == 1 or inspect.isgeneratorfunction(fn):
-            return self._map_calls(fn, iterables, serializer, timeout, window)
-        return self._map_batches(fn, iterables, serializer, timeout, window,
-                                 BatchSizer(fixed, cap=min(MAX_BATCH, max(1, window // 4))))
+            return public_iter(self._map_calls(fn, iterables, serializer, timeout, window))
+        return public_iter(self._map_batches(
+            fn, iterables, serializer, timeout, window,
+            BatchSizer(fixed, cap=min(MAX_BATCH, max(1, window // 4)))))
 
     def _map_calls(self, fn: Callable, iterables: tuple[Iterable[Any], ...],
                    serializer: str | None, timeout: float | None,
@@ -312,6 +317,7 @@ class RemoteIterator:
     def __iter__(self) -> RemoteIterator:
         return self
 
+    @public
     def __next__(self) -> Any:
         if self._done:
             raise StopIteration
@@ -366,11 +372,13 @@ class RemoteFunction:
     def _client(self) -> Client:
         return self.client or get_default_client()
 
+    @public
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run remotely and return the value (an iterator for generator functions)."""
         return self._client().call(self.fn, *args, _serializer=self.serializer,
                                    _timeout=self.timeout, **kwargs)
 
+    @public
     def submit(self, *args: Any, **kwargs: Any) -> Future:
         """Run remotely without waiting; returns a Future."""
         return self._client().submit(self.fn, *args, _serializer=self.serializer,
@@ -382,6 +390,7 @@ class RemoteFunction:
         return self._client().map(self.fn, *iterables, serializer=self.serializer,
                                   timeout=self.timeout, window=window, batch_size=batch_size)
 
+    @public
     async def aio(self, *args: Any, **kwargs: Any) -> Any:
         """Awaitable call."""
         return await self._client().call_async(self.fn, *args, _serializer=self.serializer,

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from zexec.apps.client.remote_errors import exception_from_event
+from zexec.apps.client.tracebacks import public
 from zexec.core import protocol as p
 from zexec.core.errors import (
     BrokerUnreachable,
@@ -60,6 +61,11 @@ class RemoteFuture(Future):
         if self._session is not None and self._call is not None:
             self._session.cancel(self._call, "future cancelled")
         return super().cancel()
+
+    @public
+    def result(self, timeout: float | None = None) -> Any:
+        """The call's value; raises its error (with the remote frames as its traceback)."""
+        return super().result(timeout)
 
 
 @dataclass(eq=False)
