@@ -22,12 +22,18 @@ from typing import Any, TextIO
 BAR = 20
 
 
-def in_kernel() -> bool:
-    """Whether this code runs inside an IPython kernel (Jupyter, VS Code notebooks)."""
+def kernel_shell() -> Any:
+    """The IPython shell when this code runs inside a kernel (Jupyter, VS Code
+    notebooks), else None."""
     ipython = sys.modules.get("IPython")
     get = getattr(ipython, "get_ipython", None)
     shell = get() if callable(get) else None
-    return shell is not None and getattr(shell, "kernel", None) is not None
+    return shell if getattr(shell, "kernel", None) is not None else None
+
+
+def in_kernel() -> bool:
+    """Whether this code runs inside an IPython kernel (Jupyter, VS Code notebooks)."""
+    return kernel_shell() is not None
 
 
 def describe(status: dict[str, Any], elapsed: float, label: str) -> str:

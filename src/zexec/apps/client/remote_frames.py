@@ -2,11 +2,12 @@
 local one.
 
 The worker sends, with an exception that escaped user code, a post-mortem of its frames
-(:mod:`zexec.apps.server.postmortem`): file, line, columns, function name, local
-variables. Here each becomes a real frame (the technique Jinja2 uses for template
-tracebacks): a code object that raises at that line, compiled under the remote file name
-and renamed after the remote function, is executed with the remote locals as its locals,
-and the traceback entries of those executions are chained. The result is an ordinary
+(:mod:`zexec.apps.server.postmortem`): file, line, columns, function name, parameters,
+local variables. Here each becomes a real frame (the technique Jinja2 uses for template
+tracebacks): a function compiled under the remote file name, starting at the remote
+function's first line, named after it, with its parameters, that binds the remote locals
+and raises at the remote line and columns, is called, and the traceback entries of those
+calls are chained. The result is an ordinary
 traceback: Python's and IPython's printers show each remote frame with its source line
 (and IPython colours it), ``%debug`` / ``pdb.post_mortem`` walk it, and ``p name``
 shows a remote local as it was (the value when it pickled small, else a stand-in whose
@@ -22,17 +23,19 @@ remote file name, unless a file of that name exists here.
 from __future__ import annotations
 
 import ast
+import inspect
 import linecache
 import os
 import sys
 from collections.abc import Sequence
-from types import TracebackType
+from types import CodeType, FunctionType, TracebackType
 from typing import Any
 
 #: Key in the globals of every remote frame; how :mod:`zexec.apps.client.tracebacks`
 #: finds where the remote part of a traceback starts.
 MARK = "__zexec_remote_frame__"
 _RAISE = "__zexec_raise__"
+_LOCALS = "__zexec_locals__"
 #: Files whose line cache entry this module made (and may extend).
 _ADDED: set[str] = set()
 
@@ -87,21 +90,54 @@ def _spans_line(filename: str, line: int) -> tuple[int, int]:
     return len(text[:indent].encode()), len(text.encode())
 
 
-def _raising_code(entry: dict[str, Any]) -> Any:
-    """A code object named like the remote function, in the remote file, whose only
-    statement raises at the remote line and columns."""
+def _positions(entry: dict[str, Any]) -> dict[str, int]:
+    """Where the stand-in's raise is: the remote failing expression's line and columns,
+    or the whole line when those are missing or inconsistent."""
     filename, line = str(entry["file"]), int(entry["line"])
     end_line, col, end_col = entry.get("end_line"), entry.get("col"), entry.get("end_col")
     if not (isinstance(end_line, int) and isinstance(col, int) and isinstance(end_col, int)
             and end_line >= line and (end_line > line or end_col >= col) and col >= 0):
         end_line = line
         col, end_col = _spans_line(filename, line)
-    where = {"lineno": line, "col_offset": col, "end_lineno": end_line,
-             "end_col_offset": end_col}
+    return {"lineno": line, "col_offset": col, "end_lineno": end_line,
+            "end_col_offset": end_col}
+
+
+def _stand_in(entry: dict[str, Any], names: list[str]) -> tuple[CodeType, list[str]]:
+    """The code of a stand-in for the remote frame ``entry`` and its parameter names.
+
+    For a function frame: a function whose parameters are the remote function's (so
+    ``inspect`` and IPython show ``in check(scaled)``), that starts at the remote
+    function's first line (IPython and ``inspect`` find its source block there), binds
+    the other remote ``names`` from ``__zexec_locals__`` and raises at the remote line.
+    For a module-level frame: module code that raises there (run with the remote locals
+    as its namespace)."""
+    where = _positions(entry)
+    filename, name = str(entry["file"]), str(entry.get("name") or "?")
     raise_ = ast.Raise(exc=ast.Name(id=_RAISE, ctx=ast.Load(), **where), cause=None, **where)
-    code = compile(ast.Module(body=[raise_], type_ignores=[]), filename, "exec")
-    name = str(entry.get("name") or "?")
-    return code.replace(co_name=name, co_qualname=name)
+    if name == "<module>":
+        code = compile(ast.Module(body=[raise_], type_ignores=[]), filename, "exec")
+        return code, []
+    args = [a for a in entry.get("args") or () if isinstance(a, str) and a.isidentifier()]
+    binds = [
+        ast.Assign(
+            targets=[ast.Name(id=n, ctx=ast.Store(), **where)],
+            value=ast.Subscript(value=ast.Name(id=_LOCALS, ctx=ast.Load(), **where),
+                                slice=ast.Constant(value=n, **where), ctx=ast.Load(), **where),
+            **where)
+        for n in names if n not in args
+    ]
+    first = entry.get("first_line")
+    first = first if isinstance(first, int) and 0 < first <= where["lineno"] else where["lineno"]
+    define = ast.FunctionDef(
+        name="stand_in", body=[*binds, raise_], decorator_list=[], returns=None,
+        args=ast.arguments(posonlyargs=[], args=[ast.arg(arg=a) for a in args], vararg=None,
+                           kwonlyargs=[], kw_defaults=[], kwarg=None, defaults=[]),
+        lineno=first, col_offset=0, end_lineno=where["end_lineno"], end_col_offset=0)
+    module = compile(ast.fix_missing_locations(ast.Module(body=[define], type_ignores=[])),
+                     filename, "exec")
+    code = next(c for c in module.co_consts if isinstance(c, CodeType))
+    return code.replace(co_name=name, co_qualname=name), args
 
 
 def _local_values(entry: dict[str, Any], blobs: Sequence[Any], serializer: Any
@@ -112,6 +148,8 @@ def _local_values(entry: dict[str, Any], blobs: Sequence[Any], serializer: Any
             name, text, index = str(item[0]), str(item[1]), int(item[2])
         except (TypeError, ValueError, IndexError):
             continue
+        if not name.isidentifier():
+            continue  # e.g. a comprehension's ".0"
         value: Any = RemoteRepr(text)
         if 0 <= index < len(blobs) and serializer is not None:
             try:
@@ -128,17 +166,25 @@ def _frame_tb(entry: dict[str, Any], blobs: Sequence[Any], serializer: Any
     filename = str(entry["file"])
     if entry.get("source"):
         _add_source(filename, entry["source"])
-    code = _raising_code(entry)
+    values = _local_values(entry, blobs, serializer)
+    code, args = _stand_in(entry, list(values))
     frame_globals = {"__name__": str(entry.get("module") or ""), "__file__": filename,
-                     MARK: True, _RAISE: _Unwind()}
+                     MARK: True, _RAISE: _Unwind(), _LOCALS: values}
     try:
-        exec(code, frame_globals, _local_values(entry, blobs, serializer))
+        if args or code.co_flags & inspect.CO_OPTIMIZED:
+            missing = RemoteRepr("<not captured>")
+            FunctionType(code, frame_globals)(**{a: values.get(a, missing) for a in args})
+        else:
+            exec(code, frame_globals, values)
     except _Unwind:
         tb = sys.exc_info()[2]
     else:  # pragma: no cover - the code always raises
         return None
-    del frame_globals[_RAISE]
-    return tb.tb_next if tb is not None else None
+    del frame_globals[_RAISE], frame_globals[_LOCALS]
+    # The stand-in is one or two entries below this frame (two for a function).
+    while tb is not None and tb.tb_frame.f_code is not code:
+        tb = tb.tb_next
+    return tb
 
 
 def remote_traceback(postmortem: dict[str, Any], blobs: Sequence[Any],

@@ -17,6 +17,7 @@ stays small whatever the failing code held (a 1 GiB array is a repr).
 
 from __future__ import annotations
 
+import inspect
 import linecache
 import os
 import reprlib
@@ -108,6 +109,14 @@ def _source(filename: str, line: int, module_globals: dict[str, Any]) -> list[An
     return [start, [text[:LINE_CHARS] for text in window]]
 
 
+def _arg_count(code: Any) -> int:
+    """How many of ``code``'s variable names are its parameters (``*args`` and
+    ``**kwargs`` included)."""
+    flags = code.co_flags
+    return (code.co_argcount + code.co_kwonlyargcount
+            + bool(flags & inspect.CO_VARARGS) + bool(flags & inspect.CO_VARKEYWORDS))
+
+
 class _Budget:
     def __init__(self) -> None:
         self.value_bytes = TOTAL_BYTES
@@ -155,12 +164,15 @@ def capture(exc: BaseException, dumps: Callable[[Any], bytes] | None
     for tb in tbs:
         frame = tb.tb_frame
         line, end_line, col, end_col = _positions(tb)
+        code = frame.f_code
         entry: dict[str, Any] = {
-            "file": frame.f_code.co_filename, "name": frame.f_code.co_name,
+            "file": code.co_filename, "name": code.co_name,
             "module": str(frame.f_globals.get("__name__", "")),
+            "first_line": code.co_firstlineno,
+            "args": list(code.co_varnames[:_arg_count(code)]),
             "line": line, "end_line": end_line, "col": col, "end_col": end_col,
         }
-        source = _source(frame.f_code.co_filename, line, frame.f_globals)
+        source = _source(code.co_filename, line, frame.f_globals)
         if source is not None:
             entry["source"] = source
         frames.append(entry)
