@@ -56,6 +56,8 @@ _EXPORTS = {
     **dict.fromkeys(("Connection", "connect", "environment", "terminate"),
                     "zexec.apps.client.connect"),
     "debug": "zexec.apps.client.debug",
+    # IPython's hook for `%load_ext zexec` (not in __all__).
+    "load_ipython_extension": "zexec.notebook.magics",
     **dict.fromkeys(
         ("BrokerUnreachable", "CallCancelled", "CallLost", "CallTimeout", "ControlPlaneError",
          "EnvironmentConflict", "EnvironmentFailed", "EnvironmentTimeout",

@@ -49,7 +49,8 @@ def _with_remote_traceback(exc: BaseException, event: Event,
             exc.add_note(f"\nRemote traceback:\n{text}")
         return exc
     first = tb.tb_frame.f_code.co_name
-    note = (f"(zexec: raised on your server; the frames from {first!r} on ran there. "
+    frames = "the cell's code" if first == "<module>" else f"the frames from {first!r} on"
+    note = (f"(zexec: raised on your server; {frames} ran there. "
             "%debug or zexec.debug() opens them with their local variables.)")
     if pm.get("skipped"):
         note += f"\n({pm['skipped']} outer remote frames are left out.)"
