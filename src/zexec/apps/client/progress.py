@@ -142,8 +142,9 @@ def map_progress(results: Iterator[Any], total: int | None, label: str,
     that appears once the map has run :data:`QUICK_MAP` seconds (none for quick maps
     and outside terminals and notebooks), with ``True`` one from the start, with
     ``False`` none. The bar needs tqdm (``pip install zexec[notebook]``)."""
-    if progress is False:
-        return results
+    if progress is False or (progress is None and not in_kernel()
+                             and not getattr(sys.stderr, "isatty", lambda: False)()):
+        return results  # nowhere to show a bar: not even tqdm's import is paid
     found = _tqdm_class(force=bool(progress))
     if found is None:
         if progress:
