@@ -28,6 +28,7 @@ if TYPE_CHECKING:
         set_default_client,
     )
     from zexec.apps.client.connect import Connection, connect, environment, terminate
+    from zexec.apps.client.debug import debug
     from zexec.core.errors import (
         BrokerUnreachable,
         CallCancelled,
@@ -58,6 +59,9 @@ _EXPORTS = {
          "set_default_client"), "zexec.apps.client.api"),
     **dict.fromkeys(("Connection", "connect", "environment", "terminate"),
                     "zexec.apps.client.connect"),
+    "debug": "zexec.apps.client.debug",
+    # IPython's hook for `%load_ext zexec` (not in __all__).
+    "load_ipython_extension": "zexec.notebook.magics",
     **dict.fromkeys(
         ("BrokerUnreachable", "CallCancelled", "CallLost", "CallTimeout", "ControlPlaneError",
          "EnvironmentConflict", "EnvironmentFailed", "EnvironmentTimeout", "Forbidden",
@@ -105,6 +109,7 @@ __all__ = [
     "WorkerDied",
     "ZexecError",
     "connect",
+    "debug",
     "environment",
     "get_default_client",
     "remote",

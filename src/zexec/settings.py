@@ -278,3 +278,26 @@ class EPSettings(ZexecSettings):
     version: str = ""
     #: Where ``POST /user/login`` forwards ``{"username","password"}``; empty = 501.
     login_url: str = ""
+
+
+class ClientSettings(BaseSettings):
+    """The SDK and the ``zexec`` command (``ZEXEC_*``). The SDK reads these names from
+    the environment itself, without this class (importing pydantic would add a quarter
+    second to every ``import zexec``); this class is their reference, and a test keeps
+    the names the code reads and the fields here the same."""
+
+    model_config = SettingsConfigDict(env_prefix="ZEXEC_", extra="ignore")
+
+    #: Broker address ``zexec.Client()`` uses when given none (``tcp://host:port``).
+    broker_url: str = ""
+    #: Bearer token ``zexec.Client()`` uses when given none.
+    token: SecretStr = SecretStr("")
+    #: SHA-256 of the certificate of a ``tls://`` broker (``zexec.Client(tls_pin=)``'s
+    #: default): the client accepts that certificate only.
+    broker_tls_pin: str = ""
+    #: Default ``--state-dir`` of ``zexec up/down/status/logs``.
+    state_dir: str = Field(default_factory=lambda: os.path.expanduser("~/.zexec"))
+    #: Non-empty: tracebacks keep zexec's own frames (the SDK's and the CLI's).
+    debug: str = ""
+    #: ``0``: the processes zexec starts do not put large buffers in huge pages.
+    hugepages: str = "1"

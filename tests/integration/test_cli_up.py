@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import stat
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,24 +21,13 @@ from pathlib import Path
 import pytest
 
 import zexec
+from tests.helpers.cli import ZEXEC, zexec_cli
 from zexec.apps.cli import procs
 from zexec.apps.client.connect import PYTHON
 
 pytestmark = pytest.mark.timeout(900)  # the env build; a hang guard, not a measurement
 
-_SCRIPT = Path(sys.executable).with_name("zexec")
-ZEXEC = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "zexec.apps.cli"]
 KEYS = {"ep_api_url", "deploy_api_url", "broker_host", "broker_port", "auth_url", "tokens"}
-
-
-def zexec_cli(*args: str, state: Path, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [*ZEXEC, *args, "--state-dir", str(state)], capture_output=True, text=True, timeout=600
-    )
-    assert "Traceback" not in proc.stderr, proc.stderr
-    if check:
-        assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return proc
 
 
 @pytest.fixture(scope="module")

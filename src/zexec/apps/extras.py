@@ -27,7 +27,7 @@ SERVER_MODULES = {
     "prometheus_client": "prometheus-client",
     "kubernetes": "kubernetes",
     "jwt": "pyjwt",
-    "cryptography": "pyjwt",
+    "cryptography": "cryptography",
     "dependency_injector": "dependency-injector",
     "uv": "uv",
 }

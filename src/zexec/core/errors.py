@@ -134,7 +134,8 @@ class RemoteError(CallError):
     """An exception raised by the remote function whose type is not importable here.
 
     ``type_name`` is the qualified name of the remote exception type and
-    ``remote_traceback`` the formatted remote traceback.
+    ``remote_traceback`` the formatted remote traceback (the exception's own traceback
+    continues into the remote frames, like any remote exception's).
     """
 
     code = "REMOTE_EXCEPTION"
@@ -144,12 +145,6 @@ class RemoteError(CallError):
         self.type_name = type_name
         self.message = message
         self.remote_traceback = remote_traceback
-
-    def __str__(self) -> str:
-        base = super().__str__()
-        if self.remote_traceback:
-            return f"{base}\n\nRemote traceback:\n{self.remote_traceback.rstrip()}"
-        return base
 
 
 class RemoteExit(CallError):

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import io
+import marshal
 import pickle
 import sys
+import types
+from collections import ChainMap
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
@@ -121,11 +124,23 @@ def _dill_pickler() -> type:
     return Pickler
 
 
+def _reduce_code(code: types.CodeType) -> tuple[Any, tuple[bytes]]:
+    """A code object as marshal's bytes: unlike cloudpickle's reduction, which blanks
+    the file name to ``<dynamic-code>``, it keeps ``co_filename``, so remote frames of a
+    function from a notebook cell or a script name their file and the client can show
+    their source lines (client and server run the same Python ``X.Y``, marshal's unit of
+    compatibility, as they must for cloudpickle's code pickles too)."""
+    return marshal.loads, (marshal.dumps(code),)
+
+
 @lru_cache(maxsize=1)
-def _cloud_pickler() -> type:
+def _cloudpickler() -> type:
     import cloudpickle
 
     class Pickler(cloudpickle.Pickler):
+        dispatch_table = ChainMap({types.CodeType: _reduce_code},
+                                  cloudpickle.Pickler.dispatch_table)
+
         def reducer_override(self, obj: Any) -> Any:
             _refuse_open_file(obj)
             return super().reducer_override(obj)
@@ -158,9 +173,9 @@ class CloudpickleSerializer(_PickleFamily):
     name = "cloudpickle"
 
     def _dumps(self, obj: Any, **kw: Any) -> bytes:
-        f = io.BytesIO()
-        _cloud_pickler()(f, **kw).dump(obj)
-        return f.getvalue()
+        with io.BytesIO() as f:
+            _cloudpickler()(f, **kw).dump(obj)
+            return f.getvalue()
 
     def _loads(self, data: Any, buffers: Sequence[Any]) -> Any:
         # cloudpickle output is a standard pickle stream.

@@ -5,30 +5,27 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
-import queue
-from collections import deque
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from functools import update_wrapper
-from itertools import islice
 from typing import Any
 
-from zexec.adapters.serializer import culprit, default_registry, localmods
+from zexec.adapters.serializer import culprit, default_registry
 from zexec.apps.client.fncache import FunctionFrames
+from zexec.apps.client.mapping import batch_size_of, map_batches, map_calls, next_item
+from zexec.apps.client.progress import map_progress
 from zexec.apps.client.session import END, PendingCall, Session
-from zexec.core.batching import MAX_BATCH, BatchSizer, run_batch
-from zexec.core.errors import ConfigurationError, ProtocolError, SerializationError
+from zexec.apps.client.tracebacks import public, public_iter
+from zexec.core.batching import MAX_BATCH, BatchSizer
+from zexec.core.errors import ConfigurationError, SerializationError
 from zexec.core.ports import Serializer
 
 #: cloudpickle by default: it pickles interactively defined functions by value like dill
 #: and runs on the C pickler (several times faster per call); dill stays one word away.
 DEFAULT_SERIALIZER = "cloudpickle"
 _default_client: Client | None = None
-#: A batched map sends at most this many single-item calls before it knows how long an
-#: item takes, and waits at most PROBE_WAIT seconds for the first one to tell it.
-PROBE_CALLS = 8
-PROBE_WAIT = 0.05
 
 
 class Client:
@@ -78,6 +75,8 @@ class Client:
         if broker and "://" not in broker:
             broker = f"tcp://{broker}"
         self.broker = broker
+        #: Whether calls cross the network encrypted (TLS: a ``tls://`` broker).
+        self.encrypted = broker.startswith("tls://")
         self.serializers = default_registry()
         self.serializer = self.serializers.get(serializer)
         self._frames = FunctionFrames()
@@ -133,6 +132,7 @@ class Client:
         a broker that cannot be reached shows up at the first call as usual."""
         self._session.warm()
 
+    @public
     def submit(self, fn: Callable, /, *args: Any, _serializer: str | None = None,
                _timeout: float | None = None, _modules: tuple[Any, ...] = (),
                **kwargs: Any) -> Future:
@@ -144,6 +144,7 @@ class Client:
         return self._start(fn, args, kwargs, serializer=_serializer, timeout=_timeout,
                            modules=_modules).future
 
+    @public
     def call(self, fn: Callable, /, *args: Any, _serializer: str | None = None,
              _timeout: float | None = None, _modules: tuple[Any, ...] = (),
              **kwargs: Any) -> Any:
@@ -161,6 +162,7 @@ class Client:
             return self._session.call(frame, args, kwargs, ser,
                                       timeout=_timeout, name=getattr(fn, "__name__", ""))
 
+    @public
     async def call_async(self, fn: Callable, /, *args: Any, _serializer: str | None = None,
                          _timeout: float | None = None, _modules: tuple[Any, ...] = (),
                          **kwargs: Any) -> Any:
@@ -175,7 +177,8 @@ class Client:
 
     def map(self, fn: Callable, *iterables: Iterable[Any], serializer: str | None = None,
             timeout: float | None = None, window: int = 1024,
-            batch_size: int | str = "auto", modules: tuple[Any, ...] = ()) -> Iterator[Any]:
+            batch_size: int | str = "auto", modules: tuple[Any, ...] = (),
+            progress: bool | None = None) -> Iterator[Any]:
         """Like :func:`map`, remotely and pipelined: up to ``window`` items in flight at
         once, results yielded in input order. An exception raised for an item is raised
         when the iteration reaches that item.
@@ -185,76 +188,25 @@ class Client:
         sends as many per call as run in about 20 ms (so quick functions are not
         drowned in messaging while slow ones still spread over every worker); an int
         fixes it (``1``: one call per item). ``timeout`` is per item (a batch gets
-        ``timeout`` times its size). Generator functions always go one per call."""
-        fixed = _batch_size(batch_size)
+        ``timeout`` times its size). Generator functions always go one per call.
+
+        ``progress``: ``None`` (default) shows a progress bar once the map has run for a
+        second (a quick map shows none; in Jupyter a widget, in a terminal a text bar,
+        in logs nothing), ``True`` from the start, ``False`` never. Bars need tqdm
+        (``pip install 'zexec[notebook]'``)."""
+        fixed = batch_size_of(batch_size)
         if window < 1:
             raise ValueError(f"window must be at least 1, not {window}")
         if fixed == 1 or inspect.isgeneratorfunction(fn):
-            return self._map_calls(fn, iterables, serializer, timeout, window, modules)
-        return self._map_batches(fn, iterables, serializer, timeout, window,
-                                 BatchSizer(fixed, cap=min(MAX_BATCH, max(1, window // 4))),
-                                 modules)
-
-    def _map_calls(self, fn: Callable, iterables: tuple[Iterable[Any], ...],
-                   serializer: str | None, timeout: float | None,
-                   window: int, modules: tuple[Any, ...]) -> Iterator[Any]:
-        ser = self._serializer(serializer)
-        fn_frame = self._frame(fn, ser, modules)  # serialized once for all calls
-        inflight: deque[PendingCall] = deque()
-        try:
-            for args in zip(*iterables, strict=False):
-                inflight.append(self._start(fn, args, {}, serializer=serializer,
-                                            timeout=timeout, fn_frame=fn_frame))
-                if len(inflight) >= window:
-                    yield self._session.wait(inflight.popleft())
-            while inflight:
-                yield self._session.wait(inflight.popleft())
-        finally:
-            for call in inflight:
-                self._session.cancel(call, "map abandoned")
-
-    def _map_batches(self, fn: Callable, iterables: tuple[Iterable[Any], ...],
-                     serializer: str | None, timeout: float | None, window: int,
-                     sizer: BatchSizer, modules: tuple[Any, ...]) -> Iterator[Any]:
-        ser = self._serializer(serializer)
-        # A reference (the same every time), with the modules ``fn`` needs, since ``fn``
-        # travels as an argument.
-        needs = tuple(localmods.roots_for(fn, ser.name))
-        runner = self._frame(run_batch, ser, modules + needs)
-        name = getattr(fn, "__name__", "")
-        source = zip(*iterables, strict=False)
-        inflight: deque[_Batch] = deque()
-        queued = 0  # items in flight
-        exhausted = False
-        try:
-            while True:
-                while not exhausted:
-                    if not sizer.measured and len(inflight) >= PROBE_CALLS:
-                        # Learn the function's pace from the first call before sending
-                        # more one by one; one slower than PROBE_WAIT stays one per call.
-                        if not inflight[0].wait_first(sizer, PROBE_WAIT):
-                            sizer.record(1, PROBE_WAIT)
-                    size = sizer.next_size()
-                    if inflight and queued + size > window:
-                        break  # wait for room for a whole batch
-                    chunk = list(islice(source, size))
-                    if not chunk:
-                        exhausted = True
-                        break
-                    call = self._start(
-                        run_batch, (fn, chunk), {}, serializer=serializer,
-                        timeout=None if timeout is None else timeout * len(chunk),
-                        fn_frame=runner, name=name)
-                    inflight.append(_Batch(call, len(chunk)))
-                    queued += len(chunk)
-                if not inflight:
-                    return
-                batch = inflight.popleft()
-                queued -= batch.size
-                yield from batch.results(self._session, sizer)
-        finally:
-            for batch in inflight:
-                self._session.cancel(batch.call, "map abandoned")
+            results = map_calls(self, fn, iterables, serializer, timeout, window, modules)
+        else:
+            results = map_batches(self, fn, iterables, serializer, timeout, window,
+                                  BatchSizer(fixed, cap=min(MAX_BATCH, max(1, window // 4))),
+                                  modules)
+        lengths = [len(it) for it in iterables if hasattr(it, "__len__")]
+        total = min(lengths) if len(lengths) == len(iterables) and lengths else None
+        return public_iter(map_progress(results, total, getattr(fn, "__name__", "map"),
+                                        progress))
 
     def remote(self, fn: Callable | None = None, **options: Any) -> Any:
         """Decorator: like :func:`zexec.remote` bound to this client."""
@@ -291,68 +243,6 @@ def _arguments_named(fn: Callable) -> Iterator[None]:
         raise named from None
 
 
-def _next_item(session: Session, call: PendingCall) -> tuple[Any, Any]:
-    """The next ``(marker, value)`` a streaming call produced (``marker`` is END with
-    the error or None last); Ctrl-C while waiting cancels the remote call."""
-    try:
-        return call.items.get()
-    except KeyboardInterrupt:
-        session.cancel(call, "keyboard_interrupt", wait=1.0)
-        raise
-
-
-def _batch_size(value: int | str) -> int | None:
-    """``batch_size`` checked: None for "auto", else the fixed size."""
-    if value == "auto":
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f'batch_size must be "auto" or an int >= 1, not {value!r}')
-    return value
-
-
-def _measure(sizer: BatchSizer, item: tuple[Any, Any]) -> None:
-    """Feed the pace a batch reported (``(seconds, values, failed)``) to ``sizer``."""
-    marker, value = item
-    if marker is not END:
-        seconds, values, failed = value
-        sizer.record(len(values) + (failed is not None), seconds)
-
-
-class _Batch:
-    """One in-flight call of a batched map: ``size`` items run by :func:`run_batch`."""
-
-    def __init__(self, call: PendingCall, size: int) -> None:
-        self.call = call
-        self.size = size
-        self._first: tuple[Any, Any] | None = None  # taken early by peek()
-
-    def wait_first(self, sizer: BatchSizer, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for this batch's report and feed its pace to
-        ``sizer``; False if it has not come."""
-        if self._first is None:
-            try:
-                self._first = self.call.items.get(timeout=timeout)
-            except queue.Empty:
-                return False
-            _measure(sizer, self._first)
-        return True
-
-    def results(self, session: Session, sizer: BatchSizer) -> Iterator[Any]:
-        """The batch's values in order; raises the error of the item that failed."""
-        first, self._first = self._first, None
-        if first is None:
-            first = _next_item(session, self.call)
-            _measure(sizer, first)
-        marker, value = first
-        if marker is END:  # failed as a whole: cancelled, timed out, server gone ...
-            raise value or ProtocolError("a batch of map() ended without its results")
-        _, values, failed = value
-        yield from values
-        if failed is not None:
-            marker, error = _next_item(session, self.call)
-            raise error or ProtocolError("a failed item of map() came without its error")
-
-
 class RemoteIterator:
     """Items of a remote generator, as they are yielded remotely."""
 
@@ -364,11 +254,12 @@ class RemoteIterator:
     def __iter__(self) -> RemoteIterator:
         return self
 
+    @public
     def __next__(self) -> Any:
         if self._done:
             raise StopIteration
         try:
-            marker, value = _next_item(self._session, self._call)
+            marker, value = next_item(self._session, self._call)
         except KeyboardInterrupt:
             self._done = True
             raise
@@ -420,23 +311,57 @@ class RemoteFunction:
     def _client(self) -> Client:
         return self.client or get_default_client()
 
+    def _signature(self) -> str:
+        try:
+            return str(inspect.signature(self.fn))
+        except (TypeError, ValueError):
+            return "(...)"
+
+    def _options(self) -> dict[str, str]:
+        kind = "generator (iterate the call)" if inspect.isgeneratorfunction(self.fn) \
+            else "function"
+        return {"kind": kind,
+                "serializer": self.serializer or f"the client's ({DEFAULT_SERIALIZER} "
+                                                  "unless set)",
+                "timeout": "none" if self.timeout is None else f"{self.timeout:g} s"}
+
+    def __repr__(self) -> str:
+        name = getattr(self.fn, "__qualname__", None) or getattr(self.fn, "__name__", "?")
+        extra = "".join(f" {k}={v!r}" for k, v in
+                        (("serializer", self.serializer), ("timeout", self.timeout))
+                        if v is not None)
+        return f"<zexec.RemoteFunction {name}{self._signature()}{extra}>"
+
+    def _repr_html_(self) -> str:
+        from zexec.notebook.html import function_html
+
+        client = self.client or _default_client
+        runs_on = client.broker if client is not None else "the default client (zexec.connect)"
+        doc = (inspect.getdoc(self.fn) or "").strip().split("\n")[0]
+        return function_html(getattr(self.fn, "__name__", "?"), self._signature(), doc,
+                             _defined_in(self.fn), self._options(), runs_on)
+
+    @public
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run remotely and return the value (an iterator for generator functions)."""
         return self._client().call(self.fn, *args, _serializer=self.serializer,
                                    _timeout=self.timeout, _modules=self.modules, **kwargs)
 
+    @public
     def submit(self, *args: Any, **kwargs: Any) -> Future:
         """Run remotely without waiting; returns a Future."""
         return self._client().submit(self.fn, *args, _serializer=self.serializer,
                                      _timeout=self.timeout, _modules=self.modules, **kwargs)
 
     def map(self, *iterables: Iterable[Any], window: int = 1024,
-            batch_size: int | str = "auto") -> Iterator[Any]:
-        """Pipelined map over the iterables; results in order (see :meth:`Client.map`)."""
+            batch_size: int | str = "auto", progress: bool | None = None) -> Iterator[Any]:
+        """Pipelined map over the iterables; results in order, with a progress bar when
+        it takes more than a second (see :meth:`Client.map`)."""
         return self._client().map(self.fn, *iterables, serializer=self.serializer,
                                   timeout=self.timeout, window=window, batch_size=batch_size,
-                                  modules=self.modules)
+                                  modules=self.modules, progress=progress)
 
+    @public
     async def aio(self, *args: Any, **kwargs: Any) -> Any:
         """Awaitable call."""
         return await self._client().call_async(self.fn, *args, _serializer=self.serializer,
@@ -453,6 +378,20 @@ class RemoteFunction:
               "modules": self.modules}
         kw.update(changes)
         return RemoteFunction(self.fn, **kw)
+
+
+def _defined_in(fn: Callable) -> str:
+    """``file:line`` of ``fn``'s definition (``Cell In[3], line 2`` for a notebook cell)."""
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return ""
+    where = code.co_filename
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    label = getattr(getattr(shell, "compile", None), "format_code_name", lambda n: None)(where)
+    if label:
+        where = " ".join(label)
+    return f"{where}, line {code.co_firstlineno}"
 
 
 def remote(fn: Callable | None = None, *, client: Client | None = None,

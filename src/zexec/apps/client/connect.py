@@ -30,7 +30,10 @@ import httpx
 
 from zexec.apps.client.api import Client, set_default_client
 from zexec.apps.client.progress import Progress
+from zexec.apps.client.status import Status
+from zexec.apps.client.tracebacks import public
 from zexec.core import errors as E
+from zexec.notebook.html import connection_html, status_line
 
 PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 PREFIX = "/rexec"
@@ -164,14 +167,29 @@ class Connection:
         self.broker_url = broker_url
         self.client = client
         self.user = user or {}
+        #: The server status this connection saw last (``environment()``, ``status()``).
+        self.last_status: Status | None = None
         self._token = token
         self._http = http
 
+    @property
+    def username(self) -> str:
+        """Who this connection is (the identity provider's user name)."""
+        return str(self.user.get("username") or self.user.get("sub") or "?")
+
     def __repr__(self) -> str:
-        who = self.user.get("username") or self.user.get("sub") or "?"
-        return (
-            f"<zexec.Connection user={who!r} deploy={self.deploy_url!r} broker={self.broker_url!r}>"
-        )
+        lock = "encrypted" if self.client.encrypted else "not encrypted"
+        server = status_line(self.last_status) if self.last_status else "server not asked yet"
+        return f"<zexec.Connection {self.username} @ {self.broker_url} ({lock}); {server}>"
+
+    def _repr_html_(self) -> str:
+        """The connection, with the server's current status (asked now, 2 s at most)."""
+        try:
+            st, error = self.status(timeout=2.0), ""
+        except E.ZexecError as exc:
+            st, error = None, str(exc)
+        return connection_html(self.username, self.broker_url, self.client.encrypted,
+                               self.deploy_url, st, error)
 
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._token}"}
@@ -185,6 +203,7 @@ class Connection:
                 f"{what}: cannot reach the Deploy API at {url}: {exc}"
             ) from None
 
+    @public
     def environment(
         self,
         requirements: list[str] | str | os.PathLike | None = None,
@@ -213,7 +232,8 @@ class Connection:
                 phase = st.get("phase")
                 if phase == "ready":
                     display.close(f"ready ({time.monotonic() - started:.1f}s)")
-                    return st
+                    self.last_status = Status(st)
+                    return self.last_status
                 if phase in ("failed", "terminated"):
                     display.close(phase)
                     reason = st.get("reason") or "see the log"
@@ -261,11 +281,17 @@ class Connection:
             return "interrupted: build cancelled, your previous server keeps serving"
         return "interrupted: build cancelled"
 
-    def status(self) -> dict[str, Any] | None:
-        """Your server's status (phase, reason, log tail, environment), None if none."""
-        resp = self._request("GET", "/status", "status")
-        return None if resp.status_code == 404 else check(resp, "status")
+    @public
+    def status(self, timeout: float | None = None) -> Status | None:
+        """Your server's status (phase, reason, log tail, environment: a
+        :class:`~zexec.apps.client.status.Status`), None if you have none. ``timeout``
+        bounds the request (default: the connection's)."""
+        kw = {} if timeout is None else {"timeout": timeout}
+        resp = self._request("GET", "/status", "status", **kw)
+        self.last_status = None if resp.status_code == 404 else Status(check(resp, "status"))
+        return self.last_status
 
+    @public
     def terminate(self) -> dict[str, Any]:
         """Stop and remove your server (``terminated`` says whether one was running)."""
         return check(self._request("DELETE", "/terminate", "terminate"), "terminate")
@@ -318,6 +344,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+@public
 def connect(
     ep_api_url: str, token: str, *, timeout: float = 30.0, encrypt: bool | None = None,
     **client_options: Any,
@@ -409,6 +436,7 @@ def default_connection() -> Connection:
     return _default
 
 
+@public
 def environment(
     requirements: list[str] | str | os.PathLike | None = None,
     python: str | None = None,
@@ -418,6 +446,7 @@ def environment(
     return default_connection().environment(requirements, python, **options)
 
 
+@public
 def terminate() -> dict[str, Any]:
     """:meth:`Connection.terminate` of the last :func:`connect`."""
     return default_connection().terminate()

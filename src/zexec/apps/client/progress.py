@@ -1,4 +1,4 @@
-"""Progress display while a user's server is being provisioned.
+"""Progress displays: while a user's server is being provisioned, and of a long ``.map``.
 
 Three sinks, chosen once per display:
 
@@ -17,17 +17,24 @@ from __future__ import annotations
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any, TextIO
 
 BAR = 20
 
 
-def in_kernel() -> bool:
-    """Whether this code runs inside an IPython kernel (Jupyter, VS Code notebooks)."""
+def kernel_shell() -> Any:
+    """The IPython shell when this code runs inside a kernel (Jupyter, VS Code
+    notebooks), else None."""
     ipython = sys.modules.get("IPython")
     get = getattr(ipython, "get_ipython", None)
     shell = get() if callable(get) else None
-    return shell is not None and getattr(shell, "kernel", None) is not None
+    return shell if getattr(shell, "kernel", None) is not None else None
+
+
+def in_kernel() -> bool:
+    """Whether this code runs inside an IPython kernel (Jupyter, VS Code notebooks)."""
+    return kernel_shell() is not None
 
 
 def describe(status: dict[str, Any], elapsed: float, label: str) -> str:
@@ -105,3 +112,59 @@ class Progress:
         elif text:
             self.stream.write(text + "\n")
             self.stream.flush()
+
+
+#: A ``.map`` shows a progress bar only once it has run this many seconds: a quick map
+#: (all its results in within a second) never shows one.
+QUICK_MAP = 1.0
+
+
+def _tqdm_class(force: bool) -> tuple[Any, dict[str, Any]] | None:
+    """tqdm's bar class for here and its options, as ``tqdm.auto`` would choose (a
+    widget in Jupyter when ipywidgets is installed, text otherwise), without its
+    warning when ipywidgets is missing; None when tqdm is not installed."""
+    try:
+        from tqdm.std import tqdm
+    except ImportError:
+        return None
+    if in_kernel():
+        try:
+            import ipywidgets  # noqa: F401 - the notebook bar is a widget
+            from tqdm.notebook import tqdm as notebook_tqdm
+        except ImportError:
+            return tqdm, {"file": sys.stderr, "disable": False}  # \r works in a cell
+        return notebook_tqdm, {}
+    # A terminal gets a bar; logs and pipes (not a TTY) none, unless asked for.
+    return tqdm, {"file": sys.stderr, "disable": False if force else None}
+
+
+def map_progress(results: Iterator[Any], total: int | None, label: str,
+                 progress: bool | None) -> Iterator[Any]:
+    """``results`` of a ``.map``, counted by a progress bar: with ``progress=None`` one
+    that appears once the map has run :data:`QUICK_MAP` seconds (none for quick maps
+    and outside terminals and notebooks), with ``True`` one from the start, with
+    ``False`` none. The bar needs tqdm (``pip install zexec[notebook]``)."""
+    if progress is False or (progress is None and not in_kernel()
+                             and not getattr(sys.stderr, "isatty", lambda: False)()):
+        return results  # nowhere to show a bar: not even tqdm's import is paid
+    found = _tqdm_class(force=bool(progress))
+    if found is None:
+        if progress:
+            from zexec.core.errors import ConfigurationError
+
+            raise ConfigurationError(
+                "progress=True needs tqdm: pip install 'zexec[notebook]' (or tqdm)")
+        return results
+    cls, options = found
+    return _counted(results, cls, options, total, label, 0.0 if progress else QUICK_MAP)
+
+
+def _counted(results: Iterator[Any], cls: Any, options: dict[str, Any], total: int | None,
+             label: str, delay: float) -> Iterator[Any]:
+    bar = cls(total=total, desc=label, unit="item", delay=delay, **options)
+    try:
+        for value in results:
+            bar.update(1)
+            yield value
+    finally:
+        bar.close()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import Any
 
+from zexec.apps.client.remote_frames import remote_traceback
 from zexec.core.errors import BY_CODE, RemoteError, SerializationError, ZexecError
 from zexec.core.model import Event
 from zexec.core.ports import Serializer
@@ -24,10 +26,44 @@ def _local_type(qualname: str) -> type[BaseException] | None:
     return None
 
 
-def _with_remote_traceback(exc: BaseException, tb: str) -> BaseException:
-    if tb:
-        exc.add_note(f"\nRemote traceback:\n{tb.rstrip()}")
-    return exc
+log = logging.getLogger("zexec.client")
+
+
+def _with_remote_traceback(exc: BaseException, event: Event,
+                           serializer: Serializer | None) -> BaseException:
+    """``exc`` with the remote frames as its traceback (from the event's post-mortem),
+    or, when there are none, the remote traceback's text as a note."""
+    h = event.header
+    text = str(h.get("traceback", "")).rstrip()
+    pm = h.get("postmortem")
+    tb = None
+    if isinstance(pm, dict):
+        at = h.get("extra_at")
+        blobs = event.buffers[at:] if isinstance(at, int) and at >= 0 else ()
+        try:
+            tb = remote_traceback(pm, blobs, serializer)
+        except Exception as failure:  # a malformed post-mortem: the text still serves
+            log.debug("no remote frames: %r", failure)
+    if tb is None:
+        if text:
+            exc.add_note(f"\nRemote traceback:\n{text}")
+        return exc
+    first = tb.tb_frame.f_code.co_name
+    frames = "the cell's code" if first == "<module>" else f"the frames from {first!r} on"
+    note = (f"(zexec: raised on your server; {frames} ran there. "
+            "%debug or zexec.debug() opens them with their local variables.)")
+    if pm.get("skipped"):
+        note += f"\n({pm['skipped']} outer remote frames are left out.)"
+    if pm.get("chained") and text:
+        note += f"\n\nRemote traceback, with the exceptions it chains:\n{text}"
+    exc.add_note(note)
+    return exc.with_traceback(tb)
+
+
+def _value_frames(event: Event) -> tuple[Any, ...]:
+    """The frames of the event's value (the exception), without the extra ones."""
+    at = event.header.get("extra_at")
+    return event.buffers[:at] if isinstance(at, int) and at >= 0 else event.buffers
 
 
 def exception_from_event(event: Event, serializer: Serializer | None) -> BaseException:
@@ -47,9 +83,11 @@ def _exception(event: Event, serializer: Serializer | None) -> BaseException:
     """The exception for an ERROR event.
 
     A remote exception is re-raised as its original type when that type is importable
-    here (the remote traceback attached as a note); otherwise as :class:`RemoteError`
-    carrying the type name and traceback. zexec's own failures map to their classes by
-    code (``DEADLINE_EXCEEDED`` -> :class:`~zexec.core.errors.CallTimeout`, ...).
+    here, otherwise as :class:`RemoteError` carrying the type name and traceback text.
+    Either way its traceback continues into the remote frames (see
+    :mod:`zexec.apps.client.remote_frames`), or, for a server that sent none, the remote
+    traceback's text is a note. zexec's own failures map to their classes by code
+    (``DEADLINE_EXCEEDED`` -> :class:`~zexec.core.errors.CallTimeout`, ...).
     """
     h = event.header
     code = str(h.get("code", "INTERNAL"))
@@ -57,12 +95,14 @@ def _exception(event: Event, serializer: Serializer | None) -> BaseException:
     tb = str(h.get("traceback", ""))
     if code != "REMOTE_EXCEPTION":
         cls = BY_CODE.get(code, ZexecError)
-        return cls(message or code)
+        err = cls(message or code)
+        return _with_remote_traceback(err, event, serializer) if tb else err
     type_name = str(h.get("type", "Exception"))
     local = _local_type(type_name)
-    if local is not None and event.buffers and serializer is not None:
+    buffers = _value_frames(event)
+    if local is not None and buffers and serializer is not None:
         try:
-            exc = serializer.loads(event.buffers)
+            exc = serializer.loads(buffers)
         except SerializationError:
             exc = None
         if isinstance(exc, BaseException):
@@ -71,11 +111,11 @@ def _exception(event: Event, serializer: Serializer | None) -> BaseException:
                 try:
                     exc = local(*exc.args)
                 except Exception:
-                    return RemoteError(type_name, message, tb)
-            return _with_remote_traceback(exc, tb)
+                    exc = RemoteError(type_name, message, tb)
+            return _with_remote_traceback(exc, event, serializer)
     if local is not None:
         try:
-            return _with_remote_traceback(local(message), tb)
+            return _with_remote_traceback(local(message), event, serializer)
         except Exception:
             pass
-    return RemoteError(type_name, message, tb)
+    return _with_remote_traceback(RemoteError(type_name, message, tb), event, serializer)

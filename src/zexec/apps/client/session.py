@@ -8,7 +8,8 @@ and wait on futures. The I/O thread sleeps while nothing is in flight. Whoever d
 also keeps the calls honest: it pings the broker while calls are in flight (the broker answers which
 of them it still knows and whether the user's server is alive), so a dead broker, a
 restarted broker or a dead server surfaces as an error within a bounded time instead of
-a hang. Output events are written to this process's stdout/stderr as they arrive.
+a hang. Output events are written as they arrive to where the caller was when it
+started the call (:mod:`zexec.apps.client.output`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from zexec.apps.client.output import Writer, writer_here
 from zexec.apps.client.remote_errors import exception_from_event
+from zexec.apps.client.tracebacks import public
 from zexec.core import protocol as p
 from zexec.core.errors import (
     BrokerUnreachable,
@@ -61,6 +64,11 @@ class RemoteFuture(Future):
             self._session.cancel(self._call, "future cancelled")
         return super().cancel()
 
+    @public
+    def result(self, timeout: float | None = None) -> Any:
+        """The call's value; raises its error (with the remote frames as its traceback)."""
+        return super().result(timeout)
+
 
 @dataclass(eq=False)
 class PendingCall:
@@ -71,6 +79,8 @@ class PendingCall:
     timeout: float | None
     created: float
     items: queue.SimpleQueue | None = None  # set for generator calls
+    #: Where its printed output goes (fixed when the call starts: see output.py).
+    write: Writer | None = None
     sent_at: float | None = None
     done: bool = field(default=False)
     #: Set once a cancel request for this call has left (or needed not leave) this process.
@@ -204,7 +214,7 @@ class Session:
                               [p.dump_header(header), fn_frame, *payload])
         fut = RemoteFuture()
         call = PendingCall(call_id, frames, serializer, fut, timeout, self.clock(),
-                           queue.SimpleQueue() if stream else None)
+                           queue.SimpleQueue() if stream else None, write=writer_here())
         fut._session, fut._call = self, call
         return call
 
@@ -412,9 +422,7 @@ class Session:
         kind = ev.kind
         if kind == p.EV_OUTPUT:
             for channel, text in ev.header.get("out", ()):
-                stream = sys.stderr if channel == "stderr" else sys.stdout
-                stream.write(text)
-                stream.flush()
+                call.write(channel, text)
         elif kind == p.EV_YIELD:
             try:
                 value = call.serializer.loads(ev.buffers)

@@ -46,8 +46,8 @@ from zmq.utils.monitor import recv_monitor_message
 
 from zexec.adapters.serializer import default_registry
 from zexec.adapters.transport_zmq.frames import NOBLOCK, recv_frames, send_frames
+from zexec.apps.server import postmortem
 from zexec.apps.server.crashlog import Spill, open_crash_files
-from zexec.core import batching
 from zexec.core import protocol as p
 from zexec.core.errors import (
     ProtocolError,
@@ -136,14 +136,19 @@ class Call:
         self.announced = True
 
     def send(self, kind: str, fields: dict[str, Any] | None = None, value: Any = None,
-             has_value: bool = False, final: bool = False) -> None:
+             has_value: bool = False, final: bool = False, extra: list[Any] | None = None,
+             ) -> None:
         """Send one event. The caller holds ``out.lock``. Serializes before counting, so
-        a value that fails to serialize leaves no gap in the sequence."""
+        a value that fails to serialize leaves no gap in the sequence. ``extra`` frames
+        follow the value's (v1 only; ``extra_at`` in the header says where they start)."""
         seq = self.seq + 1
         if self.legacy:
             body = [self._legacy_body(kind, seq, fields or {}, value)]
         else:
             buffers = self.serializer.dumps(value) if has_value else []
+            if extra:
+                fields = {**(fields or {}), "extra_at": len(buffers)}
+                buffers = [*buffers, *extra]
             body = p.v1_event(self.call_id, kind, seq, fields, buffers)
         self.seq = seq
         if self.out.spill is not None:
@@ -235,11 +240,12 @@ class Outbound:
             self.spill.flushed()
 
     def event(self, kind: str, fields: dict[str, Any] | None = None, value: Any = None,
-              has_value: bool = False, final: bool = False) -> None:
+              has_value: bool = False, final: bool = False,
+              extra: list[Any] | None = None) -> None:
         with self.lock:
             self._flush_locked()
             assert self.call is not None
-            self.call.send(kind, fields, value, has_value, final)
+            self.call.send(kind, fields, value, has_value, final, extra)
 
     def _flusher(self) -> None:
         while True:
@@ -315,15 +321,9 @@ def _qualname(exc: BaseException) -> str:
     return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
 
 
-#: Frames of these files lead into the user's code and are left out of its traceback.
-_OWN_FILES = frozenset({__file__, batching.__file__})
-
-
 def _user_traceback(exc: BaseException) -> str:
     """The traceback without zexec's frames: the user's code is what matters."""
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename in _OWN_FILES:
-        tb = tb.tb_next
+    tb = postmortem.first_user_frame(exc.__traceback__)
     return "".join(traceback.format_exception(type(exc), exc, tb))
 
 
@@ -464,6 +464,7 @@ class Worker:
 
     def _send_error(self, call: Call, exc: BaseException) -> None:
         tb = _user_traceback(exc)
+        raised = exc  # its frames, for a post-mortem
         if not isinstance(exc, Exception):
             # SystemExit (sys.exit, exit()), KeyboardInterrupt, GeneratorExit: raised
             # there as themselves they would end the caller's program (or its loop).
@@ -475,12 +476,13 @@ class Worker:
             "type": _qualname(exc),
             "traceback": tb,
         }
+        extra = None if call.legacy else postmortem.attach(fields, raised, call.serializer)
         exc.__traceback__ = None  # tracebacks do not pickle; the text travels instead
         try:
             self.out.event(p.EV_ERROR, fields, value=exc, has_value=not call.legacy,
-                           final=True)
+                           final=True, extra=extra)
         except SerializationError:
-            self.out.event(p.EV_ERROR, fields, final=True)
+            self.out.event(p.EV_ERROR, fields, final=True, extra=extra)
 
 
 def main(argv: list[str] | None = None) -> None:
