@@ -83,7 +83,8 @@ def test_up_writes_stack_json_and_private_files(state, stack):
         assert stat.S_IMODE((state / name).stat().st_mode) == 0o700, name
     # Each process's command line is recorded; no secret is in its environment.
     for comp in stack["components"].values():
-        assert comp["cmd"][:3] == [sys.executable, "-m", "zexec.apps.cli"]
+        assert Path(comp["cmd"][0]).resolve() == Path(sys.executable).resolve()
+        assert comp["cmd"][1:3] == ["-m", "zexec.apps.cli"]
         environ = Path(f"/proc/{comp['pid']}/environ").read_bytes()
         assert b"ZEXEC_SECRETS_DIR=" + str(state / "secrets").encode() in environ
         for secret in ("server_secret", "admin_token"):

@@ -69,15 +69,12 @@ def pth_dirs(env: Path) -> list[Path]:
 
 def paths_to_reach(*dirs: str | Path, interpreter: bool = True) -> list[Path]:
     """What servers running as other uids, without a sandbox, must reach: ``dirs`` (the
-    state directory ...), the zexec source tree an editable install of zexec points to,
-    and (``interpreter``) the running interpreter, which serves the most common pin (see
-    :func:`.isolation.unreachable`)."""
-    from zexec.adapters.orchestrator_local.envs import zexec_install_args
+    state directory ...) and (``interpreter``) the running interpreter, which serves the
+    most common pin (see :func:`.isolation.unreachable`). zexec itself is inside each
+    environment (a wheel of the running zexec, see :mod:`.wheel`)."""
     from zexec.adapters.orchestrator_local.pythons import running_python
 
-    args = zexec_install_args()
-    src = [Path(args[1]) / "src"] if args[:1] == ["-e"] else []
-    return [*map(Path, dirs), *src, *([Path(running_python()[1])] if interpreter else [])]
+    return [*map(Path, dirs), *([Path(running_python()[1])] if interpreter else [])]
 
 
 class Tenancy:
@@ -104,8 +101,8 @@ class Tenancy:
                                                 users_dir, interpreter=False))
             if closed:
                 raise ConfigurationError(
-                    "uid isolation without a sandbox needs the environments, the users' "
-                    f"directories and zexec's source reachable by other uids, but {closed[0]} "
+                    "uid isolation without a sandbox needs the environments and the users' "
+                    f"directories reachable by other uids, but {closed[0]} "
                     "is closed to them (no o+x): allow passing through it (chmod o+x), choose "
                     "another state directory, or install bubblewrap"
                 )
