@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -21,10 +20,10 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from tests.helpers.cli import ZEXEC
+
 pytestmark = pytest.mark.timeout(120)
 
-_SCRIPT = Path(sys.executable).with_name("zexec")
-ZEXEC = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "zexec.apps.cli"]
 LIMIT = 1024**2  # the default of ZEXEC_HTTP_MAX_BODY_BYTES
 
 

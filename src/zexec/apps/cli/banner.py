@@ -83,6 +83,9 @@ def show(stack: dict[str, Any], out: TextIO) -> None:
         out.write(f"  {label:<15} {value}\n")
     state = stack["state_dir"]
     out.write(f"  {'stack file':<15} {state}/stack.json\n")
+    passed = stack.get("settings_from_environment") or []
+    if passed:
+        out.write(f"  {'settings':<15} {', '.join(passed)}  (from the environment)\n")
     iso = stack.get("isolation") or {}
     if iso:
         out.write(f"  {'isolation':<15} {iso.get('mode')}: {iso.get('description')}\n")

@@ -18,6 +18,7 @@ import json
 import os
 import socket
 import sys
+from collections.abc import Mapping
 from typing import Any, TextIO
 
 from zexec.adapters.hugepages import with_hugepages
@@ -87,11 +88,28 @@ def choose_ports(d: StateDir, requested: dict[str, int | None], out: TextIO) -> 
     return ports
 
 
+#: ``ZEXEC_*`` variables of the SDK and the CLI themselves: never passed to the stack.
+CLIENT_SETTINGS = frozenset({"ZEXEC_BROKER_URL", "ZEXEC_TOKEN", "ZEXEC_BROKER_TLS_PIN",
+                             "ZEXEC_STATE_DIR", "ZEXEC_DEBUG"})
+
+
+def passed_settings(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The ``ZEXEC_*`` settings of the environment ``zexec up`` runs in that reach the
+    stack's processes (``ZEXEC_DEPLOY_MAX_CPUS=8 zexec up``): all but the SDK's and the
+    CLI's own (:data:`CLIENT_SETTINGS`). What ``up`` sets itself (ports, paths,
+    secrets: see :func:`plan`) wins over them. Users' servers see none of them (the
+    local orchestrator scrubs ``ZEXEC_*``)."""
+    environ = os.environ if environ is None else environ
+    return {k: v for k, v in environ.items()
+            if k.startswith("ZEXEC_") and k not in CLIENT_SETTINGS}
+
+
 def child_env(**extra: str) -> dict[str, str]:
-    """This environment without ``ZEXEC_*`` (a stray setting of the user's must not
-    reconfigure the stack), with huge pages for large buffers (the broker relays
-    payloads; see :mod:`zexec.adapters.hugepages`), plus ``extra``."""
+    """This environment with only the :func:`passed_settings` of ``ZEXEC_*``, huge pages
+    for large buffers (the broker relays payloads; see :mod:`zexec.adapters.hugepages`),
+    and ``extra`` over all of it."""
     env = {k: v for k, v in with_hugepages(os.environ).items() if not k.startswith("ZEXEC_")}
+    env.update(passed_settings())
     env["PYTHONUNBUFFERED"] = "1"  # logs in order, as they happen
     env.update(extra)
     return env

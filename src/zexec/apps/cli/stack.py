@@ -42,7 +42,7 @@ from typing import Any, TextIO
 from zexec.apps import web
 from zexec.apps.cli import procs
 from zexec.apps.cli.banner import down_command, show
-from zexec.apps.cli.plan import HOST, PORT_NAMES, PREFIX, choose_ports, plan
+from zexec.apps.cli.plan import HOST, PORT_NAMES, PREFIX, choose_ports, passed_settings, plan
 from zexec.apps.cli.state import (
     StackError,
     StateDir,
@@ -246,6 +246,8 @@ def up(
             "broker_control_port": chosen["broker_control"],
             "ports": chosen,
             "options": options,
+            # Names only: values may be secrets. (What up sets itself wins over them.)
+            "settings_from_environment": sorted(passed_settings()),
             "isolation": iso.as_dict(),
             "state_dir": str(d.root),
             "python": sys.executable,
