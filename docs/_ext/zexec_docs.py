@@ -31,7 +31,7 @@ def settings_classes() -> dict[str, type[BaseSettings]]:
 
     return {name: cls for name, cls in vars(settings).items()
             if isinstance(cls, type) and issubclass(cls, BaseSettings)
-            and cls is not BaseSettings}
+            and cls is not BaseSettings and cls.model_fields}
 
 
 def _readme_rows() -> list[tuple[str, str, str]]:

@@ -18,12 +18,24 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+class SecretsSettings(BaseSettings):
+    """Where every process finds settings kept in files (``ZEXEC_SECRETS_DIR``)."""
+
+    model_config = SettingsConfigDict(env_prefix="ZEXEC_", extra="ignore")
+
+    #: A directory of files named like settings (``ZEXEC_BROKER_SERVER_SECRET``), each
+    #: holding its value (mode 0600): read by every settings class after the
+    #: environment, which wins. ``zexec up`` uses it for the secrets; a Kubernetes
+    #: Secret mounted as a volume works the same way. Empty = none.
+    secrets_dir: str = ""
+
+
 class ZexecSettings(BaseSettings):
     """Base of every settings class: the environment, then the files of
     ``ZEXEC_SECRETS_DIR`` (see the module's docstring)."""
 
     def __init__(self, **values: Any) -> None:
-        secrets_dir = os.environ.get("ZEXEC_SECRETS_DIR", "")
+        secrets_dir = SecretsSettings().secrets_dir
         if secrets_dir and "_secrets_dir" not in values:
             values["_secrets_dir"] = secrets_dir
         super().__init__(**values)

@@ -32,10 +32,14 @@ def conn(tmp_path_factory):
     zexec_cli("down", state=state, check=False)
 
 
-def pid() -> int:
+def pid() -> str:
+    """The worker process as ``pid@start time``: a sandboxed server has its own pid
+    namespace, where every server's first worker may get the same pid."""
     import os
 
-    return os.getpid()
+    with open("/proc/self/stat") as f:
+        start = f.read().rsplit(")", 1)[1].split()[19]  # field 22, clock ticks since boot
+    return f"{os.getpid()}@{start}"
 
 
 def a_fresh_requirement() -> str:

@@ -35,7 +35,7 @@ def test_remote_function_shows_its_signature_doc_and_cell(kernel):
 
 def test_connection_shows_user_broker_encryption_and_server(kernel):
     cell = kernel.run("conn")
-    assert re.fullmatch(r"<zexec.Connection alice @ tcp://127\.0\.0\.1:\d+ \(encrypted\); "
+    assert re.fullmatch(r"<zexec.Connection alice @ tcp://127\.0\.0\.1:\d+ \(loopback\); "
                         r"server of alice: ready, since \d+s ago, python 3\.\d+ \+ numpy, "
                         r"pandas>", one_line(cell))
     page = cell.result["text/html"]

@@ -19,7 +19,7 @@ from zexec.apps.extras import SERVER_MODULES, install_hint, missing_extra
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 #: What only the stack's components use: never a dependency of the client SDK.
 SERVER_ONLY = {"fastapi", "uvicorn", "python-multipart", "prometheus-client", "kubernetes",
-               "pyjwt", "dependency-injector", "uv"}
+               "pyjwt", "cryptography", "dependency-injector", "uv"}
 
 
 def _requires(meta) -> dict[str, set[str]]:

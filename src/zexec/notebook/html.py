@@ -109,9 +109,11 @@ def status_html(status: dict[str, Any] | None, title: str = "zexec server") -> s
 def connection_html(user: str, broker: str, encrypted: bool, deploy: str,
                     status: dict[str, Any] | None, error: str = "") -> str:
     """A connection: who, which broker (encrypted or not), the Deploy API, the server."""
-    lock = ("encrypted (TLS)" if encrypted
-            else "plain (loopback: never leaves this machine)" if _on_loopback(broker)
-            else "not encrypted")
+    from zexec.apps.client.connect import privacy  # (connect imports this module)
+
+    lock = {"encrypted": "encrypted (TLS)",
+            "loopback": "plain (loopback: never leaves this machine)"}.get(
+                privacy(broker, encrypted), "not encrypted")
     rows = [("user", _e(user)), ("broker", f"{code(broker)} &middot; {_e(lock)}"),
             ("deploy API", code(deploy))]
     if error:
@@ -139,10 +141,3 @@ def function_html(name: str, signature: str, doc: str, where: str, options: dict
         rows.append(("defined in", code(where)))
     return table(f"remote function {code(name + signature)}", rows)
 
-
-def _on_loopback(broker: str) -> bool:
-    from urllib.parse import urlsplit
-
-    from zexec.apps.client.connect import is_loopback
-
-    return is_loopback(urlsplit(broker).hostname or "")

@@ -53,10 +53,12 @@ def running_dist_info(package_dir: Path = PACKAGE_DIR) -> DistInfo:
     """The metadata of the running zexec: the installed distribution's (regular or
     editable install), else (a source tree on ``sys.path``, not installed) made from the
     ``pyproject.toml`` beside ``src/``."""
-    try:
-        dist = metadata.distribution("zexec")
-    except metadata.PackageNotFoundError:
+    found = list(metadata.distributions(name="zexec"))
+    if not found:
         return _from_pyproject(package_dir.parents[1] / "pyproject.toml")
+    # The installed .dist-info (pip, uv; editable installs too) over an .egg-info that a
+    # source tree on sys.path may hold (a build in place left it; it has PKG-INFO only).
+    dist = next((d for d in found if d.read_text("METADATA")), found[0])
     licenses = []
     for f in dist.files or ():
         parts = Path(str(f)).parts
@@ -64,7 +66,7 @@ def running_dist_info(package_dir: Path = PACKAGE_DIR) -> DistInfo:
             data = f.locate().read_bytes() if Path(f.locate()).is_file() else None
             if data is not None:
                 licenses.append(("/".join(parts[2:]), data))
-    text = dist.read_text("METADATA") or ""
+    text = dist.read_text("METADATA") or dist.read_text("PKG-INFO") or ""
     return DistInfo(dist.metadata["Name"], dist.version, text,
                     dist.read_text("entry_points.txt") or "", tuple(sorted(licenses)))
 

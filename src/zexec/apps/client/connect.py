@@ -178,7 +178,7 @@ class Connection:
         return str(self.user.get("username") or self.user.get("sub") or "?")
 
     def __repr__(self) -> str:
-        lock = "encrypted" if self.client.encrypted else "not encrypted"
+        lock = privacy(self.client.broker, self.client.encrypted).replace("plain", "not encrypted")
         server = status_line(self.last_status) if self.last_status else "server not asked yet"
         return f"<zexec.Connection {self.username} @ {self.broker_url} ({lock}); {server}>"
 
@@ -330,6 +330,16 @@ def broker_address(cfg: dict[str, Any], encrypt: bool | None) -> tuple[str, str 
     if offered and (encrypt or encrypt is None and not is_loopback(str(host))):
         return f"tls://{host}:{secure}", str(pin)
     return f"tcp://{host}:{port}", None
+
+
+def privacy(broker: str, encrypted: bool) -> str:
+    """How private a connection to ``broker`` is: ``encrypted`` (TLS), ``loopback``
+    (plain, but on this machine's loopback: see :func:`broker_address`) or ``plain``."""
+    from urllib.parse import urlsplit
+
+    if encrypted:
+        return "encrypted"
+    return "loopback" if is_loopback(urlsplit(broker).hostname or "") else "plain"
 
 
 def is_loopback(host: str) -> bool:
