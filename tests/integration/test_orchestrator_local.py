@@ -103,7 +103,7 @@ def test_install_failure_shows_the_reason_and_installer_output(lite):
     bad = parse_env_spec([f"python=={PY}", "zexec-test-no-such-package-4711"])
     lite.ensure(UserIdentity("u-bad"), bad)
     st = wait_for(lambda: phase_is(lite, "u-bad", "failed"), what="failed")
-    assert "building the environment failed" in st.reason
+    assert "building the environment failed: uv pip install exited with status" in st.reason
     assert any("zexec-test-no-such-package-4711" in line for line in st.log_tail)
     assert not (lite.envs.path(bad) / ".zexec-complete").exists()
 

@@ -127,7 +127,7 @@ class EnvStore:
                 ]  # fmt: skip
             code = run(step)
             if code != 0:
-                raise BuildFailed(f"{' '.join(step[1:3])} exited with status {code}")
+                raise BuildFailed(f"uv {' '.join(step[1:3])} exited with status {code}")
         tmp = env / f"{MARKER}.tmp"
         tmp.write_text(json.dumps(self._marker(spec, interpreter)))
         os.replace(tmp, env / MARKER)
