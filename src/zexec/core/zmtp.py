@@ -383,6 +383,8 @@ class Codec:
 
     def _traffic(self) -> Event | None:
         while True:
+            # The frame header is parsed inline, as in _command: this loop runs for every
+            # frame the broker receives, and a helper call per frame is measurable there.
             buf, p = self._buf, self._pos
             have = len(buf) - p
             if have < 2:
