@@ -265,6 +265,10 @@ class DeploySettings(ZexecSettings):
     #: The users' private working directories (one per user, mode 0700, owned by the
     #: server's uid); empty = ``<state_dir>/users``.
     users_dir: str = ""
+    #: Local orchestrator: worker processes per user's server (calls of one user run
+    #: this many at a time). One by default: every worker holds its own interpreter,
+    #: numpy and the user's data, and a machine is shared by its users.
+    server_workers: int = Field(default=1, ge=1)
 
 
 class EPSettings(ZexecSettings):

@@ -402,6 +402,13 @@ def test_composition_root_selects_the_local_orchestrator(tmp_path):
     assert isinstance(app.state.orchestrator, LocalOrchestrator)
     with TestClient(app) as client:
         assert client.get("/rexec/healthz").json()["orchestrator"] == "local"
+    assert app.state.orchestrator.server_workers == 1  # the default
+    app = build_app_from_settings(
+        DeploySettings(orchestrator="local", state_dir=str(tmp_path), server_workers=3),
+        broker_settings=BrokerSettings(server_secret="s"),
+        authenticator=StaticAuthenticator(TOKENS),
+    )
+    assert app.state.orchestrator.server_workers == 3
 
 
 def test_the_orchestrator_is_closed_when_the_app_stops():

@@ -57,6 +57,7 @@ def local_orchestrator(settings: DeploySettings, broker: BrokerSettings) -> Orch
         f"tcp://{broker.host}:{broker.backend_port}",
         _server_secret(broker),
         idle_timeout=settings.idle_timeout,
+        server_workers=settings.server_workers,
         isolation=isolation,
         uids=uids,
         users_dir=users,
