@@ -46,10 +46,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT)]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 import zmq  # noqa: E402
 import zmq.asyncio  # noqa: E402
+from common import percentile  # noqa: E402
 
 import zexec  # noqa: E402
 from tests.helpers.procs import cpu_seconds  # noqa: E402
@@ -216,11 +217,6 @@ class Stack:
 # --------------------------------------------------------------------------- a run
 
 
-def pct(xs: list[float], q: float) -> float:
-    """The ``q``-th percentile of the sorted ``xs`` (nearest rank)."""
-    return xs[min(len(xs) - 1, int(q / 100 * len(xs)))] if xs else float("nan")
-
-
 def run_row(stack: Stack, calls: list, conns: int, rate: float, args) -> dict:
     procs = max(1, min(args.procs, conns))
     share = [conns // procs + (1 if i < conns % procs else 0) for i in range(procs)]
@@ -258,7 +254,7 @@ def run_row(stack: Stack, calls: list, conns: int, rate: float, args) -> dict:
         "rate": None if args.saturate else rate, "procs": procs,
         "sent": sum(r["sent"] for r in results), "completed": done,
         "throughput": sum(r["completed_in_window"] for r in results) / wall,
-        "p50_ms": pct(lat, 50) * 1e3, "p99_ms": pct(lat, 99) * 1e3,
+        "p50_ms": percentile(lat, 50) * 1e3, "p99_ms": percentile(lat, 99) * 1e3,
         "max_ms": (lat[-1] * 1e3) if lat else float("nan"),
         "lost": sum(r["lost"] for r in results), "errors": errors,
         "broker_cpu_us_per_call": broker_cpu / max(done, 1) * 1e6,

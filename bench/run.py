@@ -1,9 +1,14 @@
 """zexec vs Ray (vs the released scidx-rexec client), side by side in one run.
 
-    bash bench/run.sh [--quick] [--sides zexec,legacy,ray] [--serializer dill|cloudpickle]
+    bash bench/run.sh [--quick] [--sides zexec,legacy,ray] [--path user,harness]
 
-Starts a real broker and alice's server (2 workers) as subprocesses on loopback with
-static tokens (tests/helpers/stack.py), runs each side as a subprocess of its own
+Two zexec paths, both by default, in one table: the **user path** (`zexec up` in a
+temporary state directory with 2 workers per server, then `zexec.connect()` exactly as
+the README does: plain on loopback, and again with `encrypt=True`, the TLS port a
+remote broker gets) and the **harness** (a real broker and alice's server, 2 workers, as
+subprocesses on loopback with static tokens: tests/helpers/stack.py, with the memory
+runs). Beside them, the raw one-hop floors (bench/floors.py: pyzmq plain and CURVE, TLS
+1.3 through Python's ssl) measured in the same run. Each side runs as a subprocess of its own
 interpreter (the project's .venv, bench/.venv-ray, bench/.venv-legacy; the last two are
 created with uv on first use), prints a markdown table and writes
 bench/results/<timestamp>.json (logs beside it in <timestamp>-logs/). Every process it
@@ -96,6 +101,34 @@ def git_info() -> dict:
             "dirty_zexec": bool(git("status", "--porcelain", "--", "src"))}
 
 
+def user_phase(args, sizes: Sizes, logdir: Path) -> dict:
+    """``zexec up`` + ``zexec.connect()``: plain (loopback) and encrypted (TLS)."""
+    import shutil
+    import tempfile
+
+    state = Path(tempfile.mkdtemp(prefix="zexec-bench-up."))
+    cli = str(Path(sys.executable).with_name("zexec"))
+    env = {**os.environ, "ZEXEC_DEPLOY_SERVER_WORKERS": "2"}
+    results: dict = {}
+    say("user path: zexec up (2 workers per server)")
+    with open(logdir / "zexec-up.log", "ab") as log:
+        subprocess.run([cli, "up", "--state-dir", str(state)], check=True, env=env,
+                       stdout=log, stderr=log, timeout=300)
+    try:
+        info = json.loads((state / "stack.json").read_text())
+        base = [sys.executable, str(BENCH / "zexec_side.py"), "--ep-url", info["ep_api_url"],
+                f"--token={info['tokens']['alice']}", "--serializer", args.serializer,
+                "--sizes", sizes.to_json()]
+        for key, extra in (("zexec_user", []), ("zexec_user_tls", ["--encrypt"])):
+            say(f"user path: timed workloads ({'TLS' if extra else 'as connect() picks'})")
+            results[key] = run_side(key, base + extra, logdir, SIDE_TIMEOUT["zexec"] + 120)
+    finally:
+        subprocess.run([cli, "down", "--state-dir", str(state)], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=120)
+        shutil.rmtree(state, ignore_errors=True)
+    return results
+
+
 def zexec_phase(args, sizes: Sizes, legacy_py: Path | None, logdir: Path) -> dict:
     from tests.helpers.stack import Stack
 
@@ -169,6 +202,9 @@ def main() -> int:
     ap.add_argument("--sides", default="zexec,legacy,ray",
                     help="comma-separated subset of zexec,legacy,ray (zexec always runs)")
     ap.add_argument("--serializer", default="cloudpickle", help="zexec serializer (cloudpickle, the SDK default, or dill)")
+    ap.add_argument("--path", default="user,harness",
+                    help="zexec paths to measure: user (zexec up + zexec.connect), harness "
+                         "(bare broker + server, with the memory runs); both by default")
     ap.add_argument("--no-install", action="store_true",
                     help="fail instead of creating bench/.venv-ray / bench/.venv-legacy")
     ap.add_argument("--results-dir", default=str(BENCH / "results"))
@@ -216,11 +252,27 @@ def main() -> int:
                     say(f"{name}: cannot set up its venv, skipping: {exc}")
                     doc["errors"][name] = f"venv: {exc}"
 
+        paths = set(args.path.split(","))
+        say("raw floors: one hop, plain / CURVE / TLS")
         try:
-            doc["results"].update(zexec_phase(args, sizes, legacy_py, logdir))
-        except Exception as exc:  # still run Ray and write what we have
-            say(f"zexec phase failed: {exc!r}")
-            doc["errors"]["zexec"] = f"{exc!r}\n" + "".join(traceback.format_exception(exc))
+            doc["results"]["floor"] = run_side(
+                "floors", [sys.executable, str(BENCH / "floors.py"), "--sizes",
+                           sizes.to_json()], logdir, SIDE_TIMEOUT["zexec"])
+        except RuntimeError as exc:
+            doc["errors"]["floor"] = str(exc)
+        if "user" in paths:
+            try:
+                doc["results"].update(user_phase(args, sizes, logdir))
+            except Exception as exc:  # still run the rest and write what we have
+                say(f"user path failed: {exc!r}")
+                doc["errors"]["zexec_user"] = f"{exc!r}\n" + "".join(
+                    traceback.format_exception(exc))
+        if "harness" in paths:
+            try:
+                doc["results"].update(zexec_phase(args, sizes, legacy_py, logdir))
+            except Exception as exc:  # still run Ray and write what we have
+                say(f"zexec phase failed: {exc!r}")
+                doc["errors"]["zexec"] = f"{exc!r}\n" + "".join(traceback.format_exception(exc))
         if "error" in doc["results"].get("legacy", {}):
             doc["errors"]["legacy"] = doc["results"].pop("legacy")["error"]
 

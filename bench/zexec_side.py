@@ -1,8 +1,11 @@
 """The zexec side of the benchmark: the SDK against a running broker + server.
 
-Run by bench/run.py with the project's interpreter:
+Run by bench/run.py with the project's interpreter, on the harness (a bare Client to
+a broker URL) or on the user path (``zexec.connect`` to a ``zexec up`` stack, which asks
+for the user's server itself):
     python bench/zexec_side.py --broker tcp://127.0.0.1:PORT --token TOKEN \
         --sizes '{...}' --workloads latency,pipelined,payload,lines
+    python bench/zexec_side.py --ep-url http://127.0.0.1:PORT --token TOKEN [--encrypt] ...
 Prints one marked JSON line with the results (see common.emit).
 """
 
@@ -92,7 +95,9 @@ def run(client, sizes: Sizes, workloads: list[str], serializer: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--broker", required=True)
+    ap.add_argument("--broker", help="harness: a broker URL to use with a bare zexec.Client")
+    ap.add_argument("--ep-url", help="user path: zexec.connect(EP_URL, token), as the README")
+    ap.add_argument("--encrypt", action="store_true", help="user path: connect(encrypt=True)")
     ap.add_argument("--token", required=True)
     ap.add_argument("--sizes", required=True)
     ap.add_argument("--workloads", default="latency,pipelined,payload,lines")
@@ -101,12 +106,23 @@ def main() -> None:
 
     import zexec
 
-    client = zexec.Client(args.broker, args.token, serializer=args.serializer)
+    conn = None
+    if args.ep_url:
+        conn = zexec.connect(args.ep_url, args.token, encrypt=args.encrypt or None,
+                             serializer=args.serializer)
+        python = f"{sys.version_info.major}.{sys.version_info.minor}"
+        conn.environment([f"python=={python}", "numpy"], progress=False)
+        client = conn.client
+        log(f"zexec user path: {conn!r}")
+    else:
+        client = zexec.Client(args.broker, args.token, serializer=args.serializer)
     try:
         res = run(client, Sizes.from_json(args.sizes), args.workloads.split(","),
                   args.serializer)
+        res["broker"] = client.broker
+        res["encrypted"] = client.encrypted
     finally:
-        client.close()
+        (conn or client).close()
     emit(res)
 
 
