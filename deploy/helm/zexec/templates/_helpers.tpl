@@ -227,8 +227,11 @@ seccompProfile:
   mountPath: /tmp
 {{- end -}}
 
-{{/* nodeSelector / tolerations / affinity of one component's values. */}}
+{{/* priorityClassName / nodeSelector / tolerations / affinity of one component's values. */}}
 {{- define "zexec.scheduling" -}}
+{{- with .priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
 {{- with .nodeSelector }}
 nodeSelector:
   {{- toYaml . | nindent 2 }}
@@ -241,4 +244,19 @@ tolerations:
 affinity:
   {{- toYaml . | nindent 2 }}
 {{- end }}
+{{- end -}}
+
+{{/*
+Bytes of a Kubernetes quantity ("3Gi", "512Mi", "1.5G", 1073741824). Fails on a suffix
+that is not a byte unit (e.g. "m"), so a memory value is never silently misread.
+*/}}
+{{- define "zexec.bytes" -}}
+{{- $q := toString . -}}
+{{- $num := regexFind "^([0-9]+(\\.[0-9]*)?|\\.[0-9]+)" $q -}}
+{{- $suffix := trimPrefix $num $q -}}
+{{- $units := dict "" 1 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 -}}
+{{- if or (not $num) (not (hasKey $units $suffix)) -}}
+{{- fail (printf "%q is not a memory quantity (use bytes, Ki, Mi, Gi, Ti, k, M, G or T)" $q) -}}
+{{- end -}}
+{{- mulf (float64 $num) (index $units $suffix) | int64 -}}
 {{- end -}}
