@@ -212,10 +212,27 @@ class KubernetesSettings(ZexecSettings):
     #: Deploy API's ``ZEXEC_DEPLOY_IDLE_TIMEOUT``).
     server_workers: int = 2
     #: Package index the pods' pip uses (``PIP_INDEX_URL``); empty = pip's default.
-    #: Its address must be reachable under the NetworkPolicy (``extra_egress_cidrs``).
+    #: Its address must be reachable under the NetworkPolicy: an in-cluster proxy
+    #: (``package_proxy_*``) or ``extra_egress_cidrs``. An ``http://`` index's host is
+    #: trusted (``PIP_TRUSTED_HOST``): it is meant to be inside the cluster.
     pip_index_url: str = ""
     #: Pod Security Standard enforced on each user namespace; empty = leave unset.
     pod_security_level: str = "restricted"
+    #: The in-cluster package index proxy (or site mirror) the servers' NetworkPolicy
+    #: lets them reach, by selector: its namespace, pod labels (``k=v,...``; empty = no
+    #: such rule) and TCP ports (comma-separated).
+    package_proxy_namespace: str = ""
+    package_proxy_pod_labels: str = ""
+    package_proxy_ports: str = "3141"
+    #: TCP ports ``extra_egress_cidrs`` are open on (comma-separated): never every port.
+    extra_egress_ports: str = "443"
+    #: Node disk a server pod may use (its writable layer, logs and the venv / tmp
+    #: emptyDirs): a pod beyond the limit is evicted instead of filling the node.
+    ephemeral_storage_request: str = "1Gi"
+    ephemeral_storage_limit: str = "10Gi"
+    #: ``sizeLimit`` of the emptyDirs holding the user's venv and ``/tmp``.
+    venv_size_limit: str = "8Gi"
+    tmp_size_limit: str = "2Gi"
 
 
 class DeploySettings(ZexecSettings):

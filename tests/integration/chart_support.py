@@ -279,15 +279,11 @@ def server_workload_errors(
     if spec.get("automountServiceAccountToken") is not False:
         errors.append("server pod must set automountServiceAccountToken: false")
 
-    # Same container hardening as the control plane, except that a server may write to
-    # its root filesystem and needs no liveness probe.
+    # Same container hardening as the control plane (read-only root included), except
+    # that a server needs no liveness probe.
     fake = {"kind": "Pod", "metadata": {"name": "server", "labels": labels}, "spec": spec}
     for e in checks.pod_errors([fake]):
-        if (
-            "readOnlyRootFilesystem" in e
-            or "livenessProbe" in e
-            or "automountServiceAccountToken" in e
-        ):
+        if "livenessProbe" in e or "automountServiceAccountToken" in e:
             continue
         errors.append(e)
 
@@ -354,6 +350,8 @@ def server_workload_errors(
     dns_labels = dict(kv.split("=", 1) for kv in denv["ZEXEC_K8S_DNS_POD_LABELS"].split(","))
     for np_ in (o for o in objects if o["kind"] == "NetworkPolicy"):
         for rule in np_["spec"].get("egress") or ():
+            if not rule.get("ports"):
+                errors.append(f"{describe(np_)}: an egress rule open on every port: {rule}")
             if not rule.get("to"):
                 errors.append(f"{describe(np_)}: an egress rule open to every address: {rule}")
             elif 53 in {p.get("port") for p in rule.get("ports") or ()} and not all(

@@ -462,10 +462,16 @@ def test_kubernetes_orchestrator_settings_agree_with_the_chart(default_docs):
         "dns_pod_labels",
         "server_secret_name",
         "server_workers",
-        "pip_index_url",
         "pod_security_level",
+        "extra_egress_ports",
+        "ephemeral_storage_request",
+        "ephemeral_storage_limit",
+        "venv_size_limit",
+        "tmp_size_limit",
     ):
         assert denv[f"ZEXEC_K8S_{field.upper()}"] == str(getattr(k8s, field)), field
+    # The package path is the chart's own default (an in-cluster proxy, documented there).
+    assert denv["ZEXEC_K8S_PIP_INDEX_URL"].startswith("http://pypi-proxy.zexec-pypi.svc:")
     # Broker pod labels: what the orchestrator selects is what the broker pod carries.
     broker = deployment(default_docs, "broker")
     pod_labels = broker["spec"]["template"]["metadata"]["labels"]

@@ -100,3 +100,88 @@ def test_no_priority_class_by_default(docs):
     for d in find(docs, "Deployment"):
         assert "priorityClassName" not in pod_spec(d)
 
+
+
+# --------------------------------------------------------------------------- package path
+
+
+def k8s_settings(docs: list[dict]):
+    """The KubernetesSettings the Deploy API gets from the rendered chart."""
+    from zexec.settings import KubernetesSettings
+
+    denv = env_of(container(deployment(docs, "deploy-api")), docs)
+    return KubernetesSettings(**{
+        f: denv[f"ZEXEC_K8S_{f.upper()}"] for f in KubernetesSettings.model_fields
+    })
+
+
+def test_default_package_path_is_an_in_cluster_proxy_by_selector_and_port(docs):
+    from zexec.adapters.orchestrator_k8s import manifests as m
+    from zexec.core.envspec import parse_env_spec
+
+    settings = k8s_settings(docs)
+    assert settings.pip_index_url == "http://pypi-proxy.zexec-pypi.svc:3141/root/pypi/+simple/"
+    policy = m.build_network_policy("zexec-u-a", settings, {})
+    proxy = [r for r in policy["spec"]["egress"]
+             if r["to"][0].get("namespaceSelector", {}).get("matchLabels", {})
+             .get("kubernetes.io/metadata.name") == "zexec-pypi"]
+    assert proxy == [{
+        "to": [{
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "zexec-pypi"}},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "pypi-proxy"}},
+        }],
+        "ports": [{"protocol": "TCP", "port": 3141}],
+    }]
+    assert all(r.get("ports") and r.get("to") for r in policy["spec"]["egress"])
+    pod = m.build_pod("zexec-u-a", "p", "a", parse_env_spec(["python==3.11", "six"]), "img", settings, {})
+    env = {e["name"]: e.get("value") for e in pod["spec"]["initContainers"][1]["env"]}
+    assert env["PIP_INDEX_URL"] == settings.pip_index_url
+    assert env["PIP_TRUSTED_HOST"] == "pypi-proxy.zexec-pypi.svc"
+
+
+def test_site_mirror_example_reaches_its_cidr_on_https_only(tools):
+    from zexec.adapters.orchestrator_k8s import manifests as m
+
+    docs = render_docs(values=[CHART / "examples" / "site-images.yaml"])
+    settings = k8s_settings(docs)
+    assert settings.pip_index_url.startswith("https://")
+    egress = m.build_network_policy("zexec-u-a", settings, {})["spec"]["egress"]
+    cidr = [r for r in egress if "ipBlock" in r["to"][0]]
+    assert cidr == [{"to": [{"ipBlock": {"cidr": "10.20.30.0/24"}}],
+                     "ports": [{"protocol": "TCP", "port": 443}]}]
+    assert settings.package_proxy_pod_labels == ""  # no proxy rule
+
+
+def test_a_cidr_without_an_index_url_is_refused(tools):
+    refused(["deployApi.kubernetes.extraEgressCidrs={10.0.0.0/8}",
+             "deployApi.kubernetes.pipIndexUrl="],
+            "extraEgressCidrs is set but deployApi.kubernetes.pipIndexUrl is empty")
+
+
+def test_an_index_url_nothing_lets_pods_reach_is_refused(tools):
+    refused(["deployApi.kubernetes.packageProxy.enabled=false"],
+            "pipIndexUrl", "is unreachable from server pods")
+
+
+def test_egress_cidrs_need_ports(tools):
+    refused(["deployApi.kubernetes.extraEgressPorts=null"], "extraEgressPorts")
+
+
+def test_user_pod_disk_is_bounded(docs):
+    from zexec.adapters.orchestrator_k8s import manifests as m
+    from zexec.core.envspec import parse_env_spec
+
+    pod = m.build_pod("zexec-u-a", "p", "a", parse_env_spec(["python==3.11", "six"]), "img",
+                      k8s_settings(docs), {})
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["venv"]["emptyDir"]["sizeLimit"] == "8Gi"
+    assert volumes["tmp"]["emptyDir"]["sizeLimit"] == "2Gi"
+    for c in pod["spec"]["initContainers"] + pod["spec"]["containers"]:
+        assert c["resources"]["requests"]["ephemeral-storage"] == "1Gi"
+        assert c["resources"]["limits"]["ephemeral-storage"] == "10Gi"
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_volumes_larger_than_the_disk_limit_are_refused(tools):
+    refused(["deployApi.kubernetes.serverStorage.limit=4Gi"],
+            "venvSizeLimit (8Gi) + tmpSizeLimit (2Gi) exceed limit (4Gi)")
