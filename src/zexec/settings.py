@@ -233,6 +233,11 @@ class KubernetesSettings(ZexecSettings):
     #: ``sizeLimit`` of the emptyDirs holding the user's venv and ``/tmp``.
     venv_size_limit: str = "8Gi"
     tmp_size_limit: str = "2Gi"
+    #: ClusterRole bound, by a RoleBinding made in each user namespace at creation, to
+    #: ``service_account`` (``namespace:name``, the Deploy API's own): its rights inside
+    #: user namespaces. Empty = no RoleBinding (the rights come from elsewhere).
+    user_role: str = ""
+    service_account: str = ""
 
 
 class DeploySettings(ZexecSettings):

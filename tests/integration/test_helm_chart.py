@@ -217,27 +217,41 @@ def all_sets(rendered):
 
 
 def test_no_cluster_wide_permission_beyond_the_documented_one(rendered):
-    documented = checks.documented_cluster_rules(README)
+    documented = checks.documented_roles(README)
+    cluster, user = documented["-deploy-api"], documented["-deploy-api-user"]
     # What the README documents is itself narrow: nothing can read a Secret, no
-    # wildcard, no escalation verbs, nothing on RBAC objects or cluster-scoped kinds
-    # other than namespaces.
-    for group, resource, verb in documented:
+    # wildcard, no escalation verbs; cluster scope covers namespaces and the binding of
+    # the per-user role only, and the per-user role nothing cluster-scoped.
+    for group, resource, verb in cluster | user:
         assert "*" not in (group, resource, verb)
-        assert verb not in ("escalate", "bind", "impersonate", "deletecollection", "update")
-        assert group in ("", "networking.k8s.io"), group
+        assert verb not in ("escalate", "impersonate", "deletecollection", "update")
         if resource == "secrets":
             assert verb in ("create", "delete"), (resource, verb)
+    assert cluster == {
+        ("", "namespaces", v) for v in ("get", "list", "create", "patch", "delete")
+    } | {("rbac.authorization.k8s.io", "rolebindings", "create"),
+         ("rbac.authorization.k8s.io", "clusterroles", "bind")}
+    for group, resource, _verb in user:
+        assert group in ("", "networking.k8s.io"), group
+        assert resource != "namespaces"
     for name, docs in all_sets(rendered):
-        roles = find(docs, "ClusterRole")
-        assert len(roles) == 1, name
-        assert roles[0]["metadata"]["name"] == "zexec-zexec-deploy-api"
-        assert checks.expand_rules(roles[0]["rules"]) == documented, name
+        roles = {r["metadata"]["name"]: r for r in find(docs, "ClusterRole")}
+        assert set(roles) == {"zexec-zexec-deploy-api", "zexec-zexec-deploy-api-user"}, name
+        top, per_user = roles["zexec-zexec-deploy-api"], roles["zexec-zexec-deploy-api-user"]
+        assert checks.expand_rules(top["rules"]) == cluster, name
+        assert checks.expand_rules(per_user["rules"]) == user, name
+        bind = [r for r in top["rules"] if "bind" in r["verbs"]]
+        assert bind == [{"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"],
+                         "verbs": ["bind"], "resourceNames": ["zexec-zexec-deploy-api-user"]}]
         binding = one(docs, "ClusterRoleBinding")
-        assert binding["roleRef"]["name"] == roles[0]["metadata"]["name"]
+        assert binding["roleRef"]["name"] == "zexec-zexec-deploy-api"
         assert binding["subjects"] == [
             {"kind": "ServiceAccount", "name": "zexec-deploy-api", "namespace": "zexec"}
         ]
         assert find(docs, "Role") == [] and find(docs, "RoleBinding") == []
+        denv = env_of(container(deployment(docs, "deploy-api")), docs)
+        assert denv["ZEXEC_K8S_USER_ROLE"] == "zexec-zexec-deploy-api-user"
+        assert denv["ZEXEC_K8S_SERVICE_ACCOUNT"] == "zexec:zexec-deploy-api"
         assert checks.rbac_errors(docs, documented) == []
 
 
@@ -248,9 +262,11 @@ def test_writes_are_confined_to_user_namespaces_by_admission_policy(default_docs
     assert vap["spec"]["failurePolicy"] == "Fail"
     cond = vap["spec"]["matchConditions"][0]["expression"]
     assert cond == 'request.userInfo.username == "system:serviceaccount:zexec:zexec-deploy-api"'
-    first, second = (v["expression"] for v in vap["spec"]["validations"])
+    first, binding_rule, second = (v["expression"] for v in vap["spec"]["validations"])
     assert 'request.name.startsWith("zexec-u-")' in first
     assert 'request.namespace.startsWith("zexec-u-")' in first
+    assert 'object.roleRef.name == "zexec-zexec-deploy-api-user"' in binding_rule
+    assert 'object.subjects[0].name == "zexec-deploy-api"' in binding_rule
     assert '== "restricted"' in second
     level = env_of(container(deployment(default_docs, "deploy-api")))[
         "ZEXEC_K8S_POD_SECURITY_LEVEL"
@@ -288,7 +304,9 @@ def test_no_container_without_limits_and_none_can_run_as_root(rendered):
     [
         ("limits", "container broker: no resources.limits.cpu"),
         ("root", "container broker: runAsUser must be set and non-zero"),
-        ("clusterrole", "more than one ClusterRole"),
+        ("clusterrole", "unexpected ClusterRole/extra"),
+        ("bind-anything", "privilege-escalation verb 'bind'"),
+        ("bind-user-role-cluster-wide", "not the chart's cluster-scope ClusterRole"),
         ("read-secrets", "grants undocumented [('', 'secrets', 'get')]"),
         ("token", "Deployment/zexec-ep-api: automountServiceAccountToken must be false"),
         ("expose-backend", "Service/zexec-broker-external: exposes internal port"),
@@ -312,9 +330,13 @@ def test_policy_checks_catch_violations(default_docs, mutation, expected):
             }
         )
     elif mutation == "read-secrets":
-        one(docs, "ClusterRole")["rules"].append(
+        one(docs, "ClusterRole", "zexec-zexec-deploy-api-user")["rules"].append(
             {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}
         )
+    elif mutation == "bind-anything":
+        one(docs, "ClusterRole", "zexec-zexec-deploy-api")["rules"][-1].pop("resourceNames")
+    elif mutation == "bind-user-role-cluster-wide":
+        one(docs, "ClusterRoleBinding")["roleRef"]["name"] = "zexec-zexec-deploy-api-user"
     elif mutation == "token":
         deployment(docs, "ep-api")["spec"]["template"]["spec"]["automountServiceAccountToken"] = (
             True
@@ -602,6 +624,7 @@ def test_per_user_server_workload_agrees_with_the_chart(default_docs, orchestrat
     objects, _ = orchestrator_run
     assert {o["kind"] for o in objects} == {
         "Namespace",
+        "RoleBinding",
         "NetworkPolicy",
         "Secret",
         "ConfigMap",
@@ -659,7 +682,7 @@ def test_per_user_server_workload_agrees_with_the_chart(default_docs, orchestrat
         ),
         "kind": (
             lambda o: o.append({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}}),
-            "does not allow creating Service",
+            "do not allow creating Service",
         ),
         "root": (
             lambda o: server(o)["securityContext"].update(runAsUser=0),
@@ -676,7 +699,9 @@ def test_per_user_server_workload_agrees_with_the_chart(default_docs, orchestrat
 def test_every_orchestrator_request_is_allowed_by_the_chart(default_docs, orchestrator_run):
     _, requests = orchestrator_run
     assert request_errors(requests, default_docs) == []
-    granted = checks.expand_rules(one(default_docs, "ClusterRole")["rules"])
+    granted = set().union(*(checks.expand_rules(r["rules"])
+                            for r in find(default_docs, "ClusterRole")))
+    granted.discard(("rbac.authorization.k8s.io", "clusterroles", "bind"))  # no request
     used = set()
     for r in requests:
         if r.resource is not None:
@@ -693,7 +718,7 @@ def test_every_orchestrator_request_is_allowed_by_the_chart(default_docs, orches
                     verb,
                 )
             )
-    # Least privilege: the ClusterRole grants what the orchestrator uses, nothing more.
+    # Least privilege: the ClusterRoles grant what the orchestrator uses, nothing more.
     assert used == granted, (
         f"unused grants {sorted(granted - used)}, missing {sorted(used - granted)}"
     )
@@ -727,6 +752,12 @@ def test_every_orchestrator_request_is_allowed_by_the_chart(default_docs, orches
         (fake(kmock.method.POST, "pods", namespace="default"), "outside zexec-u-*"),
         (fake(kmock.method.GET, "secrets", namespace="zexec-u-bob", name="x"), "RBAC denies"),
         (fake(kmock.method.POST, "services", namespace="zexec-u-bob"), "RBAC denies"),
+        # No read outside a namespace where the Deploy API bound its per-user role.
+        (fake(kmock.method.GET, "pods", namespace="kube-system", name="x"), "RBAC denies"),
+        (fake(kmock.method.GET, "configmaps", namespace="zexec-u-bob"), "RBAC denies"),
+        (fake(kmock.method.POST, "rolebindings", namespace="zexec-u-bob", group="rbac.authorization.k8s.io",
+              data={"roleRef": {"kind": "ClusterRole", "name": "cluster-admin"}}),
+         "RBAC denies binding ClusterRole/cluster-admin"),
     ]:
         assert any(expected in e for e in request_errors([req], default_docs)), expected
 

@@ -17,6 +17,7 @@ from chart_support import (
     env_of,
     find,
     helm_template,
+    one,
     render_docs,
 )
 
@@ -185,3 +186,31 @@ def test_user_pod_disk_is_bounded(docs):
 def test_volumes_larger_than_the_disk_limit_are_refused(tools):
     refused(["deployApi.kubernetes.serverStorage.limit=4Gi"],
             "venvSizeLimit (8Gi) + tmpSizeLimit (2Gi) exceed limit (4Gi)")
+
+
+# --------------------------------------------------------------------------- RBAC
+
+
+def test_rbac_without_the_admission_policy_is_refused(tools):
+    refused(["deployApi.rbac.admissionPolicy.enabled=false"],
+            "deployApi.rbac.create is true but deployApi.rbac.admissionPolicy.enabled is false")
+
+
+def test_no_rbac_no_policy_renders(tools):
+    docs = render_docs(sets=["deployApi.rbac.create=false",
+                             "deployApi.rbac.admissionPolicy.enabled=false"])
+    assert not find(docs, "ClusterRole") and not find(docs, "ValidatingAdmissionPolicy")
+    denv = env_of(container(deployment(docs, "deploy-api")), docs)
+    assert denv["ZEXEC_K8S_USER_ROLE"] == ""  # no RoleBinding to make
+
+
+def test_cluster_scope_is_namespaces_and_binding_the_per_user_role_only(docs):
+    top = one(docs, "ClusterRole", "zexec-zexec-deploy-api")
+    resources = {r for rule in top["rules"] for r in rule["resources"]}
+    assert resources == {"namespaces", "rolebindings", "clusterroles"}
+    per_user = one(docs, "ClusterRole", "zexec-zexec-deploy-api-user")
+    assert {r for rule in per_user["rules"] for r in rule["resources"]} >= {
+        "pods", "pods/log", "configmaps", "secrets"}
+    # Bound cluster-wide: only the first.
+    assert [b["roleRef"]["name"] for b in find(docs, "ClusterRoleBinding")] == [
+        "zexec-zexec-deploy-api"]

@@ -21,6 +21,11 @@
 {{- printf "%s-%s-deploy-api" .Release.Namespace (include "zexec.fullname" .) -}}
 {{- end -}}
 
+{{/* The per-user ClusterRole, bound only by RoleBindings in user namespaces. */}}
+{{- define "zexec.userRoleName" -}}
+{{- printf "%s-user" (include "zexec.clusterName" .) -}}
+{{- end -}}
+
 {{- define "zexec.labels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 app.kubernetes.io/name: {{ include "zexec.name" . }}

@@ -29,6 +29,7 @@ import pluggy
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from zexec.adapters.orchestrator_k8s import access
 from zexec.adapters.orchestrator_k8s import manifests as m
 from zexec.adapters.orchestrator_k8s.podstatus import pod_phase
 from zexec.adapters.orchestrator_memory import conflict_message
@@ -91,6 +92,7 @@ class KubernetesOrchestrator:
             plugin_manager = get_plugin_manager()
         self.core = client.CoreV1Api(api_client)
         self.net = client.NetworkingV1Api(api_client)
+        self.rbac = client.RbacAuthorizationV1Api(api_client)
         self.settings = settings
         self.pm = plugin_manager
         self.idle_timeout = idle_timeout
@@ -100,6 +102,8 @@ class KubernetesOrchestrator:
         m.namespace_name(settings.namespace_prefix, "x")  # validates the prefix now
         m.broker_port(settings.broker_backend_url)
         m.parse_labels(settings.broker_pod_labels)
+        if settings.user_role:
+            access.service_account(settings.service_account)
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
 
@@ -218,6 +222,7 @@ class KubernetesOrchestrator:
                 raise
         try:
             labels = m.server_labels(key, spec)
+            self._grant(ns, labels)
             self._apply_policy(ns, labels)
             with _api("creating the credential secret"):
                 cred = server_credential(self._secret, user.user_id)
@@ -235,6 +240,7 @@ class KubernetesOrchestrator:
         key = ns[len(self.settings.namespace_prefix) :]
         labels = m.server_labels(key, spec)
         old_pod = (existing["metadata"].get("annotations") or {}).get(m.ANN_POD)
+        self._grant(ns, labels)  # a namespace made before user_role was set has none
         self._apply_policy(ns, labels)  # settings may have changed since
         with _api("creating the credential secret", ok=(409,)):
             cred = server_credential(self._secret, user.user_id)
@@ -322,10 +328,17 @@ class KubernetesOrchestrator:
         with _api("creating the server pod"):
             _raw(self.core.create_namespaced_pod, ns, pod)
 
+    def _grant(self, ns: str, labels: dict[str, str]) -> None:
+        with _api("creating the Deploy API's role binding"):
+            access.grant(self.rbac, ns, self.settings.user_role,
+                         self.settings.service_account, labels)
+
     def _apply_policy(self, ns: str, labels: dict[str, str]) -> None:
         body = m.build_network_policy(ns, self.settings, labels)
         try:
-            _raw(self.net.create_namespaced_network_policy, ns, body)
+            # The first call the new RoleBinding permits (see access.until_permitted).
+            access.until_permitted(
+                lambda: _raw(self.net.create_namespaced_network_policy, ns, body))
         except ApiException as e:
             if e.status != 409:
                 raise OrchestratorError(

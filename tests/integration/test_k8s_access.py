@@ -1,0 +1,95 @@
+"""The Deploy API's rights inside a user namespace come from a RoleBinding it makes
+there right after the namespace (adapters/orchestrator_k8s/access.py), against kmock."""
+
+from __future__ import annotations
+
+import kmock
+import kubernetes_validate
+import pytest
+from kmock_support import K8S_SETTINGS, bare_plugin_manager
+from kubernetes.client.exceptions import ApiException
+from orch_support import SECRET
+
+from zexec.adapters.orchestrator_k8s import KubernetesOrchestrator
+from zexec.adapters.orchestrator_k8s.access import until_permitted
+from zexec.core.envspec import parse_env_spec
+from zexec.core.errors import ConfigurationError
+from zexec.core.model import UserIdentity
+
+pytest_plugins = ["k8s_fixtures"]
+
+SIX = parse_env_spec(["python==3.11", "six"])
+ROLE = "zexec-zexec-deploy-api-user"
+BOUND = K8S_SETTINGS.model_copy(
+    update={"user_role": ROLE, "service_account": "zexec:zexec-deploy-api"}
+)
+RB = kmock.resource("rbac.authorization.k8s.io", "v1", "rolebindings")
+
+
+def orchestrator(kube, settings=BOUND) -> KubernetesOrchestrator:
+    return KubernetesOrchestrator(kube[1], settings, SECRET, bare_plugin_manager())
+
+
+def binding(emu, ns):
+    key = (RB, ns, "zexec-deploy-api")
+    if key not in emu.objects or emu.objects[key].deleted:
+        return None
+    return emu.objects[key].raw
+
+
+def test_the_role_binding_comes_right_after_the_namespace(kube):
+    emu, _ = kube
+    orchestrator(kube).ensure(UserIdentity("rb-carol"), SIX)
+    ns = "zexec-u-rb-carol"
+    rb = binding(emu, ns)
+    assert rb["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                             "name": ROLE}
+    assert rb["subjects"] == [{"kind": "ServiceAccount", "name": "zexec-deploy-api",
+                               "namespace": "zexec"}]
+    kubernetes_validate.validate(rb, "1.31.0", strict=True)
+    # Nothing inside the namespace before the binding that permits it.
+    posts = [r.resource.plural for r in emu if r.method == kmock.method.POST and r.namespace == ns]
+    assert posts[0] == "rolebindings" and set(posts[1:]) >= {"networkpolicies", "pods"}
+
+
+def test_a_namespace_from_before_gets_its_binding_at_the_next_spawn(kube):
+    emu, _ = kube
+    user = UserIdentity("rb-dave")
+    orchestrator(kube, K8S_SETTINGS).ensure(user, SIX)  # no user_role: no binding
+    ns = "zexec-u-rb-dave"
+    assert binding(emu, ns) is None
+    orchestrator(kube).ensure(user, parse_env_spec(["python==3.11", "numpy"]), force=True)
+    assert binding(emu, ns)["roleRef"]["name"] == ROLE
+    orchestrator(kube).ensure(user, SIX, force=True)  # already there: kept (409)
+    assert binding(emu, ns)["roleRef"]["name"] == ROLE
+
+
+def test_a_bad_service_account_is_a_configuration_error(kube):
+    with pytest.raises(ConfigurationError, match="namespace:name"):
+        orchestrator(kube, BOUND.model_copy(update={"service_account": "zexec-deploy-api"}))
+
+
+def test_forbidden_is_retried_until_the_binding_takes_effect():
+    calls, slept = [], []
+
+    def call():
+        calls.append(1)
+        if len(calls) < 3:
+            raise ApiException(status=403, reason="Forbidden")
+        return "done"
+
+    assert until_permitted(call, sleep=slept.append) == "done"
+    assert len(calls) == 3 and len(slept) == 2
+
+    now = [0.0]
+
+    def never():
+        raise ApiException(status=403, reason="Forbidden")
+
+    def tick(s):
+        now[0] += s
+
+    with pytest.raises(ApiException):
+        until_permitted(never, timeout=1.0, sleep=tick, clock=lambda: now[0])
+    with pytest.raises(ApiException):  # other errors are not retried
+        until_permitted(lambda: (_ for _ in ()).throw(ApiException(status=500)))
