@@ -238,6 +238,11 @@ class KubernetesSettings(ZexecSettings):
     #: user namespaces. Empty = no RoleBinding (the rights come from elsewhere).
     user_role: str = ""
     service_account: str = ""
+    #: ResourceQuota ``hard`` of each user namespace (``k=v,...``, e.g.
+    #: ``pods=4,limits.memory=8Gi``) and LimitRange ``max`` of one container
+    #: (``cpu=2,memory=4Gi``); empty = none.
+    resource_quota: str = ""
+    limit_range_max: str = ""
 
 
 class DeploySettings(ZexecSettings):

@@ -253,6 +253,8 @@ def server_workload_errors(
         "Deployment": ("apps", "deployments"),
         "NetworkPolicy": ("networking.k8s.io", "networkpolicies"),
         "RoleBinding": ("rbac.authorization.k8s.io", "rolebindings"),
+        "ResourceQuota": ("", "resourcequotas"),
+        "LimitRange": ("", "limitranges"),
     }
     for o in objects:
         kind = o["kind"]

@@ -625,6 +625,8 @@ def test_per_user_server_workload_agrees_with_the_chart(default_docs, orchestrat
     assert {o["kind"] for o in objects} == {
         "Namespace",
         "RoleBinding",
+        "ResourceQuota",
+        "LimitRange",
         "NetworkPolicy",
         "Secret",
         "ConfigMap",

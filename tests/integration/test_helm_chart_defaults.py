@@ -214,3 +214,45 @@ def test_cluster_scope_is_namespaces_and_binding_the_per_user_role_only(docs):
     # Bound cluster-wide: only the first.
     assert [b["roleRef"]["name"] for b in find(docs, "ClusterRoleBinding")] == [
         "zexec-zexec-deploy-api"]
+
+
+# --------------------------------------------------------------------------- user namespaces
+
+
+def test_user_namespaces_get_a_quota_and_limit_range_that_admit_two_servers(docs):
+    from zexec.adapters.orchestrator_k8s import quota
+
+    settings = k8s_settings(docs)
+    rq = quota.build_resource_quota("zexec-u-a", settings.resource_quota, {})
+    lr = quota.build_limit_range("zexec-u-a", settings.limit_range_max, {})
+    # Two servers' worth (2 x 250m/512Mi requests, 2 x 2 cpu/4Gi limits, 2 x 1Gi/10Gi disk).
+    assert rq["spec"]["hard"] == {
+        "pods": "4", "requests.cpu": "500m", "requests.memory": "1024Mi",
+        "limits.cpu": "4", "limits.memory": "8Gi",
+        "requests.ephemeral-storage": "2Gi", "limits.ephemeral-storage": "20Gi",
+    }
+    assert lr["spec"]["limits"][0]["max"] == {"cpu": "2", "memory": "4Gi",
+                                              "ephemeral-storage": "10Gi"}
+
+
+def test_quota_follows_the_server_size_and_takes_extra_entries(tools):
+    docs = render_docs(sets=["deployApi.kubernetes.serverResources.limits.memory=16Gi",
+                             "deployApi.kubernetes.resourceQuota.hard.requests\\.nvidia\\.com/gpu=2"])
+    settings = k8s_settings(docs)
+    assert "limits.memory=32Gi" in settings.resource_quota
+    assert "requests.nvidia.com/gpu=2" in settings.resource_quota
+    assert "memory=16Gi" in settings.limit_range_max
+    off = k8s_settings(render_docs(sets=["deployApi.kubernetes.resourceQuota.enabled=false",
+                                         "deployApi.kubernetes.limitRange.enabled=false"]))
+    assert off.resource_quota == off.limit_range_max == ""
+
+
+@pytest.mark.parametrize(("sets", "message"), [
+    (["deployApi.kubernetes.resourceQuota.hard.limits\\.memory=4Gi"], "must hold two servers"),
+    (["deployApi.kubernetes.resourceQuota.hard.pods=1"], "pods must be at least 2"),
+    (["deployApi.kubernetes.limitRange.max.memory=1Gi"], "every server pod would be rejected"),
+    (["deployApi.kubernetes.limitRange.max.ephemeral-storage=1Gi"],
+     "every server pod would be rejected"),
+])
+def test_bounds_that_reject_the_servers_are_refused(tools, sets, message):
+    refused(sets, message)

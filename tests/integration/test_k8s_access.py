@@ -93,3 +93,33 @@ def test_forbidden_is_retried_until_the_binding_takes_effect():
         until_permitted(never, timeout=1.0, sleep=tick, clock=lambda: now[0])
     with pytest.raises(ApiException):  # other errors are not retried
         until_permitted(lambda: (_ for _ in ()).throw(ApiException(status=500)))
+
+
+def test_quota_and_limit_range_come_before_any_pod_and_follow_the_settings(kube):
+    emu, _ = kube
+    guarded = BOUND.model_copy(update={"resource_quota": "pods=4,limits.memory=8Gi",
+                                       "limit_range_max": "cpu=2,memory=4Gi"})
+    user = UserIdentity("rb-erin")
+    orchestrator(kube, guarded).ensure(user, SIX)
+    ns = "zexec-u-rb-erin"
+    rq = emu.objects[(kmock.resource("", "v1", "resourcequotas"), ns, "zexec-server")].raw
+    lr = emu.objects[(kmock.resource("", "v1", "limitranges"), ns, "zexec-server")].raw
+    assert rq["spec"] == {"hard": {"pods": "4", "limits.memory": "8Gi"}}
+    assert lr["spec"] == {"limits": [{"type": "Container", "max": {"cpu": "2", "memory": "4Gi"}}]}
+    for doc in (rq, lr):
+        kubernetes_validate.validate(doc, "1.31.0", strict=True)
+    posts = [r.resource.plural for r in emu if r.method == kmock.method.POST and r.namespace == ns]
+    assert posts.index("resourcequotas") < posts.index("pods")
+    assert posts.index("limitranges") < posts.index("pods")
+    # A later spawn brings them to the current settings.
+    bigger = guarded.model_copy(update={"resource_quota": "pods=6,limits.memory=16Gi"})
+    orchestrator(kube, bigger).ensure(user, parse_env_spec(["python==3.11", "numpy"]), force=True)
+    rq = emu.objects[(kmock.resource("", "v1", "resourcequotas"), ns, "zexec-server")].raw
+    assert rq["spec"]["hard"] == {"pods": "6", "limits.memory": "16Gi"}
+
+
+def test_no_quota_settings_no_quota(kube):
+    emu, _ = kube
+    orchestrator(kube).ensure(UserIdentity("rb-fay"), SIX)
+    key = (kmock.resource("", "v1", "resourcequotas"), "zexec-u-rb-fay", "zexec-server")
+    assert key not in emu.objects

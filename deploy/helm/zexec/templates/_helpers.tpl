@@ -89,7 +89,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "zexec.labelList" -}}
 {{- $pairs := list -}}
 {{- range $k := keys . | sortAlpha -}}
-{{- $pairs = append $pairs (printf "%s=%s" $k (index $ $k)) -}}
+{{- $pairs = append $pairs (printf "%s=%v" $k (index $ $k)) -}}
 {{- end -}}
 {{- join "," $pairs -}}
 {{- end -}}
@@ -264,4 +264,36 @@ that is not a byte unit (e.g. "m"), so a memory value is never silently misread.
 {{- fail (printf "%q is not a memory quantity (use bytes, Ki, Mi, Gi, Ti, k, M, G or T)" $q) -}}
 {{- end -}}
 {{- mulf (float64 $num) (index $units $suffix) | int64 -}}
+{{- end -}}
+
+{{/* Twice a quantity, in its own unit ("250m" -> "500m", "4Gi" -> "8Gi", 2 -> "4"). */}}
+{{- define "zexec.twice" -}}
+{{- $q := toString . -}}
+{{- $num := regexFind "^([0-9]+(\\.[0-9]*)?|\\.[0-9]+)" $q -}}
+{{- $n := mulf (float64 $num) 2 -}}
+{{- if eq $n (floor $n) -}}{{ int64 $n }}{{ else }}{{ $n }}{{ end -}}{{ trimPrefix $num $q }}
+{{- end -}}
+
+{{/* The ResourceQuota `hard` of user namespaces (YAML): two servers' worth, then the
+values' own entries over it. */}}
+{{- define "zexec.resourceQuota" -}}
+{{- $k := .Values.deployApi.kubernetes -}}
+{{- $r := $k.serverResources -}}
+{{- $derived := dict "pods" "4"
+  "requests.cpu" (include "zexec.twice" $r.requests.cpu)
+  "requests.memory" (include "zexec.twice" $r.requests.memory)
+  "limits.cpu" (include "zexec.twice" $r.limits.cpu)
+  "limits.memory" (include "zexec.twice" $r.limits.memory)
+  "requests.ephemeral-storage" (include "zexec.twice" $k.serverStorage.request)
+  "limits.ephemeral-storage" (include "zexec.twice" $k.serverStorage.limit) -}}
+{{- toYaml (merge (dict) $k.resourceQuota.hard $derived) -}}
+{{- end -}}
+
+{{/* The LimitRange `max` of one container in user namespaces (YAML). */}}
+{{- define "zexec.limitRangeMax" -}}
+{{- $k := .Values.deployApi.kubernetes -}}
+{{- $derived := dict "cpu" (toString $k.serverResources.limits.cpu)
+  "memory" (toString $k.serverResources.limits.memory)
+  "ephemeral-storage" (toString $k.serverStorage.limit) -}}
+{{- toYaml (merge (dict) $k.limitRange.max $derived) -}}
 {{- end -}}

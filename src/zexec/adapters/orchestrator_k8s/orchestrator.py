@@ -29,7 +29,7 @@ import pluggy
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from zexec.adapters.orchestrator_k8s import access
+from zexec.adapters.orchestrator_k8s import access, quota
 from zexec.adapters.orchestrator_k8s import manifests as m
 from zexec.adapters.orchestrator_k8s.podstatus import pod_phase
 from zexec.adapters.orchestrator_memory import conflict_message
@@ -224,6 +224,8 @@ class KubernetesOrchestrator:
             labels = m.server_labels(key, spec)
             self._grant(ns, labels)
             self._apply_policy(ns, labels)
+            with _api("creating the namespace's quota"):
+                quota.apply(self.core, ns, self.settings, labels)
             with _api("creating the credential secret"):
                 cred = server_credential(self._secret, user.user_id)
                 _raw(self.core.create_namespaced_secret, ns, m.build_secret(ns, cred, labels))
@@ -242,6 +244,8 @@ class KubernetesOrchestrator:
         old_pod = (existing["metadata"].get("annotations") or {}).get(m.ANN_POD)
         self._grant(ns, labels)  # a namespace made before user_role was set has none
         self._apply_policy(ns, labels)  # settings may have changed since
+        with _api("updating the namespace's quota"):
+            quota.apply(self.core, ns, self.settings, labels)
         with _api("creating the credential secret", ok=(409,)):
             cred = server_credential(self._secret, user.user_id)
             _raw(self.core.create_namespaced_secret, ns, m.build_secret(ns, cred, labels))
