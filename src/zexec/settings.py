@@ -216,8 +216,10 @@ class KubernetesSettings(ZexecSettings):
     #: (``package_proxy_*``) or ``extra_egress_cidrs``. An ``http://`` index's host is
     #: trusted (``PIP_TRUSTED_HOST``): it is meant to be inside the cluster.
     pip_index_url: str = ""
-    #: Pod Security Standard enforced on each user namespace; empty = leave unset.
+    #: Pod Security Standard enforced (and audited, warned) on each user namespace, at
+    #: this pinned version; empty level = leave unset.
     pod_security_level: str = "restricted"
+    pod_security_version: str = "v1.31"
     #: The in-cluster package index proxy (or site mirror) the servers' NetworkPolicy
     #: lets them reach, by selector: its namespace, pod labels (``k=v,...``; empty = no
     #: such rule) and TCP ports (comma-separated).

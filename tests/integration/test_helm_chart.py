@@ -395,14 +395,14 @@ def test_encrypted_client_port_is_on_by_default_with_a_self_signed_certificate(r
     assert names.get_values_for_type(x509.DNSName)  # the broker's names
     assert b"PRIVATE KEY" in base64.b64decode(secret["data"]["tls.key"])
     ports = {p["name"]: p for p in one(docs, "Service", "zexec-broker-external")["spec"]["ports"]}
-    assert ports["secure"]["targetPort"] == "secure" and ports["secure"]["nodePort"] == 30002
+    assert ports["secure"]["targetPort"] == "secure" and ports["secure"]["port"] == 5562
     client_rule = one(docs, "NetworkPolicy", "zexec-broker")["spec"]["ingress"][0]
     assert {p["port"] for p in client_rule["ports"]} == {5559, 5562}
     assert "from" not in client_rule
     # The Deploy API gets the certificate (to publish its pin), never the key.
     api_dep = deployment(docs, "deploy-api")
     api = env_of(container(api_dep), docs)
-    assert api["ZEXEC_DEPLOY_BROKER_EXTERNAL_SECURE_PORT"] == "30002"
+    assert api["ZEXEC_DEPLOY_BROKER_EXTERNAL_SECURE_PORT"] == "5562"  # LoadBalancer
     assert api["ZEXEC_DEPLOY_BROKER_TLS_CERT_FILE"] == "/etc/zexec/broker-tls/tls.crt"
     api_volumes = {v["name"]: v for v in api_dep["spec"]["template"]["spec"]["volumes"]}
     assert api_volumes["broker-tls"]["secret"]["items"] == [{"key": "tls.crt",
@@ -472,7 +472,6 @@ def test_kubernetes_orchestrator_settings_agree_with_the_chart(default_docs):
     for field in (
         "namespace_prefix",
         "server_image",
-        "image_pull_policy",
         "broker_backend_url",
         "broker_namespace",
         "cpu_request",
@@ -520,26 +519,26 @@ def test_kubernetes_orchestrator_settings_agree_with_the_chart(default_docs):
     benv = env_of(container(broker), default_docs)
     assert benv["ZEXEC_BROKER_SERVER_SECRET"] == denv["ZEXEC_BROKER_SERVER_SECRET"] != ""
     assert benv["ZEXEC_BROKER_ADMIN_TOKEN"] == denv["ZEXEC_BROKER_ADMIN_TOKEN"] != ""
-    # External broker Service: NodePort 30001 -> plain client port, 30002 -> encrypted.
+    # External broker Service: a LoadBalancer, plain client port and encrypted one.
     ext = one(default_docs, "Service", "zexec-broker-external")
-    assert ext["spec"]["type"] == "NodePort"
+    assert ext["spec"]["type"] == "LoadBalancer"
     assert ext["spec"]["ports"] == [
         {
             "name": "frontend",
             "port": brokers.frontend_port,
             "targetPort": "frontend",
             "protocol": "TCP",
-            "nodePort": 30001,
         },
         {
             "name": "secure",
             "port": brokers.secure_port,
             "targetPort": "secure",
             "protocol": "TCP",
-            "nodePort": 30002,
         },
     ]
-    assert denv["ZEXEC_DEPLOY_BROKER_EXTERNAL_PORT"] == "30001"
+    assert denv["ZEXEC_DEPLOY_BROKER_EXTERNAL_PORT"] == "5559"
+    # Server images: tags like py3.12 move, so they are pulled every time by default.
+    assert denv["ZEXEC_K8S_IMAGE_PULL_POLICY"] == "Always"
     # HTTP apps: container ports and probe paths match the apps' settings.
     deploy_settings, ep_settings = DeploySettings(), EPSettings()
     dc = container(deploy)
@@ -819,7 +818,7 @@ def test_notes_tell_the_operator_the_client_urls(tools, tmp_path):
     )
     assert "https://zexec.example.org/api" in notes
     assert "https://zexec.example.org\n" in notes
-    assert "tcp://broker.example.org:30001" in notes
+    assert "tcp://broker.example.org:5559" in notes  # LoadBalancer: the Service port
     assert "WARNING" not in notes
     assert "kubectl get namespaces -o name | grep '^namespace/zexec-u-'" in notes
     defaults = render_notes(tmp_path / "b")
@@ -1038,6 +1037,21 @@ def test_apps_start_with_the_chart_environment_and_answer_its_probes(tools, tmp_
             local = re.sub(r":\d+", f":{ports[port_key]}", target, count=1)
             assert hc.probe(local), local
         assert not hc.probe(f"tcp://127.0.0.1:{_free_port()}")
+
+        # The broker's liveness probe: its event loop answers an authenticated STATUS on
+        # the control port (the probe's own command, with the test's port).
+        bc = container(deployment(docs, "broker"))
+        command = bc["livenessProbe"]["exec"]["command"]
+        assert command[:2] == ["python", "/usr/local/bin/zexec-healthcheck"]
+        target = re.sub(r":\d+$", f":{ports['control']}", command[2])
+        assert target.startswith("zexec-control://127.0.0.1:")
+        benv = {**base, **env_of(bc, docs)}
+        script = str(ROOT / "deploy" / "docker" / "healthcheck.py")
+        alive = subprocess.run([sys.executable, script, target], env=benv, timeout=60)
+        assert alive.returncode == 0
+        wrong = {**benv, "ZEXEC_BROKER_ADMIN_TOKEN": "not-the-token"}
+        assert subprocess.run([sys.executable, script, target], env=wrong,
+                              capture_output=True, timeout=60).returncode == 1
     finally:
         for p in reversed(procs):
             p.terminate()

@@ -256,3 +256,105 @@ def test_quota_follows_the_server_size_and_takes_extra_entries(tools):
 ])
 def test_bounds_that_reject_the_servers_are_refused(tools, sets, message):
     refused(sets, message)
+
+
+# --------------------------------------------------------------------------- resilience
+
+
+def test_apis_run_two_replicas_spread_over_nodes_with_disruption_budgets(docs):
+    api = deployment(docs, "deploy-api")
+    assert api["spec"]["replicas"] == 2
+    for component in ("deploy-api", "ep-api"):
+        spread = pod_spec(deployment(docs, component))["topologySpreadConstraints"]
+        assert spread == [{
+            "maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": deployment(docs, component)["spec"]["selector"]
+                              ["matchLabels"]},
+        }]
+        pdb = one(docs, "PodDisruptionBudget", f"zexec-{component}")
+        assert pdb["spec"]["maxUnavailable"] == 1
+        assert pdb["spec"]["selector"] == deployment(docs, component)["spec"]["selector"]
+    # One broker by design: no budget that would block every drain.
+    assert len(find(docs, "PodDisruptionBudget")) == 2
+
+
+def test_grace_periods_cover_the_longest_legitimate_request(docs):
+    api = pod_spec(deployment(docs, "deploy-api"))
+    denv = env_of(api["containers"][0], docs)
+    assert api["terminationGracePeriodSeconds"] >= int(denv["ZEXEC_DEPLOY_LEGACY_SPAWN_WAIT"])
+    broker = pod_spec(deployment(docs, "broker"))
+    benv = env_of(broker["containers"][0], docs)
+    assert broker["terminationGracePeriodSeconds"] > float(benv["ZEXEC_BROKER_DRAIN_TIMEOUT"])
+
+
+def test_every_app_has_a_startup_probe_and_the_broker_an_application_liveness_check(docs):
+    for component in ("broker", "deploy-api", "ep-api"):
+        assert container(deployment(docs, component))["startupProbe"]
+    live = container(deployment(docs, "broker"))["livenessProbe"]
+    assert live["exec"]["command"][-1] == "zexec-control://127.0.0.1:5561"
+
+
+def test_secrets_checksum_is_stable_across_renders_and_follows_the_values(tools):
+    def checksum(sets=()):
+        d = render_docs(sets=list(sets))
+        return {c: deployment(d, c)["spec"]["template"]["metadata"]["annotations"]
+                ["checksum/secrets"] for c in ("broker", "deploy-api")}
+
+    first, second = checksum(), checksum()
+    assert first == second  # random secret values do not restart pods at every sync
+    assert checksum(["broker.serverSecret.existingSecret=mine"])["broker"] != first["broker"]
+
+
+def test_images_by_digest(tools):
+    digest = "sha256:" + "a" * 64
+    docs = render_docs(sets=[f"image.digest={digest}"])
+    for component in ("broker", "deploy-api", "ep-api"):
+        assert container(deployment(docs, component))["image"] == f"zexec/apps@{digest}"
+    refused(["image.digest=latest"], "digest")
+
+
+def test_ingress_tls_is_on_whenever_a_host_is_set(tools):
+    docs = render_docs(sets=["ingress.host=zexec.example.org", "deployApi.ingress.enabled=true"])
+    ing = one(docs, "Ingress")
+    assert ing["spec"]["tls"] == [{"hosts": ["zexec.example.org"]}]
+    denv = env_of(container(deployment(docs, "ep-api")), docs)
+    assert denv["ZEXEC_EP_DEPLOY_API_URL"] == "https://zexec.example.org"
+    hostless = one(render_docs(sets=["deployApi.ingress.enabled=true"]), "Ingress")
+    assert "tls" not in hostless["spec"]  # never hosts: [""]
+
+
+def test_broker_is_a_load_balancer_with_source_ranges_keeping_client_addresses(docs):
+    ext = one(docs, "Service", "zexec-broker-external")
+    assert ext["spec"]["type"] == "LoadBalancer"
+    assert ext["spec"]["externalTrafficPolicy"] == "Local"
+    assert ext["spec"]["loadBalancerSourceRanges"] == [
+        "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
+    node = one(render_docs(sets=["broker.service.type=NodePort"]), "Service",
+               "zexec-broker-external")
+    assert [p["nodePort"] for p in node["spec"]["ports"]] == [30001, 30002]
+
+
+def test_plain_client_port_is_a_value(tools):
+    docs = render_docs(sets=["broker.plainPort.enabled=false"])
+    ext = one(docs, "Service", "zexec-broker-external")
+    assert [p["name"] for p in ext["spec"]["ports"]] == ["secure"]
+    rule = one(docs, "NetworkPolicy", "zexec-broker")["spec"]["ingress"][0]
+    assert [p["port"] for p in rule["ports"]] == [5562]
+    refused(["broker.plainPort.enabled=false", "broker.tls.enabled=false"],
+            "clients could not reach the broker")
+
+
+def test_pod_security_labels_are_pinned_with_audit_and_warn(tools):
+    from zexec.adapters.orchestrator_k8s import manifests as m
+    from zexec.core.envspec import parse_env_spec
+
+    docs = render_docs(sets=["namespace.create=true"])
+    labels = one(docs, "Namespace")["metadata"]["labels"]
+    settings = k8s_settings(docs)
+    user = m.build_namespace("zexec-u-a", "a", "a", parse_env_spec(["python==3.11"]), "p",
+                             settings.pod_security_level, settings.pod_security_version)
+    for got in (labels, user["metadata"]["labels"]):
+        for mode in ("enforce", "audit", "warn"):
+            assert got[f"pod-security.kubernetes.io/{mode}"] == "restricted"
+            assert got[f"pod-security.kubernetes.io/{mode}-version"] == "v1.31"

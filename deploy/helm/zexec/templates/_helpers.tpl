@@ -47,8 +47,13 @@ app.kubernetes.io/component: {{ .component }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
+{{/* The apps image: by digest when image.digest is set (immutable), else by tag. */}}
 {{- define "zexec.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "zexec.brokerName" -}}{{ include "zexec.fullname" . }}-broker{{- end -}}
@@ -133,8 +138,13 @@ app.kubernetes.io/component: {{ .component }}
 {{- .Values.broker.tls.existingSecret | default (printf "%s-broker-tls" (include "zexec.fullname" .)) -}}
 {{- end -}}
 
+{{/* TLS on the Ingress whenever it has a host (a certificate needs a name). */}}
+{{- define "zexec.ingressTls" -}}
+{{- if and .Values.ingress.tls.enabled .Values.ingress.host -}}true{{- end -}}
+{{- end -}}
+
 {{- define "zexec.ingressScheme" -}}
-{{- if .Values.ingress.tls.enabled -}}https{{- else -}}http{{- end -}}
+{{- if include "zexec.ingressTls" . -}}https{{- else -}}http{{- end -}}
 {{- end -}}
 
 {{/* Deploy API URL clients use (the legacy client appends /rexec). */}}
@@ -296,4 +306,30 @@ values' own entries over it. */}}
   "memory" (toString $k.serverResources.limits.memory)
   "ephemeral-storage" (toString $k.serverStorage.limit) -}}
 {{- toYaml (merge (dict) $k.limitRange.max $derived) -}}
+{{- end -}}
+
+{{/*
+checksum/secrets: changes when the values naming or giving the broker's secrets change,
+so the pods holding them restart then, and only then. Never computed from generated
+(random or looked-up) content: `helm template` under GitOps cannot look secrets up, and
+a checksum of fresh random values would restart the broker at every sync.
+*/}}
+{{- define "zexec.secretsChecksum" -}}
+{{- $b := .Values.broker -}}
+{{- $in := list $b.serverSecret $b.adminToken $b.tls.existingSecret (include "zexec.brokerExternalHost" .) -}}
+checksum/secrets: {{ toJson $in | sha256sum | quote }}
+{{- end -}}
+
+{{/* Soft spread of a component's replicas over nodes: (dict "ctx" $ "values" .Values.x "component" "x"). */}}
+{{- define "zexec.topologySpread" -}}
+{{- $s := .values.topologySpread -}}
+{{- if $s.enabled }}
+topologySpreadConstraints:
+  - maxSkew: 1
+    topologyKey: {{ $s.topologyKey }}
+    whenUnsatisfiable: {{ $s.whenUnsatisfiable }}
+    labelSelector:
+      matchLabels:
+        {{- include "zexec.selectorLabels" (dict "ctx" .ctx "component" .component) | nindent 8 }}
+{{- end }}
 {{- end -}}

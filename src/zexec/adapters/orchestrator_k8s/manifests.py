@@ -116,14 +116,20 @@ def env_json(spec: EnvSpec) -> str:
 
 
 def build_namespace(
-    name: str, user_id: str, user_key: str, spec: EnvSpec, pod_name: str, security_level: str
+    name: str, user_id: str, user_key: str, spec: EnvSpec, pod_name: str, security_level: str,
+    security_version: str = "",
 ) -> dict[str, Any]:
     """The user's namespace; annotations keep what ``status`` needs (raw user id, the
-    EnvSpec, the current pod) so the orchestrator holds no state of its own."""
+    EnvSpec, the current pod) so the orchestrator holds no state of its own. The Pod
+    Security level is enforced, audited and warned at a pinned version (``latest``
+    would change the rules under running servers at a cluster upgrade)."""
     labels = server_labels(user_key, spec)
     del labels["app.kubernetes.io/component"]
     if security_level:
-        labels["pod-security.kubernetes.io/enforce"] = security_level
+        for mode in ("enforce", "audit", "warn"):
+            labels[f"pod-security.kubernetes.io/{mode}"] = security_level
+            if security_version:
+                labels[f"pod-security.kubernetes.io/{mode}-version"] = security_version
     return {
         "apiVersion": "v1",
         "kind": "Namespace",

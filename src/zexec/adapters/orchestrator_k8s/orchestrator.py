@@ -209,7 +209,8 @@ class KubernetesOrchestrator:
         key = ns[len(self.settings.namespace_prefix) :]
         pod_name = self._pod_name(spec)
         body = m.build_namespace(
-            ns, user.user_id, key, spec, pod_name, self.settings.pod_security_level
+            ns, user.user_id, key, spec, pod_name, self.settings.pod_security_level,
+            self.settings.pod_security_version,
         )
         with _api(f"creating namespace {ns}"):
             try:
