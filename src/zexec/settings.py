@@ -245,6 +245,9 @@ class KubernetesSettings(ZexecSettings):
     #: (``cpu=2,memory=4Gi``); empty = none.
     resource_quota: str = ""
     limit_range_max: str = ""
+    #: Directory of registry pull secrets (``<name>/.dockerconfigjson``) copied into each
+    #: user namespace and named by the server pods; empty = none.
+    pull_secrets_dir: str = ""
 
 
 class DeploySettings(ZexecSettings):

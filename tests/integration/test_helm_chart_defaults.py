@@ -358,3 +358,18 @@ def test_pod_security_labels_are_pinned_with_audit_and_warn(tools):
         for mode in ("enforce", "audit", "warn"):
             assert got[f"pod-security.kubernetes.io/{mode}"] == "restricted"
             assert got[f"pod-security.kubernetes.io/{mode}-version"] == "v1.31"
+
+
+def test_pull_secrets_reach_the_deploy_api_as_files_for_user_namespaces(tools):
+    docs = render_docs(values=[CHART / "examples" / "site-images.yaml"],
+                       sets=["deployApi.kubernetes.imagePullSecrets[0].name=servers-only"])
+    api = deployment(docs, "deploy-api")
+    denv = env_of(container(api), docs)
+    assert denv["ZEXEC_K8S_PULL_SECRETS_DIR"] == "/etc/zexec/pull-secrets"
+    volume = next(v for v in pod_spec(api)["volumes"] if v["name"] == "pull-secrets")
+    assert [s["secret"]["name"] for s in volume["projected"]["sources"]] == [
+        "registry-example-org", "servers-only"]
+    assert volume["projected"]["sources"][0]["secret"]["items"] == [
+        {"key": ".dockerconfigjson", "path": "registry-example-org/.dockerconfigjson"}]
+    none = env_of(container(deployment(render_docs(), "deploy-api")))
+    assert none["ZEXEC_K8S_PULL_SECRETS_DIR"] == ""

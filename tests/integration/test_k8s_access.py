@@ -123,3 +123,25 @@ def test_no_quota_settings_no_quota(kube):
     orchestrator(kube).ensure(UserIdentity("rb-fay"), SIX)
     key = (kmock.resource("", "v1", "resourcequotas"), "zexec-u-rb-fay", "zexec-server")
     assert key not in emu.objects
+
+
+def test_pull_secrets_are_copied_into_the_namespace_and_named_by_the_pod(kube, tmp_path):
+    import base64
+    import json
+
+    config = json.dumps({"auths": {"registry.example.org": {"auth": "eDp5"}}}).encode()
+    (tmp_path / "registry-example-org").mkdir()
+    (tmp_path / "registry-example-org" / ".dockerconfigjson").write_bytes(config)
+    emu, _ = kube
+    settings = BOUND.model_copy(update={"pull_secrets_dir": str(tmp_path)})
+    orchestrator(kube, settings).ensure(UserIdentity("rb-gil"), SIX)
+    ns = "zexec-u-rb-gil"
+    secret = emu.objects[(kmock.resource("", "v1", "secrets"), ns, "registry-example-org")].raw
+    assert secret["type"] == "kubernetes.io/dockerconfigjson"
+    assert base64.b64decode(secret["data"][".dockerconfigjson"]) == config
+    kubernetes_validate.validate(secret, "1.31.0", strict=True)
+    pods = [o.raw for (res, n, _), o in emu.objects.items()
+            if res.plural == "pods" and n == ns and not o.deleted]
+    assert pods[0]["spec"]["imagePullSecrets"] == [{"name": "registry-example-org"}]
+    posts = [r.resource.plural for r in emu if r.method == kmock.method.POST and r.namespace == ns]
+    assert posts.index("secrets") < posts.index("pods")

@@ -333,3 +333,12 @@ topologySpreadConstraints:
         {{- include "zexec.selectorLabels" (dict "ctx" .ctx "component" .component) | nindent 8 }}
 {{- end }}
 {{- end -}}
+
+{{/* Names of the pull secrets copied into user namespaces (YAML list). */}}
+{{- define "zexec.serverPullSecrets" -}}
+{{- $names := list -}}
+{{- range (concat .Values.imagePullSecrets .Values.deployApi.kubernetes.imagePullSecrets) -}}
+{{- $names = append $names .name -}}
+{{- end -}}
+{{- toYaml (uniq $names) -}}
+{{- end -}}

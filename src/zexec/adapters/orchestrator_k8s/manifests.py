@@ -276,6 +276,7 @@ def build_pod(
     idle_timeout: float = 0.0,
     created_at: float = 0.0,
     overrides: list[dict[str, Any]] | tuple[dict[str, Any], ...] = (),
+    pull_secrets: list[str] | tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """The server Pod. With requirements: init container ``venv`` makes a venv seeing
     the image's packages (zexec), init container ``install`` pip-installs the ConfigMap's
@@ -385,6 +386,8 @@ def build_pod(
     }
     if not init:
         del pod_spec["initContainers"]
+    if pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": n} for n in pull_secrets]
     for override in overrides:
         pod_spec = merge_overrides(pod_spec, override)
     _quantities_as_strings(pod_spec)

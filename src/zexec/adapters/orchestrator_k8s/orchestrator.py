@@ -29,7 +29,7 @@ import pluggy
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from zexec.adapters.orchestrator_k8s import access, quota
+from zexec.adapters.orchestrator_k8s import access, pullsecrets, quota
 from zexec.adapters.orchestrator_k8s import manifests as m
 from zexec.adapters.orchestrator_k8s.podstatus import pod_phase
 from zexec.adapters.orchestrator_memory import conflict_message
@@ -326,9 +326,12 @@ class KubernetesOrchestrator:
         overrides = [
             o for o in reversed(self.pm.hook.zexec_server_pod_overrides(env=spec, user=user)) if o
         ]
+        with _api("copying the image pull secrets"):
+            pulls = pullsecrets.copy(self.core, ns, self.settings.pull_secrets_dir, labels)
         pod = m.build_pod(
             ns, pod_name, user.user_id, spec, image, self.settings, labels,
             idle_timeout=self.idle_timeout, created_at=self.clock(), overrides=overrides,
+            pull_secrets=pulls,
         )  # fmt: skip
         with _api("creating the server pod"):
             _raw(self.core.create_namespaced_pod, ns, pod)
