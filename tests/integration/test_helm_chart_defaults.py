@@ -373,3 +373,16 @@ def test_pull_secrets_reach_the_deploy_api_as_files_for_user_namespaces(tools):
         {"key": ".dockerconfigjson", "path": "registry-example-org/.dockerconfigjson"}]
     none = env_of(container(deployment(render_docs(), "deploy-api")))
     assert none["ZEXEC_K8S_PULL_SECRETS_DIR"] == ""
+
+
+def test_notes_name_the_package_path_source_ranges_and_gitops_secrets(tools, tmp_path):
+    from chart_support import render_notes
+
+    notes = render_notes(tmp_path / "a")
+    assert "Requirements install from http://pypi-proxy.zexec-pypi.svc:3141/" in notes
+    assert "The load balancer admits 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16" in notes
+    assert "broker.*.existingSecret" in notes
+    assert "pod-security.kubernetes.io/warn-version=v1.31" in notes
+    empty = render_notes(tmp_path / "b", sets=["deployApi.kubernetes.pipIndexUrl=",
+                                               "deployApi.kubernetes.packageProxy.enabled=false"])
+    assert "WARNING: deployApi.kubernetes.pipIndexUrl is empty" in empty
