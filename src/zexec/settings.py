@@ -188,6 +188,9 @@ class KubernetesSettings(ZexecSettings):
     #: Server image; ``{python}`` is replaced by the EnvSpec's ``major.minor``. A site
     #: plugin's ``zexec_server_image`` hook takes precedence.
     server_image: str = "zexec/server:py{python}"
+    #: Digests of the server images by Python version (``3.12=sha256:...,...``): a
+    #: listed version's image is pulled by digest (immutable) instead of its moving tag.
+    server_image_digests: str = ""
     image_pull_policy: str = "IfNotPresent"
     #: In-cluster URL of the broker backend the servers connect to.
     broker_backend_url: str = "tcp://zexec-broker.zexec.svc:5560"

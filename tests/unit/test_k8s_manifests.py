@@ -246,3 +246,12 @@ def test_a_plain_http_index_is_trusted_an_https_one_needs_not():
     http = pip_env("http://pypi-proxy.zexec-pypi.svc:3141/root/pypi/+simple/")
     assert http["PIP_TRUSTED_HOST"] == "pypi-proxy.zexec-pypi.svc"
     assert "PIP_TRUSTED_HOST" not in pip_env("https://pypi.mirror.example/simple")
+
+
+def test_server_images_by_digest_when_listed():
+    d = "sha256:" + "b" * 64
+    s = KubernetesSettings(server_image="registry.example.org:5000/zexec/server:py{python}",
+                           server_image_digests=f"3.12={d}")
+    assert m.server_image(s, "3.12") == f"registry.example.org:5000/zexec/server@{d}"
+    assert m.server_image(s, "3.11") == "registry.example.org:5000/zexec/server:py3.11"
+    assert m.server_image(KubernetesSettings(), "3.13") == "zexec/server:py3.13"

@@ -320,7 +320,7 @@ class KubernetesOrchestrator:
         with _api("creating the requirements config map", ok=(409,)):  # immutable per digest
             _raw(self.core.create_namespaced_config_map, ns, m.build_config_map(ns, spec, labels))
         image = self.pm.hook.zexec_server_image(env=spec)
-        image = image or self.settings.server_image.format(python=spec.python)
+        image = image or m.server_image(self.settings, spec.python)
         # pluggy returns the last-registered plugin's result first; apply in registration
         # order so a later plugin wins, as the hookspec documents.
         overrides = [
