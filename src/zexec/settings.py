@@ -248,6 +248,10 @@ class KubernetesSettings(ZexecSettings):
     #: (``cpu=2,memory=4Gi``); empty = none.
     resource_quota: str = ""
     limit_range_max: str = ""
+    #: Seconds a server pod stays bound to a node that stopped reporting (unreachable or
+    #: not ready) before Kubernetes deletes it, so that the next spawn replaces it
+    #: (Kubernetes' default is 300).
+    lost_node_seconds: int = 60
     #: Directory of registry pull secrets (``<name>/.dockerconfigjson``) copied into each
     #: user namespace and named by the server pods; empty = none.
     pull_secrets_dir: str = ""

@@ -188,7 +188,7 @@ def test_overrides_merge_by_name_append_and_replace():
         "cpu": "2", "memory": "4Gi", "ephemeral-storage": "10Gi", "nvidia.com/gpu": "1"}
     assert server["securityContext"]["runAsNonRoot"] is True  # untouched by the merge
     assert spec["nodeSelector"] == {"gpu": "a100", "zone": "b"}
-    assert spec["tolerations"] == GPU["tolerations"]
+    assert spec["tolerations"][-1:] == GPU["tolerations"]  # appended to the lost-node ones
     assert [v["name"] for v in spec["volumes"]] == ["env", "venv", "tmp", "run", "data"]
     assert spec["priorityClassName"] == "hi"
     assert m.merge_overrides({"a": [1, 2]}, {"a": [3]}) == {"a": [3]}
@@ -255,3 +255,14 @@ def test_server_images_by_digest_when_listed():
     assert m.server_image(s, "3.12") == f"registry.example.org:5000/zexec/server@{d}"
     assert m.server_image(s, "3.11") == "registry.example.org:5000/zexec/server:py3.11"
     assert m.server_image(KubernetesSettings(), "3.13") == "zexec/server:py3.13"
+
+
+def test_a_lost_nodes_pod_is_deleted_after_lost_node_seconds():
+    p = m.build_pod(NS, "x", "alice", SPEC, "img:1",
+                    KubernetesSettings(lost_node_seconds=45), LABELS)
+    assert p["spec"]["tolerations"] == [
+        {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute",
+         "tolerationSeconds": 45},
+        {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute",
+         "tolerationSeconds": 45},
+    ]

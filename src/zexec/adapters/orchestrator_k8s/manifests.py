@@ -390,6 +390,13 @@ def build_pod(
         },
         "initContainers": init,
         "containers": [server],
+        # A lost node's pod is deleted after this long (then reported terminated, and
+        # replaced by the next spawn) instead of Kubernetes' default 300 s.
+        "tolerations": [
+            {"key": f"node.kubernetes.io/{taint}", "operator": "Exists",
+             "effect": "NoExecute", "tolerationSeconds": settings.lost_node_seconds}
+            for taint in ("unreachable", "not-ready")
+        ],
         "volumes": [
             {"name": "env", "configMap": {"name": config_map_name(spec)}},
             {"name": "venv", "emptyDir": {"sizeLimit": settings.venv_size_limit}},
