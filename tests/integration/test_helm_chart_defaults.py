@@ -389,14 +389,14 @@ def test_notes_name_the_package_path_source_ranges_and_gitops_secrets(tools, tmp
 
 
 def test_server_images_by_digest(tools, tmp_path):
-    from zexec.adapters.orchestrator_k8s import manifests as m
+    from zexec.adapters.orchestrator_k8s import images
 
     digest = "sha256:" + "c" * 64
     values = tmp_path / "digests.yaml"
     values.write_text(f'deployApi:\n  kubernetes:\n    serverImageDigests:\n      "3.12": "{digest}"\n')
     settings = k8s_settings(render_docs(values=[values]))
-    assert m.server_image(settings, "3.12") == f"zexec/server@{digest}"
-    assert m.server_image(settings, "3.11") == "zexec/server:py3.11"
+    assert images.server_image(settings, "3.12") == f"zexec/server@{digest}"
+    assert images.server_image(settings, "3.11") == "zexec/server:py3.11"
     values.write_text('deployApi:\n  kubernetes:\n    serverImageDigests:\n      "3.12": "latest"\n')
     with pytest.raises(HelmError):
         helm_template(values=[values])

@@ -249,12 +249,14 @@ def test_a_plain_http_index_is_trusted_an_https_one_needs_not():
 
 
 def test_server_images_by_digest_when_listed():
+    from zexec.adapters.orchestrator_k8s import images
+
     d = "sha256:" + "b" * 64
     s = KubernetesSettings(server_image="registry.example.org:5000/zexec/server:py{python}",
                            server_image_digests=f"3.12={d}")
-    assert m.server_image(s, "3.12") == f"registry.example.org:5000/zexec/server@{d}"
-    assert m.server_image(s, "3.11") == "registry.example.org:5000/zexec/server:py3.11"
-    assert m.server_image(KubernetesSettings(), "3.13") == "zexec/server:py3.13"
+    assert images.server_image(s, "3.12") == f"registry.example.org:5000/zexec/server@{d}"
+    assert images.server_image(s, "3.11") == "registry.example.org:5000/zexec/server:py3.11"
+    assert images.server_image(KubernetesSettings(), "3.13") == "zexec/server:py3.13"
 
 
 def test_a_lost_nodes_pod_is_deleted_after_lost_node_seconds():

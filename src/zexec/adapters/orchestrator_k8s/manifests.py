@@ -99,19 +99,6 @@ def broker_port(url: str) -> int:
     return port
 
 
-def server_image(settings: KubernetesSettings, python: str) -> str:
-    """``server_image`` for ``python``; by digest when ``server_image_digests`` lists it
-    (``repo:tag`` -> ``repo@sha256:...``)."""
-    image = settings.server_image.format(python=python)
-    digest = parse_labels(settings.server_image_digests).get(python)
-    if not digest:
-        return image
-    name = image.split("@", 1)[0]
-    if ":" in name.rsplit("/", 1)[-1]:
-        name = name.rsplit(":", 1)[0]
-    return f"{name}@{digest}"
-
-
 def server_labels(user_key: str, spec: EnvSpec) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": "zexec-server",

@@ -29,7 +29,7 @@ import pluggy
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from zexec.adapters.orchestrator_k8s import access, pullsecrets, quota
+from zexec.adapters.orchestrator_k8s import access, images, quota
 from zexec.adapters.orchestrator_k8s import manifests as m
 from zexec.adapters.orchestrator_k8s.podstatus import pod_phase
 from zexec.adapters.orchestrator_memory import conflict_message
@@ -320,14 +320,14 @@ class KubernetesOrchestrator:
         with _api("creating the requirements config map", ok=(409,)):  # immutable per digest
             _raw(self.core.create_namespaced_config_map, ns, m.build_config_map(ns, spec, labels))
         image = self.pm.hook.zexec_server_image(env=spec)
-        image = image or m.server_image(self.settings, spec.python)
+        image = image or images.server_image(self.settings, spec.python)
         # pluggy returns the last-registered plugin's result first; apply in registration
         # order so a later plugin wins, as the hookspec documents.
         overrides = [
             o for o in reversed(self.pm.hook.zexec_server_pod_overrides(env=spec, user=user)) if o
         ]
         with _api("copying the image pull secrets"):
-            pulls = pullsecrets.copy(self.core, ns, self.settings.pull_secrets_dir, labels)
+            pulls = images.copy(self.core, ns, self.settings.pull_secrets_dir, labels)
         pod = m.build_pod(
             ns, pod_name, user.user_id, spec, image, self.settings, labels,
             idle_timeout=self.idle_timeout, created_at=self.clock(), overrides=overrides,

@@ -1,4 +1,5 @@
-"""Registry pull secrets for the server images, copied into each user namespace.
+"""What the kubelet pulls for a server: its image (by digest when one is configured),
+and the registry pull secrets, copied into each user namespace.
 
 A pod can only name pull secrets of its own namespace. The chart mounts the Deploy API's
 (``imagePullSecrets`` and ``deployApi.kubernetes.imagePullSecrets``) into its pod, one
@@ -16,7 +17,23 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
+from zexec.adapters.orchestrator_k8s.manifests import parse_labels
+from zexec.settings import KubernetesSettings
+
 KEY = ".dockerconfigjson"
+
+
+def server_image(settings: KubernetesSettings, python: str) -> str:
+    """``server_image`` for ``python``; by digest when ``server_image_digests`` lists it
+    (``repo:tag`` -> ``repo@sha256:...``)."""
+    image = settings.server_image.format(python=python)
+    digest = parse_labels(settings.server_image_digests).get(python)
+    if not digest:
+        return image
+    name = image.split("@", 1)[0]
+    if ":" in name.rsplit("/", 1)[-1]:
+        name = name.rsplit(":", 1)[0]
+    return f"{name}@{digest}"
 
 
 def read(directory: str) -> dict[str, bytes]:
