@@ -701,6 +701,10 @@ def test_per_user_server_workload_agrees_with_the_chart(default_docs, orchestrat
 def test_every_orchestrator_request_is_allowed_by_the_chart(default_docs, orchestrator_run):
     _, requests = orchestrator_run
     assert request_errors(requests, default_docs) == []
+    # The rendered admission policy itself (its CEL) admits every write it made.
+    from admission_support import admission_errors
+
+    assert admission_errors(requests, default_docs) == []
     granted = set().union(*(checks.expand_rules(r["rules"])
                             for r in find(default_docs, "ClusterRole")))
     granted.discard(("rbac.authorization.k8s.io", "clusterroles", "bind"))  # no request

@@ -400,3 +400,44 @@ def test_server_images_by_digest(tools, tmp_path):
     values.write_text('deployApi:\n  kubernetes:\n    serverImageDigests:\n      "3.12": "latest"\n')
     with pytest.raises(HelmError):
         helm_template(values=[values])
+
+
+def test_the_admission_policy_cel_denies_writes_outside_user_namespaces_and_other_bindings(docs):
+    import kmock
+    from admission_support import admission_errors
+
+    def req(method, plural, namespace=None, name=None, data=None, group=""):
+        return type("Request", (), {
+            "method": method, "resource": kmock.resource(group, "v1", plural),
+            "namespace": namespace, "name": name, "subresource": None, "data": data or {},
+            "params": {}})
+
+    rbac = "rbac.authorization.k8s.io"
+    me = {"kind": "ServiceAccount", "name": "zexec-deploy-api", "namespace": "zexec"}
+    good_ns = {"metadata": {"name": "zexec-u-bob", "labels": {
+        "pod-security.kubernetes.io/enforce": "restricted"}}}
+    role = {"kind": "ClusterRole", "name": "zexec-zexec-deploy-api-user"}
+    allowed = [
+        req(kmock.method.POST, "namespaces", data=good_ns),
+        req(kmock.method.POST, "rolebindings", "zexec-u-bob", group=rbac,
+            data={"roleRef": role, "subjects": [me]}),
+        req(kmock.method.POST, "pods", "zexec-u-bob", data={"metadata": {"name": "p"}}),
+        req(kmock.method.DELETE, "namespaces", name="zexec-u-bob"),
+    ]
+    assert admission_errors(allowed, docs) == []
+    for bad, message in [
+        (req(kmock.method.POST, "namespaces", data={"metadata": {"name": "kube-system"}}),
+         "may only write in namespaces named zexec-u-*"),
+        (req(kmock.method.POST, "namespaces", data={"metadata": {"name": "zexec-u-x"}}),
+         "must carry label pod-security.kubernetes.io/enforce=restricted"),
+        (req(kmock.method.POST, "pods", "default", data={"metadata": {"name": "p"}}),
+         "may only write in namespaces named zexec-u-*"),
+        (req(kmock.method.POST, "rolebindings", "zexec-u-bob", group=rbac,
+             data={"roleRef": {"kind": "ClusterRole", "name": "cluster-admin"}, "subjects": [me]}),
+         "may only bind ClusterRole zexec-zexec-deploy-api-user to itself"),
+        (req(kmock.method.POST, "rolebindings", "zexec-u-bob", group=rbac,
+             data={"roleRef": role, "subjects": [dict(me, name="someone-else")]}),
+         "may only bind ClusterRole zexec-zexec-deploy-api-user to itself"),
+    ]:
+        errors = admission_errors([bad], docs)
+        assert any(message in e for e in errors), (message, errors)
