@@ -145,3 +145,27 @@ def test_pull_secrets_are_copied_into_the_namespace_and_named_by_the_pod(kube, t
     assert pods[0]["spec"]["imagePullSecrets"] == [{"name": "registry-example-org"}]
     posts = [r.resource.plural for r in emu if r.method == kmock.method.POST and r.namespace == ns]
     assert posts.index("secrets") < posts.index("pods")
+
+
+def test_reading_a_server_in_a_namespace_without_binding_binds_it_first(kube, monkeypatch):
+    """After an upgrade to the per-user role, namespaces made before have no RoleBinding:
+    the first read that is forbidden makes it, then reads again."""
+    emu, _ = kube
+    user = UserIdentity("rb-hal")
+    orchestrator(kube, K8S_SETTINGS).ensure(user, SIX)  # made without a binding
+    ns = "zexec-u-rb-hal"
+    assert binding(emu, ns) is None
+    orch = orchestrator(kube)
+    real = orch.core.read_namespaced_pod
+    calls = []
+
+    def forbidden_until_bound(*args, **kwargs):
+        calls.append(1)
+        if binding(emu, ns) is None:
+            raise ApiException(status=403, reason="Forbidden")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(orch.core, "read_namespaced_pod", forbidden_until_bound)
+    assert orch.status("rb-hal").phase == "pending"
+    assert binding(emu, ns)["roleRef"]["name"] == ROLE
+    assert len(calls) == 2

@@ -61,6 +61,19 @@ def grant(rbac_api: Any, namespace: str, role: str, account: str,
             raise
 
 
+def granting(call: Callable[[], T], grant: Callable[[], None], enabled: bool = True) -> T:
+    """``call()``; if it is forbidden, ``grant()`` (the RoleBinding) and call again while
+    the binding propagates. For namespaces made before the per-user role existed: their
+    servers are read (status, list) before any spawn would bind it."""
+    try:
+        return call()
+    except ApiException as e:
+        if e.status != 403 or not enabled:
+            raise
+    grant()
+    return until_permitted(call)
+
+
 def until_permitted(call: Callable[[], T], timeout: float = 10.0,
                     sleep: Callable[[float], None] = time.sleep,
                     clock: Callable[[], float] = time.monotonic) -> T:

@@ -425,7 +425,9 @@ class KubernetesOrchestrator:
     def _read_pod(self, ns: str, name: str) -> dict[str, Any] | None:
         with _api(f"reading pod {name}"):
             try:
-                return _raw(self.core.read_namespaced_pod, name, ns)
+                return access.granting(lambda: _raw(self.core.read_namespaced_pod, name, ns),
+                                       lambda: self._grant(ns, dict(m.MANAGED_BY)),
+                                       bool(self.settings.user_role))
             except ApiException as e:
                 if e.status == 404:
                     return None
