@@ -225,11 +225,12 @@ def test_user_namespaces_get_a_quota_and_limit_range_that_admit_two_servers(docs
     settings = k8s_settings(docs)
     rq = quota.build_resource_quota("zexec-u-a", settings.resource_quota, {})
     lr = quota.build_limit_range("zexec-u-a", settings.limit_range_max, {})
-    # Two servers' worth (2 x 250m/512Mi requests, 2 x 2 cpu/4Gi limits, 2 x 1Gi/10Gi disk).
+    # Three servers' worth: the running one, one built beside it, one terminating
+    # (3 x 250m/512Mi requests, 3 x 2 cpu/4Gi limits, 3 x 1Gi/10Gi disk).
     assert rq["spec"]["hard"] == {
-        "pods": "4", "requests.cpu": "500m", "requests.memory": "1024Mi",
-        "limits.cpu": "4", "limits.memory": "8Gi",
-        "requests.ephemeral-storage": "2Gi", "limits.ephemeral-storage": "20Gi",
+        "pods": "4", "requests.cpu": "750m", "requests.memory": "1536Mi",
+        "limits.cpu": "6", "limits.memory": "12Gi",
+        "requests.ephemeral-storage": "3Gi", "limits.ephemeral-storage": "30Gi",
     }
     assert lr["spec"]["limits"][0]["max"] == {"cpu": "2", "memory": "4Gi",
                                               "ephemeral-storage": "10Gi"}
@@ -239,7 +240,7 @@ def test_quota_follows_the_server_size_and_takes_extra_entries(tools):
     docs = render_docs(sets=["deployApi.kubernetes.serverResources.limits.memory=16Gi",
                              "deployApi.kubernetes.resourceQuota.hard.requests\\.nvidia\\.com/gpu=2"])
     settings = k8s_settings(docs)
-    assert "limits.memory=32Gi" in settings.resource_quota
+    assert "limits.memory=48Gi" in settings.resource_quota
     assert "requests.nvidia.com/gpu=2" in settings.resource_quota
     assert "memory=16Gi" in settings.limit_range_max
     off = k8s_settings(render_docs(sets=["deployApi.kubernetes.resourceQuota.enabled=false",

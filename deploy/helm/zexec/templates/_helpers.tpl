@@ -276,26 +276,27 @@ that is not a byte unit (e.g. "m"), so a memory value is never silently misread.
 {{- mulf (float64 $num) (index $units $suffix) | int64 -}}
 {{- end -}}
 
-{{/* Twice a quantity, in its own unit ("250m" -> "500m", "4Gi" -> "8Gi", 2 -> "4"). */}}
-{{- define "zexec.twice" -}}
-{{- $q := toString . -}}
+{{/* A quantity times n, in its own unit: (list "250m" 3) -> "750m", (list "4Gi" 3) -> "12Gi". */}}
+{{- define "zexec.times" -}}
+{{- $q := toString (index . 0) -}}
 {{- $num := regexFind "^([0-9]+(\\.[0-9]*)?|\\.[0-9]+)" $q -}}
-{{- $n := mulf (float64 $num) 2 -}}
+{{- $n := mulf (float64 $num) (index . 1) -}}
 {{- if eq $n (floor $n) -}}{{ int64 $n }}{{ else }}{{ $n }}{{ end -}}{{ trimPrefix $num $q }}
 {{- end -}}
 
-{{/* The ResourceQuota `hard` of user namespaces (YAML): two servers' worth, then the
-values' own entries over it. */}}
+{{/* The ResourceQuota `hard` of user namespaces (YAML): three servers' worth (the current
+one, a replacement built beside it, and one still terminating), then the values' own
+entries over it. */}}
 {{- define "zexec.resourceQuota" -}}
 {{- $k := .Values.deployApi.kubernetes -}}
 {{- $r := $k.serverResources -}}
 {{- $derived := dict "pods" "4"
-  "requests.cpu" (include "zexec.twice" $r.requests.cpu)
-  "requests.memory" (include "zexec.twice" $r.requests.memory)
-  "limits.cpu" (include "zexec.twice" $r.limits.cpu)
-  "limits.memory" (include "zexec.twice" $r.limits.memory)
-  "requests.ephemeral-storage" (include "zexec.twice" $k.serverStorage.request)
-  "limits.ephemeral-storage" (include "zexec.twice" $k.serverStorage.limit) -}}
+  "requests.cpu" (include "zexec.times" (list $r.requests.cpu 3))
+  "requests.memory" (include "zexec.times" (list $r.requests.memory 3))
+  "limits.cpu" (include "zexec.times" (list $r.limits.cpu 3))
+  "limits.memory" (include "zexec.times" (list $r.limits.memory 3))
+  "requests.ephemeral-storage" (include "zexec.times" (list $k.serverStorage.request 3))
+  "limits.ephemeral-storage" (include "zexec.times" (list $k.serverStorage.limit 3)) -}}
 {{- toYaml (merge (dict) $k.resourceQuota.hard $derived) -}}
 {{- end -}}
 
