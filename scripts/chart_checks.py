@@ -4,9 +4,12 @@
 1. Schema: every document is validated with ``kubernetes-validate --strict`` against a
    named Kubernetes version (misspelled or misplaced fields fail).
 2. Policy, the chart's promises:
-   - the only ClusterRole is the Deploy API's, and its rules are exactly the ones the
-     chart README documents (table between the ``clusterrole-rules`` markers);
-     ClusterRoleBindings bind nothing else; no wildcard in any Role;
+   - the only ClusterRoles are the Deploy API's two: its cluster-scope one (namespaces,
+     and binding the per-user role) and the per-user one (bound only by RoleBindings in
+     user namespaces); their rules are exactly the ones the chart README documents
+     (tables between the ``clusterrole-rules`` and ``userrole-rules`` markers);
+     ClusterRoleBindings bind only the first; ``bind`` only on the per-user role, by
+     name; no wildcard in any Role;
    - every container has cpu/memory requests and limits, readiness and liveness probes,
      and cannot run as root (runAsNonRoot, a non-zero runAsUser, no privilege escalation,
      read-only root filesystem, all capabilities dropped); no host namespaces/paths;
@@ -85,19 +88,24 @@ def schema_errors(
 # ---------------------------------------------------------------------------- RBAC
 
 
-def documented_cluster_rules(readme: Path) -> set[Rule]:
-    """The ClusterRole rules the chart README documents, as (group, resource, verb).
+#: README marker of each of the Deploy API's ClusterRoles, by name suffix.
+ROLE_TABLES = {"-deploy-api": "clusterrole-rules", "-deploy-api-user": "userrole-rules"}
+#: Kinds without a namespace: never in the per-user role (it is bound per namespace).
+CLUSTER_SCOPED = {"namespaces", "nodes", "persistentvolumes", "clusterroles",
+                  "clusterrolebindings", "customresourcedefinitions", "storageclasses"}
 
-    Reads the markdown table between ``<!-- clusterrole-rules:begin -->`` and
-    ``<!-- clusterrole-rules:end -->``: columns API group (``core`` for ""), resources
+
+def documented_cluster_rules(readme: Path, marker: str = "clusterrole-rules") -> set[Rule]:
+    """The rules of one ClusterRole the chart README documents, as (group, resource, verb).
+
+    Reads the markdown table between ``<!-- {marker}:begin -->`` and
+    ``<!-- {marker}:end -->``: columns API group (``core`` for ""), resources
     and verbs (each a comma-separated list of `backticked` names), why.
     """
     text = readme.read_text()
-    m = re.search(
-        r"<!-- clusterrole-rules:begin -->(.*?)<!-- clusterrole-rules:end -->", text, re.S
-    )
+    m = re.search(rf"<!-- {marker}:begin -->(.*?)<!-- {marker}:end -->", text, re.S)
     if not m:
-        raise ValueError(f"{readme}: no clusterrole-rules table")
+        raise ValueError(f"{readme}: no {marker} table")
     rules: set[Rule] = set()
     for line in m.group(1).splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -111,8 +119,14 @@ def documented_cluster_rules(readme: Path) -> set[Rule]:
             for v in verbs:
                 rules.add((group, r, v))
     if not rules:
-        raise ValueError(f"{readme}: the clusterrole-rules table is empty")
+        raise ValueError(f"{readme}: the {marker} table is empty")
     return rules
+
+
+def documented_roles(readme: Path) -> dict[str, set[Rule]]:
+    """Name suffix -> documented rules, for each of the Deploy API's ClusterRoles."""
+    return {suffix: documented_cluster_rules(readme, marker)
+            for suffix, marker in ROLE_TABLES.items()}
 
 
 def expand_rules(rules: Iterable[dict[str, Any]]) -> set[Rule]:
@@ -139,41 +153,59 @@ def rbac_allows(rules: Iterable[dict[str, Any]], verb: str, group: str, resource
     return False
 
 
-def rbac_errors(docs: list[dict[str, Any]], documented: set[Rule] | None) -> list[str]:
+def _role_kind(name: str) -> str | None:
+    """The ROLE_TABLES suffix ``name`` ends with (the longest), or None."""
+    found = [s for s in ROLE_TABLES if name.endswith(s)]
+    return max(found, key=len) if found else None
+
+
+def rbac_errors(docs: list[dict[str, Any]],
+                documented: dict[str, set[Rule]] | None) -> list[str]:
     errors = []
     cluster_roles = [d for d in docs if d["kind"] == "ClusterRole"]
-    names = {d["metadata"]["name"] for d in cluster_roles}
-    if len(cluster_roles) > 1:
-        errors.append(f"more than one ClusterRole: {sorted(names)}")
+    by_kind: dict[str, str] = {}
     for role in cluster_roles:
         name = role["metadata"]["name"]
-        if not name.endswith("-deploy-api"):
-            errors.append(f"ClusterRole/{name}: only the Deploy API's ClusterRole is documented")
+        kind = _role_kind(name)
+        if kind is None or kind in by_kind:
+            errors.append(f"unexpected ClusterRole/{name}: only the Deploy API's two are documented")
+            continue
+        by_kind[kind] = name
         if role.get("aggregationRule"):
             errors.append(f"ClusterRole/{name}: aggregationRule not allowed")
         for rule in role.get("rules") or ():
             if rule.get("nonResourceURLs"):
                 errors.append(f"ClusterRole/{name}: nonResourceURLs not allowed")
         granted = expand_rules(role.get("rules"))
-        if documented is not None and granted != documented:
-            extra = sorted(granted - documented)
-            missing = sorted(documented - granted)
+        if documented is not None and granted != documented[kind]:
+            extra = sorted(granted - documented[kind])
+            missing = sorted(documented[kind] - granted)
             if extra:
                 errors.append(f"ClusterRole/{name}: grants undocumented {extra}")
             if missing:
                 errors.append(f"ClusterRole/{name}: README documents {missing}, not granted")
+        if kind == "-deploy-api-user":
+            for g, r, _v in granted:
+                if r.split("/")[0] in CLUSTER_SCOPED or g == "rbac.authorization.k8s.io":
+                    errors.append(f"ClusterRole/{name}: the per-user role grants {g}/{r}")
+    user_role = by_kind.get("-deploy-api-user")
     for kind in ("ClusterRole", "Role"):
         for role in (d for d in docs if d["kind"] == kind):
-            for g, r, v in expand_rules(role.get("rules")):
-                if "*" in (g, r, v):
-                    errors.append(f"{describe(role)}: wildcard in rule ({g!r}, {r!r}, {v!r})")
-                if v in ("escalate", "bind", "impersonate"):
-                    errors.append(f"{describe(role)}: privilege-escalation verb {v!r}")
+            for rule in role.get("rules") or ():
+                for g, r, v in expand_rules([rule]):
+                    if "*" in (g, r, v):
+                        errors.append(f"{describe(role)}: wildcard in rule ({g!r}, {r!r}, {v!r})")
+                    if v in ("escalate", "impersonate") or (v == "bind" and not (
+                        (g, r) == ("rbac.authorization.k8s.io", "clusterroles")
+                        and user_role and rule.get("resourceNames") == [user_role]
+                    )):
+                        errors.append(f"{describe(role)}: privilege-escalation verb {v!r}")
     for binding in (d for d in docs if d["kind"] == "ClusterRoleBinding"):
         ref = binding.get("roleRef") or {}
-        if ref.get("kind") != "ClusterRole" or ref.get("name") not in names:
+        if ref.get("kind") != "ClusterRole" or ref.get("name") != by_kind.get("-deploy-api"):
             errors.append(
-                f"{describe(binding)}: binds {ref.get('kind')}/{ref.get('name')}, not the chart's ClusterRole"
+                f"{describe(binding)}: binds {ref.get('kind')}/{ref.get('name')}, not the chart's "
+                "cluster-scope ClusterRole"
             )
         for subj in binding.get("subjects") or ():
             if subj.get("kind") != "ServiceAccount":
@@ -290,7 +322,7 @@ def network_errors(docs: list[dict[str, Any]]) -> list[str]:
 
 def policy_errors(docs: list[dict[str, Any]], readme: Path | None = None) -> list[str]:
     try:
-        documented = documented_cluster_rules(readme) if readme else None
+        documented = documented_roles(readme) if readme else None
     except (OSError, ValueError) as exc:
         return [str(exc)]
     errors = []

@@ -2,8 +2,10 @@
 """Container HEALTHCHECK of the zexec apps image (standard library only).
 
 Which app runs is read from PID 1's command line (``zexec broker`` / ``deploy-api`` /
-``ep-api``); ``ZEXEC_HEALTHCHECK`` overrides it with a target: ``tcp://host:port`` or an
-``http(s)://`` URL. Ports follow the apps' settings (ZEXEC_BROKER_FRONTEND_PORT,
+``ep-api``); ``ZEXEC_HEALTHCHECK`` or the first argument overrides it with a target:
+``tcp://host:port``, an ``http(s)://`` URL, or ``zexec-control://host:port`` (the broker's
+control port must answer a STATUS command authenticated with ``ZEXEC_BROKER_ADMIN_TOKEN``:
+the event loop itself is alive, not only its listening socket; this one imports zexec). Ports follow the apps' settings (ZEXEC_BROKER_FRONTEND_PORT,
 ZEXEC_DEPLOY_PORT + ZEXEC_DEPLOY_PREFIX, ZEXEC_EP_PORT). Exit 0 = healthy, 1 = not.
 """
 
@@ -32,6 +34,12 @@ def target_for(argv: list[str], env: dict[str, str]) -> str | None:
 def probe(target: str, timeout: float = 3.0) -> bool:
     url = urlsplit(target)
     try:
+        if url.scheme == "zexec-control":
+            from zexec.apps.cli.stack import broker_control
+
+            admin = os.environ.get("ZEXEC_BROKER_ADMIN_TOKEN", "")
+            reply = broker_control(url.hostname, url.port, admin, timeout=timeout)
+            return bool(reply and reply.get("ok"))
         if url.scheme == "tcp":
             with socket.create_connection((url.hostname, url.port), timeout=timeout):
                 return True
@@ -50,7 +58,8 @@ def pid1_argv() -> list[str]:
 
 
 def main() -> int:
-    target = os.environ.get("ZEXEC_HEALTHCHECK") or target_for(pid1_argv(), dict(os.environ))
+    target = (sys.argv[1] if len(sys.argv) > 1 else None) or os.environ.get(
+        "ZEXEC_HEALTHCHECK") or target_for(pid1_argv(), dict(os.environ))
     if not target:
         print(
             "zexec-healthcheck: cannot tell which app runs; set ZEXEC_HEALTHCHECK", file=sys.stderr

@@ -188,6 +188,9 @@ class KubernetesSettings(ZexecSettings):
     #: Server image; ``{python}`` is replaced by the EnvSpec's ``major.minor``. A site
     #: plugin's ``zexec_server_image`` hook takes precedence.
     server_image: str = "zexec/server:py{python}"
+    #: Digests of the server images by Python version (``3.12=sha256:...,...``): a
+    #: listed version's image is pulled by digest (immutable) instead of its moving tag.
+    server_image_digests: str = ""
     image_pull_policy: str = "IfNotPresent"
     #: In-cluster URL of the broker backend the servers connect to.
     broker_backend_url: str = "tcp://zexec-broker.zexec.svc:5560"
@@ -212,10 +215,46 @@ class KubernetesSettings(ZexecSettings):
     #: Deploy API's ``ZEXEC_DEPLOY_IDLE_TIMEOUT``).
     server_workers: int = 2
     #: Package index the pods' pip uses (``PIP_INDEX_URL``); empty = pip's default.
-    #: Its address must be reachable under the NetworkPolicy (``extra_egress_cidrs``).
+    #: Its address must be reachable under the NetworkPolicy: an in-cluster proxy
+    #: (``package_proxy_*``) or ``extra_egress_cidrs``. An ``http://`` index's host is
+    #: trusted (``PIP_TRUSTED_HOST``): it is meant to be inside the cluster.
     pip_index_url: str = ""
-    #: Pod Security Standard enforced on each user namespace; empty = leave unset.
+    #: Pod Security Standard enforced (and audited, warned) on each user namespace, at
+    #: this pinned version; empty level = leave unset.
     pod_security_level: str = "restricted"
+    pod_security_version: str = "v1.31"
+    #: The in-cluster package index proxy (or site mirror) the servers' NetworkPolicy
+    #: lets them reach, by selector: its namespace, pod labels (``k=v,...``; empty = no
+    #: such rule) and TCP ports (comma-separated).
+    package_proxy_namespace: str = ""
+    package_proxy_pod_labels: str = ""
+    package_proxy_ports: str = "3141"
+    #: TCP ports ``extra_egress_cidrs`` are open on (comma-separated): never every port.
+    extra_egress_ports: str = "443"
+    #: Node disk a server pod may use (its writable layer, logs and the venv / tmp
+    #: emptyDirs): a pod beyond the limit is evicted instead of filling the node.
+    ephemeral_storage_request: str = "1Gi"
+    ephemeral_storage_limit: str = "10Gi"
+    #: ``sizeLimit`` of the emptyDirs holding the user's venv and ``/tmp``.
+    venv_size_limit: str = "8Gi"
+    tmp_size_limit: str = "2Gi"
+    #: ClusterRole bound, by a RoleBinding made in each user namespace at creation, to
+    #: ``service_account`` (``namespace:name``, the Deploy API's own): its rights inside
+    #: user namespaces. Empty = no RoleBinding (the rights come from elsewhere).
+    user_role: str = ""
+    service_account: str = ""
+    #: ResourceQuota ``hard`` of each user namespace (``k=v,...``, e.g.
+    #: ``pods=4,limits.memory=8Gi``) and LimitRange ``max`` of one container
+    #: (``cpu=2,memory=4Gi``); empty = none.
+    resource_quota: str = ""
+    limit_range_max: str = ""
+    #: Seconds a server pod stays bound to a node that stopped reporting (unreachable or
+    #: not ready) before Kubernetes deletes it, so that the next spawn replaces it
+    #: (Kubernetes' default is 300).
+    lost_node_seconds: int = 60
+    #: Directory of registry pull secrets (``<name>/.dockerconfigjson``) copied into each
+    #: user namespace and named by the server pods; empty = none.
+    pull_secrets_dir: str = ""
 
 
 class DeploySettings(ZexecSettings):

@@ -228,8 +228,9 @@ def server_workload_errors(
     backend_port = int(backend_url.rsplit(":", 1)[1])
     if image is None and python is not None:
         image = denv["ZEXEC_K8S_SERVER_IMAGE"].replace("{python}", python)
-    cluster_role = find(chart_docs, "ClusterRole")
-    rules = cluster_role[0]["rules"] if cluster_role else []
+    # What the Deploy API may create: cluster-wide, or in the user namespace through the
+    # RoleBinding of the per-user role.
+    rules = [rule for role in find(chart_docs, "ClusterRole") for rule in role["rules"]]
 
     namespaces = [o for o in objects if o["kind"] == "Namespace"]
     if len(namespaces) != 1:
@@ -251,11 +252,14 @@ def server_workload_errors(
         "Secret": ("", "secrets"),
         "Deployment": ("apps", "deployments"),
         "NetworkPolicy": ("networking.k8s.io", "networkpolicies"),
+        "RoleBinding": ("rbac.authorization.k8s.io", "rolebindings"),
+        "ResourceQuota": ("", "resourcequotas"),
+        "LimitRange": ("", "limitranges"),
     }
     for o in objects:
         kind = o["kind"]
         if kind not in api or not checks.rbac_allows(rules, "create", *api[kind]):
-            errors.append(f"the chart's ClusterRole does not allow creating {kind}")
+            errors.append(f"the chart's ClusterRoles do not allow creating {kind}")
         if kind != "Namespace" and o["metadata"].get("namespace") not in (None, ns):
             errors.append(
                 f"{describe(o)} is in namespace {o['metadata'].get('namespace')!r}, not {ns!r}"
@@ -279,15 +283,11 @@ def server_workload_errors(
     if spec.get("automountServiceAccountToken") is not False:
         errors.append("server pod must set automountServiceAccountToken: false")
 
-    # Same container hardening as the control plane, except that a server may write to
-    # its root filesystem and needs no liveness probe.
+    # Same container hardening as the control plane (read-only root included), except
+    # that a server needs no liveness probe.
     fake = {"kind": "Pod", "metadata": {"name": "server", "labels": labels}, "spec": spec}
     for e in checks.pod_errors([fake]):
-        if (
-            "readOnlyRootFilesystem" in e
-            or "livenessProbe" in e
-            or "automountServiceAccountToken" in e
-        ):
+        if "livenessProbe" in e or "automountServiceAccountToken" in e:
             continue
         errors.append(e)
 
@@ -354,6 +354,8 @@ def server_workload_errors(
     dns_labels = dict(kv.split("=", 1) for kv in denv["ZEXEC_K8S_DNS_POD_LABELS"].split(","))
     for np_ in (o for o in objects if o["kind"] == "NetworkPolicy"):
         for rule in np_["spec"].get("egress") or ():
+            if not rule.get("ports"):
+                errors.append(f"{describe(np_)}: an egress rule open on every port: {rule}")
             if not rule.get("to"):
                 errors.append(f"{describe(np_)}: an egress rule open to every address: {rule}")
             elif 53 in {p.get("port") for p in rule.get("ports") or ()} and not all(
@@ -378,17 +380,31 @@ def server_workload_errors(
     return errors
 
 
+def _roles(chart_docs: list[dict[str, Any]]) -> tuple[list, list, str]:
+    """(cluster-scope rules, per-user rules, per-user role name) of the chart."""
+    cluster, user, user_name = [], [], ""
+    for role in find(chart_docs, "ClusterRole"):
+        if role["metadata"]["name"].endswith("-deploy-api-user"):
+            user, user_name = role["rules"], role["metadata"]["name"]
+        else:
+            cluster = role["rules"]
+    return cluster, user, user_name
+
+
 def request_errors(requests: list[Any], chart_docs: list[dict[str, Any]]) -> list[str]:
     """Which of the API ``requests`` (recorded by the kmock emulator: method, resource,
     namespace, name, subresource, data) the chart would refuse: not allowed by its
-    ClusterRole, or denied by its ValidatingAdmissionPolicy (writes outside namespaces
-    named with the prefix; a user namespace without its Pod Security label)."""
+    cluster-scope ClusterRole, nor by the per-user one in a namespace where an earlier
+    request created its RoleBinding; or denied by its ValidatingAdmissionPolicy (writes
+    outside namespaces named with the prefix; a user namespace without its Pod Security
+    label; a RoleBinding of another role or subject)."""
     errors = []
-    role = find(chart_docs, "ClusterRole")
-    rules = role[0]["rules"] if role else []
+    cluster_rules, user_rules, user_role = _roles(chart_docs)
     denv = env_of(container(deployment(chart_docs, "deploy-api")), chart_docs)
     prefix = denv["ZEXEC_K8S_NAMESPACE_PREFIX"]
     level = denv.get("ZEXEC_K8S_POD_SECURITY_LEVEL", "")
+    sa_ns, _, sa_name = denv.get("ZEXEC_K8S_SERVICE_ACCOUNT", "").partition(":")
+    bound: set[str] = set()
     for r in requests:
         method = str(r.method).rsplit(".", 1)[-1].upper()
         res = r.resource
@@ -408,8 +424,27 @@ def request_errors(requests: list[Any], chart_docs: list[dict[str, Any]]) -> lis
         }.get(method, method.lower())
         resource = res.plural + (f"/{r.subresource}" if r.subresource else "")
         what = f"{verb} {res.group or 'core'}/{resource} {r.namespace or ''}/{name or ''}"
-        if not checks.rbac_allows(rules, verb, res.group, resource):
+        allowed = checks.rbac_allows(cluster_rules, verb, res.group, resource) or (
+            r.namespace in bound and checks.rbac_allows(user_rules, verb, res.group, resource)
+        )
+        if not allowed:
             errors.append(f"RBAC denies: {what}")
+        if (res.group, res.plural, method) == ("rbac.authorization.k8s.io", "rolebindings", "POST"):
+            ref = body.get("roleRef") or {}
+            may_bind = any(
+                "bind" in rule.get("verbs", ()) and "clusterroles" in rule.get("resources", ())
+                and ref.get("name") in (rule.get("resourceNames") or ())
+                for rule in cluster_rules
+            )
+            if not may_bind:
+                errors.append(f"RBAC denies binding {ref.get('kind')}/{ref.get('name')}: {what}")
+            subjects = body.get("subjects") or []
+            if ref.get("name") != user_role or subjects != [
+                {"kind": "ServiceAccount", "name": sa_name, "namespace": sa_ns}
+            ]:
+                errors.append(f"admission policy denies (role binding {ref}, {subjects}): {what}")
+            if allowed and may_bind:
+                bound.add(r.namespace)
         if method in ("POST", "PUT", "PATCH", "DELETE"):
             if res.group == "" and res.plural == "namespaces":
                 if not (name or "").startswith(prefix):

@@ -217,27 +217,41 @@ def all_sets(rendered):
 
 
 def test_no_cluster_wide_permission_beyond_the_documented_one(rendered):
-    documented = checks.documented_cluster_rules(README)
+    documented = checks.documented_roles(README)
+    cluster, user = documented["-deploy-api"], documented["-deploy-api-user"]
     # What the README documents is itself narrow: nothing can read a Secret, no
-    # wildcard, no escalation verbs, nothing on RBAC objects or cluster-scoped kinds
-    # other than namespaces.
-    for group, resource, verb in documented:
+    # wildcard, no escalation verbs; cluster scope covers namespaces and the binding of
+    # the per-user role only, and the per-user role nothing cluster-scoped.
+    for group, resource, verb in cluster | user:
         assert "*" not in (group, resource, verb)
-        assert verb not in ("escalate", "bind", "impersonate", "deletecollection", "update")
-        assert group in ("", "networking.k8s.io"), group
+        assert verb not in ("escalate", "impersonate", "deletecollection", "update")
         if resource == "secrets":
             assert verb in ("create", "delete"), (resource, verb)
+    assert cluster == {
+        ("", "namespaces", v) for v in ("get", "list", "create", "patch", "delete")
+    } | {("rbac.authorization.k8s.io", "rolebindings", "create"),
+         ("rbac.authorization.k8s.io", "clusterroles", "bind")}
+    for group, resource, _verb in user:
+        assert group in ("", "networking.k8s.io"), group
+        assert resource != "namespaces"
     for name, docs in all_sets(rendered):
-        roles = find(docs, "ClusterRole")
-        assert len(roles) == 1, name
-        assert roles[0]["metadata"]["name"] == "zexec-zexec-deploy-api"
-        assert checks.expand_rules(roles[0]["rules"]) == documented, name
+        roles = {r["metadata"]["name"]: r for r in find(docs, "ClusterRole")}
+        assert set(roles) == {"zexec-zexec-deploy-api", "zexec-zexec-deploy-api-user"}, name
+        top, per_user = roles["zexec-zexec-deploy-api"], roles["zexec-zexec-deploy-api-user"]
+        assert checks.expand_rules(top["rules"]) == cluster, name
+        assert checks.expand_rules(per_user["rules"]) == user, name
+        bind = [r for r in top["rules"] if "bind" in r["verbs"]]
+        assert bind == [{"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"],
+                         "verbs": ["bind"], "resourceNames": ["zexec-zexec-deploy-api-user"]}]
         binding = one(docs, "ClusterRoleBinding")
-        assert binding["roleRef"]["name"] == roles[0]["metadata"]["name"]
+        assert binding["roleRef"]["name"] == "zexec-zexec-deploy-api"
         assert binding["subjects"] == [
             {"kind": "ServiceAccount", "name": "zexec-deploy-api", "namespace": "zexec"}
         ]
         assert find(docs, "Role") == [] and find(docs, "RoleBinding") == []
+        denv = env_of(container(deployment(docs, "deploy-api")), docs)
+        assert denv["ZEXEC_K8S_USER_ROLE"] == "zexec-zexec-deploy-api-user"
+        assert denv["ZEXEC_K8S_SERVICE_ACCOUNT"] == "zexec:zexec-deploy-api"
         assert checks.rbac_errors(docs, documented) == []
 
 
@@ -248,9 +262,11 @@ def test_writes_are_confined_to_user_namespaces_by_admission_policy(default_docs
     assert vap["spec"]["failurePolicy"] == "Fail"
     cond = vap["spec"]["matchConditions"][0]["expression"]
     assert cond == 'request.userInfo.username == "system:serviceaccount:zexec:zexec-deploy-api"'
-    first, second = (v["expression"] for v in vap["spec"]["validations"])
+    first, binding_rule, second = (v["expression"] for v in vap["spec"]["validations"])
     assert 'request.name.startsWith("zexec-u-")' in first
     assert 'request.namespace.startsWith("zexec-u-")' in first
+    assert 'object.roleRef.name == "zexec-zexec-deploy-api-user"' in binding_rule
+    assert 'object.subjects[0].name == "zexec-deploy-api"' in binding_rule
     assert '== "restricted"' in second
     level = env_of(container(deployment(default_docs, "deploy-api")))[
         "ZEXEC_K8S_POD_SECURITY_LEVEL"
@@ -288,7 +304,9 @@ def test_no_container_without_limits_and_none_can_run_as_root(rendered):
     [
         ("limits", "container broker: no resources.limits.cpu"),
         ("root", "container broker: runAsUser must be set and non-zero"),
-        ("clusterrole", "more than one ClusterRole"),
+        ("clusterrole", "unexpected ClusterRole/extra"),
+        ("bind-anything", "privilege-escalation verb 'bind'"),
+        ("bind-user-role-cluster-wide", "not the chart's cluster-scope ClusterRole"),
         ("read-secrets", "grants undocumented [('', 'secrets', 'get')]"),
         ("token", "Deployment/zexec-ep-api: automountServiceAccountToken must be false"),
         ("expose-backend", "Service/zexec-broker-external: exposes internal port"),
@@ -312,9 +330,13 @@ def test_policy_checks_catch_violations(default_docs, mutation, expected):
             }
         )
     elif mutation == "read-secrets":
-        one(docs, "ClusterRole")["rules"].append(
+        one(docs, "ClusterRole", "zexec-zexec-deploy-api-user")["rules"].append(
             {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}
         )
+    elif mutation == "bind-anything":
+        one(docs, "ClusterRole", "zexec-zexec-deploy-api")["rules"][-1].pop("resourceNames")
+    elif mutation == "bind-user-role-cluster-wide":
+        one(docs, "ClusterRoleBinding")["roleRef"]["name"] = "zexec-zexec-deploy-api-user"
     elif mutation == "token":
         deployment(docs, "ep-api")["spec"]["template"]["spec"]["automountServiceAccountToken"] = (
             True
@@ -373,14 +395,14 @@ def test_encrypted_client_port_is_on_by_default_with_a_self_signed_certificate(r
     assert names.get_values_for_type(x509.DNSName)  # the broker's names
     assert b"PRIVATE KEY" in base64.b64decode(secret["data"]["tls.key"])
     ports = {p["name"]: p for p in one(docs, "Service", "zexec-broker-external")["spec"]["ports"]}
-    assert ports["secure"]["targetPort"] == "secure" and ports["secure"]["nodePort"] == 30002
+    assert ports["secure"]["targetPort"] == "secure" and ports["secure"]["port"] == 5562
     client_rule = one(docs, "NetworkPolicy", "zexec-broker")["spec"]["ingress"][0]
     assert {p["port"] for p in client_rule["ports"]} == {5559, 5562}
     assert "from" not in client_rule
     # The Deploy API gets the certificate (to publish its pin), never the key.
     api_dep = deployment(docs, "deploy-api")
     api = env_of(container(api_dep), docs)
-    assert api["ZEXEC_DEPLOY_BROKER_EXTERNAL_SECURE_PORT"] == "30002"
+    assert api["ZEXEC_DEPLOY_BROKER_EXTERNAL_SECURE_PORT"] == "5562"  # LoadBalancer
     assert api["ZEXEC_DEPLOY_BROKER_TLS_CERT_FILE"] == "/etc/zexec/broker-tls/tls.crt"
     api_volumes = {v["name"]: v for v in api_dep["spec"]["template"]["spec"]["volumes"]}
     assert api_volumes["broker-tls"]["secret"]["items"] == [{"key": "tls.crt",
@@ -450,7 +472,6 @@ def test_kubernetes_orchestrator_settings_agree_with_the_chart(default_docs):
     for field in (
         "namespace_prefix",
         "server_image",
-        "image_pull_policy",
         "broker_backend_url",
         "broker_namespace",
         "cpu_request",
@@ -462,10 +483,17 @@ def test_kubernetes_orchestrator_settings_agree_with_the_chart(default_docs):
         "dns_pod_labels",
         "server_secret_name",
         "server_workers",
-        "pip_index_url",
         "pod_security_level",
+        "extra_egress_ports",
+        "lost_node_seconds",
+        "ephemeral_storage_request",
+        "ephemeral_storage_limit",
+        "venv_size_limit",
+        "tmp_size_limit",
     ):
         assert denv[f"ZEXEC_K8S_{field.upper()}"] == str(getattr(k8s, field)), field
+    # The package path is the chart's own default (an in-cluster proxy, documented there).
+    assert denv["ZEXEC_K8S_PIP_INDEX_URL"].startswith("http://pypi-proxy.zexec-pypi.svc:")
     # Broker pod labels: what the orchestrator selects is what the broker pod carries.
     broker = deployment(default_docs, "broker")
     pod_labels = broker["spec"]["template"]["metadata"]["labels"]
@@ -492,26 +520,26 @@ def test_kubernetes_orchestrator_settings_agree_with_the_chart(default_docs):
     benv = env_of(container(broker), default_docs)
     assert benv["ZEXEC_BROKER_SERVER_SECRET"] == denv["ZEXEC_BROKER_SERVER_SECRET"] != ""
     assert benv["ZEXEC_BROKER_ADMIN_TOKEN"] == denv["ZEXEC_BROKER_ADMIN_TOKEN"] != ""
-    # External broker Service: NodePort 30001 -> plain client port, 30002 -> encrypted.
+    # External broker Service: a LoadBalancer, plain client port and encrypted one.
     ext = one(default_docs, "Service", "zexec-broker-external")
-    assert ext["spec"]["type"] == "NodePort"
+    assert ext["spec"]["type"] == "LoadBalancer"
     assert ext["spec"]["ports"] == [
         {
             "name": "frontend",
             "port": brokers.frontend_port,
             "targetPort": "frontend",
             "protocol": "TCP",
-            "nodePort": 30001,
         },
         {
             "name": "secure",
             "port": brokers.secure_port,
             "targetPort": "secure",
             "protocol": "TCP",
-            "nodePort": 30002,
         },
     ]
-    assert denv["ZEXEC_DEPLOY_BROKER_EXTERNAL_PORT"] == "30001"
+    assert denv["ZEXEC_DEPLOY_BROKER_EXTERNAL_PORT"] == "5559"
+    # Server images: tags like py3.12 move, so they are pulled every time by default.
+    assert denv["ZEXEC_K8S_IMAGE_PULL_POLICY"] == "Always"
     # HTTP apps: container ports and probe paths match the apps' settings.
     deploy_settings, ep_settings = DeploySettings(), EPSettings()
     dc = container(deploy)
@@ -596,6 +624,9 @@ def test_per_user_server_workload_agrees_with_the_chart(default_docs, orchestrat
     objects, _ = orchestrator_run
     assert {o["kind"] for o in objects} == {
         "Namespace",
+        "RoleBinding",
+        "ResourceQuota",
+        "LimitRange",
         "NetworkPolicy",
         "Secret",
         "ConfigMap",
@@ -653,7 +684,7 @@ def test_per_user_server_workload_agrees_with_the_chart(default_docs, orchestrat
         ),
         "kind": (
             lambda o: o.append({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}}),
-            "does not allow creating Service",
+            "do not allow creating Service",
         ),
         "root": (
             lambda o: server(o)["securityContext"].update(runAsUser=0),
@@ -670,7 +701,13 @@ def test_per_user_server_workload_agrees_with_the_chart(default_docs, orchestrat
 def test_every_orchestrator_request_is_allowed_by_the_chart(default_docs, orchestrator_run):
     _, requests = orchestrator_run
     assert request_errors(requests, default_docs) == []
-    granted = checks.expand_rules(one(default_docs, "ClusterRole")["rules"])
+    # The rendered admission policy itself (its CEL) admits every write it made.
+    from admission_support import admission_errors
+
+    assert admission_errors(requests, default_docs) == []
+    granted = set().union(*(checks.expand_rules(r["rules"])
+                            for r in find(default_docs, "ClusterRole")))
+    granted.discard(("rbac.authorization.k8s.io", "clusterroles", "bind"))  # no request
     used = set()
     for r in requests:
         if r.resource is not None:
@@ -687,7 +724,7 @@ def test_every_orchestrator_request_is_allowed_by_the_chart(default_docs, orches
                     verb,
                 )
             )
-    # Least privilege: the ClusterRole grants what the orchestrator uses, nothing more.
+    # Least privilege: the ClusterRoles grant what the orchestrator uses, nothing more.
     assert used == granted, (
         f"unused grants {sorted(granted - used)}, missing {sorted(used - granted)}"
     )
@@ -721,6 +758,12 @@ def test_every_orchestrator_request_is_allowed_by_the_chart(default_docs, orches
         (fake(kmock.method.POST, "pods", namespace="default"), "outside zexec-u-*"),
         (fake(kmock.method.GET, "secrets", namespace="zexec-u-bob", name="x"), "RBAC denies"),
         (fake(kmock.method.POST, "services", namespace="zexec-u-bob"), "RBAC denies"),
+        # No read outside a namespace where the Deploy API bound its per-user role.
+        (fake(kmock.method.GET, "pods", namespace="kube-system", name="x"), "RBAC denies"),
+        (fake(kmock.method.GET, "configmaps", namespace="zexec-u-bob"), "RBAC denies"),
+        (fake(kmock.method.POST, "rolebindings", namespace="zexec-u-bob", group="rbac.authorization.k8s.io",
+              data={"roleRef": {"kind": "ClusterRole", "name": "cluster-admin"}}),
+         "RBAC denies binding ClusterRole/cluster-admin"),
     ]:
         assert any(expected in e for e in request_errors([req], default_docs)), expected
 
@@ -780,7 +823,7 @@ def test_notes_tell_the_operator_the_client_urls(tools, tmp_path):
     )
     assert "https://zexec.example.org/api" in notes
     assert "https://zexec.example.org\n" in notes
-    assert "tcp://broker.example.org:30001" in notes
+    assert "tcp://broker.example.org:5559" in notes  # LoadBalancer: the Service port
     assert "WARNING" not in notes
     assert "kubectl get namespaces -o name | grep '^namespace/zexec-u-'" in notes
     defaults = render_notes(tmp_path / "b")
@@ -999,6 +1042,21 @@ def test_apps_start_with_the_chart_environment_and_answer_its_probes(tools, tmp_
             local = re.sub(r":\d+", f":{ports[port_key]}", target, count=1)
             assert hc.probe(local), local
         assert not hc.probe(f"tcp://127.0.0.1:{_free_port()}")
+
+        # The broker's liveness probe: its event loop answers an authenticated STATUS on
+        # the control port (the probe's own command, with the test's port).
+        bc = container(deployment(docs, "broker"))
+        command = bc["livenessProbe"]["exec"]["command"]
+        assert command[:2] == ["python", "/usr/local/bin/zexec-healthcheck"]
+        target = re.sub(r":\d+$", f":{ports['control']}", command[2])
+        assert target.startswith("zexec-control://127.0.0.1:")
+        benv = {**base, **env_of(bc, docs)}
+        script = str(ROOT / "deploy" / "docker" / "healthcheck.py")
+        alive = subprocess.run([sys.executable, script, target], env=benv, timeout=60)
+        assert alive.returncode == 0
+        wrong = {**benv, "ZEXEC_BROKER_ADMIN_TOKEN": "not-the-token"}
+        assert subprocess.run([sys.executable, script, target], env=wrong,
+                              capture_output=True, timeout=60).returncode == 1
     finally:
         for p in reversed(procs):
             p.terminate()

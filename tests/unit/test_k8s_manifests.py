@@ -100,7 +100,7 @@ def test_pod_is_locked_down():
         assert sc["allowPrivilegeEscalation"] is False
         assert sc["capabilities"] == {"drop": ["ALL"]}
         assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
-        assert c["resources"]["limits"] == {"cpu": "2", "memory": "4Gi"}
+        assert c["resources"]["limits"] == {"cpu": "2", "memory": "4Gi", "ephemeral-storage": "10Gi"}
     assert p["metadata"]["labels"] == {
         "app.kubernetes.io/name": "zexec-server",
         "app.kubernetes.io/component": "server",
@@ -173,7 +173,9 @@ def test_network_policy_allows_only_broker_dns_and_extra_cidrs():
     }]
     assert all(rule.get("to") for rule in spec["egress"])  # no rule open to every address
     assert extra == {"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}},
-                            {"ipBlock": {"cidr": "192.168.1.10/32"}}]}  # fmt: skip
+                            {"ipBlock": {"cidr": "192.168.1.10/32"}}],
+                     "ports": [{"protocol": "TCP", "port": 443}]}  # fmt: skip
+    assert all(rule.get("ports") for rule in spec["egress"])  # no rule open on every port
     assert len(m.build_network_policy(NS, KubernetesSettings(), LABELS)["spec"]["egress"]) == 2
 
 
@@ -182,10 +184,11 @@ def test_overrides_merge_by_name_append_and_replace():
     spec = p["spec"]
     server = spec["containers"][0]
     assert len(spec["containers"]) == 1
-    assert server["resources"]["limits"] == {"cpu": "2", "memory": "4Gi", "nvidia.com/gpu": "1"}
+    assert server["resources"]["limits"] == {
+        "cpu": "2", "memory": "4Gi", "ephemeral-storage": "10Gi", "nvidia.com/gpu": "1"}
     assert server["securityContext"]["runAsNonRoot"] is True  # untouched by the merge
     assert spec["nodeSelector"] == {"gpu": "a100", "zone": "b"}
-    assert spec["tolerations"] == GPU["tolerations"]
+    assert spec["tolerations"][-1:] == GPU["tolerations"]  # appended to the lost-node ones
     assert [v["name"] for v in spec["volumes"]] == ["env", "venv", "tmp", "run", "data"]
     assert spec["priorityClassName"] == "hi"
     assert m.merge_overrides({"a": [1, 2]}, {"a": [3]}) == {"a": [3]}
@@ -197,3 +200,71 @@ def test_settings_parsing_errors():
         m.broker_port("tcp://broker")
     with pytest.raises(ConfigurationError, match="key=value"):
         m.parse_labels("app")
+
+
+def test_package_proxy_is_reached_by_selector_on_its_ports_only():
+    settings = KubernetesSettings(
+        package_proxy_namespace="zexec-pypi",
+        package_proxy_pod_labels="app.kubernetes.io/name=pypi-proxy",
+        package_proxy_ports="3141",
+        extra_egress_cidrs="10.9.0.0/16",
+        extra_egress_ports="443,8443",
+    )
+    egress = m.build_network_policy(NS, settings, LABELS)["spec"]["egress"]
+    proxy, cidrs = egress[2], egress[3]
+    assert proxy == {
+        "to": [{
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "zexec-pypi"}},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "pypi-proxy"}},
+        }],
+        "ports": [{"protocol": "TCP", "port": 3141}],
+    }
+    assert cidrs["ports"] == [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 8443}]
+    with pytest.raises(ConfigurationError, match="at least one port"):
+        m.build_network_policy(NS, KubernetesSettings(
+            extra_egress_cidrs="10.9.0.0/16", extra_egress_ports=""), LABELS)
+
+
+def test_user_pods_have_bounded_disk_and_a_read_only_root():
+    p = pod()
+    volumes = {v["name"]: v for v in p["spec"]["volumes"]}
+    assert volumes["venv"]["emptyDir"] == {"sizeLimit": "8Gi"}
+    assert volumes["tmp"]["emptyDir"] == {"sizeLimit": "2Gi"}
+    for c in p["spec"]["initContainers"] + p["spec"]["containers"]:
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True
+        assert c["resources"]["requests"]["ephemeral-storage"] == "1Gi"
+        assert c["resources"]["limits"]["ephemeral-storage"] == "10Gi"
+
+
+def test_a_plain_http_index_is_trusted_an_https_one_needs_not():
+    def pip_env(url):
+        settings = KubernetesSettings(pip_index_url=url)
+        p = m.build_pod(NS, "x", "alice", SPEC, "img:1", settings, LABELS)
+        install = p["spec"]["initContainers"][1]
+        return {e["name"]: e["value"] for e in install["env"]}
+
+    http = pip_env("http://pypi-proxy.zexec-pypi.svc:3141/root/pypi/+simple/")
+    assert http["PIP_TRUSTED_HOST"] == "pypi-proxy.zexec-pypi.svc"
+    assert "PIP_TRUSTED_HOST" not in pip_env("https://pypi.mirror.example/simple")
+
+
+def test_server_images_by_digest_when_listed():
+    from zexec.adapters.orchestrator_k8s import images
+
+    d = "sha256:" + "b" * 64
+    s = KubernetesSettings(server_image="registry.example.org:5000/zexec/server:py{python}",
+                           server_image_digests=f"3.12={d}")
+    assert images.server_image(s, "3.12") == f"registry.example.org:5000/zexec/server@{d}"
+    assert images.server_image(s, "3.11") == "registry.example.org:5000/zexec/server:py3.11"
+    assert images.server_image(KubernetesSettings(), "3.13") == "zexec/server:py3.13"
+
+
+def test_a_lost_nodes_pod_is_deleted_after_lost_node_seconds():
+    p = m.build_pod(NS, "x", "alice", SPEC, "img:1",
+                    KubernetesSettings(lost_node_seconds=45), LABELS)
+    assert p["spec"]["tolerations"] == [
+        {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute",
+         "tolerationSeconds": 45},
+        {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute",
+         "tolerationSeconds": 45},
+    ]

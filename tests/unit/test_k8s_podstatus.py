@@ -56,12 +56,26 @@ WAITING = {"waiting": {"reason": "PodInitializing"}}
         (pod("Failed", mains=[("server", {"terminated": {"exitCode": 137,
                                                          "reason": "OOMKilled"}})]),
          "failed", "the server failed (container server: exit code 137, OOMKilled)", "server"),
-        ({"status": {"phase": "Failed", "reason": "Evicted"}}, "failed", "Evicted", None),
+        ({"status": {"phase": "Failed", "reason": "Evicted"}}, "failed", "evicted by Kubernetes",
+         None),
+        # Evicted for disk: the kubelet's message, not the killed container's exit code.
+        ({"status": {"phase": "Failed", "reason": "Evicted",
+                     "message": "The node was low on resource: ephemeral-storage.",
+                     "containerStatuses": [{"name": "server", "state": {"terminated": {
+                         "exitCode": 137}}}]}},
+         "failed", "evicted by Kubernetes: The node was low on resource: ephemeral-storage", None),
         (pod("Pending", mains=[("server", {"waiting": {"reason": "InvalidImageName",
                                                        "message": "bad ref"}})]),
          "failed", "InvalidImageName: bad ref", None),
         (pod("Running", deletionTimestamp=T1), "terminated", "deleted", None),
-        (pod("Unknown"), "starting", "unknown", None),
+        # A lost node: a bare pod never comes back, so it is replaceable (failed).
+        (pod("Unknown"), "failed", "server lost (pod status Unknown", None),
+        ({"status": {"phase": "Unknown", "reason": "NodeLost"}}, "failed", "NodeLost", None),
+        (pod("Running", mains=[("server", RUNNING)], conditions=[
+            {"type": "DisruptionTarget", "status": "True", "reason": "DeletionByTaintManager",
+             "message": "Taint manager: deleting due to NoExecute taint"},
+            {"type": "Ready", "status": "True", "lastTransitionTime": T1}]),
+         "failed", "server lost (Taint manager", None),
     ],
 )  # fmt: skip
 def test_mapping(p, phase, reason_part, container):
@@ -76,3 +90,18 @@ def test_since_comes_from_the_pod():
                                         "lastTransitionTime": T1}])  # fmt: skip
     assert pod_phase(ready).since == pod_phase(ready).since == 1714557605.0
     assert pod_phase(pod()).since is None
+
+
+@pytest.mark.parametrize("status", [
+    {"phase": "Unknown"},
+    {"phase": "Failed", "reason": "Evicted", "message": "DiskPressure"},
+])
+def test_a_lost_or_evicted_server_is_replaced_by_the_next_spawn(status):
+    from zexec.core import replacing
+    from zexec.core.envspec import parse_env_spec
+    from zexec.core.model import ServerStatus
+
+    spec = parse_env_spec(["python==3.11"])
+    got = pod_phase({"metadata": {}, "status": status})
+    current = ServerStatus("alice", got.phase, spec, got.reason)
+    assert replacing.plan_ensure(current, None, spec, force=False) == "restart"

@@ -21,6 +21,11 @@
 {{- printf "%s-%s-deploy-api" .Release.Namespace (include "zexec.fullname" .) -}}
 {{- end -}}
 
+{{/* The per-user ClusterRole, bound only by RoleBindings in user namespaces. */}}
+{{- define "zexec.userRoleName" -}}
+{{- printf "%s-user" (include "zexec.clusterName" .) -}}
+{{- end -}}
+
 {{- define "zexec.labels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 app.kubernetes.io/name: {{ include "zexec.name" . }}
@@ -42,8 +47,13 @@ app.kubernetes.io/component: {{ .component }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
+{{/* The apps image: by digest when image.digest is set (immutable), else by tag. */}}
 {{- define "zexec.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "zexec.brokerName" -}}{{ include "zexec.fullname" . }}-broker{{- end -}}
@@ -84,7 +94,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "zexec.labelList" -}}
 {{- $pairs := list -}}
 {{- range $k := keys . | sortAlpha -}}
-{{- $pairs = append $pairs (printf "%s=%s" $k (index $ $k)) -}}
+{{- $pairs = append $pairs (printf "%s=%v" $k (index $ $k)) -}}
 {{- end -}}
 {{- join "," $pairs -}}
 {{- end -}}
@@ -128,8 +138,13 @@ app.kubernetes.io/component: {{ .component }}
 {{- .Values.broker.tls.existingSecret | default (printf "%s-broker-tls" (include "zexec.fullname" .)) -}}
 {{- end -}}
 
+{{/* TLS on the Ingress whenever it has a host (a certificate needs a name). */}}
+{{- define "zexec.ingressTls" -}}
+{{- if and .Values.ingress.tls.enabled .Values.ingress.host -}}true{{- end -}}
+{{- end -}}
+
 {{- define "zexec.ingressScheme" -}}
-{{- if .Values.ingress.tls.enabled -}}https{{- else -}}http{{- end -}}
+{{- if include "zexec.ingressTls" . -}}https{{- else -}}http{{- end -}}
 {{- end -}}
 
 {{/* Deploy API URL clients use (the legacy client appends /rexec). */}}
@@ -227,8 +242,11 @@ seccompProfile:
   mountPath: /tmp
 {{- end -}}
 
-{{/* nodeSelector / tolerations / affinity of one component's values. */}}
+{{/* priorityClassName / nodeSelector / tolerations / affinity of one component's values. */}}
 {{- define "zexec.scheduling" -}}
+{{- with .priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
 {{- with .nodeSelector }}
 nodeSelector:
   {{- toYaml . | nindent 2 }}
@@ -241,4 +259,87 @@ tolerations:
 affinity:
   {{- toYaml . | nindent 2 }}
 {{- end }}
+{{- end -}}
+
+{{/*
+Bytes of a Kubernetes quantity ("3Gi", "512Mi", "1.5G", 1073741824). Fails on a suffix
+that is not a byte unit (e.g. "m"), so a memory value is never silently misread.
+*/}}
+{{- define "zexec.bytes" -}}
+{{- $q := toString . -}}
+{{- $num := regexFind "^([0-9]+(\\.[0-9]*)?|\\.[0-9]+)" $q -}}
+{{- $suffix := trimPrefix $num $q -}}
+{{- $units := dict "" 1 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 -}}
+{{- if or (not $num) (not (hasKey $units $suffix)) -}}
+{{- fail (printf "%q is not a memory quantity (use bytes, Ki, Mi, Gi, Ti, k, M, G or T)" $q) -}}
+{{- end -}}
+{{- mulf (float64 $num) (index $units $suffix) | int64 -}}
+{{- end -}}
+
+{{/* A quantity times n, in its own unit: (list "250m" 3) -> "750m", (list "4Gi" 3) -> "12Gi". */}}
+{{- define "zexec.times" -}}
+{{- $q := toString (index . 0) -}}
+{{- $num := regexFind "^([0-9]+(\\.[0-9]*)?|\\.[0-9]+)" $q -}}
+{{- $n := mulf (float64 $num) (index . 1) -}}
+{{- if eq $n (floor $n) -}}{{ int64 $n }}{{ else }}{{ $n }}{{ end -}}{{ trimPrefix $num $q }}
+{{- end -}}
+
+{{/* The ResourceQuota `hard` of user namespaces (YAML): three servers' worth (the current
+one, a replacement built beside it, and one still terminating), then the values' own
+entries over it. */}}
+{{- define "zexec.resourceQuota" -}}
+{{- $k := .Values.deployApi.kubernetes -}}
+{{- $r := $k.serverResources -}}
+{{- $derived := dict "pods" "4"
+  "requests.cpu" (include "zexec.times" (list $r.requests.cpu 3))
+  "requests.memory" (include "zexec.times" (list $r.requests.memory 3))
+  "limits.cpu" (include "zexec.times" (list $r.limits.cpu 3))
+  "limits.memory" (include "zexec.times" (list $r.limits.memory 3))
+  "requests.ephemeral-storage" (include "zexec.times" (list $k.serverStorage.request 3))
+  "limits.ephemeral-storage" (include "zexec.times" (list $k.serverStorage.limit 3)) -}}
+{{- toYaml (merge (dict) $k.resourceQuota.hard $derived) -}}
+{{- end -}}
+
+{{/* The LimitRange `max` of one container in user namespaces (YAML). */}}
+{{- define "zexec.limitRangeMax" -}}
+{{- $k := .Values.deployApi.kubernetes -}}
+{{- $derived := dict "cpu" (toString $k.serverResources.limits.cpu)
+  "memory" (toString $k.serverResources.limits.memory)
+  "ephemeral-storage" (toString $k.serverStorage.limit) -}}
+{{- toYaml (merge (dict) $k.limitRange.max $derived) -}}
+{{- end -}}
+
+{{/*
+checksum/secrets: changes when the values naming or giving the broker's secrets change,
+so the pods holding them restart then, and only then. Never computed from generated
+(random or looked-up) content: `helm template` under GitOps cannot look secrets up, and
+a checksum of fresh random values would restart the broker at every sync.
+*/}}
+{{- define "zexec.secretsChecksum" -}}
+{{- $b := .Values.broker -}}
+{{- $in := list $b.serverSecret $b.adminToken $b.tls.existingSecret (include "zexec.brokerExternalHost" .) -}}
+checksum/secrets: {{ toJson $in | sha256sum | quote }}
+{{- end -}}
+
+{{/* Soft spread of a component's replicas over nodes: (dict "ctx" $ "values" .Values.x "component" "x"). */}}
+{{- define "zexec.topologySpread" -}}
+{{- $s := .values.topologySpread -}}
+{{- if $s.enabled }}
+topologySpreadConstraints:
+  - maxSkew: 1
+    topologyKey: {{ $s.topologyKey }}
+    whenUnsatisfiable: {{ $s.whenUnsatisfiable }}
+    labelSelector:
+      matchLabels:
+        {{- include "zexec.selectorLabels" (dict "ctx" .ctx "component" .component) | nindent 8 }}
+{{- end }}
+{{- end -}}
+
+{{/* Names of the pull secrets copied into user namespaces (YAML list). */}}
+{{- define "zexec.serverPullSecrets" -}}
+{{- $names := list -}}
+{{- range (concat .Values.imagePullSecrets .Values.deployApi.kubernetes.imagePullSecrets) -}}
+{{- $names = append $names .name -}}
+{{- end -}}
+{{- toYaml (uniq $names) -}}
 {{- end -}}

@@ -116,14 +116,20 @@ def env_json(spec: EnvSpec) -> str:
 
 
 def build_namespace(
-    name: str, user_id: str, user_key: str, spec: EnvSpec, pod_name: str, security_level: str
+    name: str, user_id: str, user_key: str, spec: EnvSpec, pod_name: str, security_level: str,
+    security_version: str = "",
 ) -> dict[str, Any]:
     """The user's namespace; annotations keep what ``status`` needs (raw user id, the
-    EnvSpec, the current pod) so the orchestrator holds no state of its own."""
+    EnvSpec, the current pod) so the orchestrator holds no state of its own. The Pod
+    Security level is enforced, audited and warned at a pinned version (``latest``
+    would change the rules under running servers at a cluster upgrade)."""
     labels = server_labels(user_key, spec)
     del labels["app.kubernetes.io/component"]
     if security_level:
-        labels["pod-security.kubernetes.io/enforce"] = security_level
+        for mode in ("enforce", "audit", "warn"):
+            labels[f"pod-security.kubernetes.io/{mode}"] = security_level
+            if security_version:
+                labels[f"pod-security.kubernetes.io/{mode}-version"] = security_version
     return {
         "apiVersion": "v1",
         "kind": "Namespace",
@@ -166,9 +172,33 @@ def build_network_policy(
             "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
         },
     ]
+    proxy = parse_labels(settings.package_proxy_pod_labels)
+    if proxy:
+        # The package index proxy, by selector and on its ports only (not an address
+        # range: pod IPs change).
+        egress.append(
+            {
+                "to": [
+                    {
+                        "namespaceSelector": {
+                            "matchLabels": {
+                                "kubernetes.io/metadata.name": settings.package_proxy_namespace
+                            }
+                        },
+                        "podSelector": {"matchLabels": proxy},
+                    }
+                ],
+                "ports": _tcp_ports(settings.package_proxy_ports),
+            }
+        )
     cidrs = [c.strip() for c in settings.extra_egress_cidrs.split(",") if c.strip()]
     if cidrs:
-        egress.append({"to": [{"ipBlock": {"cidr": c}} for c in cidrs]})
+        egress.append(
+            {
+                "to": [{"ipBlock": {"cidr": c}} for c in cidrs],
+                "ports": _tcp_ports(settings.extra_egress_ports),
+            }
+        )
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -180,6 +210,17 @@ def build_network_policy(
             "egress": egress,
         },
     }
+
+
+def _tcp_ports(text: str) -> list[dict[str, Any]]:
+    """``"443,80"`` -> NetworkPolicy ports; an empty list would open every port."""
+    try:
+        ports = [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise ConfigurationError(f"ports {text!r}: expected comma-separated numbers") from None
+    if not ports:
+        raise ConfigurationError("an egress rule needs at least one port")
+    return [{"protocol": "TCP", "port": p} for p in ports]
 
 
 def config_map_name(spec: EnvSpec) -> str:
@@ -218,6 +259,8 @@ def _container_security() -> dict[str, Any]:
         "runAsUser": UID,
         "runAsGroup": UID,
         "seccompProfile": {"type": "RuntimeDefault"},
+        # The server writes only to its volumes (venv, /tmp, /run/zexec).
+        "readOnlyRootFilesystem": True,
     }
 
 
@@ -233,14 +276,23 @@ def build_pod(
     idle_timeout: float = 0.0,
     created_at: float = 0.0,
     overrides: list[dict[str, Any]] | tuple[dict[str, Any], ...] = (),
+    pull_secrets: list[str] | tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """The server Pod. With requirements: init container ``venv`` makes a venv seeing
     the image's packages (zexec), init container ``install`` pip-installs the ConfigMap's
     file into it; the server runs from that venv. ``overrides`` (plugin results) are
     merged into the spec last (see :func:`merge_overrides`)."""
     resources = {
-        "requests": {"cpu": settings.cpu_request, "memory": settings.memory_request},
-        "limits": {"cpu": settings.cpu_limit, "memory": settings.memory_limit},
+        "requests": {
+            "cpu": settings.cpu_request,
+            "memory": settings.memory_request,
+            "ephemeral-storage": settings.ephemeral_storage_request,
+        },
+        "limits": {
+            "cpu": settings.cpu_limit,
+            "memory": settings.memory_limit,
+            "ephemeral-storage": settings.ephemeral_storage_limit,
+        },
     }
     common = {"image": image, "imagePullPolicy": settings.image_pull_policy}
     mounts = [
@@ -256,6 +308,11 @@ def build_pod(
         pip_env = [{"name": "PIP_NO_CACHE_DIR", "value": "1"}]
         if settings.pip_index_url:
             pip_env.append({"name": "PIP_INDEX_URL", "value": settings.pip_index_url})
+            index = urlsplit(settings.pip_index_url)
+            if index.scheme == "http" and index.hostname:
+                # pip ignores a plain-HTTP index unless its host is trusted; such an
+                # index is the in-cluster proxy the NetworkPolicy names.
+                pip_env.append({"name": "PIP_TRUSTED_HOST", "value": index.hostname})
         init = [
             {
                 "name": "venv",
@@ -320,15 +377,24 @@ def build_pod(
         },
         "initContainers": init,
         "containers": [server],
+        # A lost node's pod is deleted after this long (then reported terminated, and
+        # replaced by the next spawn) instead of Kubernetes' default 300 s.
+        "tolerations": [
+            {"key": f"node.kubernetes.io/{taint}", "operator": "Exists",
+             "effect": "NoExecute", "tolerationSeconds": settings.lost_node_seconds}
+            for taint in ("unreachable", "not-ready")
+        ],
         "volumes": [
             {"name": "env", "configMap": {"name": config_map_name(spec)}},
-            {"name": "venv", "emptyDir": {}},
-            {"name": "tmp", "emptyDir": {}},
+            {"name": "venv", "emptyDir": {"sizeLimit": settings.venv_size_limit}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": settings.tmp_size_limit}},
             {"name": "run", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
         ],
     }
     if not init:
         del pod_spec["initContainers"]
+    if pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": n} for n in pull_secrets]
     for override in overrides:
         pod_spec = merge_overrides(pod_spec, override)
     _quantities_as_strings(pod_spec)

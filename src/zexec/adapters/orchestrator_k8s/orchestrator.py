@@ -29,6 +29,7 @@ import pluggy
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from zexec.adapters.orchestrator_k8s import access, images, quota
 from zexec.adapters.orchestrator_k8s import manifests as m
 from zexec.adapters.orchestrator_k8s.podstatus import pod_phase
 from zexec.adapters.orchestrator_memory import conflict_message
@@ -91,6 +92,7 @@ class KubernetesOrchestrator:
             plugin_manager = get_plugin_manager()
         self.core = client.CoreV1Api(api_client)
         self.net = client.NetworkingV1Api(api_client)
+        self.rbac = client.RbacAuthorizationV1Api(api_client)
         self.settings = settings
         self.pm = plugin_manager
         self.idle_timeout = idle_timeout
@@ -100,6 +102,8 @@ class KubernetesOrchestrator:
         m.namespace_name(settings.namespace_prefix, "x")  # validates the prefix now
         m.broker_port(settings.broker_backend_url)
         m.parse_labels(settings.broker_pod_labels)
+        if settings.user_role:
+            access.service_account(settings.service_account)
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
 
@@ -205,7 +209,8 @@ class KubernetesOrchestrator:
         key = ns[len(self.settings.namespace_prefix) :]
         pod_name = self._pod_name(spec)
         body = m.build_namespace(
-            ns, user.user_id, key, spec, pod_name, self.settings.pod_security_level
+            ns, user.user_id, key, spec, pod_name, self.settings.pod_security_level,
+            self.settings.pod_security_version,
         )
         with _api(f"creating namespace {ns}"):
             try:
@@ -218,7 +223,10 @@ class KubernetesOrchestrator:
                 raise
         try:
             labels = m.server_labels(key, spec)
+            self._grant(ns, labels)
             self._apply_policy(ns, labels)
+            with _api("creating the namespace's quota"):
+                quota.apply(self.core, ns, self.settings, labels)
             with _api("creating the credential secret"):
                 cred = server_credential(self._secret, user.user_id)
                 _raw(self.core.create_namespaced_secret, ns, m.build_secret(ns, cred, labels))
@@ -235,7 +243,10 @@ class KubernetesOrchestrator:
         key = ns[len(self.settings.namespace_prefix) :]
         labels = m.server_labels(key, spec)
         old_pod = (existing["metadata"].get("annotations") or {}).get(m.ANN_POD)
+        self._grant(ns, labels)  # a namespace made before user_role was set has none
         self._apply_policy(ns, labels)  # settings may have changed since
+        with _api("updating the namespace's quota"):
+            quota.apply(self.core, ns, self.settings, labels)
         with _api("creating the credential secret", ok=(409,)):
             cred = server_credential(self._secret, user.user_id)
             _raw(self.core.create_namespaced_secret, ns, m.build_secret(ns, cred, labels))
@@ -309,23 +320,33 @@ class KubernetesOrchestrator:
         with _api("creating the requirements config map", ok=(409,)):  # immutable per digest
             _raw(self.core.create_namespaced_config_map, ns, m.build_config_map(ns, spec, labels))
         image = self.pm.hook.zexec_server_image(env=spec)
-        image = image or self.settings.server_image.format(python=spec.python)
+        image = image or images.server_image(self.settings, spec.python)
         # pluggy returns the last-registered plugin's result first; apply in registration
         # order so a later plugin wins, as the hookspec documents.
         overrides = [
             o for o in reversed(self.pm.hook.zexec_server_pod_overrides(env=spec, user=user)) if o
         ]
+        with _api("copying the image pull secrets"):
+            pulls = images.copy(self.core, ns, self.settings.pull_secrets_dir, labels)
         pod = m.build_pod(
             ns, pod_name, user.user_id, spec, image, self.settings, labels,
             idle_timeout=self.idle_timeout, created_at=self.clock(), overrides=overrides,
+            pull_secrets=pulls,
         )  # fmt: skip
         with _api("creating the server pod"):
             _raw(self.core.create_namespaced_pod, ns, pod)
 
+    def _grant(self, ns: str, labels: dict[str, str]) -> None:
+        with _api("creating the Deploy API's role binding"):
+            access.grant(self.rbac, ns, self.settings.user_role,
+                         self.settings.service_account, labels)
+
     def _apply_policy(self, ns: str, labels: dict[str, str]) -> None:
         body = m.build_network_policy(ns, self.settings, labels)
         try:
-            _raw(self.net.create_namespaced_network_policy, ns, body)
+            # The first call the new RoleBinding permits (see access.until_permitted).
+            access.until_permitted(
+                lambda: _raw(self.net.create_namespaced_network_policy, ns, body))
         except ApiException as e:
             if e.status != 409:
                 raise OrchestratorError(
@@ -404,7 +425,9 @@ class KubernetesOrchestrator:
     def _read_pod(self, ns: str, name: str) -> dict[str, Any] | None:
         with _api(f"reading pod {name}"):
             try:
-                return _raw(self.core.read_namespaced_pod, name, ns)
+                return access.granting(lambda: _raw(self.core.read_namespaced_pod, name, ns),
+                                       lambda: self._grant(ns, dict(m.MANAGED_BY)),
+                                       bool(self.settings.user_role))
             except ApiException as e:
                 if e.status == 404:
                     return None

@@ -5,6 +5,7 @@ Pod                                   phase (reason)
 ====================================  ==============================================
 being deleted                         terminated (deleted)
 Succeeded (the server's idle exit)    terminated (idle)
+Failed, evicted (DiskPressure, ...)   failed (evicted: the kubelet's message)
 Failed                                failed (which container, exit code, message)
 waiting on a reason that never heals  failed (e.g. InvalidImageName: ...)
 Pending, an init container running    installing
@@ -12,8 +13,13 @@ Pending, init containers all done     starting
 Pending otherwise                     pending (unschedulable/image pull message)
 Running and Ready                     ready
 Running, not Ready yet                starting
-Unknown (node unreachable)            starting (with the reason)
+Unknown (node unreachable)            failed (lost: a spawn replaces it)
+DisruptionTarget (being evicted...)   failed (lost: a spawn replaces it)
 ====================================  ==============================================
+
+``failed`` is what makes a spawn replace the server (``replacing.plan_ensure``): a pod
+Kubernetes will never bring back (bare, ``restartPolicy: Never``) must not be reported
+as still on its way, or every spawn would return the stale status.
 """
 
 from __future__ import annotations
@@ -87,6 +93,9 @@ def pod_phase(pod: dict[str, Any]) -> PodPhase:
     if k8s_phase == "Succeeded":
         ends = [_ts((s.get("terminated") or {}).get("finishedAt")) for c, s in states]
         return PodPhase("terminated", "idle", max((e for e in ends if e), default=None))
+    if k8s_phase == "Failed" and status.get("reason") == "Evicted":
+        text = status.get("message") or "no reason given"
+        return PodPhase("failed", f"evicted by Kubernetes: {text}")
     if k8s_phase == "Failed":
         for c, s in states:
             term = s.get("terminated") or {}
@@ -102,7 +111,13 @@ def pod_phase(pod: dict[str, Any]) -> PodPhase:
             text = f"{waiting['reason']}: {waiting.get('message', '')}".rstrip(": ")
             return PodPhase("failed", f"container {c.get('name')}: {text}")
     if k8s_phase == "Unknown":
-        return PodPhase("starting", status.get("reason") or "pod status unknown (node lost?)")
+        why = status.get("reason") or status.get("message") or "its node stopped reporting"
+        return PodPhase("failed", f"server lost (pod status Unknown: {why}); a spawn replaces it")
+    disruption = _condition(status, "DisruptionTarget")
+    if disruption.get("status") == "True":
+        why = disruption.get("message") or disruption.get("reason") or "disrupted"
+        return PodPhase("failed", f"server lost ({why}); a spawn replaces it",
+                        _ts(disruption.get("lastTransitionTime")))
     if k8s_phase == "Running":
         ready = _condition(status, "Ready")
         if ready.get("status") == "True":
