@@ -44,9 +44,9 @@ from tests.helpers.router import (
     take,
     to_server,
 )
-from zexec.apps.broker import router as rmod
-from zexec.apps.broker.router import BACK, BYE_GRACE, FRONT, Router
 from zexec.core import protocol as p
+from zexec.core.broker import router as rmod
+from zexec.core.broker.router import BACK, BYE_GRACE, FRONT, Router
 from zexec.core.errors import AuthUnavailable, Forbidden, Unauthenticated
 from zexec.core.tokencache import token_key
 

@@ -30,7 +30,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from zexec.core.errors import ProtocolError
-from zexec.core.model import Event
+from zexec.core.model import (  # noqa: F401  (event kinds are part of the protocol)
+    EV_CANCELLED,
+    EV_ERROR,
+    EV_OUTPUT,
+    EV_RETURN,
+    EV_YIELD,
+    FINAL_EVENTS,
+    Event,
+)
 
 #: First body frame of every v1 message; a legacy token never starts with NUL.
 MAGIC = b"\x00ZX1"
@@ -62,14 +70,6 @@ DONE = b"D"  # worker -> server: the call ended; its events went straight to the
 # Legacy (scidx-rexec 0.1.0) constants.
 LEGACY_CANCEL = b"__REXEC_CANCEL__"
 LEGACY_HEARTBEAT = b"__REXEC_HEARTBEAT__"
-
-# Event kinds carried in the v1 event header's "e" field.
-EV_OUTPUT = "out"
-EV_YIELD = "yield"
-EV_RETURN = "return"
-EV_ERROR = "error"
-EV_CANCELLED = "cancelled"
-FINAL_EVENTS = frozenset({EV_RETURN, EV_ERROR, EV_CANCELLED})
 
 CALL_ID_SIZE = 16
 MAX_TOKEN_SIZE = 16 * 1024

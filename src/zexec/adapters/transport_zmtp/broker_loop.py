@@ -37,8 +37,8 @@ from typing import Any
 from zexec.adapters.transport_zmtp.conn import Conn
 from zexec.adapters.transport_zmtp.decisions import ADMIT, WAIT, Decision, Discard
 from zexec.adapters.transport_zmtp.gateway import Gateway, Limits
-from zexec.apps.broker.router import FRONT, Router
 from zexec.core import protocol as p
+from zexec.core.broker.router import FRONT, Router
 from zexec.core.errors import (
     AuthError,
     AuthUnavailable,

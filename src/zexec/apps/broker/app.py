@@ -7,8 +7,8 @@ import sys
 
 from zexec.adapters.transport_zmtp.broker_loop import BrokerLoop
 from zexec.adapters.transport_zmtp.gateway import Limits
-from zexec.apps.broker.router import Router
 from zexec.apps.runtime import configure_logging, raise_open_files_limit
+from zexec.core.broker.router import Router
 from zexec.core.errors import ConfigurationError
 from zexec.core.ports import Authenticator
 from zexec.core.tokencache import TokenCache
