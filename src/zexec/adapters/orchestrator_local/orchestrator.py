@@ -50,9 +50,8 @@ from zexec.adapters.orchestrator_local.pythons import discover_pythons, find_uv,
 from zexec.adapters.orchestrator_local.records import Records, distrust, record_spec
 from zexec.adapters.orchestrator_local.tenancy import Tenancy, Tenant
 from zexec.adapters.orchestrator_local.uids import UidMap
-from zexec.adapters.orchestrator_memory import conflict_message
 from zexec.core import replacing
-from zexec.core.errors import EnvironmentConflict, InvalidEnvironment
+from zexec.core.errors import InvalidEnvironment
 from zexec.core.model import EnvSpec, ServerStatus, UserIdentity
 from zexec.core.protocol import server_credential
 
@@ -179,9 +178,7 @@ class LocalOrchestrator:
             cur, nxt = self._servers.get(uid), self._nexts.get(uid)
             decision = replacing.plan_ensure(self._plain(cur), self._plain(nxt), spec, force)
             if decision == "conflict":
-                have = replacing.wanted(self._plain(cur), self._plain(nxt))
-                raise EnvironmentConflict(conflict_message(uid, have.env if have else None,
-                                                           spec))
+                raise replacing.conflict(uid, self._plain(cur), self._plain(nxt), spec)
             if decision == "keep-current" and nxt is not None:
                 self._nexts.pop(uid)  # a failed replacement: the user is back
             if decision in ("keep-current", "keep-next"):
