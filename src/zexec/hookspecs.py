@@ -31,8 +31,10 @@ class ZexecSpec:
         Each is an object satisfying :class:`zexec.core.ports.Serializer`: a unique
         ``name`` plus ``dumps(obj) -> [main, *buffers]`` and ``loads(frames)``. The
         client names the serializer in every call, so the same plugin must be installed
-        on the client and in the server's environment. When two plugins provide the
-        same name, the one registered last wins (a site can replace a built-in).
+        on the client and in the server's environment. A plugin adds names: one that
+        provides a built-in name (``dill``, ``cloudpickle``) is ignored for it; between
+        two site plugins with the same name, the one registered last wins (see
+        :mod:`zexec.plugins`).
         """
 
     @hookspec(firstresult=True)
