@@ -32,6 +32,7 @@ import zmq
 from zexec.adapters.transport_zmq.frames import NOBLOCK, recv_frames, send_frames
 from zexec.core import protocol as p
 from zexec.core.errors import ProtocolError
+from zexec.core.protocol import channel as ch
 
 log = logging.getLogger("zexec.server")
 
@@ -138,9 +139,8 @@ class ServerLoop:
             log.debug("broker unreachable; message dropped")
 
     def _on_broker(self, frames: list[Any]) -> None:
-        if len(frames) >= 4 and p.frame_bytes(frames[0]) == b"" and \
-                p.frame_bytes(frames[2]) == p.REGISTER_ACK:
-            ack = p.load_header(frames[3])
+        ack = p.parse_register_ack(frames)
+        if ack is not None:
             if not ack.get("ok"):
                 log.error("the broker refused this server: %s", ack.get("error"))
                 self.exit_code = 3
@@ -196,7 +196,7 @@ class ServerLoop:
             if len(msg.rest) != 2:
                 self._fail(task, "BAD_REQUEST", "legacy call needs [fn, args]")
                 return
-            task.frames = [task.key, b"L", b"", msg.client_id, b"{}", *msg.rest]
+            task.frames = ch.task(task.key, True, b"", msg.client_id, msg.rest)
         else:
             try:
                 header = p.load_header(msg.rest[0])
@@ -207,7 +207,7 @@ class ServerLoop:
             if task.timeout is not None:
                 task.deadline = time.monotonic() + task.timeout
                 self._next_deadline = min(self._next_deadline, task.deadline)
-            task.frames = [task.key, b"1", msg.call_key, msg.client_id, *msg.rest]
+            task.frames = ch.task(task.key, False, msg.call_key, msg.client_id, msg.rest)
         self.tasks[task.key] = task
         self.by_call[key] = task
         self.queue.append(task)
@@ -270,28 +270,35 @@ class ServerLoop:
         w = self.pool.workers.get(wid)
         if w is None:
             return
-        if len(frames) == 2:
-            said = p.frame_bytes(frames[1])
-            if said == b"HELLO":  # a new worker asks for its configuration
-                try:
-                    send_frames(self.workers_sock, [wid, b"CONFIG",
-                                                    p.dump_header(self.pool.config_for(w))])
-                except zmq.ZMQError:
-                    pass  # it died just now; its pidfd will tell
-                return
-            if said == b"READY":
-                w.ready = True
-                return
-        if p.frame_bytes(frames[1]) == b"":  # about a call the broker gave the worker
-            self._on_direct(w, frames[2:])
+        try:
+            said = ch.parse_from_worker(frames[1:])
+        except ProtocolError:
             return
-        task = self.tasks.get(p.frame_bytes(frames[1]))
+        if isinstance(said, ch.Hello):  # a new worker asks for its configuration
+            try:
+                send_frames(self.workers_sock, [wid, *ch.config(self.pool.config_for(w))])
+            except zmq.ZMQError:
+                pass  # it died just now; its pidfd will tell
+        elif isinstance(said, ch.Ready):
+            w.ready = True
+        elif isinstance(said, ch.Started):
+            self._on_started(w, said)
+        elif isinstance(said, ch.Done) and said.task_key == ch.NO_TASK:
+            if w.task is not None and w.task.from_broker:
+                self._forget(w.task)
+                w.task.worker = None
+                w.task = None
+        else:
+            self._on_task_output(w, said)
+
+    def _on_task_output(self, w: Any, said: ch.Output | ch.Done) -> None:
+        task = self.tasks.get(said.task_key)
         if task is None or task.worker is not w:
             return  # a late message of a cancelled call
-        flag = p.frame_bytes(frames[2])
-        final = flag != p.MORE
-        if flag != p.DONE:  # D: the worker sent the events to the broker itself
-            self._send_client(task, final, frames[3:])
+        final = True
+        if isinstance(said, ch.Output):  # (Done: the worker sent the events to the broker)
+            final = said.final
+            self._send_client(task, final, said.body)
         if final:
             w.task = None
             task.worker = None
@@ -299,23 +306,15 @@ class ServerLoop:
             if self.fresh_process:
                 self.pool.kill(w)
 
-    def _on_direct(self, w: Any, said: list[Any]) -> None:
-        """``[T, client_id, call_key, proto]``: a call the broker gave worker ``w`` has run
-        50 ms; ``[D]``: it ended. Kept for draining and the heartbeat: the broker ends
-        these calls itself (cancel, timeout, worker death)."""
-        verb = p.frame_bytes(said[0])
-        if verb == b"T" and len(said) == 4:
-            client_id, call_key, proto = (p.frame_bytes(f) for f in said[1:])
-            task = Task(next(self._keys).to_bytes(8, "big"), client_id, call_key,
-                        proto == b"L", [], None, None, w, direct=True, from_broker=True)
-            self.tasks[task.key] = task
-            self.by_call[(client_id, call_key)] = task
-            w.task = task
-            self.last_activity = time.monotonic()
-        elif verb == p.DONE and w.task is not None and w.task.from_broker:
-            self._forget(w.task)
-            w.task.worker = None
-            w.task = None
+    def _on_started(self, w: Any, said: ch.Started) -> None:
+        """A call the broker gave worker ``w`` has run a while. Kept for draining and the
+        heartbeat: the broker ends these calls itself (cancel, timeout, worker death)."""
+        task = Task(next(self._keys).to_bytes(8, "big"), said.client_id, said.call_key,
+                    said.legacy, [], None, None, w, direct=True, from_broker=True)
+        self.tasks[task.key] = task
+        self.by_call[(said.client_id, said.call_key)] = task
+        w.task = task
+        self.last_activity = time.monotonic()
 
     def _stop_worker(self, task: Task) -> None:
         w = task.worker
@@ -445,7 +444,7 @@ class ServerLoop:
         finally:
             for task in list(self.tasks.values()):
                 self._fail(task, "SHUTTING_DOWN", "the server shut down before the call ended")
-            self._to_broker([b"", p.MAGIC, p.BYE])
+            self._to_broker(p.bye())
             self.close()
         return self.exit_code
 

@@ -23,7 +23,6 @@ the control port. This module is the policy the gateway asks for (its
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import os
 import queue
@@ -348,21 +347,19 @@ class BrokerLoop:
 
     def _on_control(self, frames: list[Any]) -> None:
         rid = frames[0]
-        parts = [p.frame_bytes(f) for f in frames[1:]]
-        if parts and parts[0] == b"":
-            parts = parts[1:]
-        if len(parts) < 2 or not self.admin_token or \
-                not hmac.compare_digest(parts[0], self.admin_token):
+        req = p.parse_control_request(frames[1:])
+        if req is None or not self.admin_token or \
+                not hmac.compare_digest(req.token, self.admin_token):
             log.warning("refused an unauthenticated control command")
             reply = {"ok": False, "error": "forbidden: admin credential required"}
-        elif parts[1] == b"STATUS":
+        elif req.command == p.STATUS:
             reply = {"ok": True, "status": self.status()}
-        elif parts[1] == b"TERMINATE":
+        elif req.command == p.TERMINATE:
             self.request_stop(drain=True)
             reply = {"ok": True, "message": "draining"}
         else:
-            reply = {"ok": False, "error": f"unknown command {parts[1][:32]!r}"}
-        self.gw.send(rid, "control", [b"", json.dumps(reply).encode()])
+            reply = {"ok": False, "error": f"unknown command {req.command[:32]!r}"}
+        self.gw.send(rid, "control", p.control_reply(reply))
 
     def status(self) -> dict[str, Any]:
         """The router's status plus the gateway's: connections, memory, counters."""

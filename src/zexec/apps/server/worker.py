@@ -2,28 +2,20 @@
 
 Started by the server (``python -m zexec.apps.server.worker ENDPOINT ID SERVER_PID``), it
 connects a DEALER to the server's ipc ROUTER, says HELLO, gets its configuration
-(``[CONFIG, json]``: output flush settings, the broker link), says READY, then loops over
-tasks.
+(output flush settings, the broker link), says READY, then loops over tasks. The frames
+of that channel are :mod:`zexec.core.protocol.channel`.
 
 **Direct dispatch** (CONFIG has a broker link, a pooled server): a second DEALER, with
 the routing id the server chose, connects to the broker's backend and says ``WRDY`` (and
 again every second while idle). The broker sends calls on it, in its backend layout, and
 the worker sends the events back on it (``WRPL``, carrying the server's credential), so
-neither arguments nor results pass through the server process. The server hears:
-
-    worker -> server: ["", T, client_id, call_key, proto]   (a call has run 50 ms)
-    worker -> server: ["", D]                               (that call ended)
-
-(Quick calls cost the server nothing; it needs to know of the long ones to drain.)
+neither arguments nor results pass through the server process. The server hears of a
+call only when it has run ANNOUNCE_AFTER, and then when it ends (quick calls cost the
+server nothing; it needs to know of the long ones to drain).
 
 **Through the server** (fresh-process mode, or a broker that sends the server calls):
-
-    server -> worker: [task_key, proto, call_id, client_id, header, fn, args, *buffers]
-    worker -> server: [task_key, F|M, *client_body]   (no broker link: F on the last one)
-    worker -> server: [task_key, D]                   (broker link: events sent to it)
-
-``client_body`` is already in the client's protocol (v1 event frames, or one legacy
-dill payload). Imports and deserialized functions stay warm between calls, which is the
+tasks come from the server, and their events go back to it, already in the client's
+protocol (v1 event frames, or one legacy dill payload). Imports and deserialized functions stay warm between calls, which is the
 point of a pool.
 """
 
@@ -56,13 +48,9 @@ from zexec.core.errors import (
     UnknownSerializerError,
     ZexecError,
 )
+from zexec.core.protocol import channel as ch
+from zexec.core.protocol import legacy
 
-V1 = b"1"
-LEGACY = b"L"
-READY = b"READY"
-HELLO = b"HELLO"
-CONFIG = b"CONFIG"
-STARTED = b"T"
 #: Seconds a call the broker gave this worker runs before the server hears of it.
 ANNOUNCE_AFTER = 0.05
 PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -112,27 +100,26 @@ class BrokerLink:
 class Call:
     """One running call: numbers its events and sends them, thread-safely, in order."""
 
-    def __init__(self, out: Outbound, task_key: bytes, proto: bytes, call_id: bytes,
+    def __init__(self, out: Outbound, task_key: bytes, is_legacy: bool, call_id: bytes,
                  serializer: Any, client_id: bytes = b"") -> None:
         self.out = out
         self.task_key = task_key
-        self.legacy = proto == LEGACY
+        self.legacy = is_legacy
         self.call_id = call_id
         self.client_id = client_id
         self.serializer = serializer
         self.seq = 0
         self.started = time.monotonic()
         #: A call the broker gave this worker is made known to the server (``T``) only
-        #: once it has run ANNOUNCE_AFTER; ``D`` follows only then. A quick call costs
-        #: the server nothing (it was a sixth of the CPU per call in a busy ``.map``).
+        #: once it has run ANNOUNCE_AFTER; ``D`` follows only then: a busy ``.map`` of
+        #: quick calls must not cost the server a message per call.
         self.from_broker = not task_key
         self.announced = False
 
     def announce(self) -> None:
         """Tell the server this broker-given call is running. The caller holds
         ``out.lock``."""
-        proto = LEGACY if self.legacy else V1
-        send_frames(self.out.sock, [b"", STARTED, self.client_id, self.call_id, proto])
+        send_frames(self.out.sock, ch.started(self.client_id, self.call_id, self.legacy))
         self.announced = True
 
     def send(self, kind: str, fields: dict[str, Any] | None = None, value: Any = None,
@@ -155,30 +142,17 @@ class Call:
             self.out.spill.sent(seq)
         broker = self.out.broker
         if broker is None:
-            send_frames(self.out.sock, [self.task_key, p.FINAL if final else p.MORE, *body])
+            send_frames(self.out.sock, ch.output(self.task_key, final, body))
             return
         broker.send(self.client_id, self.call_id, final, body)
         if final and (self.announced or not self.from_broker):
-            send_frames(self.out.sock, [self.task_key, p.DONE])
+            send_frames(self.out.sock, ch.done(self.task_key))
 
-    def _legacy_body(self, kind: str, seq: int, fields: dict[str, Any], value: Any) -> bytes:
-        import dill
+    @staticmethod
+    def _legacy_body(kind: str, seq: int, fields: dict[str, Any], value: Any) -> bytes:
+        import dill  # a legacy client reads dill; the value may need it
 
-        if kind == p.EV_RETURN:
-            event = p.legacy_event("DATA", seq, channel="return", data=value)
-        elif kind == p.EV_YIELD:
-            event = p.legacy_event("DATA", seq, channel="yield", data=value)
-        elif kind == p.EV_ERROR:
-            event = p.legacy_event("ERROR", seq, message=fields["message"],
-                                   details=fields.get("traceback", ""))
-        elif kind == "start":
-            event = p.legacy_event("START", seq, function=fields.get("function", ""))
-        elif kind == "end":
-            event = p.legacy_event("END", seq)
-        else:  # one output segment
-            event = p.legacy_event("DATA", seq, channel=fields["channel"],
-                                   data=fields["data"])
-        return dill.dumps(event)
+        return dill.dumps(legacy.legacy_event_for(kind, seq, fields, value))
 
 
 class Outbound:
@@ -233,7 +207,7 @@ class Outbound:
         self.last_flush = time.monotonic()
         if call.legacy:
             for channel, text in segments:
-                call.send("out", {"channel": channel, "data": text})
+                call.send(p.EV_OUTPUT, {"channel": channel, "data": text})
         else:
             call.send(p.EV_OUTPUT, {"out": segments})
         if self.spill is not None:
@@ -340,7 +314,7 @@ class Worker:
     def run(self) -> None:
         sock, link = self.out.sock, self.out.broker
         with self.out.lock:
-            send_frames(sock, [READY])
+            send_frames(sock, ch.ready())
         if link is None:
             while True:
                 # No local name for the frames: the last call's payload must not stay
@@ -380,22 +354,21 @@ class Worker:
         if verb not in (p.CALL, p.LEGACY_CALL) or msg.user_id != self.out.broker.user_id:
             sys.__stderr__.write(f"zexec worker: ignored a {verb[:8]!r} message\n")
             return
-        if verb == p.LEGACY_CALL:
-            task = [b"", LEGACY, b"", client_id, b"{}", *msg.rest]
-        else:
-            task = [b"", V1, call_key, client_id, *msg.rest]
+        task = ch.task(ch.NO_TASK, verb == p.LEGACY_CALL, call_key, client_id, msg.rest)
         del frames, msg
         self.execute(task)
 
     def execute(self, frames: list[Any]) -> None:
-        task_key, proto, call_id, client_id = (p.frame_bytes(f) for f in frames[:4])
-        header = p.load_header(frames[4]) if proto == V1 else {}
-        fn_frame, args_frames = frames[5], frames[6:]
+        task = ch.parse_task(frames)
+        del frames
+        header, fn_frame, args_frames = task.header, task.fn, task.args
         try:
-            serializer = self.registry.get("dill" if proto == LEGACY else header.get("ser", ""))
+            serializer = self.registry.get("dill" if task.legacy else header.get("ser", ""))
         except UnknownSerializerError:
             serializer = None
-        call = Call(self.out, task_key, proto, call_id, serializer, client_id)
+        call = Call(self.out, task.key, task.legacy, task.call_id, serializer, task.client_id)
+        call_id, client_id = task.call_id, task.client_id
+        del task
         spill = self.out.spill
         with self.out.lock:
             self.out.call = call
@@ -436,7 +409,7 @@ class Worker:
                                    "type": "", "traceback": ""}, final=True)
             return
         if call.legacy:
-            out.event("start", {"function": getattr(fn, "__name__", "")})
+            out.event(legacy.START, {"function": getattr(fn, "__name__", "")})
         saved = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = self.stdout, self.stderr
         try:
@@ -454,7 +427,7 @@ class Worker:
         try:
             if call.legacy:
                 out.event(p.EV_RETURN, value=result, has_value=True)
-                out.event("end", final=True)
+                out.event(legacy.END, final=True)
             else:
                 out.event(p.EV_RETURN, value=result, has_value=True, final=True)
         except SerializationError as exc:
@@ -524,14 +497,14 @@ def hello(sock: zmq.Socket, server_pid: int) -> dict[str, Any]:
     """Say HELLO and wait for the server's CONFIG (flush settings, broker link); exit if
     the server dies first (a server can start its first worker before reading its
     settings, and may then fail to start)."""
-    send_frames(sock, [HELLO])
+    send_frames(sock, ch.hello())
     while not sock.poll(500):
         if os.getppid() != server_pid:
             raise SystemExit(1)
-    frames = recv_frames(sock)
-    if len(frames) != 2 or p.frame_bytes(frames[0]) != CONFIG:
-        raise SystemExit("zexec worker: expected CONFIG from the server")
-    return p.load_header(frames[1])
+    try:
+        return ch.parse_config(recv_frames(sock))
+    except ProtocolError as exc:
+        raise SystemExit(f"zexec worker: {exc}") from None
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:

@@ -638,8 +638,8 @@ class Router:
         if call is None or call.worker_rid != worker.rid or server is None:
             return
         call.worker_rid = None
-        body = frames[1:]  # the to_server layout: the call's own frames from index 6
-        self._queue(server, key, body, _size(body[6:]), first=True)
+        body = frames[1:]  # the to_server layout
+        self._queue(server, key, body, _size(p.to_server_rest(body)), first=True)
         if server.idle:
             self._worker_free(self.workers[server.idle.pop()])
 
@@ -676,15 +676,15 @@ class Router:
         if not p.check_credential(self.secret, msg.user_id, msg.credential):
             self.stats["bad_registration"] += 1
             log.warning("refused a server registration for user %s: bad credential", msg.user_id)
-            self.outbox.append((BACK, [rid, b"", p.MAGIC, p.REGISTER_ACK,
-                                       p.dump_header({"ok": False, "error": "bad credential"})]))
+            self.outbox.append((BACK, [rid, *p.register_ack(
+                {"ok": False, "error": "bad credential"})]))
             return
         serving = self.server_users.get(rid)
         if serving is not None and serving != msg.user_id:
             # One connection serves one user; a second identity on it is refused so
             # the two maps (user -> server, server -> user) can never disagree.
             self.stats["bad_registration"] += 1
-            self.outbox.append((BACK, [rid, b"", p.MAGIC, p.REGISTER_ACK, p.dump_header(
+            self.outbox.append((BACK, [rid, *p.register_ack(
                 {"ok": False, "error": "this connection already serves another user"})]))
             return
         current = self.servers.get(msg.user_id)
@@ -694,7 +694,7 @@ class Router:
             # zexec.core.replacing) must not take the user back with its next heartbeat:
             # refused, it stops.
             self.stats["bad_registration"] += 1
-            self.outbox.append((BACK, [rid, b"", p.MAGIC, p.REGISTER_ACK, p.dump_header(
+            self.outbox.append((BACK, [rid, *p.register_ack(
                 {"ok": False, "error": "replaced by a newer server of this user"})]))
             return
         if current is not None and current.rid != rid:
@@ -716,7 +716,7 @@ class Router:
         last = self.last_activity.get(msg.user_id)
         ack = {"ok": True,
                "last_call_ago": None if last is None else round(self.now - last, 3)}
-        self.outbox.append((BACK, [rid, b"", p.MAGIC, p.REGISTER_ACK, p.dump_header(ack)]))
+        self.outbox.append((BACK, [rid, *p.register_ack(ack)]))
 
     def _drop_server(self, user: str, why: str, grace: float = 0.0) -> None:
         entry = self.servers.pop(user, None)
