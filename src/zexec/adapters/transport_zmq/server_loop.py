@@ -15,15 +15,13 @@ itself. Payloads are never deserialized here; that happens only in the workers.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import shutil
 import signal
 import sys
 import time
-from collections import deque
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +30,9 @@ import zmq
 from zexec.adapters.transport_zmq.frames import NOBLOCK, recv_frames, send_frames
 from zexec.core import protocol as p
 from zexec.core.errors import ProtocolError
+from zexec.core.ports import PoolWorker, WorkerPool
 from zexec.core.protocol import channel as ch
+from zexec.core.server.calls import Calls, Task
 
 log = logging.getLogger("zexec.server")
 
@@ -45,27 +45,10 @@ FIRST_BEAT_RETRY = 0.05
 STOP_SETTLE = 0.2
 
 
-@dataclass(eq=False)
-class Task:
-    key: bytes
-    client_id: bytes
-    call_key: bytes
-    legacy: bool
-    frames: list[Any]  # what the worker receives
-    deadline: float | None
-    timeout: float | None
-    worker: Any = None
-    sent: int = 0  # events forwarded so far, so the server's own events continue the seq
-    #: Dispatched to a worker that sends its events straight to the broker: the server
-    #: does not know how many there were, so an event of its own carries seq 0.
-    direct: bool = False
-    #: Given to the worker by the broker (direct dispatch): the broker ends it.
-    from_broker: bool = False
-
-
 class ServerLoop:
     def __init__(
-        self, *, broker_url: str, user_id: str, credential: str, pool_factory: Any,
+        self, *, broker_url: str, user_id: str, credential: str,
+        pool_factory: Callable[[str], WorkerPool],
         heartbeat_interval: float = 0.5, ready_file: str = "", idle_timeout: float = 0.0,
         fresh_process: bool = False, drain_timeout: float = 10.0,
         context: zmq.Context | None = None, workers: tuple[str, str],
@@ -105,26 +88,22 @@ class ServerLoop:
         self.workers_sock.setsockopt(zmq.LINGER, 0)
         self.workers_sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.workers_sock.bind(endpoint)
-        self.pool = pool_factory(endpoint)
+        self.pool: WorkerPool = pool_factory(endpoint)
         if early_worker:
             self.pool.adopt(*early_worker)
-        self.queue: deque[Task] = deque()
-        self.tasks: dict[bytes, Task] = {}
-        self.by_call: dict[tuple[bytes, bytes], Task] = {}
-        self._keys = itertools.count(1)
+        self.calls = Calls()
         self.registered = False
         self.last_activity = time.monotonic()
         self.stopping = False
         self.exit_code = 0
         self.started = time.time()
-        self._next_deadline = float("inf")  # earliest deadline of any task
         self.stopped_watch = stopped_watch
 
     # ------------------------------------------------------------------ broker side
 
     def _heartbeat(self) -> None:
         info = {"python": PYTHON, "workers": self.pool.size, "pid": os.getpid(),
-                "running": len(self.tasks) - len(self.queue), "queued": len(self.queue),
+                "running": self.calls.running, "queued": self.calls.waiting,
                 "direct": self.pool.direct, "stopping": self.stopping,
                 "worker_prefix": self.pool.worker_prefix,
                 "started": self.started}  # the newest of a user's servers wins
@@ -182,15 +161,14 @@ class ServerLoop:
         legacy = msg.verb == p.LEGACY_CALL
         key = (msg.client_id, msg.call_key)
         self.last_activity = time.monotonic()
-        task = Task(next(self._keys).to_bytes(8, "big"), msg.client_id, msg.call_key, legacy,
-                    [], None, None)
+        task = self.calls.new(msg.client_id, msg.call_key, legacy)
         if msg.user_id != self.user_id:
             self._fail(task, "FORBIDDEN", f"this server serves another user than {msg.user_id}")
             return
         if self.stopping:
             self._fail(task, "SHUTTING_DOWN", "the server is shutting down")
             return
-        if key in self.by_call:
+        if key in self.calls:
             return  # a duplicate: the call is already here
         if legacy:
             if len(msg.rest) != 2:
@@ -204,13 +182,8 @@ class ServerLoop:
                 self._fail(task, "BAD_REQUEST", f"bad call header: {exc}")
                 return
             task.timeout = p.call_timeout(header)
-            if task.timeout is not None:
-                task.deadline = time.monotonic() + task.timeout
-                self._next_deadline = min(self._next_deadline, task.deadline)
             task.frames = ch.task(task.key, False, msg.call_key, msg.client_id, msg.rest)
-        self.tasks[task.key] = task
-        self.by_call[key] = task
-        self.queue.append(task)
+        self.calls.enqueue(task, time.monotonic())
         self._dispatch()
 
     def _send_client(self, task: Task, final: bool, body: list[Any]) -> None:
@@ -219,47 +192,41 @@ class ServerLoop:
 
     def _fail(self, task: Task, code: str, message: str, type_name: str = "") -> None:
         """End ``task`` with an error event generated here (not by a worker)."""
-        seq = self._own_seq(task)
+        seq = task.own_seq()
         self._send_client(task, True, p.final_error(task.call_key, task.legacy, code, message,
                                                     seq, type_name))
         self._forget(task)
 
-    @staticmethod
-    def _own_seq(task: Task) -> int:
-        """The seq of an event the server itself adds to ``task``'s stream."""
-        return 0 if task.direct else task.sent + 1
-
     def _forget(self, task: Task) -> None:
-        self.tasks.pop(task.key, None)
-        self.by_call.pop((task.client_id, task.call_key), None)
+        self.calls.forget(task)
         self.last_activity = time.monotonic()
 
     def _cancel(self, key: tuple[bytes, bytes], reason: str) -> None:
-        task = self.by_call.get(key)
+        task = self.calls.find(key)
         if task is None:
             return
         if task.worker is not None:
             self._stop_worker(task)
         else:
-            self.queue.remove(task)
-        seq = self._own_seq(task)
+            self.calls.unqueue(task)
+        seq = task.own_seq()
         self._send_client(task, True, p.final_cancelled(task.call_key, task.legacy, reason, seq))
         self._forget(task)
 
     # ------------------------------------------------------------------ worker side
 
     def _dispatch(self) -> None:
-        while self.queue:
+        while self.calls.waiting:
             w = self.pool.idle()
             if w is None:
                 return
-            task = self.queue.popleft()
+            task = self.calls.next_waiting()
             task.worker, w.task = w, task
             try:
                 send_frames(self.workers_sock, [w.wid, *task.frames])
             except zmq.ZMQError:  # it died just now; its pidfd will tell
                 task.worker, w.task = None, None
-                self.queue.appendleft(task)
+                self.calls.put_back(task)
                 w.ready = False
                 return
             task.frames = []  # the worker has the arguments: do not hold them twice
@@ -291,8 +258,8 @@ class ServerLoop:
         else:
             self._on_task_output(w, said)
 
-    def _on_task_output(self, w: Any, said: ch.Output | ch.Done) -> None:
-        task = self.tasks.get(said.task_key)
+    def _on_task_output(self, w: PoolWorker, said: ch.Output | ch.Done) -> None:
+        task = self.calls.get(said.task_key)
         if task is None or task.worker is not w:
             return  # a late message of a cancelled call
         final = True
@@ -306,13 +273,12 @@ class ServerLoop:
             if self.fresh_process:
                 self.pool.kill(w)
 
-    def _on_started(self, w: Any, said: ch.Started) -> None:
+    def _on_started(self, w: PoolWorker, said: ch.Started) -> None:
         """A call the broker gave worker ``w`` has run a while. Kept for draining and the
         heartbeat: the broker ends these calls itself (cancel, timeout, worker death)."""
-        task = Task(next(self._keys).to_bytes(8, "big"), said.client_id, said.call_key,
-                    said.legacy, [], None, None, w, direct=True, from_broker=True)
-        self.tasks[task.key] = task
-        self.by_call[(said.client_id, said.call_key)] = task
+        task = self.calls.new(said.client_id, said.call_key, said.legacy, worker=w,
+                              direct=True, from_broker=True)
+        self.calls.track(task)
         w.task = task
         self.last_activity = time.monotonic()
 
@@ -341,7 +307,7 @@ class ServerLoop:
         if w.task is not None and w.task.from_broker:
             self._forget(w.task)
         elif w.task is not None:
-            for body in death.output(w.task.call_key, w.task.legacy, self._own_seq(w.task)):
+            for body in death.output(w.task.call_key, w.task.legacy, w.task.own_seq()):
                 self._send_client(w.task, False, body)
             self._fail(w.task, "WORKER_DIED", message)
         if not self.stopping:
@@ -353,20 +319,12 @@ class ServerLoop:
             poller.register(w.pidfd, zmq.POLLIN)
 
     def _check_deadlines(self, now: float) -> None:
-        if now < self._next_deadline:
-            return  # the common case, checked without walking the tasks
-        self._next_deadline = float("inf")
-        for task in list(self.tasks.values()):
-            if task.deadline is not None and now >= task.deadline:
-                if task.worker is not None:
-                    self._stop_worker(task)
-                else:
-                    self.queue.remove(task)
-                self._fail(task, "DEADLINE_EXCEEDED",
-                           f"the call exceeded its timeout of {task.timeout:g}s and was stopped",
-                           "TimeoutError")
-            elif task.deadline is not None:
-                self._next_deadline = min(self._next_deadline, task.deadline)
+        for task in self.calls.expired(now):
+            if task.worker is not None:
+                self._stop_worker(task)
+            self._fail(task, "DEADLINE_EXCEEDED",
+                       f"the call exceeded its timeout of {task.timeout:g}s and was stopped",
+                       "TimeoutError")
 
     # ------------------------------------------------------------------ loop
 
@@ -427,7 +385,7 @@ class ServerLoop:
                     # delays the user's "ready".
                     next_beat = now + (self.heartbeat_interval if self.registered
                                        else FIRST_BEAT_RETRY)
-                if (self.idle_timeout and not self.tasks
+                if (self.idle_timeout and not self.calls
                         and now - self.last_activity > self.idle_timeout):
                     log.info("idle for %.0fs: exiting", self.idle_timeout)
                     self.stopping = True
@@ -439,10 +397,10 @@ class ServerLoop:
                         # or announced (T) by then.
                         settled = now + (STOP_SETTLE if self.pool.direct and
                                          self.drain_timeout > 0 else 0.0)
-                    if (not self.tasks and now >= settled) or now >= stop_deadline:
+                    if (not self.calls and now >= settled) or now >= stop_deadline:
                         break
         finally:
-            for task in list(self.tasks.values()):
+            for task in self.calls.all():
                 self._fail(task, "SHUTTING_DOWN", "the server shut down before the call ended")
             self._to_broker(p.bye())
             self.close()
