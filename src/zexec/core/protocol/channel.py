@@ -27,8 +27,7 @@ header. ``client_body`` is already in the client's protocol.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from zexec.core.errors import ProtocolError
 from zexec.core.protocol.common import DONE, FINAL, MORE, dump_header, frame_bytes, load_header
@@ -78,8 +77,7 @@ def task(task_key: bytes, legacy: bool, call_id: bytes, client_id: bytes,
     return [task_key, V1, call_id, client_id, *rest]
 
 
-@dataclass(frozen=True)
-class Task:
+class Task(NamedTuple):
     key: bytes
     legacy: bool
     call_id: bytes
@@ -118,30 +116,40 @@ def started(client_id: bytes, call_key: bytes, legacy: bool) -> list[Any]:
     return [NO_TASK, STARTED, client_id, call_key, LEGACY if legacy else V1]
 
 
-@dataclass(frozen=True)
-class Hello:
-    pass
+# Named tuples and plain classes, not dataclasses: a worker imports this module at every
+# start, and each frozen dataclass costs about a millisecond to create.
+class _Signal:
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other)
+
+    def __hash__(self) -> int:
+        return hash(type(self))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
 
 
-@dataclass(frozen=True)
-class Ready:
-    pass
+class Hello(_Signal):
+    __slots__ = ()
 
 
-@dataclass(frozen=True)
-class Started:
+class Ready(_Signal):
+    __slots__ = ()
+
+
+class Started(NamedTuple):
     client_id: bytes
     call_key: bytes
     legacy: bool
 
 
-@dataclass(frozen=True)
-class Done:
+class Done(NamedTuple):
     task_key: bytes  # NO_TASK for a direct call
 
 
-@dataclass(frozen=True)
-class Output:
+class Output(NamedTuple):
     task_key: bytes
     final: bool
     body: list[Any]

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from zexec.core.protocol.common import frame_bytes
 
@@ -22,8 +21,7 @@ def control_request(admin_token: str, command: bytes) -> list[Any]:
     return [b"", admin_token.encode(), command]
 
 
-@dataclass(frozen=True)
-class ControlRequest:
+class ControlRequest(NamedTuple):
     token: bytes
     command: bytes
 
