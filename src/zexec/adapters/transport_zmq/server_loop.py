@@ -41,7 +41,7 @@ TICK = 0.1
 #: Seconds between registration attempts until the broker has acknowledged one.
 FIRST_BEAT_RETRY = 0.05
 #: Seconds a stopping direct server waits before it trusts that no call is running:
-#: its workers announce a call only once it has run 50 ms (worker.ANNOUNCE_AFTER).
+#: its workers announce a call only once it has run a while (outbound.ANNOUNCE_AFTER).
 STOP_SETTLE = 0.2
 
 

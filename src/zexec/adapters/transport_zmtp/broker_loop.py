@@ -14,7 +14,7 @@ the control port. This module is the policy the gateway asks for (its
   answered and closed. So a flood of random tokens costs the identity provider one check
   per token at the flooder's share, and nobody else's calls wait for it.
 * **A backend peer shows a server credential before it may send large frames**
-  (``REG``, ``WRDY``, ``WRPL`` carry one); the router checks every message as before.
+  (``REG``, ``WRDY``, ``WRPL`` carry one); the router still checks every message.
 * The router's outbox goes to the connections; a backend peer that is gone makes the
   message undeliverable (the router requeues a worker's call), as libzmq's
   ``ROUTER_MANDATORY`` did.
