@@ -306,7 +306,7 @@ class BrokerLoop:
     def _router_checks(self) -> None:
         """Checks the router asked for itself (a message that ended at its token, or a
         token that expired from the cache between the two looks)."""
-        for key, token in self.router.auth_requests:
+        for key, token in self.router.take_auth_requests():
             if key in self._pending:
                 continue
             conn = self.gw.by_rid.get(self.router.tokens.get(key, b""))
@@ -314,7 +314,6 @@ class BrokerLoop:
             if not self._queue_check(source, key, token):
                 self.router.on_auth_result(key, AuthUnavailable(
                     "too many token checks are pending from your address"), self.gw.now)
-        self.router.auth_requests.clear()
 
     # ------------------------------------------------------------------ output
 
@@ -326,10 +325,11 @@ class BrokerLoop:
         self.gw.flush()
 
     def _flush_outbox(self) -> None:
-        out = self.router.outbox
-        if not out:
-            return
         gw = self.gw
+        while out := self.router.take_outbox():  # sending may make more (see below)
+            self._send_batch(gw, out)
+
+    def _send_batch(self, gw: Gateway, out: list[tuple[str, list[Any]]]) -> None:
         for dest, frames in out:
             rid = frames[0]
             if dest == FRONT:
@@ -337,13 +337,12 @@ class BrokerLoop:
                     gw.count("dropped_front")
             elif not gw.send(rid, "back", frames[1:]) and rid not in gw.by_rid:
                 # A server or worker that disconnected: a call meant for a worker goes
-                # back to its queue (this loop then sends what that adds to ``out``).
+                # back to its queue (and what that makes the router send goes next).
                 log.info("backend peer gone; message not delivered")
                 try:
                     self.router.on_undeliverable(frames)
                 except Exception:
                     log.exception("failed to requeue an undeliverable call")
-        out.clear()
 
     def _on_control(self, frames: list[Any]) -> None:
         rid = frames[0]

@@ -1,9 +1,9 @@
 """The broker's routing core: a pure state machine, frames in, frames out.
 
 No sockets and no threads here. The socket loop (:mod:`zexec.adapters.transport_zmtp.
-broker_loop`) feeds it messages and auth outcomes and sends what it puts in ``outbox``;
+broker_loop`) feeds it messages and auth outcomes and sends what it takes from its outbox;
 tests drive it directly. Token checks are asynchronous: a message whose token is not in
-the cache is *parked* and an auth request is queued in ``auth_requests``; the loop runs
+the cache is *parked* and an auth request is queued (``take_auth_requests``); the loop runs
 the check in a thread and hands the outcome back with :meth:`~zexec.core.broker.router.Router.on_auth_result`, so a
 slow identity provider never stalls other users' traffic. (The loop checks most tokens
 before it even reads the rest of their message; messages it did not read whole come in

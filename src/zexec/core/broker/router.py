@@ -351,6 +351,20 @@ class Router(BackendSide):
                 server.queued_bytes -= queued[1]
         self._deliver(key, True, body)
 
+    # ------------------------------------------------------------------ outputs
+
+    def take_outbox(self) -> list[tuple[str, list[Any]]]:
+        """What to send, in order: ``(FRONT or BACK, [routing id, *frames])``. The caller
+        sends all of it; what the router adds meanwhile is in the next take."""
+        out, self.outbox = self.outbox, []
+        return out
+
+    def take_auth_requests(self) -> list[tuple[bytes, str]]:
+        """Token checks to run: ``(token key, token)``; each outcome comes back through
+        :meth:`on_auth_result`."""
+        asked, self.auth_requests = self.auth_requests, []
+        return asked
+
     # ------------------------------------------------------------------ time
 
     @property
