@@ -46,7 +46,7 @@ from zexec.adapters.orchestrator_local.isolation import Isolation, resolve
 from zexec.adapters.orchestrator_local.pythons import discover_pythons, find_uv, running_python
 from zexec.adapters.orchestrator_local.records import Records
 from zexec.adapters.orchestrator_local.recovery import Recovery
-from zexec.adapters.orchestrator_local.servers import NEXT, Server, file_key
+from zexec.adapters.orchestrator_local.servers import NEXT, Server, file_key, server_log
 from zexec.adapters.orchestrator_local.tenancy import Tenancy
 from zexec.adapters.orchestrator_local.uids import UidMap
 from zexec.core import replacing
@@ -202,7 +202,7 @@ class LocalOrchestrator(Recovery):
             return dict(self._pythons)
 
     def log_path(self, user_id: str) -> Path:
-        return self.state_dir / "logs" / f"{file_key(user_id)}.log"
+        return server_log(self.state_dir, user_id)
 
     def close(self) -> None:
         """Stop every server (``zexec down``, Deploy API shutdown)."""

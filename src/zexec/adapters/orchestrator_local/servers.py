@@ -1,5 +1,5 @@
-"""The local orchestrator's record of one server in memory, and the file-name key of a
-user."""
+"""The local orchestrator's record of one server in memory, the file-name key of a user,
+and where that user's server log is (the one place that knows, for the CLI too)."""
 
 from __future__ import annotations
 
@@ -51,3 +51,9 @@ class Server:
     @property
     def record_key(self) -> str:
         return self.key + NEXT if self.beside else self.key
+
+
+def server_log(state_dir: Path, user_id: str) -> Path:
+    """The installer's and server's output for ``user_id`` under the orchestrator's
+    ``state_dir``."""
+    return state_dir / "logs" / f"{file_key(user_id)}.log"
