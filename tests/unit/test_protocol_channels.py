@@ -97,3 +97,16 @@ def test_legacy_final_events_are_one_payload():
     (end,) = p.final_cancelled(KEY, True, "bye", seq=5)
     assert pickle.loads(end) == {"type": "END", "sequence": 5, "cancelled": True,
                                  "reason": "bye"}
+
+
+def test_what_a_message_s_first_frames_tell():
+    call = p.v1_request(p.CALL, "tok", KEY, [b"h", b"f", b"a"])[1:]
+    assert p.v1_call_id(call) == KEY
+    assert p.v1_call_id(call[:3]) == b""
+    assert p.v1_call_id([b"tok", b"fn", b"args"]) is None and p.v1_call_id([]) is None
+    reg = p.register("alice", "cred", {})
+    assert p.backend_head_problem(reg[:2]) is None and p.backend_head_problem(reg) is None
+    assert p.backend_head_problem([b"x"]) == "not a zexec backend message"
+    assert p.backend_head_problem([b"", b"nope"]) == "not a zexec backend message"
+    assert p.backend_head_problem(p.to_server(p.CALL, CID, KEY, "alice", [])) == \
+        "only a registered server or worker may send this"

@@ -196,10 +196,9 @@ class BrokerLoop:
     def _backend_head(self, conn: Conn, frames: list[bytes]) -> Decision | None:
         if conn.authed:
             return ADMIT
-        if frames[0] != b"" or len(frames) > 1 and frames[1] != p.MAGIC:
-            return Discard(ProtocolError("not a zexec backend message"))
-        if len(frames) > 2 and frames[2] not in (p.REGISTER, p.WORKER_READY, p.WORKER_REPLY):
-            return Discard(ProtocolError("only a registered server or worker may send this"))
+        problem = p.backend_head_problem(frames)
+        if problem is not None:
+            return Discard(ProtocolError(problem))
         if len(frames) < 5:
             return None
         if self._backend_credential_ok(frames):

@@ -113,8 +113,8 @@ class Router(BackendSide):
 
     def _reply_error(self, rid: bytes, body: Sequence[Any], code: str, text: str) -> None:
         """An error in the protocol ``body``'s first frame suggests (v1 or legacy)."""
-        if body and p.frame_bytes(body[0]) == p.MAGIC:
-            call_id = p.frame_bytes(body[3]) if len(body) > 3 else b""
+        call_id = p.v1_call_id(body)
+        if call_id is not None:
             self._front(rid, p.v1_error(call_id[:64], code, text))
         else:
             self._front(rid, [p.legacy_payload(text[:1].upper() + text[1:])])

@@ -78,6 +78,25 @@ def frontend_token_position(head: Sequence[Any]) -> int | None:
     return 3 if frame_bytes(head[1]) == MAGIC else 1
 
 
+def v1_call_id(body: Sequence[Any]) -> bytes | None:
+    """The call id of a v1 client message (after the delimiter; ``b""`` if it is too
+    short to have one), or None if ``body`` is not v1 (legacy, or empty)."""
+    if not body or frame_bytes(body[0]) != MAGIC:
+        return None
+    return frame_bytes(body[3]) if len(body) > 3 else b""
+
+
+def backend_head_problem(head: Sequence[Any]) -> str | None:
+    """Why a backend message from a peer that has shown no credential yet is refused,
+    judged on its first frames (``head``, from the delimiter on); None while it may go on
+    (only the messages that carry a server credential may)."""
+    if frame_bytes(head[0]) != b"" or len(head) > 1 and frame_bytes(head[1]) != MAGIC:
+        return "not a zexec backend message"
+    if len(head) > 2 and frame_bytes(head[2]) not in (REGISTER, WORKER_READY, WORKER_REPLY):
+        return "only a registered server or worker may send this"
+    return None
+
+
 def backend_credential(head: Sequence[Any]) -> tuple[str, bytes] | None:
     """``(user_id, credential)`` of a server or worker message that carries one (``REG``,
     ``WRDY``, ``WRPL``: frames 3 and 4 from the delimiter on), given its first frames;
