@@ -11,6 +11,9 @@ reports its workers' deaths (``WGONE``).
 Otherwise (fresh-process mode, or a broker that sends it calls) it queues calls, hands
 them to idle workers, forwards their events and enforces cancellation and deadlines
 itself. Payloads are never deserialized here; that happens only in the workers.
+
+The decisions are made by pure cores it feeds: :mod:`zexec.core.server.calls` (its calls,
+their order and deadlines) and :mod:`zexec.core.server.lifetime` (idling, draining).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from zexec.core.errors import ProtocolError
 from zexec.core.ports import PoolWorker, WorkerPool
 from zexec.core.protocol import channel as ch
 from zexec.core.server.calls import Calls, Task
+from zexec.core.server.lifetime import Lifetime
 
 log = logging.getLogger("zexec.server")
 
@@ -65,9 +69,7 @@ class ServerLoop:
         self.credential = credential
         self.heartbeat_interval = heartbeat_interval
         self.ready_file = ready_file
-        self.idle_timeout = idle_timeout
         self.fresh_process = fresh_process
-        self.drain_timeout = drain_timeout
         # Our own context, terminated in close(): only that waits for the broker socket's
         # linger, so BYE and the last replies leave before the process exits.
         self._own_context = context is None
@@ -93,8 +95,8 @@ class ServerLoop:
             self.pool.adopt(*early_worker)
         self.calls = Calls()
         self.registered = False
-        self.last_activity = time.monotonic()
-        self.stopping = False
+        self.life = Lifetime(idle_timeout=idle_timeout, drain_timeout=drain_timeout,
+                             now=time.monotonic())
         self.exit_code = 0
         self.started = time.time()
         self.stopped_watch = stopped_watch
@@ -123,14 +125,13 @@ class ServerLoop:
             if not ack.get("ok"):
                 log.error("the broker refused this server: %s", ack.get("error"))
                 self.exit_code = 3
-                self.stopping = True
-                self.drain_timeout = 0
+                self.life.stop(drain=False)
             else:
                 # Direct dispatch: quick calls never reach this server, the broker
                 # says when the last one came (for the idle timeout).
                 ago = ack.get("last_call_ago")
                 if isinstance(ago, int | float) and not isinstance(ago, bool):
-                    self.last_activity = max(self.last_activity, time.monotonic() - ago)
+                    self.life.active(time.monotonic() - ago)
             if ack.get("ok") and not self.registered:
                 self.registered = True
                 log.info("registered with the broker as the server of user %s", self.user_id)
@@ -160,7 +161,7 @@ class ServerLoop:
     def _on_call(self, msg: p.ServerBound) -> None:
         legacy = msg.verb == p.LEGACY_CALL
         key = (msg.client_id, msg.call_key)
-        self.last_activity = time.monotonic()
+        self.life.active(time.monotonic())
         task = self.calls.new(msg.client_id, msg.call_key, legacy)
         if msg.user_id != self.user_id:
             self._fail(task, "FORBIDDEN", f"this server serves another user than {msg.user_id}")
@@ -199,7 +200,7 @@ class ServerLoop:
 
     def _forget(self, task: Task) -> None:
         self.calls.forget(task)
-        self.last_activity = time.monotonic()
+        self.life.active(time.monotonic())
 
     def _cancel(self, key: tuple[bytes, bytes], reason: str) -> None:
         task = self.calls.find(key)
@@ -280,7 +281,7 @@ class ServerLoop:
                               direct=True, from_broker=True)
         self.calls.track(task)
         w.task = task
-        self.last_activity = time.monotonic()
+        self.life.active(time.monotonic())
 
     def _stop_worker(self, task: Task) -> None:
         w = task.worker
@@ -328,8 +329,12 @@ class ServerLoop:
 
     # ------------------------------------------------------------------ loop
 
+    @property
+    def stopping(self) -> bool:
+        return self.life.stopping
+
     def request_stop(self) -> None:
-        self.stopping = True
+        self.life.stop()
 
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -345,8 +350,6 @@ class ServerLoop:
         self._spawn_into(poller)
         self._heartbeat()
         next_beat = time.monotonic() + FIRST_BEAT_RETRY
-        stop_deadline: float | None = None
-        settled = 0.0
         try:
             while True:
                 wait = max(0.0, min(TICK, next_beat - time.monotonic()))
@@ -385,19 +388,15 @@ class ServerLoop:
                     # delays the user's "ready".
                     next_beat = now + (self.heartbeat_interval if self.registered
                                        else FIRST_BEAT_RETRY)
-                if (self.idle_timeout and not self.calls
-                        and now - self.last_activity > self.idle_timeout):
-                    log.info("idle for %.0fs: exiting", self.idle_timeout)
-                    self.stopping = True
+                if not self.stopping and self.life.idle(now, busy=bool(self.calls)):
+                    log.info("idle for %.0fs: exiting", self.life.idle_timeout)
+                    self.life.stop()
                 if self.stopping:
-                    if stop_deadline is None:
-                        stop_deadline = now + self.drain_timeout
+                    # A call the broker gave a worker just before is either over or
+                    # announced (T) after STOP_SETTLE.
+                    if self.life.begin(now, STOP_SETTLE if self.pool.direct else 0.0):
                         self._heartbeat()  # "stopping": the broker sends no more calls
-                        # A call the broker gave a worker just before is either over
-                        # or announced (T) by then.
-                        settled = now + (STOP_SETTLE if self.pool.direct and
-                                         self.drain_timeout > 0 else 0.0)
-                    if (not self.calls and now >= settled) or now >= stop_deadline:
+                    if self.life.may_exit(now, busy=bool(self.calls)):
                         break
         finally:
             for task in self.calls.all():
