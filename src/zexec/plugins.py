@@ -19,7 +19,8 @@ The rule on built-ins: a site plugin *adds*; it never replaces what zexec ships.
 
 The manager checks every registered plugin against the specs (``check_pending``): a
 ``@hookimpl`` whose name no spec has (a typo such as ``zexec_serialiser``) fails at
-start-up rather than never being called.
+start-up rather than never being called. A plugin that implements a hook of a newer zexec
+as well marks it ``@hookimpl(optionalhook=True)``, so older versions load it.
 """
 
 from __future__ import annotations

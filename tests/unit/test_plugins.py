@@ -94,3 +94,14 @@ def test_a_choosing_hook_asks_the_site_first(tmp_path, monkeypatch):
     pm = make_plugin_manager()
     assert pm.hook.zexec_server_image(env=EnvSpec("3.12", (), "d")) == \
         "registry.example/site:3.12"
+
+
+def test_an_optional_hook_of_a_newer_zexec_is_accepted(tmp_path, monkeypatch):
+    install(tmp_path, monkeypatch, "site_newer", """
+        from zexec.plugins import hookimpl
+
+        @hookimpl(optionalhook=True)
+        def zexec_hook_of_the_future():
+            return 1
+    """, "newer")
+    assert make_plugin_manager().get_plugin("newer") is not None
