@@ -1,89 +1,58 @@
-"""zexec's plugin system (pluggy): hook specifications and the one plugin manager.
+"""zexec's plugin manager (pluggy): built-ins by name, then the sites' entry points.
 
 A site extends zexec without forking by shipping a package with an entry point in the
-``zexec`` group whose module implements some of the hooks below with ``@hookimpl``.
-zexec's own built-in adapters register through the very same entry points, so a site
-plugin is never a second-class citizen.
+``zexec`` group whose module implements some hooks of :mod:`zexec.hookspecs` with
+``@hookimpl`` (importable from here too). zexec's own adapters are plugins of the same
+kind, registered by the names in :data:`BUILTINS`.
+
+The rule on built-ins: a site plugin *adds*; it never replaces what zexec ships.
+
+* Built-ins are registered first, by name; an entry point with one of these names is
+  skipped (pluggy does not register a name twice), so the names in :data:`BUILTINS` are
+  reserved.
+* A serializer a site plugin provides under a built-in's name (``dill``,
+  ``cloudpickle``) is ignored: the client and the server must agree on what a name
+  means, and the built-in is what every installation has
+  (:class:`zexec.adapters.serializer.registry.SerializerRegistry` applies it).
+* Hooks that choose (``zexec_server_image``) ask the last registered plugin first, so a
+  site's answer comes before any built-in one.
+
+The manager checks every registered plugin against the specs (``check_pending``): a
+``@hookimpl`` whose name no spec has (a typo such as ``zexec_serialiser``) fails at
+start-up rather than never being called. A plugin that implements a hook of a newer zexec
+as well marks it ``@hookimpl(optionalhook=True)``, so older versions load it.
 """
 
 from __future__ import annotations
 
+import importlib
 from functools import lru_cache
-from typing import TYPE_CHECKING
 
 import pluggy
 
-if TYPE_CHECKING:
-    from zexec.core.model import EnvSpec, UserIdentity
-    from zexec.core.ports import Serializer
+from zexec.hookspecs import PROJECT, ZexecSpec, hookimpl, hookspec  # noqa: F401
 
-PROJECT = "zexec"
-hookspec = pluggy.HookspecMarker(PROJECT)
-hookimpl = pluggy.HookimplMarker(PROJECT)
-
-
-class ZexecSpec:
-    """Hook specifications."""
-
-    @hookspec
-    def zexec_serializers(self) -> list[Serializer]:
-        """Return serializers this plugin provides.
-
-        Each is an object satisfying :class:`zexec.core.ports.Serializer`: a unique
-        ``name`` plus ``dumps(obj) -> [main, *buffers]`` and ``loads(frames)``. The
-        client names the serializer in every call, so the same plugin must be installed
-        on the client and in the server's environment. When two plugins provide the
-        same name, the one registered last wins (a site can replace a built-in).
-        """
-
-    @hookspec(firstresult=True)
-    def zexec_server_image(self, env: EnvSpec) -> str | None:
-        """Return the container image for a server running ``env``, or None to pass.
-
-        Called by the Kubernetes orchestrator for every server it creates. The first
-        plugin returning a non-None image wins (the one registered last is asked first);
-        when none does, ``ZEXEC_K8S_SERVER_IMAGE`` with ``{python}`` replaced by
-        ``env.python`` is used. A site can map an environment to an image it prebuilt
-        with the requirements already installed (match on ``env.digest`` or inspect
-        ``env.requirements``); the orchestrator still runs the install step, which pip
-        finishes at once when everything is satisfied. The image must provide
-        ``python`` (of version ``env.python``, with zexec installed) and ``test``, and
-        must run as a non-root user (uid 1000 is used).
-        """
-
-    @hookspec
-    def zexec_server_pod_overrides(self, env: EnvSpec, user: UserIdentity) -> dict | None:
-        """Return changes to the server pod's ``spec`` for ``user`` running ``env``, or None.
-
-        The dict uses the Kubernetes PodSpec field names (camelCase) and is merged into
-        the spec zexec builds: dicts merge key by key; lists of objects with a ``name``
-        (``containers``, ``initContainers``, ``volumes``, ``volumeMounts``, ``env``) merge
-        by name (same name: merged, new name: appended); other lists of objects
-        (``tolerations`` ...) are appended to; scalars and lists of scalars replace.
-        The server container is named ``server``. Typical uses: GPUs
-        (``{"containers": [{"name": "server", "resources": {"limits":
-        {"nvidia.com/gpu": 1}}}], "nodeSelector": {...}, "tolerations": [...]}``), node
-        selectors by group (``user.groups``), extra volumes. Every plugin's result is
-        applied, in registration order (a later plugin wins on a conflicting value).
-        The result must still satisfy the namespace's Pod Security level.
-        """
+#: zexec's own plugins: the name each registers under, and its module.
+BUILTINS: dict[str, str] = {
+    "serializers": "zexec.adapters.serializer.plugin",
+}
 
 
-def _load_builtins(pm: pluggy.PluginManager) -> None:
-    # When zexec runs from a source tree that was not pip-installed, its own entry
-    # points are invisible; register the built-ins directly so it still works.
-    from zexec.adapters.serializer import plugin as serializers
-
-    if not pm.is_registered(serializers):
-        pm.register(serializers, name="serializers")
+def make_plugin_manager(*, entry_points: bool = True) -> pluggy.PluginManager:
+    """A new manager: hookspecs added, built-ins registered, then (with
+    ``entry_points``) the installed plugins, all checked against the specs."""
+    pm = pluggy.PluginManager(PROJECT)
+    pm.add_hookspecs(ZexecSpec)
+    for name, module in BUILTINS.items():
+        pm.register(importlib.import_module(module), name=name)
+    if entry_points:
+        pm.load_setuptools_entrypoints(PROJECT)
+    pm.check_pending()
+    return pm
 
 
 @lru_cache(maxsize=1)
 def get_plugin_manager() -> pluggy.PluginManager:
-    """The process's plugin manager: hookspecs added, entry points loaded, built-ins
-    registered. Cached: plugins are discovered once per process."""
-    pm = pluggy.PluginManager(PROJECT)
-    pm.add_hookspecs(ZexecSpec)
-    pm.load_setuptools_entrypoints(PROJECT)
-    _load_builtins(pm)
-    return pm
+    """The process's plugin manager. Cached: plugins are discovered once per process
+    (scanning every distribution's entry points is costly)."""
+    return make_plugin_manager()

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pickle
 
-from zexec.apps.broker.router import BACK, Router
 from zexec.core import protocol as p
+from zexec.core.broker.router import BACK, Router
 from zexec.core.model import Event, UserIdentity
 from zexec.core.tokencache import TokenCache, token_key
 

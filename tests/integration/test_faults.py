@@ -20,7 +20,7 @@ from tests.helpers.http import run_uvicorn
 from tests.helpers.procs import alive, live_children
 from tests.helpers.remote_funcs import sleeper, wait_for_file
 from tests.helpers.stack import Stack, wait_for
-from zexec.apps.broker.router import LEGACY_BAD_TOKEN
+from zexec.core.broker.router import LEGACY_BAD_TOKEN
 from zexec.core.protocol import legacy_payload
 
 

@@ -9,7 +9,7 @@ import threading
 import pytest
 import zmq
 
-from zexec.adapters.transport_memory import InMemoryTransport
+from tests.helpers.transport_memory import InMemoryTransport
 from zexec.adapters.transport_zmq.frames import recv_frames, send_frames
 from zexec.adapters.transport_zmtp.client import ZmtpTransport
 

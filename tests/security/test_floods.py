@@ -14,9 +14,9 @@ import pytest
 
 from tests.helpers.attacks import MIB, Bystander, MemoryWatch, assert_alive, bob_calls
 from tests.helpers.raw_zmtp import Closed, RawPeer, stream_frame
-from zexec.apps.broker.router import LEGACY_BAD_TOKEN
 from zexec.core import protocol as p
 from zexec.core import zmtp
+from zexec.core.broker.router import LEGACY_BAD_TOKEN
 
 pytestmark = pytest.mark.timeout(240)
 

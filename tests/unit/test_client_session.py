@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.helpers.transport_memory import InMemoryTransport
 from zexec.adapters.serializer import default_registry
-from zexec.adapters.transport_memory import InMemoryTransport
 from zexec.apps.client.session import Session
 from zexec.core import protocol as p
 from zexec.core.errors import BrokerUnreachable, CallLost, CallTimeout, ServerGone

@@ -44,9 +44,9 @@ from tests.helpers.router import (
     take,
     to_server,
 )
-from zexec.apps.broker import router as rmod
-from zexec.apps.broker.router import BACK, BYE_GRACE, FRONT, Router
 from zexec.core import protocol as p
+from zexec.core.broker import router as rmod
+from zexec.core.broker.router import BACK, BYE_GRACE, FRONT, Router
 from zexec.core.errors import AuthUnavailable, Forbidden, Unauthenticated
 from zexec.core.tokencache import token_key
 
@@ -746,3 +746,14 @@ def test_one_connection_registering_for_two_users_keeps_state_consistent():
         assert dest == BACK and frames[0] == SRV_A
         back(r, SRV_A, p.reply(CLI_B, ID1, True, p.v1_event(ID1, "return", 1)), 2.7)
         assert [d for d, _ in take(r)] == [FRONT], "bob's server's reply was dropped"
+
+
+def test_the_loop_takes_the_outbox_and_the_checks_whole():
+    r = Router(b"secret")
+    r.on_frontend([b"rid-1", b"", b"not-a-message"], now=1.0)
+    r.on_frontend([b"rid-2", b"", b"tok", b"fn", b"args"], now=1.0)
+    out = r.take_outbox()
+    assert [(dest, frames[0]) for dest, frames in out] == [(FRONT, b"rid-1")]
+    assert r.take_outbox() == [] and r.outbox == []
+    assert r.take_auth_requests() == [(token_key("tok"), "tok")]
+    assert r.take_auth_requests() == []

@@ -34,8 +34,8 @@ from tests.helpers.router import (
     register,
     take,
 )
-from zexec.apps.broker.router import BACK, BYE_GRACE, FRONT, Router
 from zexec.core import protocol as p
+from zexec.core.broker.router import BACK, BYE_GRACE, FRONT, Router
 
 W1, W2, W_BOB, STRANGER = b"w-alice-1", b"w-alice-2", b"w-bob-1", b"stranger"
 DIRECT = {"direct": True}

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from zexec.adapters.serializer import default_registry
-from zexec.apps.server.worker import ANNOUNCE_AFTER, PYTHON, BrokerLink, FunctionCache, Worker
+from zexec.apps.server.brokerlink import BrokerLink
+from zexec.apps.server.outbound import ANNOUNCE_AFTER
+from zexec.apps.server.worker import PYTHON, FunctionCache, Worker
 from zexec.core import protocol as p
 
 SER = default_registry().get("cloudpickle")

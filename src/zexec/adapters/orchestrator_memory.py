@@ -1,4 +1,5 @@
-"""An in-memory :class:`~zexec.core.ports.Orchestrator` for tests of the apps above it.
+"""An in-memory :class:`~zexec.core.ports.Orchestrator`: the Deploy API's ``memory``
+backend (demos) and the fake under tests of the apps above it.
 
 It provisions nothing: it records one :class:`ServerStatus` per user with the same
 ensure/terminate semantics as the real adapters (the contract test runs the same checks
@@ -12,11 +13,9 @@ import time
 from collections.abc import Callable, Iterable
 
 from zexec.core import replacing
-from zexec.core.errors import EnvironmentConflict
 from zexec.core.model import PHASES, EnvSpec, ServerStatus, UserIdentity
-from zexec.core.replacing import TERMINAL
 
-__all__ = ["TERMINAL", "InMemoryOrchestrator", "conflict_message"]
+__all__ = ["InMemoryOrchestrator"]
 
 
 class InMemoryOrchestrator:
@@ -50,9 +49,7 @@ class InMemoryOrchestrator:
             cur, nxt = self.servers.get(uid), self.nexts.get(uid)
             decision = replacing.plan_ensure(cur, nxt, spec, force)
             if decision == "conflict":
-                have = replacing.wanted(cur, nxt)
-                raise EnvironmentConflict(conflict_message(uid, have.env if have else None,
-                                                           spec))
+                raise replacing.conflict(uid, cur, nxt, spec)
             if decision == "keep-current":
                 self.nexts.pop(uid, None)  # a failed replacement: the user is back
             elif decision in ("replace-beside", "restart"):
@@ -110,12 +107,3 @@ class InMemoryOrchestrator:
                 self.servers[user_id] = self.nexts.pop(user_id)
             return st
 
-
-def conflict_message(user_id: str, current: EnvSpec | None, wanted: EnvSpec) -> str:
-    """The 409 text every adapter uses, so users see the same advice everywhere."""
-    have = current.digest[:12] if current else "unknown"
-    return (
-        f"user {user_id!r} already has a server with another environment "
-        f"(digest {have}, requested {wanted.digest[:12]}); terminate it first or "
-        f"spawn again with force=true to replace it"
-    )

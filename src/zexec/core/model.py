@@ -20,11 +20,21 @@ class UserIdentity:
     claims: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
+# Event kinds (the v1 event header's "e" field). They live beside Event, a leaf module,
+# so that the protocol module can build on Event without the two importing each other.
+EV_OUTPUT = "out"
+EV_YIELD = "yield"
+EV_RETURN = "return"
+EV_ERROR = "error"
+EV_CANCELLED = "cancelled"
+FINAL_EVENTS = frozenset({EV_RETURN, EV_ERROR, EV_CANCELLED})
+
+
 @dataclass(frozen=True)
 class Event:
     """One event of a call's stream, as a client sees it.
 
-    ``kind`` is one of the ``EV_*`` names of :mod:`zexec.core.protocol`; ``header`` the
+    ``kind`` is one of the ``EV_*`` names above (re-exported by :mod:`zexec.core.protocol`); ``header`` the
     decoded JSON header; ``buffers`` the payload frames (a serialized value) if any.
     """
 
@@ -36,8 +46,6 @@ class Event:
 
     @property
     def final(self) -> bool:
-        from zexec.core.protocol import FINAL_EVENTS
-
         return self.kind in FINAL_EVENTS
 
 

@@ -138,3 +138,49 @@ class Catalog(Protocol):
     ) -> list[dict[str, Any]]: ...
 
     def advanced_search(self, query: dict[str, Any]) -> list[dict[str, Any]]: ...
+
+
+class PoolWorker(Protocol):
+    """One worker process of a :class:`WorkerPool`, as the server loop sees it."""
+
+    wid: bytes  # its id on the server's worker channel
+    broker_id: bytes  # its routing id on the broker's backend (direct dispatch)
+    pidfd: int  # readable once the process has exited
+    proc: Any  # the process (``returncode`` once reaped)
+    ready: bool  # said READY and runs no call
+    task: Any  # the call it runs (:class:`zexec.core.server.calls.Task`), or None
+    retired: bool  # killed on purpose: its death is expected
+    reason: str  # why the server killed it, for the call it ran
+
+
+class WorkerPool(Protocol):
+    """The per-user server's warm worker processes (``zexec.apps.server.pool``).
+
+    ``direct``: workers take calls from the broker on their own connections.
+    ``idle()`` is a ready worker without a call, or None; ``kill`` stops one (its exit
+    then shows on its ``pidfd``), ``reap(fd)`` collects the one that exited,
+    ``death(w)`` says what it left (its call's unsent output, how it died);
+    ``config_for(w)`` is what the worker is told when it says HELLO.
+    """
+
+    size: int
+    direct: bool
+    worker_prefix: str
+    workers: dict[bytes, Any]
+    by_broker_id: dict[bytes, Any]
+
+    def adopt(self, proc: Any, wid: bytes) -> PoolWorker: ...
+
+    def spawn(self) -> PoolWorker: ...
+
+    def idle(self) -> PoolWorker | None: ...
+
+    def kill(self, w: PoolWorker) -> None: ...
+
+    def reap(self, fd: int) -> PoolWorker: ...
+
+    def death(self, w: PoolWorker) -> Any: ...
+
+    def config_for(self, w: PoolWorker) -> dict[str, Any]: ...
+
+    def close(self, grace: float = 2.0) -> None: ...

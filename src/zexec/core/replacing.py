@@ -1,4 +1,6 @@
-"""How every orchestrator replaces a user's server: beside the old one, never before.
+"""The lifecycle rules of a user's server, shared by every orchestrator and the Deploy API:
+which phases are terminal, what ``ensure`` does, the conflict users are told about, and
+how a server is replaced: beside the old one, never before.
 
 A user's server is *current*; a forced ``ensure`` with a ready current server builds the
 new environment as a *next* server beside it, and the current one keeps serving until
@@ -17,6 +19,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Literal
 
+from zexec.core.errors import EnvironmentConflict
 from zexec.core.model import EnvSpec, ServerStatus
 
 #: Phases after which nothing runs any more.
@@ -58,6 +61,31 @@ def plan_ensure(current: ServerStatus | None, nxt: ServerStatus | None, spec: En
     if current is not None and current.phase == "ready":
         return "replace-beside"
     return "restart"
+
+
+def conflict_message(user_id: str, current: EnvSpec | None, wanted: EnvSpec) -> str:
+    """The 409 text every orchestrator uses, so users see the same advice everywhere."""
+    have = current.digest[:12] if current else "unknown"
+    return (
+        f"user {user_id!r} already has a server with another environment "
+        f"(digest {have}, requested {wanted.digest[:12]}); terminate it first or "
+        f"spawn again with force=true to replace it"
+    )
+
+
+def conflict(user_id: str, current: ServerStatus | None, nxt: ServerStatus | None,
+             spec: EnvSpec) -> EnvironmentConflict:
+    """The error of an ``ensure`` that :func:`plan_ensure` calls a ``conflict``."""
+    have = wanted(current, nxt)
+    return EnvironmentConflict(conflict_message(user_id, have.env if have else None, spec))
+
+
+def spawn_outcome(before: ServerStatus | None, force: bool) -> str:
+    """What a spawn did, given the server before it: ``created`` (none was live),
+    ``replaced`` (forced) or ``unchanged`` (the same environment already ran)."""
+    if not live(before):
+        return "created"
+    return "replaced" if force else "unchanged"
 
 
 def plan_cancel(current: ServerStatus | None, nxt: ServerStatus | None,

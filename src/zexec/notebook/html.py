@@ -109,7 +109,7 @@ def status_html(status: dict[str, Any] | None, title: str = "zexec server") -> s
 def connection_html(user: str, broker: str, encrypted: bool, deploy: str,
                     status: dict[str, Any] | None, error: str = "") -> str:
     """A connection: who, which broker (encrypted or not), the Deploy API, the server."""
-    from zexec.apps.client.connect import privacy  # (connect imports this module)
+    from zexec.apps.client.privacy import privacy
 
     lock = {"encrypted": "encrypted (TLS)",
             "loopback": "plain (loopback: never leaves this machine)"}.get(

@@ -32,11 +32,11 @@ from kubernetes.client.exceptions import ApiException
 from zexec.adapters.orchestrator_k8s import access, images, quota
 from zexec.adapters.orchestrator_k8s import manifests as m
 from zexec.adapters.orchestrator_k8s.podstatus import pod_phase
-from zexec.adapters.orchestrator_memory import conflict_message
 from zexec.core import replacing
 from zexec.core.errors import EnvironmentConflict, OrchestratorError
 from zexec.core.model import EnvSpec, ServerStatus, UserIdentity
 from zexec.core.protocol import server_credential
+from zexec.core.replacing import conflict_message
 from zexec.settings import KubernetesSettings
 
 

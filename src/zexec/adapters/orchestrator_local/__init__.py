@@ -12,13 +12,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from zexec.adapters.orchestrator_local.orchestrator import LocalOrchestrator, file_key
+    from zexec.adapters.orchestrator_local.orchestrator import LocalOrchestrator
     from zexec.adapters.orchestrator_local.pythons import discover_pythons, find_uv
+    from zexec.adapters.orchestrator_local.servers import file_key, server_log
 
-__all__ = ["LocalOrchestrator", "discover_pythons", "file_key", "find_uv"]
+__all__ = ["LocalOrchestrator", "discover_pythons", "file_key", "find_uv", "server_log"]
 _EXPORTS = {
     "LocalOrchestrator": "zexec.adapters.orchestrator_local.orchestrator",
-    "file_key": "zexec.adapters.orchestrator_local.orchestrator",
+    "file_key": "zexec.adapters.orchestrator_local.servers",
+    "server_log": "zexec.adapters.orchestrator_local.servers",
     "discover_pythons": "zexec.adapters.orchestrator_local.pythons",
     "find_uv": "zexec.adapters.orchestrator_local.pythons",
 }

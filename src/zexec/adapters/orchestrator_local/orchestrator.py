@@ -33,26 +33,24 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from zexec.adapters.hugepages import with_hugepages
 from zexec.adapters.orchestrator_local import procs
 from zexec.adapters.orchestrator_local.envs import BuildCancelled, BuildFailed, EnvStore
 from zexec.adapters.orchestrator_local.isolation import Isolation, resolve
 from zexec.adapters.orchestrator_local.pythons import discover_pythons, find_uv, running_python
-from zexec.adapters.orchestrator_local.records import Records, distrust, record_spec
-from zexec.adapters.orchestrator_local.tenancy import Tenancy, Tenant
+from zexec.adapters.orchestrator_local.records import Records
+from zexec.adapters.orchestrator_local.recovery import Recovery
+from zexec.adapters.orchestrator_local.servers import NEXT, Server, file_key, server_log
+from zexec.adapters.orchestrator_local.tenancy import Tenancy
 from zexec.adapters.orchestrator_local.uids import UidMap
-from zexec.adapters.orchestrator_memory import conflict_message
 from zexec.core import replacing
-from zexec.core.errors import EnvironmentConflict, InvalidEnvironment
+from zexec.core.errors import InvalidEnvironment
 from zexec.core.model import EnvSpec, ServerStatus, UserIdentity
 from zexec.core.protocol import server_credential
 
@@ -64,48 +62,11 @@ READY_POLL = 0.01
 _SCRUB = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP", "PYTHONUSERBASE")
 #: File creation mask of builds: environments readable by every user's uid.
 BUILD_UMASK = 0o022
-#: Suffix of a replacement's record and ready file while it starts beside the current one.
-NEXT = ".next"
 
 log = logging.getLogger("zexec.orchestrator")
 
 
-def file_key(user_id: str) -> str:
-    """``user_id`` as a file-name component; a hash suffix keeps altered ids unique."""
-    safe = re.sub(r"[^A-Za-z0-9_.@-]", "_", user_id)[:64].lstrip(".") or "_"
-    if safe != user_id:
-        safe += "-" + hashlib.sha256(user_id.encode()).hexdigest()[:8]
-    return safe
-
-
-@dataclass(eq=False)
-class _Server:
-    """One ``ensure``'s server. Replaced servers are stopped and dropped, never reused."""
-
-    user_id: str
-    key: str
-    spec: EnvSpec
-    interpreter: str
-    phase: str
-    since: float
-    reason: str = ""
-    log_tail: tuple[str, ...] = ()
-    proc: subprocess.Popen[bytes] | procs.Adopted | None = None
-    tenant: Tenant | None = None
-    stopped: threading.Event = field(default_factory=threading.Event)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    thread: threading.Thread | None = None
-    #: A replacement built beside the current server (see :mod:`zexec.core.replacing`):
-    #: promoted to current once ready, its own ready file and record meanwhile.
-    beside: bool = False
-    ready: Path | None = None  # the ready file its server writes
-
-    @property
-    def record_key(self) -> str:
-        return self.key + NEXT if self.beside else self.key
-
-
-class LocalOrchestrator:
+class LocalOrchestrator(Recovery):
     """:class:`~zexec.core.ports.Orchestrator` running servers as local processes.
 
     ``available_pythons`` maps ``"X.Y"`` to an interpreter (None: discover them the first
@@ -163,8 +124,8 @@ class LocalOrchestrator:
         os.chmod(self.state_dir / "logs", 0o700)
         self.records = Records(self.state_dir / "servers")
         self._secret_digest = hashlib.sha256(self._secret).hexdigest()[:16]
-        self._servers: dict[str, _Server] = {}
-        self._nexts: dict[str, _Server] = {}  # replacements built beside a current server
+        self._servers: dict[str, Server] = {}
+        self._nexts: dict[str, Server] = {}  # replacements built beside a current server
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self._discovering = threading.Lock()  # one discovery; the users' locks stay free
@@ -179,9 +140,7 @@ class LocalOrchestrator:
             cur, nxt = self._servers.get(uid), self._nexts.get(uid)
             decision = replacing.plan_ensure(self._plain(cur), self._plain(nxt), spec, force)
             if decision == "conflict":
-                have = replacing.wanted(self._plain(cur), self._plain(nxt))
-                raise EnvironmentConflict(conflict_message(uid, have.env if have else None,
-                                                           spec))
+                raise replacing.conflict(uid, self._plain(cur), self._plain(nxt), spec)
             if decision == "keep-current" and nxt is not None:
                 self._nexts.pop(uid)  # a failed replacement: the user is back
             if decision in ("keep-current", "keep-next"):
@@ -194,7 +153,7 @@ class LocalOrchestrator:
             log = self.log_path(uid)
             if log.exists():  # one server's story per log; keep the previous one
                 os.replace(log, log.with_name(log.name + ".1"))
-            rec = _Server(uid, file_key(uid), spec, interpreter, "pending", self.clock(),
+            rec = Server(uid, file_key(uid), spec, interpreter, "pending", self.clock(),
                           beside=decision == "replace-beside")
             (self._nexts if rec.beside else self._servers)[uid] = rec
             rec.thread = threading.Thread(
@@ -243,7 +202,7 @@ class LocalOrchestrator:
             return dict(self._pythons)
 
     def log_path(self, user_id: str) -> Path:
-        return self.state_dir / "logs" / f"{file_key(user_id)}.log"
+        return server_log(self.state_dir, user_id)
 
     def close(self) -> None:
         """Stop every server (``zexec down``, Deploy API shutdown)."""
@@ -272,24 +231,24 @@ class LocalOrchestrator:
         return replacing.view(self._plain(self._servers.get(user_id)),
                               self._plain(self._nexts.get(user_id)))
 
-    def _plain(self, rec: _Server | None) -> ServerStatus | None:
+    def _plain(self, rec: Server | None) -> ServerStatus | None:
         return None if rec is None else self._snapshot(rec)
 
-    def _snapshot(self, rec: _Server) -> ServerStatus:
+    def _snapshot(self, rec: Server) -> ServerStatus:
         with rec.lock:
             phase, reason, tail, since = rec.phase, rec.reason, rec.log_tail, rec.since
         if phase in ("installing", "starting"):
             tail = procs.tail(self.log_path(rec.user_id))  # live progress
         return ServerStatus(rec.user_id, phase, rec.spec, reason, tail, since)
 
-    def _set(self, rec: _Server, phase: str, reason: str = "", tail: bool = False) -> None:
+    def _set(self, rec: Server, phase: str, reason: str = "", tail: bool = False) -> None:
         log_tail = procs.tail(self.log_path(rec.user_id)) if tail else ()
         with rec.lock:
             if rec.stopped.is_set():
                 return  # terminated or replaced: nobody may see this record change
             rec.phase, rec.reason, rec.log_tail, rec.since = phase, reason, log_tail, self.clock()
 
-    def _stop(self, rec: _Server) -> None:
+    def _stop(self, rec: Server) -> None:
         with rec.lock:
             rec.stopped.set()  # from here on no new child is started for rec
             proc = rec.proc
@@ -314,7 +273,7 @@ class LocalOrchestrator:
         env.update(extra)
         return env
 
-    def _start(self, rec: _Server, cmd: Sequence[str], env: dict[str, str], log, *,
+    def _start(self, rec: Server, cmd: Sequence[str], env: dict[str, str], log, *,
                role: str, cwd: Path | None = None, pass_fds: Sequence[int] = (),
                umask: int = -1, shown: str = "") -> bool:
         """Start ``cmd`` for ``rec`` (the log shows ``shown``, else the command)."""
@@ -328,7 +287,7 @@ class LocalOrchestrator:
             self._record(rec, role)
             return True
 
-    def _record(self, rec: _Server, role: str) -> None:
+    def _record(self, rec: Server, role: str) -> None:
         """Write down the child just started, before anything can kill this process."""
         assert rec.proc is not None and rec.tenant is not None
         self.records.write(rec.record_key, {
@@ -342,7 +301,7 @@ class LocalOrchestrator:
             "ready_file": str(rec.ready or rec.tenant.ready_file),
         })  # fmt: skip
 
-    def _promote(self, rec: _Server) -> bool:
+    def _promote(self, rec: Server) -> bool:
         """A replacement is ready (registered: the broker routes to it now): it becomes
         the user's server and the one it replaces is stopped. False if it was stopped
         itself meanwhile (whoever stops it holds the user's lock: never wait on it)."""
@@ -367,7 +326,7 @@ class LocalOrchestrator:
         finally:
             lock.release()
 
-    def _provision(self, rec: _Server) -> None:
+    def _provision(self, rec: Server) -> None:
         try:
             with open(self.log_path(rec.user_id), "ab") as log:
                 self._provision_logged(rec, log)
@@ -378,7 +337,7 @@ class LocalOrchestrator:
         except Exception as e:  # a bug or the disk: show it rather than hang in a phase
             self._set(rec, "failed", f"{type(e).__name__}: {e}", tail=True)
 
-    def _provision_logged(self, rec: _Server, log) -> None:
+    def _provision_logged(self, rec: Server, log) -> None:
         def run(cmd: Sequence[str]) -> int:
             if not self._start(rec, cmd, self._child_env({}), log, role="build",
                                umask=BUILD_UMASK):
@@ -450,7 +409,7 @@ class LocalOrchestrator:
             self._set(rec, "ready")
         self._supervise(rec, proc)
 
-    def _supervise(self, rec: _Server, proc: subprocess.Popen[bytes] | procs.Adopted) -> None:
+    def _supervise(self, rec: Server, proc: subprocess.Popen[bytes] | procs.Adopted) -> None:
         """Wait for the server to exit, then say how it ended."""
         code = proc.wait()
         # A sandboxed server's leader (bubblewrap) may go first: let the server drain.
@@ -463,51 +422,3 @@ class LocalOrchestrator:
             self._set(rec, "terminated", procs.describe_exit(code), tail=True)
         else:
             self._set(rec, "failed", f"server {procs.describe_exit(code)}", tail=True)
-
-    # ------------------------------------------------------------------ restart
-
-    def _recover(self) -> None:
-        """Adopt the recorded servers this orchestrator can trust; stop the rest."""
-        doomed: list[tuple[int, int | None]] = []
-        for key, r in self.records.load_all(drop_bad=True).items():
-            pid, start = r["pid"], r.get("start")
-            if not procs.alive(pid, start):
-                self.records.remove(key, pid)
-                continue
-            # A replacement that had not taken over: the user's current server stays.
-            why = "a replacement that had not taken over" if key.endswith(NEXT) \
-                else self._distrust(r)
-            if why is None:
-                try:
-                    self._adopt(key, r)
-                    continue
-                except (ProcessLookupError, KeyError, TypeError, ValueError) as exc:
-                    why = f"cannot adopt it: {exc!r}"
-            log.warning("stopping the %s of user %s left by an earlier Deploy API (pid %d): %s",
-                        r.get("role"), r.get("user_id"), pid, why)
-            doomed.append((pid, start))
-            self.records.remove(key, pid)
-        if doomed:
-            procs.stop_groups(doomed, self.grace)
-
-    def _distrust(self, r: dict[str, Any]) -> str | None:
-        """Why the recorded, still running process ``r`` cannot be adopted (None: it can)."""
-        uids = self.tenancy.uids
-        return distrust(
-            r, isolation=self.isolation.mode, broker_url=self.broker_backend_url,
-            secret=self._secret_digest,
-            env_complete=lambda spec, interpreter: self.envs.is_complete(spec, interpreter),
-            uid_of=(lambda user_id: uids.uid_for(user_id)) if uids is not None else None,
-        )  # fmt: skip
-
-    def _adopt(self, key: str, r: dict[str, Any]) -> None:
-        spec = record_spec(r)
-        rec = _Server(r["user_id"], key, spec, r["interpreter"], "ready", float(r["since"]))
-        rec.tenant = self.tenancy.tenant(rec.user_id, key)
-        rec.ready = Path(r.get("ready_file") or rec.tenant.ready_file)
-        rec.proc = procs.Adopted(r["pid"], r.get("start"))
-        self._servers[rec.user_id] = rec
-        rec.thread = threading.Thread(target=self._supervise, args=(rec, rec.proc),
-                                      name=f"zexec-local-{key}", daemon=True)
-        rec.thread.start()
-        log.info("adopted the running server of user %s (pid %d)", rec.user_id, rec.proc.pid)

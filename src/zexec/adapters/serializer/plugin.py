@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from zexec.adapters.serializer.pickling import CloudpickleSerializer, DillSerializer
-from zexec.plugins import hookimpl
+from zexec.hookspecs import hookimpl
 
 
 @hookimpl

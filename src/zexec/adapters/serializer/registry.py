@@ -16,7 +16,8 @@ class SerializerRegistry:
     (60 ms here, in every client and every worker process); the built-ins (dill,
     cloudpickle) serve almost every call, so ``discover`` runs only for a name they do
     not have, or when the full list is asked for. A plugin adds names; it cannot
-    replace a built-in one (both ends of a call must agree on what a name means).
+    replace a built-in one (both ends of a call must agree on what a name means): the
+    rule on built-ins of :mod:`zexec.plugins`.
     """
 
     def __init__(self, serializers: Iterable[Serializer],
@@ -53,11 +54,13 @@ class SerializerRegistry:
         return sorted(self._by_name)
 
 
-def plugin_serializers() -> list[Serializer]:
-    """Every serializer the process's plugins provide (entry point group ``zexec``)."""
-    from zexec.plugins import get_plugin_manager
+def plugin_serializers(pm=None) -> list[Serializer]:
+    """Every serializer the plugins of ``pm`` (default: the process's, entry point group
+    ``zexec``) provide, the last registered plugin's last."""
+    if pm is None:
+        from zexec.plugins import get_plugin_manager
 
-    pm = get_plugin_manager()
+        pm = get_plugin_manager()
     # pluggy calls the most recently registered plugin first; reverse so it wins.
     return [s for group in reversed(pm.hook.zexec_serializers()) for s in group]
 

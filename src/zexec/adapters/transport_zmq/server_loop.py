@@ -11,19 +11,20 @@ reports its workers' deaths (``WGONE``).
 Otherwise (fresh-process mode, or a broker that sends it calls) it queues calls, hands
 them to idle workers, forwards their events and enforces cancellation and deadlines
 itself. Payloads are never deserialized here; that happens only in the workers.
+
+The decisions are made by pure cores it feeds: :mod:`zexec.core.server.calls` (its calls,
+their order and deadlines) and :mod:`zexec.core.server.lifetime` (idling, draining).
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import shutil
 import signal
 import sys
 import time
-from collections import deque
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,10 @@ import zmq
 from zexec.adapters.transport_zmq.frames import NOBLOCK, recv_frames, send_frames
 from zexec.core import protocol as p
 from zexec.core.errors import ProtocolError
+from zexec.core.ports import PoolWorker, WorkerPool
+from zexec.core.protocol import channel as ch
+from zexec.core.server.calls import Calls, Task
+from zexec.core.server.lifetime import Lifetime
 
 log = logging.getLogger("zexec.server")
 
@@ -40,31 +45,14 @@ TICK = 0.1
 #: Seconds between registration attempts until the broker has acknowledged one.
 FIRST_BEAT_RETRY = 0.05
 #: Seconds a stopping direct server waits before it trusts that no call is running:
-#: its workers announce a call only once it has run 50 ms (worker.ANNOUNCE_AFTER).
+#: its workers announce a call only once it has run a while (outbound.ANNOUNCE_AFTER).
 STOP_SETTLE = 0.2
-
-
-@dataclass(eq=False)
-class Task:
-    key: bytes
-    client_id: bytes
-    call_key: bytes
-    legacy: bool
-    frames: list[Any]  # what the worker receives
-    deadline: float | None
-    timeout: float | None
-    worker: Any = None
-    sent: int = 0  # events forwarded so far, so the server's own events continue the seq
-    #: Dispatched to a worker that sends its events straight to the broker: the server
-    #: does not know how many there were, so an event of its own carries seq 0.
-    direct: bool = False
-    #: Given to the worker by the broker (direct dispatch): the broker ends it.
-    from_broker: bool = False
 
 
 class ServerLoop:
     def __init__(
-        self, *, broker_url: str, user_id: str, credential: str, pool_factory: Any,
+        self, *, broker_url: str, user_id: str, credential: str,
+        pool_factory: Callable[[str], WorkerPool],
         heartbeat_interval: float = 0.5, ready_file: str = "", idle_timeout: float = 0.0,
         fresh_process: bool = False, drain_timeout: float = 10.0,
         context: zmq.Context | None = None, workers: tuple[str, str],
@@ -81,9 +69,7 @@ class ServerLoop:
         self.credential = credential
         self.heartbeat_interval = heartbeat_interval
         self.ready_file = ready_file
-        self.idle_timeout = idle_timeout
         self.fresh_process = fresh_process
-        self.drain_timeout = drain_timeout
         # Our own context, terminated in close(): only that waits for the broker socket's
         # linger, so BYE and the last replies leave before the process exits.
         self._own_context = context is None
@@ -104,26 +90,22 @@ class ServerLoop:
         self.workers_sock.setsockopt(zmq.LINGER, 0)
         self.workers_sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.workers_sock.bind(endpoint)
-        self.pool = pool_factory(endpoint)
+        self.pool: WorkerPool = pool_factory(endpoint)
         if early_worker:
             self.pool.adopt(*early_worker)
-        self.queue: deque[Task] = deque()
-        self.tasks: dict[bytes, Task] = {}
-        self.by_call: dict[tuple[bytes, bytes], Task] = {}
-        self._keys = itertools.count(1)
+        self.calls = Calls()
         self.registered = False
-        self.last_activity = time.monotonic()
-        self.stopping = False
+        self.life = Lifetime(idle_timeout=idle_timeout, drain_timeout=drain_timeout,
+                             now=time.monotonic())
         self.exit_code = 0
         self.started = time.time()
-        self._next_deadline = float("inf")  # earliest deadline of any task
         self.stopped_watch = stopped_watch
 
     # ------------------------------------------------------------------ broker side
 
     def _heartbeat(self) -> None:
         info = {"python": PYTHON, "workers": self.pool.size, "pid": os.getpid(),
-                "running": len(self.tasks) - len(self.queue), "queued": len(self.queue),
+                "running": self.calls.running, "queued": self.calls.waiting,
                 "direct": self.pool.direct, "stopping": self.stopping,
                 "worker_prefix": self.pool.worker_prefix,
                 "started": self.started}  # the newest of a user's servers wins
@@ -138,20 +120,18 @@ class ServerLoop:
             log.debug("broker unreachable; message dropped")
 
     def _on_broker(self, frames: list[Any]) -> None:
-        if len(frames) >= 4 and p.frame_bytes(frames[0]) == b"" and \
-                p.frame_bytes(frames[2]) == p.REGISTER_ACK:
-            ack = p.load_header(frames[3])
+        ack = p.parse_register_ack(frames)
+        if ack is not None:
             if not ack.get("ok"):
                 log.error("the broker refused this server: %s", ack.get("error"))
                 self.exit_code = 3
-                self.stopping = True
-                self.drain_timeout = 0
+                self.life.stop(drain=False)
             else:
                 # Direct dispatch: quick calls never reach this server, the broker
                 # says when the last one came (for the idle timeout).
                 ago = ack.get("last_call_ago")
                 if isinstance(ago, int | float) and not isinstance(ago, bool):
-                    self.last_activity = max(self.last_activity, time.monotonic() - ago)
+                    self.life.active(time.monotonic() - ago)
             if ack.get("ok") and not self.registered:
                 self.registered = True
                 log.info("registered with the broker as the server of user %s", self.user_id)
@@ -181,22 +161,21 @@ class ServerLoop:
     def _on_call(self, msg: p.ServerBound) -> None:
         legacy = msg.verb == p.LEGACY_CALL
         key = (msg.client_id, msg.call_key)
-        self.last_activity = time.monotonic()
-        task = Task(next(self._keys).to_bytes(8, "big"), msg.client_id, msg.call_key, legacy,
-                    [], None, None)
+        self.life.active(time.monotonic())
+        task = self.calls.new(msg.client_id, msg.call_key, legacy)
         if msg.user_id != self.user_id:
             self._fail(task, "FORBIDDEN", f"this server serves another user than {msg.user_id}")
             return
         if self.stopping:
             self._fail(task, "SHUTTING_DOWN", "the server is shutting down")
             return
-        if key in self.by_call:
+        if key in self.calls:
             return  # a duplicate: the call is already here
         if legacy:
             if len(msg.rest) != 2:
                 self._fail(task, "BAD_REQUEST", "legacy call needs [fn, args]")
                 return
-            task.frames = [task.key, b"L", b"", msg.client_id, b"{}", *msg.rest]
+            task.frames = ch.task(task.key, True, b"", msg.client_id, msg.rest)
         else:
             try:
                 header = p.load_header(msg.rest[0])
@@ -204,13 +183,8 @@ class ServerLoop:
                 self._fail(task, "BAD_REQUEST", f"bad call header: {exc}")
                 return
             task.timeout = p.call_timeout(header)
-            if task.timeout is not None:
-                task.deadline = time.monotonic() + task.timeout
-                self._next_deadline = min(self._next_deadline, task.deadline)
-            task.frames = [task.key, b"1", msg.call_key, msg.client_id, *msg.rest]
-        self.tasks[task.key] = task
-        self.by_call[key] = task
-        self.queue.append(task)
+            task.frames = ch.task(task.key, False, msg.call_key, msg.client_id, msg.rest)
+        self.calls.enqueue(task, time.monotonic())
         self._dispatch()
 
     def _send_client(self, task: Task, final: bool, body: list[Any]) -> None:
@@ -219,47 +193,41 @@ class ServerLoop:
 
     def _fail(self, task: Task, code: str, message: str, type_name: str = "") -> None:
         """End ``task`` with an error event generated here (not by a worker)."""
-        seq = self._own_seq(task)
+        seq = task.own_seq()
         self._send_client(task, True, p.final_error(task.call_key, task.legacy, code, message,
                                                     seq, type_name))
         self._forget(task)
 
-    @staticmethod
-    def _own_seq(task: Task) -> int:
-        """The seq of an event the server itself adds to ``task``'s stream."""
-        return 0 if task.direct else task.sent + 1
-
     def _forget(self, task: Task) -> None:
-        self.tasks.pop(task.key, None)
-        self.by_call.pop((task.client_id, task.call_key), None)
-        self.last_activity = time.monotonic()
+        self.calls.forget(task)
+        self.life.active(time.monotonic())
 
     def _cancel(self, key: tuple[bytes, bytes], reason: str) -> None:
-        task = self.by_call.get(key)
+        task = self.calls.find(key)
         if task is None:
             return
         if task.worker is not None:
             self._stop_worker(task)
         else:
-            self.queue.remove(task)
-        seq = self._own_seq(task)
+            self.calls.unqueue(task)
+        seq = task.own_seq()
         self._send_client(task, True, p.final_cancelled(task.call_key, task.legacy, reason, seq))
         self._forget(task)
 
     # ------------------------------------------------------------------ worker side
 
     def _dispatch(self) -> None:
-        while self.queue:
+        while self.calls.waiting:
             w = self.pool.idle()
             if w is None:
                 return
-            task = self.queue.popleft()
+            task = self.calls.next_waiting()
             task.worker, w.task = w, task
             try:
                 send_frames(self.workers_sock, [w.wid, *task.frames])
             except zmq.ZMQError:  # it died just now; its pidfd will tell
                 task.worker, w.task = None, None
-                self.queue.appendleft(task)
+                self.calls.put_back(task)
                 w.ready = False
                 return
             task.frames = []  # the worker has the arguments: do not hold them twice
@@ -270,28 +238,35 @@ class ServerLoop:
         w = self.pool.workers.get(wid)
         if w is None:
             return
-        if len(frames) == 2:
-            said = p.frame_bytes(frames[1])
-            if said == b"HELLO":  # a new worker asks for its configuration
-                try:
-                    send_frames(self.workers_sock, [wid, b"CONFIG",
-                                                    p.dump_header(self.pool.config_for(w))])
-                except zmq.ZMQError:
-                    pass  # it died just now; its pidfd will tell
-                return
-            if said == b"READY":
-                w.ready = True
-                return
-        if p.frame_bytes(frames[1]) == b"":  # about a call the broker gave the worker
-            self._on_direct(w, frames[2:])
+        try:
+            said = ch.parse_from_worker(frames[1:])
+        except ProtocolError:
             return
-        task = self.tasks.get(p.frame_bytes(frames[1]))
+        if isinstance(said, ch.Hello):  # a new worker asks for its configuration
+            try:
+                send_frames(self.workers_sock, [wid, *ch.config(self.pool.config_for(w))])
+            except zmq.ZMQError:
+                pass  # it died just now; its pidfd will tell
+        elif isinstance(said, ch.Ready):
+            w.ready = True
+        elif isinstance(said, ch.Started):
+            self._on_started(w, said)
+        elif isinstance(said, ch.Done) and said.task_key == ch.NO_TASK:
+            if w.task is not None and w.task.from_broker:
+                self._forget(w.task)
+                w.task.worker = None
+                w.task = None
+        else:
+            self._on_task_output(w, said)
+
+    def _on_task_output(self, w: PoolWorker, said: ch.Output | ch.Done) -> None:
+        task = self.calls.get(said.task_key)
         if task is None or task.worker is not w:
             return  # a late message of a cancelled call
-        flag = p.frame_bytes(frames[2])
-        final = flag != p.MORE
-        if flag != p.DONE:  # D: the worker sent the events to the broker itself
-            self._send_client(task, final, frames[3:])
+        final = True
+        if isinstance(said, ch.Output):  # (Done: the worker sent the events to the broker)
+            final = said.final
+            self._send_client(task, final, said.body)
         if final:
             w.task = None
             task.worker = None
@@ -299,23 +274,14 @@ class ServerLoop:
             if self.fresh_process:
                 self.pool.kill(w)
 
-    def _on_direct(self, w: Any, said: list[Any]) -> None:
-        """``[T, client_id, call_key, proto]``: a call the broker gave worker ``w`` has run
-        50 ms; ``[D]``: it ended. Kept for draining and the heartbeat: the broker ends
-        these calls itself (cancel, timeout, worker death)."""
-        verb = p.frame_bytes(said[0])
-        if verb == b"T" and len(said) == 4:
-            client_id, call_key, proto = (p.frame_bytes(f) for f in said[1:])
-            task = Task(next(self._keys).to_bytes(8, "big"), client_id, call_key,
-                        proto == b"L", [], None, None, w, direct=True, from_broker=True)
-            self.tasks[task.key] = task
-            self.by_call[(client_id, call_key)] = task
-            w.task = task
-            self.last_activity = time.monotonic()
-        elif verb == p.DONE and w.task is not None and w.task.from_broker:
-            self._forget(w.task)
-            w.task.worker = None
-            w.task = None
+    def _on_started(self, w: PoolWorker, said: ch.Started) -> None:
+        """A call the broker gave worker ``w`` has run a while. Kept for draining and the
+        heartbeat: the broker ends these calls itself (cancel, timeout, worker death)."""
+        task = self.calls.new(said.client_id, said.call_key, said.legacy, worker=w,
+                              direct=True, from_broker=True)
+        self.calls.track(task)
+        w.task = task
+        self.life.active(time.monotonic())
 
     def _stop_worker(self, task: Task) -> None:
         w = task.worker
@@ -342,7 +308,7 @@ class ServerLoop:
         if w.task is not None and w.task.from_broker:
             self._forget(w.task)
         elif w.task is not None:
-            for body in death.output(w.task.call_key, w.task.legacy, self._own_seq(w.task)):
+            for body in death.output(w.task.call_key, w.task.legacy, w.task.own_seq()):
                 self._send_client(w.task, False, body)
             self._fail(w.task, "WORKER_DIED", message)
         if not self.stopping:
@@ -354,25 +320,21 @@ class ServerLoop:
             poller.register(w.pidfd, zmq.POLLIN)
 
     def _check_deadlines(self, now: float) -> None:
-        if now < self._next_deadline:
-            return  # the common case, checked without walking the tasks
-        self._next_deadline = float("inf")
-        for task in list(self.tasks.values()):
-            if task.deadline is not None and now >= task.deadline:
-                if task.worker is not None:
-                    self._stop_worker(task)
-                else:
-                    self.queue.remove(task)
-                self._fail(task, "DEADLINE_EXCEEDED",
-                           f"the call exceeded its timeout of {task.timeout:g}s and was stopped",
-                           "TimeoutError")
-            elif task.deadline is not None:
-                self._next_deadline = min(self._next_deadline, task.deadline)
+        for task in self.calls.expired(now):
+            if task.worker is not None:
+                self._stop_worker(task)
+            self._fail(task, "DEADLINE_EXCEEDED",
+                       f"the call exceeded its timeout of {task.timeout:g}s and was stopped",
+                       "TimeoutError")
 
     # ------------------------------------------------------------------ loop
 
+    @property
+    def stopping(self) -> bool:
+        return self.life.stopping
+
     def request_stop(self) -> None:
-        self.stopping = True
+        self.life.stop()
 
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -388,8 +350,6 @@ class ServerLoop:
         self._spawn_into(poller)
         self._heartbeat()
         next_beat = time.monotonic() + FIRST_BEAT_RETRY
-        stop_deadline: float | None = None
-        settled = 0.0
         try:
             while True:
                 wait = max(0.0, min(TICK, next_beat - time.monotonic()))
@@ -428,24 +388,20 @@ class ServerLoop:
                     # delays the user's "ready".
                     next_beat = now + (self.heartbeat_interval if self.registered
                                        else FIRST_BEAT_RETRY)
-                if (self.idle_timeout and not self.tasks
-                        and now - self.last_activity > self.idle_timeout):
-                    log.info("idle for %.0fs: exiting", self.idle_timeout)
-                    self.stopping = True
+                if not self.stopping and self.life.idle(now, busy=bool(self.calls)):
+                    log.info("idle for %.0fs: exiting", self.life.idle_timeout)
+                    self.life.stop()
                 if self.stopping:
-                    if stop_deadline is None:
-                        stop_deadline = now + self.drain_timeout
+                    # A call the broker gave a worker just before is either over or
+                    # announced (T) after STOP_SETTLE.
+                    if self.life.begin(now, STOP_SETTLE if self.pool.direct else 0.0):
                         self._heartbeat()  # "stopping": the broker sends no more calls
-                        # A call the broker gave a worker just before is either over
-                        # or announced (T) by then.
-                        settled = now + (STOP_SETTLE if self.pool.direct and
-                                         self.drain_timeout > 0 else 0.0)
-                    if (not self.tasks and now >= settled) or now >= stop_deadline:
+                    if self.life.may_exit(now, busy=bool(self.calls)):
                         break
         finally:
-            for task in list(self.tasks.values()):
+            for task in self.calls.all():
                 self._fail(task, "SHUTTING_DOWN", "the server shut down before the call ended")
-            self._to_broker([b"", p.MAGIC, p.BYE])
+            self._to_broker(p.bye())
             self.close()
         return self.exit_code
 

@@ -14,7 +14,7 @@ the control port. This module is the policy the gateway asks for (its
   answered and closed. So a flood of random tokens costs the identity provider one check
   per token at the flooder's share, and nobody else's calls wait for it.
 * **A backend peer shows a server credential before it may send large frames**
-  (``REG``, ``WRDY``, ``WRPL`` carry one); the router checks every message as before.
+  (``REG``, ``WRDY``, ``WRPL`` carry one); the router still checks every message.
 * The router's outbox goes to the connections; a backend peer that is gone makes the
   message undeliverable (the router requeues a worker's call), as libzmq's
   ``ROUTER_MANDATORY`` did.
@@ -23,7 +23,6 @@ the control port. This module is the policy the gateway asks for (its
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import os
 import queue
@@ -37,8 +36,8 @@ from typing import Any
 from zexec.adapters.transport_zmtp.conn import Conn
 from zexec.adapters.transport_zmtp.decisions import ADMIT, WAIT, Decision, Discard
 from zexec.adapters.transport_zmtp.gateway import Gateway, Limits
-from zexec.apps.broker.router import FRONT, Router
 from zexec.core import protocol as p
+from zexec.core.broker.router import FRONT, Router
 from zexec.core.errors import (
     AuthError,
     AuthUnavailable,
@@ -197,10 +196,9 @@ class BrokerLoop:
     def _backend_head(self, conn: Conn, frames: list[bytes]) -> Decision | None:
         if conn.authed:
             return ADMIT
-        if frames[0] != b"" or len(frames) > 1 and frames[1] != p.MAGIC:
-            return Discard(ProtocolError("not a zexec backend message"))
-        if len(frames) > 2 and frames[2] not in (p.REGISTER, p.WORKER_READY, p.WORKER_REPLY):
-            return Discard(ProtocolError("only a registered server or worker may send this"))
+        problem = p.backend_head_problem(frames)
+        if problem is not None:
+            return Discard(ProtocolError(problem))
         if len(frames) < 5:
             return None
         if self._backend_credential_ok(frames):
@@ -307,7 +305,7 @@ class BrokerLoop:
     def _router_checks(self) -> None:
         """Checks the router asked for itself (a message that ended at its token, or a
         token that expired from the cache between the two looks)."""
-        for key, token in self.router.auth_requests:
+        for key, token in self.router.take_auth_requests():
             if key in self._pending:
                 continue
             conn = self.gw.by_rid.get(self.router.tokens.get(key, b""))
@@ -315,7 +313,6 @@ class BrokerLoop:
             if not self._queue_check(source, key, token):
                 self.router.on_auth_result(key, AuthUnavailable(
                     "too many token checks are pending from your address"), self.gw.now)
-        self.router.auth_requests.clear()
 
     # ------------------------------------------------------------------ output
 
@@ -327,10 +324,11 @@ class BrokerLoop:
         self.gw.flush()
 
     def _flush_outbox(self) -> None:
-        out = self.router.outbox
-        if not out:
-            return
         gw = self.gw
+        while out := self.router.take_outbox():  # sending may make more (see below)
+            self._send_batch(gw, out)
+
+    def _send_batch(self, gw: Gateway, out: list[tuple[str, list[Any]]]) -> None:
         for dest, frames in out:
             rid = frames[0]
             if dest == FRONT:
@@ -338,31 +336,28 @@ class BrokerLoop:
                     gw.count("dropped_front")
             elif not gw.send(rid, "back", frames[1:]) and rid not in gw.by_rid:
                 # A server or worker that disconnected: a call meant for a worker goes
-                # back to its queue (this loop then sends what that adds to ``out``).
+                # back to its queue (and what that makes the router send goes next).
                 log.info("backend peer gone; message not delivered")
                 try:
                     self.router.on_undeliverable(frames)
                 except Exception:
                     log.exception("failed to requeue an undeliverable call")
-        out.clear()
 
     def _on_control(self, frames: list[Any]) -> None:
         rid = frames[0]
-        parts = [p.frame_bytes(f) for f in frames[1:]]
-        if parts and parts[0] == b"":
-            parts = parts[1:]
-        if len(parts) < 2 or not self.admin_token or \
-                not hmac.compare_digest(parts[0], self.admin_token):
+        req = p.parse_control_request(frames[1:])
+        if req is None or not self.admin_token or \
+                not hmac.compare_digest(req.token, self.admin_token):
             log.warning("refused an unauthenticated control command")
             reply = {"ok": False, "error": "forbidden: admin credential required"}
-        elif parts[1] == b"STATUS":
+        elif req.command == p.STATUS:
             reply = {"ok": True, "status": self.status()}
-        elif parts[1] == b"TERMINATE":
+        elif req.command == p.TERMINATE:
             self.request_stop(drain=True)
             reply = {"ok": True, "message": "draining"}
         else:
-            reply = {"ok": False, "error": f"unknown command {parts[1][:32]!r}"}
-        self.gw.send(rid, "control", [b"", json.dumps(reply).encode()])
+            reply = {"ok": False, "error": f"unknown command {req.command[:32]!r}"}
+        self.gw.send(rid, "control", p.control_reply(reply))
 
     def status(self) -> dict[str, Any]:
         """The router's status plus the gateway's: connections, memory, counters."""

@@ -35,9 +35,8 @@ class Payload(bytearray):
 
 def allocate(size: int, huge: bool = True) -> Payload | mmap.mmap:
     """A writable buffer of exactly ``size`` bytes for one frame's body; with ``huge``,
-    in transparent huge pages. (Measured here, 100 MiB round trips: huge pages make the
-    broker's relaying faster, 0.21-0.31 s against 0.33-0.52 s, but the client's results
-    slower and erratic, 0.43-0.70 s against 0.26-0.32 s: the SDK asks for none.)"""
+    in transparent huge pages. Huge pages make the broker's relaying of large payloads
+    faster but a client's large results slower and erratic, so the SDK asks for none."""
     if size < MMAP_MIN:
         return Payload(size)
     # Private: a shared anonymous mapping would be shmem, without huge pages.

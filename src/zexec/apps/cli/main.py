@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import traceback
 
 from zexec.apps.cli import stack as st
+from zexec.apps.guard import guard
 
 DEFAULT_STATE_DIR = "~/.zexec"
 
@@ -314,20 +314,6 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return logs(st.StateDir(args.state_dir), args.component, args.lines, sys.stdout)
 
 
-def _settings_message(exc) -> str:
-    """A pydantic-settings validation error as ``ZEXEC_VAR: problem (got ...)`` lines."""
-    import zexec.settings
-
-    title = getattr(exc, "title", "settings")
-    model = getattr(zexec.settings, title, None)
-    prefix = model.model_config.get("env_prefix", "") if model is not None else ""
-    rows = [
-        f"{prefix}{'_'.join(str(x) for x in e['loc']).upper()}: {e['msg']} (got {e.get('input')!r})"
-        for e in exc.errors()
-    ]
-    return f"invalid {title}:\n  " + "\n  ".join(rows)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["devidp"]:
@@ -340,44 +326,3 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     return guard(args.command, lambda: args.func(args))
-
-
-def guard(command: str, run) -> int:
-    """Run a command; turn every failure into one message and an exit status."""
-    from pydantic import ValidationError
-
-    from zexec.apps.extras import missing_extra
-    from zexec.core.errors import ConfigurationError, ZexecError
-
-    def fail(code: int, message: str) -> int:
-        sys.stderr.write(f"zexec {command}: {message}\n")
-        return code
-
-    try:
-        return int(run() or 0)
-    except ModuleNotFoundError as exc:
-        extra = missing_extra(exc, f"zexec {command}")
-        if extra is not None:
-            return fail(1, f"error: {extra}")
-        return fail(1, _internal(exc))
-    except (st.UsageError, ConfigurationError) as exc:
-        return fail(2, f"error: {exc}")
-    except ValidationError as exc:
-        return fail(2, f"error: {_settings_message(exc)}")
-    except (st.StackError, ZexecError) as exc:
-        return fail(1, f"error: {exc}")
-    except KeyboardInterrupt:
-        return fail(130, "interrupted")
-    except OSError as exc:  # an unwritable state dir, a full disk ...
-        return fail(1, f"error: {exc}")
-    except Exception as exc:
-        return fail(1, _internal(exc))
-
-
-def _internal(exc: BaseException) -> str:
-    """The message of an unexpected error (its traceback printed with ZEXEC_DEBUG)."""
-    debug = bool(os.environ.get("ZEXEC_DEBUG"))
-    if debug:
-        traceback.print_exception(exc)
-    hint = "" if debug else " (ZEXEC_DEBUG=1 shows the traceback)"
-    return f"internal error: {type(exc).__name__}: {exc}{hint}"

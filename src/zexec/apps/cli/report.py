@@ -171,11 +171,11 @@ def log_path(d: StateDir, component: str) -> Path:
         return d.log("web")  # (the file of the app exists only for a four-process stack)
     if component in COMPONENTS or component in PROCESSES:
         return d.log(component)
-    from zexec.adapters.orchestrator_local import file_key
+    from zexec.adapters.orchestrator_local import server_log
 
     stack = d.load() or {}
     uid = stack.get("users", {}).get(component, component)
-    path = d.orchestrator / "logs" / f"{file_key(uid)}.log"
+    path = server_log(d.orchestrator, uid)
     if not path.exists():
         users = ", ".join(stack.get("tokens", {})) or "none"
         names = ", ".join((*COMPONENTS, "web"))

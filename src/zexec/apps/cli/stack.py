@@ -33,7 +33,6 @@ the users' servers that still run (or stops those it cannot trust). Everything l
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from datetime import UTC, datetime
@@ -88,10 +87,12 @@ def endpoints(stack: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def broker_control(
-    host: str, port: int, admin: str, command: bytes = b"STATUS", timeout: float = 2.0
+    host: str, port: int, admin: str, command: bytes | None = None, timeout: float = 2.0
 ) -> dict[str, Any] | None:
-    """One control command (``[b"", admin, command]`` on a DEALER); None if no answer."""
+    """One control command (default: STATUS) on a DEALER; None if no answer."""
     import zmq
+
+    from zexec.core.protocol import control
 
     ctx = zmq.Context.instance()
     s = ctx.socket(zmq.DEALER)
@@ -100,8 +101,8 @@ def broker_control(
     s.setsockopt(zmq.RECONNECT_IVL, 20)  # a broker still starting is seen soon after it binds
     try:
         s.connect(f"tcp://{host}:{port}")
-        s.send_multipart([b"", admin.encode(), command])
-        return json.loads(s.recv_multipart()[-1])
+        s.send_multipart(control.control_request(admin, command or control.STATUS))
+        return control.parse_control_reply(s.recv_multipart())
     except (zmq.ZMQError, ValueError):
         return None
     finally:

@@ -16,16 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from zexec.apps.guard import StackError, UsageError  # noqa: F401  (the CLI's errors)
+
 #: The development users ``zexec up`` makes tokens for.
 USERS = ("alice", "bob")
-
-
-class StackError(Exception):
-    """``up``/``down`` could not do their job; the message says why (exit status 1)."""
-
-
-class UsageError(Exception):
-    """Arguments that parse but do not make sense, or name nothing (exit status 2)."""
 
 
 class StateDir:

@@ -29,6 +29,7 @@ from typing import Any
 import httpx
 
 from zexec.apps.client.api import Client, set_default_client
+from zexec.apps.client.privacy import is_loopback, privacy
 from zexec.apps.client.progress import Progress
 from zexec.apps.client.status import Status
 from zexec.apps.client.tracebacks import public
@@ -330,28 +331,6 @@ def broker_address(cfg: dict[str, Any], encrypt: bool | None) -> tuple[str, str 
     if offered and (encrypt or encrypt is None and not is_loopback(str(host))):
         return f"tls://{host}:{secure}", str(pin)
     return f"tcp://{host}:{port}", None
-
-
-def privacy(broker: str, encrypted: bool) -> str:
-    """How private a connection to ``broker`` is: ``encrypted`` (TLS), ``loopback``
-    (plain, but on this machine's loopback: see :func:`broker_address`) or ``plain``."""
-    from urllib.parse import urlsplit
-
-    if encrypted:
-        return "encrypted"
-    return "loopback" if is_loopback(urlsplit(broker).hostname or "") else "plain"
-
-
-def is_loopback(host: str) -> bool:
-    """``host`` is this machine's loopback (``localhost``, 127.0.0.0/8, ``::1``)."""
-    import ipaddress
-
-    if host.lower() in ("localhost", "localhost.localdomain"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 @public

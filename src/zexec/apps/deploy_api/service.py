@@ -15,12 +15,11 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
+from zexec.core import replacing
 from zexec.core.errors import EnvironmentConflict, InvalidEnvironment
 from zexec.core.model import EnvSpec, ServerStatus, UserIdentity
 from zexec.core.ports import Orchestrator
 
-#: Phases in which nothing runs; a spawn starts such a server afresh.
-TERMINAL = frozenset({"failed", "terminated"})
 #: Phases a waiting spawn stops at.
 SETTLED = frozenset({"ready", "failed", "terminated"})
 #: Rough share of the way to ``ready`` for each phase (for progress displays).
@@ -63,7 +62,6 @@ def spawn(
     (with advice on forcing) unless ``force``, which replaces the server.
     """
     before = orchestrator.status(user.user_id)
-    live = before is not None and before.phase not in TERMINAL
     try:
         status = orchestrator.ensure(user, spec, force=force)
     except EnvironmentConflict as exc:
@@ -71,13 +69,7 @@ def spawn(
         if "force_reinstall" not in msg:
             msg = f"{msg.rstrip(' .')}. {FORCE_HINT}"
         raise EnvironmentConflict(msg) from exc
-    if not live:
-        outcome = "created"
-    elif force:
-        outcome = "replaced"
-    else:
-        outcome = "unchanged"
-    return SpawnResult(status, outcome)
+    return SpawnResult(status, replacing.spawn_outcome(before, force))
 
 
 async def wait_settled(

@@ -32,6 +32,6 @@ def main(argv: list[str] | None = None, prog: str = "python -m zexec.apps.devidp
 
 
 if __name__ == "__main__":
-    from zexec.apps.cli.main import guard
+    from zexec.apps.guard import guard
 
     raise SystemExit(guard("devidp", main))

@@ -14,6 +14,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    from zexec.apps.cli.main import guard
+    from zexec.apps.guard import guard
 
     raise SystemExit(guard("ep-api", main))

@@ -16,7 +16,7 @@ def main() -> int:
     workers = private_endpoint()
     first = start_worker(workers[1], FIRST_WORKER)
     try:
-        from zexec.apps.cli.main import guard
+        from zexec.apps.guard import guard
         from zexec.apps.server.app import main as serve
 
         # guard: a bad setting is one line naming the variable, not a traceback.

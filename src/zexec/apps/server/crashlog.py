@@ -285,7 +285,7 @@ class Death:
             segments.append(["stderr", f"\n[zexec: {left.dropped} more bytes of output "
                                        "written before the crash did not fit and are lost]\n"])
         if legacy:
-            return [[p.legacy_payload(p.legacy_event("DATA", seq + i, channel=c, data=t))]
+            return [[p.legacy_payload(p.legacy_output(seq + i, c, t))]
                     for i, (c, t) in enumerate(segments)]
         return [p.v1_event(call_id, p.EV_OUTPUT, seq, {"out": segments})]
 

@@ -2,29 +2,24 @@
 
 Started by the server (``python -m zexec.apps.server.worker ENDPOINT ID SERVER_PID``), it
 connects a DEALER to the server's ipc ROUTER, says HELLO, gets its configuration
-(``[CONFIG, json]``: output flush settings, the broker link), says READY, then loops over
-tasks.
+(output flush settings, the broker link), says READY, then loops over tasks. The frames
+of that channel are :mod:`zexec.core.protocol.channel`.
 
 **Direct dispatch** (CONFIG has a broker link, a pooled server): a second DEALER, with
 the routing id the server chose, connects to the broker's backend and says ``WRDY`` (and
 again every second while idle). The broker sends calls on it, in its backend layout, and
 the worker sends the events back on it (``WRPL``, carrying the server's credential), so
-neither arguments nor results pass through the server process. The server hears:
-
-    worker -> server: ["", T, client_id, call_key, proto]   (a call has run 50 ms)
-    worker -> server: ["", D]                               (that call ended)
-
-(Quick calls cost the server nothing; it needs to know of the long ones to drain.)
+neither arguments nor results pass through the server process
+(:mod:`zexec.apps.server.brokerlink`). The server hears of a call only when it has run
+:data:`~zexec.apps.server.outbound.ANNOUNCE_AFTER`, and then when it ends (quick calls cost
+the server nothing; it needs to know of the long ones to drain).
 
 **Through the server** (fresh-process mode, or a broker that sends the server calls):
+tasks come from the server, and their events go back to it, already in the client's
+protocol (v1 event frames, or one legacy dill payload; see
+:mod:`zexec.apps.server.outbound`).
 
-    server -> worker: [task_key, proto, call_id, client_id, header, fn, args, *buffers]
-    worker -> server: [task_key, F|M, *client_body]   (no broker link: F on the last one)
-    worker -> server: [task_key, D]                   (broker link: events sent to it)
-
-``client_body`` is already in the client's protocol (v1 event frames, or one legacy
-dill payload). Imports and deserialized functions stay warm between calls, which is the
-point of a pool.
+Imports and deserialized functions stay warm between calls, which is the point of a pool.
 """
 
 from __future__ import annotations
@@ -34,7 +29,6 @@ import inspect
 import os
 import signal
 import sys
-import threading
 import time
 import traceback
 import types
@@ -42,12 +36,13 @@ from collections import OrderedDict
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from zexec.adapters.serializer import default_registry
-from zexec.adapters.transport_zmq.frames import NOBLOCK, recv_frames, send_frames
+from zexec.adapters.transport_zmq.frames import recv_frames, send_frames
 from zexec.apps.server import postmortem
+from zexec.apps.server.brokerlink import BrokerLink, broker_link
 from zexec.apps.server.crashlog import Spill, open_crash_files
+from zexec.apps.server.outbound import Call, Outbound, OutputStream
 from zexec.core import protocol as p
 from zexec.core.errors import (
     ProtocolError,
@@ -56,15 +51,9 @@ from zexec.core.errors import (
     UnknownSerializerError,
     ZexecError,
 )
+from zexec.core.protocol import channel as ch
+from zexec.core.protocol import legacy
 
-V1 = b"1"
-LEGACY = b"L"
-READY = b"READY"
-HELLO = b"HELLO"
-CONFIG = b"CONFIG"
-STARTED = b"T"
-#: Seconds a call the broker gave this worker runs before the server hears of it.
-ANNOUNCE_AFTER = 0.05
 PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 #: Milliseconds between WRDY messages while idle (a restarted broker learns us again),
 #: and in the first seconds before any call came: a WRDY that reaches the broker before
@@ -72,226 +61,6 @@ PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 #: interval for the next one.
 READY_INTERVAL_MS = 1000
 READY_FAST_MS, READY_FAST_FOR = 50, 3.0
-
-
-class BrokerLink:
-    """The worker's own connection to the broker, for v1 events (``WRPL``)."""
-
-    def __init__(self, sock: Any, user_id: str, credential: str, monitor: Any = None) -> None:
-        self.sock = sock
-        self.user_id = user_id
-        self.credential = credential
-        self.monitor = monitor  # the socket's disconnect events (None in unit tests)
-        self.reconnected = False
-
-    def send(self, client_id: bytes, call_id: bytes, final: bool, body: list[Any]) -> None:
-        self._send(p.worker_reply(self.user_id, self.credential, client_id, call_id, final,
-                                  body))
-
-    def ready(self) -> None:
-        """Tell the broker this worker is idle (direct dispatch), and whether the
-        connection broke since the last call (see :func:`zexec.core.protocol.worker_ready`)."""
-        self._send(p.worker_ready(self.user_id, self.credential, self.reconnected))
-        self.reconnected = False
-
-    def watch(self) -> None:
-        """Take the connection monitor's news (never blocks)."""
-        while self.monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            if recv_monitor_message(self.monitor)["event"] == zmq.EVENT_DISCONNECTED:
-                self.reconnected = True
-
-    def _send(self, frames: list[Any]) -> None:
-        try:
-            send_frames(self.sock, frames, NOBLOCK)
-        except zmq.Again:
-            # Only when the broker has been unreachable for a whole send queue: the
-            # client's liveness check turns the call into an error.
-            sys.__stderr__.write("zexec worker: broker unreachable; a message was dropped\n")
-
-
-class Call:
-    """One running call: numbers its events and sends them, thread-safely, in order."""
-
-    def __init__(self, out: Outbound, task_key: bytes, proto: bytes, call_id: bytes,
-                 serializer: Any, client_id: bytes = b"") -> None:
-        self.out = out
-        self.task_key = task_key
-        self.legacy = proto == LEGACY
-        self.call_id = call_id
-        self.client_id = client_id
-        self.serializer = serializer
-        self.seq = 0
-        self.started = time.monotonic()
-        #: A call the broker gave this worker is made known to the server (``T``) only
-        #: once it has run ANNOUNCE_AFTER; ``D`` follows only then. A quick call costs
-        #: the server nothing (it was a sixth of the CPU per call in a busy ``.map``).
-        self.from_broker = not task_key
-        self.announced = False
-
-    def announce(self) -> None:
-        """Tell the server this broker-given call is running. The caller holds
-        ``out.lock``."""
-        proto = LEGACY if self.legacy else V1
-        send_frames(self.out.sock, [b"", STARTED, self.client_id, self.call_id, proto])
-        self.announced = True
-
-    def send(self, kind: str, fields: dict[str, Any] | None = None, value: Any = None,
-             has_value: bool = False, final: bool = False, extra: list[Any] | None = None,
-             ) -> None:
-        """Send one event. The caller holds ``out.lock``. Serializes before counting, so
-        a value that fails to serialize leaves no gap in the sequence. ``extra`` frames
-        follow the value's (v1 only; ``extra_at`` in the header says where they start)."""
-        seq = self.seq + 1
-        if self.legacy:
-            body = [self._legacy_body(kind, seq, fields or {}, value)]
-        else:
-            buffers = self.serializer.dumps(value) if has_value else []
-            if extra:
-                fields = {**(fields or {}), "extra_at": len(buffers)}
-                buffers = [*buffers, *extra]
-            body = p.v1_event(self.call_id, kind, seq, fields, buffers)
-        self.seq = seq
-        if self.out.spill is not None:
-            self.out.spill.sent(seq)
-        broker = self.out.broker
-        if broker is None:
-            send_frames(self.out.sock, [self.task_key, p.FINAL if final else p.MORE, *body])
-            return
-        broker.send(self.client_id, self.call_id, final, body)
-        if final and (self.announced or not self.from_broker):
-            send_frames(self.out.sock, [self.task_key, p.DONE])
-
-    def _legacy_body(self, kind: str, seq: int, fields: dict[str, Any], value: Any) -> bytes:
-        import dill
-
-        if kind == p.EV_RETURN:
-            event = p.legacy_event("DATA", seq, channel="return", data=value)
-        elif kind == p.EV_YIELD:
-            event = p.legacy_event("DATA", seq, channel="yield", data=value)
-        elif kind == p.EV_ERROR:
-            event = p.legacy_event("ERROR", seq, message=fields["message"],
-                                   details=fields.get("traceback", ""))
-        elif kind == "start":
-            event = p.legacy_event("START", seq, function=fields.get("function", ""))
-        elif kind == "end":
-            event = p.legacy_event("END", seq)
-        else:  # one output segment
-            event = p.legacy_event("DATA", seq, channel=fields["channel"],
-                                   data=fields["data"])
-        return dill.dumps(event)
-
-
-class Outbound:
-    """The worker's socket plus the output batcher that shares it.
-
-    Captured stdout/stderr is kept as ordered (channel, text) segments and flushed as
-    one event when ``flush_bytes`` accumulate, when ``flush_interval`` passes (a
-    background thread), and always before any other event of the call, so output and
-    yielded items keep their order.
-    """
-
-    def __init__(self, sock: zmq.Socket, flush_interval: float, flush_bytes: int,
-                 parent: int | None = None, broker: BrokerLink | None = None,
-                 spill: Spill | None = None) -> None:
-        self.sock = sock
-        self.broker = broker
-        #: The running call's unsent output, where the server finds it if we die
-        #: (:mod:`zexec.apps.server.crashlog`).
-        self.spill = spill
-        self.parent = os.getppid() if parent is None else parent
-        self.lock = threading.Lock()
-        self.flush_interval = flush_interval
-        self.flush_bytes = flush_bytes
-        self.call: Call | None = None
-        self.segments: list[list[str]] = []
-        self.pending = 0
-        self.last_flush = time.monotonic()
-        threading.Thread(target=self._flusher, daemon=True, name="zexec-flush").start()
-
-    def write(self, channel: str, text: str) -> None:
-        if not text:
-            return
-        with self.lock:
-            if self.call is None:
-                sys.__stderr__.write(text)  # output outside any call goes to the log
-                return
-            if self.segments and self.segments[-1][0] == channel:
-                self.segments[-1][1] += text
-            else:
-                self.segments.append([channel, text])
-            if self.spill is not None:
-                self.spill.output(channel, text)
-            self.pending += len(text)
-            if self.pending >= self.flush_bytes:
-                self._flush_locked()
-
-    def _flush_locked(self) -> None:
-        call = self.call
-        if not self.segments or call is None:
-            return
-        segments, self.segments, self.pending = self.segments, [], 0
-        self.last_flush = time.monotonic()
-        if call.legacy:
-            for channel, text in segments:
-                call.send("out", {"channel": channel, "data": text})
-        else:
-            call.send(p.EV_OUTPUT, {"out": segments})
-        if self.spill is not None:
-            self.spill.flushed()
-
-    def event(self, kind: str, fields: dict[str, Any] | None = None, value: Any = None,
-              has_value: bool = False, final: bool = False,
-              extra: list[Any] | None = None) -> None:
-        with self.lock:
-            self._flush_locked()
-            assert self.call is not None
-            self.call.send(kind, fields, value, has_value, final, extra)
-
-    def _flusher(self) -> None:
-        while True:
-            time.sleep(self.flush_interval)
-            if os.getppid() != self.parent:
-                # The server died without killing us (OOM killer, kill -9 of the main
-                # process alone): nobody will ever send work or read results.
-                os._exit(1)
-            with self.lock:
-                now = time.monotonic()
-                if self.segments and now - self.last_flush >= self.flush_interval:
-                    self._flush_locked()
-                call = self.call
-                if call is not None and call.from_broker and not call.announced and \
-                        now - call.started >= ANNOUNCE_AFTER:
-                    call.announce()
-
-
-class _Stream:
-    """Stands in for sys.stdout / sys.stderr during a call."""
-
-    encoding = "utf-8"
-    errors = "replace"
-
-    def __init__(self, out: Outbound, channel: str) -> None:
-        self._out = out
-        self._channel = channel
-
-    def write(self, text: str) -> int:
-        if not isinstance(text, str):
-            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
-        self._out.write(self._channel, text)
-        return len(text)
-
-    def writelines(self, lines: Any) -> None:
-        for line in lines:
-            self.write(line)
-
-    def flush(self) -> None:
-        pass
-
-    def isatty(self) -> bool:
-        return False
-
-    def writable(self) -> bool:
-        return True
 
 
 class FunctionCache:
@@ -334,13 +103,13 @@ class Worker:
         self.out = Outbound(sock, flush_interval, flush_bytes, parent, broker, spill)
         self.registry = default_registry()
         self.functions = FunctionCache()
-        self.stdout = _Stream(self.out, "stdout")
-        self.stderr = _Stream(self.out, "stderr")
+        self.stdout = OutputStream(self.out, "stdout")
+        self.stderr = OutputStream(self.out, "stderr")
 
     def run(self) -> None:
         sock, link = self.out.sock, self.out.broker
         with self.out.lock:
-            send_frames(sock, [READY])
+            send_frames(sock, ch.ready())
         if link is None:
             while True:
                 # No local name for the frames: the last call's payload must not stay
@@ -380,22 +149,21 @@ class Worker:
         if verb not in (p.CALL, p.LEGACY_CALL) or msg.user_id != self.out.broker.user_id:
             sys.__stderr__.write(f"zexec worker: ignored a {verb[:8]!r} message\n")
             return
-        if verb == p.LEGACY_CALL:
-            task = [b"", LEGACY, b"", client_id, b"{}", *msg.rest]
-        else:
-            task = [b"", V1, call_key, client_id, *msg.rest]
+        task = ch.task(ch.NO_TASK, verb == p.LEGACY_CALL, call_key, client_id, msg.rest)
         del frames, msg
         self.execute(task)
 
     def execute(self, frames: list[Any]) -> None:
-        task_key, proto, call_id, client_id = (p.frame_bytes(f) for f in frames[:4])
-        header = p.load_header(frames[4]) if proto == V1 else {}
-        fn_frame, args_frames = frames[5], frames[6:]
+        task = ch.parse_task(frames)
+        del frames
+        header, fn_frame, args_frames = task.header, task.fn, task.args
         try:
-            serializer = self.registry.get("dill" if proto == LEGACY else header.get("ser", ""))
+            serializer = self.registry.get("dill" if task.legacy else header.get("ser", ""))
         except UnknownSerializerError:
             serializer = None
-        call = Call(self.out, task_key, proto, call_id, serializer, client_id)
+        call = Call(self.out, task.key, task.legacy, task.call_id, serializer, task.client_id)
+        call_id, client_id = task.call_id, task.client_id
+        del task
         spill = self.out.spill
         with self.out.lock:
             self.out.call = call
@@ -436,7 +204,7 @@ class Worker:
                                    "type": "", "traceback": ""}, final=True)
             return
         if call.legacy:
-            out.event("start", {"function": getattr(fn, "__name__", "")})
+            out.event(legacy.START, {"function": getattr(fn, "__name__", "")})
         saved = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = self.stdout, self.stderr
         try:
@@ -454,7 +222,7 @@ class Worker:
         try:
             if call.legacy:
                 out.event(p.EV_RETURN, value=result, has_value=True)
-                out.event("end", final=True)
+                out.event(legacy.END, final=True)
             else:
                 out.event(p.EV_RETURN, value=result, has_value=True, final=True)
         except SerializationError as exc:
@@ -524,43 +292,18 @@ def hello(sock: zmq.Socket, server_pid: int) -> dict[str, Any]:
     """Say HELLO and wait for the server's CONFIG (flush settings, broker link); exit if
     the server dies first (a server can start its first worker before reading its
     settings, and may then fail to start)."""
-    send_frames(sock, [HELLO])
+    send_frames(sock, ch.hello())
     while not sock.poll(500):
         if os.getppid() != server_pid:
             raise SystemExit(1)
-    frames = recv_frames(sock)
-    if len(frames) != 2 or p.frame_bytes(frames[0]) != CONFIG:
-        raise SystemExit("zexec worker: expected CONFIG from the server")
-    return p.load_header(frames[1])
+    try:
+        return ch.parse_config(recv_frames(sock))
+    except ProtocolError as exc:
+        raise SystemExit(f"zexec worker: {exc}") from None
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
     raise SystemExit(0)
-
-
-def broker_link(ctx: zmq.Context, broker: list[str] | None) -> BrokerLink | None:
-    """The direct connection to the broker the server asked for (``[url, user id,
-    credential, routing id]`` in CONFIG), or None (calls and events then go through the
-    server)."""
-    if not broker:
-        return None
-    url, user_id, credential, routing_id = broker
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.ROUTING_ID, routing_id.encode())  # the server names us by it
-    # A dead TCP connection is noticed at both ends (TTL: the broker drops it too, so
-    # the reconnection, with the same routing id, is accepted) and replaced; the
-    # monitor tells the worker it happened (its next WRDY says so).
-    sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
-    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
-    sock.setsockopt(zmq.HEARTBEAT_TTL, 3000)
-    monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-    # Queued (not dropped) until connected: a worker's first result may be ready before
-    # its TCP connection is; LINGER lets the last events of a call leave on exit.
-    sock.setsockopt(zmq.LINGER, 2000)
-    sock.setsockopt(zmq.RECONNECT_IVL, 100)
-    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-    sock.connect(url)
-    return BrokerLink(sock, user_id, credential, monitor)
 
 
 if __name__ == "__main__":
