@@ -214,6 +214,14 @@ class KubernetesSettings(ZexecSettings):
     #: Package index the pods' pip uses (``PIP_INDEX_URL``); empty = pip's default.
     #: Its address must be reachable under the NetworkPolicy (``extra_egress_cidrs``).
     pip_index_url: str = ""
+    #: What installs the requirements in the pod's init container: ``uv`` (the local
+    #: orchestrator's resolver; fast, and with ``install_cache_volume`` cached between
+    #: spawns) or ``pip``.
+    installer: Literal["uv", "pip"] = "uv"
+    #: uv's cache, shared by every server pod's install step: a Kubernetes volume source
+    #: as JSON, e.g. ``{"persistentVolumeClaim": {"claimName": "zexec-uv-cache"}}`` or a
+    #: CSI (NFS) volume; empty = no cache (every spawn downloads its packages).
+    install_cache_volume: str = ""
     #: Pod Security Standard enforced on each user namespace; empty = leave unset.
     pod_security_level: str = "restricted"
 

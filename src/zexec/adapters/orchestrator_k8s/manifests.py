@@ -53,6 +53,8 @@ CONFIG_PREFIX = "zexec-env-"
 ENV_DIR = "/etc/zexec"
 VENV = "/opt/zexec/venv"
 READY_FILE = "/run/zexec/ready"
+#: Where the install init container sees ``install_cache_volume`` (uv's cache).
+CACHE_DIR = "/var/cache/zexec/uv"
 UID = 1000
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
@@ -253,35 +255,12 @@ def build_pod(
     init: list[dict[str, Any]] = []
     if spec.requirements:
         python = f"{VENV}/bin/python"
-        pip_env = [{"name": "PIP_NO_CACHE_DIR", "value": "1"}]
-        if settings.pip_index_url:
-            pip_env.append({"name": "PIP_INDEX_URL", "value": settings.pip_index_url})
-        init = [
-            {
-                "name": "venv",
-                **common,
-                "command": ["python", "-m", "venv", "--system-site-packages", VENV],
-                "env": base_env,
-            },
-            {
-                "name": "install",
-                **common,
-                "command": [
-                    python,
-                    "-m",
-                    "pip",
-                    "install",
-                    "--no-input",
-                    "--disable-pip-version-check",
-                    "-r",
-                    f"{ENV_DIR}/requirements.txt",
-                ],  # fmt: skip
-                "env": base_env + pip_env,
-            },
-        ]
+        init = install_containers(settings, common, base_env)
         for c in init:
             c.update(resources=resources, securityContext=_container_security())
-            c["volumeMounts"] = mounts
+            c["volumeMounts"] = list(mounts)
+        if settings.install_cache_volume:
+            init[-1]["volumeMounts"].append({"name": "install-cache", "mountPath": CACHE_DIR})
     server_env = base_env + [
         {"name": "ZEXEC_SERVER_BROKER_URL", "value": settings.broker_backend_url},
         {"name": "ZEXEC_SERVER_USER_ID", "value": user_id},
@@ -300,6 +279,7 @@ def build_pod(
         "env": server_env,
         "resources": resources,
         "securityContext": _container_security(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "readinessProbe": {
             "exec": {"command": ["test", "-f", READY_FILE]},
             "periodSeconds": 2,
@@ -327,6 +307,8 @@ def build_pod(
             {"name": "run", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
         ],
     }
+    if init and settings.install_cache_volume:
+        pod_spec["volumes"].append({"name": "install-cache", **install_cache_source(settings)})
     if not init:
         del pod_spec["initContainers"]
     for override in overrides:
@@ -347,6 +329,64 @@ def build_pod(
         },
         "spec": pod_spec,
     }
+
+
+def install_cache_source(settings: KubernetesSettings) -> dict[str, Any]:
+    """The volume source of ``install_cache_volume`` (a JSON object such as
+    ``{"persistentVolumeClaim": {"claimName": "zexec-uv-cache"}}``)."""
+    try:
+        source = json.loads(settings.install_cache_volume)
+    except ValueError as exc:
+        raise ConfigurationError(f"install_cache_volume is not JSON: {exc}") from None
+    if not isinstance(source, dict) or len(source) != 1:
+        raise ConfigurationError(
+            "install_cache_volume must be one volume source, e.g. "
+            '{"persistentVolumeClaim": {"claimName": "zexec-uv-cache"}}'
+        )
+    return source
+
+
+def install_containers(
+    settings: KubernetesSettings, common: dict[str, Any], base_env: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Init containers ``venv`` (a venv seeing the image's packages, zexec among them)
+    and ``install`` (the ConfigMap's requirements into it), with pip or uv.
+
+    uv resolves like the local orchestrator and, given ``install_cache_volume``, shares
+    its cache between spawns: a second spawn of an environment downloads and builds
+    nothing. Copies, not hard links, out of the cache (another filesystem); failures end
+    in the container's termination message (FallbackToLogsOnError), so the status
+    carries the installer's own reason even where pod logs cannot be read."""
+    venv_python = f"{VENV}/bin/python"
+    requirements = f"{ENV_DIR}/requirements.txt"
+    if settings.installer == "uv":
+        env = [
+            {"name": "UV_PYTHON_DOWNLOADS", "value": "never"},
+            {"name": "UV_LINK_MODE", "value": "copy"},
+            {"name": "UV_NO_PROGRESS", "value": "1"},
+        ]
+        if settings.install_cache_volume:
+            env.append({"name": "UV_CACHE_DIR", "value": CACHE_DIR})
+        else:
+            env.append({"name": "UV_NO_CACHE", "value": "1"})
+        if settings.pip_index_url:
+            env.append({"name": "UV_INDEX_URL", "value": settings.pip_index_url})
+        venv_cmd = ["uv", "venv", "--quiet", "--system-site-packages", "--python", "python",
+                    VENV]
+        install_cmd = ["uv", "pip", "install", "--python", venv_python, "-r", requirements]
+    else:
+        env = [{"name": "PIP_NO_CACHE_DIR", "value": "1"}]
+        if settings.pip_index_url:
+            env.append({"name": "PIP_INDEX_URL", "value": settings.pip_index_url})
+        venv_cmd = ["python", "-m", "venv", "--system-site-packages", VENV]
+        install_cmd = [venv_python, "-m", "pip", "install", "--no-input",
+                       "--disable-pip-version-check", "-r", requirements]
+    return [
+        {"name": "venv", **common, "command": venv_cmd, "env": base_env + env,
+         "terminationMessagePolicy": "FallbackToLogsOnError"},
+        {"name": "install", **common, "command": install_cmd, "env": base_env + env,
+         "terminationMessagePolicy": "FallbackToLogsOnError"},
+    ]
 
 
 def _quantities_as_strings(pod_spec: dict[str, Any]) -> None:

@@ -1,0 +1,442 @@
+"""A small kubelet for tests: runs the Pods of an API server (kmock) as podman containers.
+
+It does what a kubelet does for the pods the Deploy API makes, as far as one machine
+with podman allows:
+
+* init containers one after the other, then the containers; ``restartPolicy: Never``;
+* ConfigMap, Secret and emptyDir volumes (host directories under ``workdir``; emptyDirs
+  are mode 0777 as on a node), ``readOnly`` mounts, ``subPath``;
+* ``env`` with ``value`` and ``valueFrom`` (secretKeyRef, configMapKeyRef, fieldRef);
+  values reach podman through its environment, never its command line;
+* securityContext: runAsUser/runAsGroup (container over pod), fsGroup and
+  supplementalGroups as extra groups, runAsNonRoot checked (CreateContainerConfigError),
+  ``capabilities.drop``, ``allowPrivilegeEscalation: false`` (no-new-privileges),
+  ``readOnlyRootFilesystem``; a service-account token is mounted unless
+  ``automountServiceAccountToken: false``;
+* the exec readiness probe, run with ``podman exec`` every ``periodSeconds``;
+* status written back (phase, conditions, init/container states with exit codes,
+  reasons, ``FallbackToLogsOnError`` messages) through the status subresource;
+* a deleted pod (or namespace) stops and removes its containers.
+
+Every pod runs in the host's network namespace (as ``hostNetwork: true``), so all the
+traffic of the tests stays on loopback; resource limits are not applied (the sandbox's
+cgroups do not allow it).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from tests.k8s_e2e import podman
+
+#: FallbackToLogsOnError: the last 80 lines or 2048 bytes of the log, like the kubelet.
+MSG_LINES, MSG_BYTES = 80, 2048
+TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def raw(call: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    return json.loads(call(*args, _preload_content=False, **kwargs).data)
+
+
+class PodConfigError(Exception):
+    """The pod cannot be started as written (CreateContainerConfigError)."""
+
+
+@dataclass
+class PodRunner:
+    """One pod: its containers, volumes and status."""
+
+    core: client.CoreV1Api
+    pod: dict[str, Any]
+    workdir: Path
+    stopping: threading.Event = field(default_factory=threading.Event)
+    status: dict[str, Any] = field(default_factory=dict)
+    names: list[str] = field(default_factory=list)
+
+    @property
+    def ns(self) -> str:
+        return self.pod["metadata"]["namespace"]
+
+    @property
+    def name(self) -> str:
+        return self.pod["metadata"]["name"]
+
+    def cname(self, container: str) -> str:
+        return f"k8s_{container}_{self.name}_{self.ns}"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def run(self) -> None:
+        spec = self.pod["spec"]
+        inits, mains = spec.get("initContainers") or [], spec.get("containers") or []
+        self.status = {
+            "phase": "Pending",
+            "conditions": [self._cond("PodScheduled", True),
+                           self._cond("Initialized", not inits),
+                           self._cond("ContainersReady", False), self._cond("Ready", False)],
+            "initContainerStatuses": [self._waiting(c, "PodInitializing") for c in inits],
+            "containerStatuses": [self._waiting(c, "PodInitializing" if inits else
+                                                "ContainerCreating") for c in mains],
+            "startTime": now(),
+            "hostIP": "127.0.0.1", "podIP": "127.0.0.1",
+        }
+        if not inits:
+            del self.status["initContainerStatuses"]
+        self.push()
+        try:
+            volumes = self._volumes()
+            for i, c in enumerate(inits):
+                code = self._run_init(c, volumes, i)
+                if self.stopping.is_set():
+                    return
+                if code != 0:
+                    self.status["phase"] = "Failed"
+                    self.push()
+                    return
+            self._set_cond("Initialized", True)
+            for i, c in enumerate(mains):
+                self._start(c, volumes, i)
+            self.status["phase"] = "Running"
+            self.push()
+            self._watch(mains)
+        except PodConfigError as exc:
+            key = "initContainerStatuses" if self._in_init else "containerStatuses"
+            self.status[key][self._index]["state"] = {"waiting": {
+                "reason": "CreateContainerConfigError", "message": str(exc)}}
+            self.push()
+        except Exception as exc:  # report, as a kubelet does, rather than die silently
+            if not self.stopping.is_set():
+                self.status.update(phase="Failed", reason="TestKubeletError", message=repr(exc))
+                self.push()
+
+    def stop(self, thread: threading.Thread | None = None) -> None:
+        """The pod was deleted: stop its containers (SIGTERM, then SIGKILL after the
+        grace period) and remove them and its volumes."""
+        self.stopping.set()
+        grace = str(self.pod["spec"].get("terminationGracePeriodSeconds", 30))
+        for _ in range(2):  # again after run() ended: it may have created one meanwhile
+            for name in reversed(self.names):
+                podman.run("rm", "--force", "--time", grace, name, check=False, timeout=120)
+            if thread is None:
+                break
+            thread.join(60)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # ------------------------------------------------------------------ containers
+
+    _in_init = False
+    _index = 0
+
+    def _run_init(self, c: dict[str, Any], volumes: dict[str, Path], i: int) -> int:
+        self._in_init, self._index = True, i
+        st = self.status["initContainerStatuses"][i]
+        name = self._create(c, volumes)
+        started = now()
+        st["state"] = {"running": {"startedAt": started}}
+        self.push()
+        proc = podman.run("start", "--attach", name, check=False, timeout=3600)
+        code = self._exit_code(name, proc.returncode)
+        st["state"] = {"terminated": self._terminated(c, name, code, started)}
+        st["ready"] = code == 0
+        self.push()
+        return code
+
+    def _start(self, c: dict[str, Any], volumes: dict[str, Path], i: int) -> None:
+        self._in_init, self._index = False, i
+        name = self._create(c, volumes)
+        podman.run("start", name)
+        st = self.status["containerStatuses"][i]
+        st.update(state={"running": {"startedAt": now()}}, started=True)
+
+    def _watch(self, mains: list[dict[str, Any]]) -> None:
+        """Probe readiness and wait for the containers to end."""
+        period = min(float((c.get("readinessProbe") or {}).get("periodSeconds", 10))
+                     for c in mains)
+        period = min(period, 1.0)  # probes more often than asked: tests wait less
+        while not self.stopping.is_set():
+            running = 0
+            for i, c in enumerate(mains):
+                st = self.status["containerStatuses"][i]
+                if "running" not in st["state"]:
+                    continue
+                info = podman.inspect(self.cname(c["name"]))
+                state = (info or {}).get("State") or {}
+                if info is None or state.get("Status") in ("exited", "stopped"):
+                    code = int(state.get("ExitCode", 137)) if info else 137
+                    started = st["state"]["running"]["startedAt"]
+                    st["state"] = {"terminated": self._terminated(
+                        c, self.cname(c["name"]), code, started,
+                        oom=bool(state.get("OOMKilled")))}
+                    st["ready"] = False
+                    self.push()
+                    continue
+                running += 1
+                ready = self._probe(c)
+                if ready != st.get("ready"):
+                    st["ready"] = ready
+                    self.push()
+            if running == 0:
+                codes = [s["state"]["terminated"]["exitCode"]
+                         for s in self.status["containerStatuses"]]
+                self.status["phase"] = "Succeeded" if not any(codes) else "Failed"
+                self.push()
+                return
+            self.stopping.wait(period)
+
+    def _probe(self, c: dict[str, Any]) -> bool:
+        probe = c.get("readinessProbe")
+        if not probe:
+            return True
+        command = (probe.get("exec") or {}).get("command")
+        if not command:
+            return True  # only exec probes are run here
+        proc = podman.run("exec", self.cname(c["name"]), *command, check=False,
+                          timeout=float(probe.get("timeoutSeconds", 1)) + 30)
+        return proc.returncode == 0
+
+    def _exit_code(self, name: str, fallback: int) -> int:
+        info = podman.inspect(name)
+        return int(((info or {}).get("State") or {}).get("ExitCode", fallback))
+
+    def _terminated(self, c: dict[str, Any], name: str, code: int, started: str,
+                    oom: bool = False) -> dict[str, Any]:
+        out = {"exitCode": code, "startedAt": started, "finishedAt": now(),
+               "reason": "OOMKilled" if oom else ("Completed" if code == 0 else "Error"),
+               "containerID": f"podman://{name}"}
+        if code != 0 and c.get("terminationMessagePolicy") == "FallbackToLogsOnError":
+            text = podman.logs(name, tail=MSG_LINES)
+            out["message"] = text.encode()[-MSG_BYTES:].decode(errors="replace")
+        return out
+
+    # ------------------------------------------------------------------ podman create
+
+    def _create(self, c: dict[str, Any], volumes: dict[str, Path]) -> str:
+        spec = self.pod["spec"]
+        psc, csc = spec.get("securityContext") or {}, c.get("securityContext") or {}
+        uid = csc.get("runAsUser", psc.get("runAsUser"))
+        gid = csc.get("runAsGroup", psc.get("runAsGroup"))
+        non_root = csc.get("runAsNonRoot", psc.get("runAsNonRoot"))
+        if non_root and (uid is None or int(uid) == 0):
+            raise PodConfigError("container has runAsNonRoot and image will run as root")
+        name = self.cname(c["name"])
+        if self.stopping.is_set():
+            raise PodConfigError("the pod is being deleted")
+        self.names.append(name)
+        args = ["create", "--name", name, "--network", "host", "--pull", "never",
+                "--label", f"{podman.OWNER}=1", "--label", f"{podman.POD_NS}={self.ns}",
+                "--label", f"{podman.POD_NAME}={self.name}",
+                "--label", f"{podman.CONTAINER}={c['name']}"]
+        if uid is not None:
+            args += ["--user", f"{uid}:{gid if gid is not None else uid}"]
+        for g in [psc.get("fsGroup"), *(psc.get("supplementalGroups") or [])]:
+            if g is not None:
+                args += ["--group-add", str(g)]
+        for cap in (csc.get("capabilities") or {}).get("drop") or []:
+            args += ["--cap-drop", cap]
+        for cap in (csc.get("capabilities") or {}).get("add") or []:
+            args += ["--cap-add", cap]
+        if csc.get("allowPrivilegeEscalation") is False:
+            args += ["--security-opt", "no-new-privileges"]
+        if csc.get("readOnlyRootFilesystem"):
+            args += ["--read-only"]
+        if c.get("workingDir"):
+            args += ["--workdir", c["workingDir"]]
+        for m in c.get("volumeMounts") or []:
+            host = volumes[m["name"]] / m.get("subPath", "")
+            args += ["--volume", f"{host}:{m['mountPath']}" + (":ro" if m.get("readOnly") else "")]
+        if spec.get("automountServiceAccountToken") is not False:
+            args += ["--volume", f"{volumes['__token__']}:{TOKEN_DIR}:ro"]
+        env = dict(os.environ)
+        for e in c.get("env") or []:
+            env[e["name"]] = self._env_value(e)
+            args += ["--env", e["name"]]
+        if c.get("command"):
+            args += ["--entrypoint", json.dumps(c["command"])]
+        args += [c["image"], *(c.get("args") or [])]
+        proc = podman.run(*args, check=False, env=env)
+        if proc.returncode != 0:
+            raise PodConfigError(f"podman create: {proc.stderr.strip()}")
+        return name
+
+    def _env_value(self, e: dict[str, Any]) -> str:
+        if "valueFrom" not in e:
+            return str(e.get("value", ""))
+        src = e["valueFrom"]
+        if "secretKeyRef" in src:
+            ref = src["secretKeyRef"]
+            data = self._read("secret", ref["name"]).get("data") or {}
+            if ref["key"] not in data:
+                raise PodConfigError(f"couldn't find key {ref['key']} in Secret "
+                                     f"{self.ns}/{ref['name']}")
+            return base64.b64decode(data[ref["key"]]).decode()
+        if "configMapKeyRef" in src:
+            ref = src["configMapKeyRef"]
+            data = self._read("config_map", ref["name"]).get("data") or {}
+            if ref["key"] not in data:
+                raise PodConfigError(f"couldn't find key {ref['key']} in ConfigMap "
+                                     f"{self.ns}/{ref['name']}")
+            return data[ref["key"]]
+        if "fieldRef" in src:
+            path = src["fieldRef"]["fieldPath"]
+            return {"metadata.name": self.name, "metadata.namespace": self.ns,
+                    "status.podIP": "127.0.0.1", "status.hostIP": "127.0.0.1",
+                    "spec.nodeName": "test-kubelet"}[path]
+        raise PodConfigError(f"unsupported valueFrom: {src}")
+
+    def _read(self, kind: str, name: str) -> dict[str, Any]:
+        try:
+            return raw(getattr(self.core, f"read_namespaced_{kind}"), name, self.ns)
+        except ApiException as exc:
+            raise PodConfigError(f"{kind} {self.ns}/{name} not found ({exc.status})") from None
+
+    def _volumes(self) -> dict[str, Path]:
+        out: dict[str, Path] = {}
+        root = self.workdir / "volumes"
+        for v in self.pod["spec"].get("volumes") or []:
+            path = root / v["name"]
+            path.mkdir(parents=True)
+            if "emptyDir" in v:
+                path.chmod(0o777)
+            elif "configMap" in v or "secret" in v:
+                kind = "config_map" if "configMap" in v else "secret"
+                ref = v.get("configMap") or v.get("secret") or {}
+                obj = self._read(kind, ref.get("name") or ref.get("secretName"))
+                data = obj.get("data") or {}
+                mode = ref.get("defaultMode", 0o644)
+                items = ref.get("items") or [{"key": k, "path": k} for k in data]
+                for item in items:
+                    value = data[item["key"]]
+                    blob = base64.b64decode(value) if kind == "secret" else value.encode()
+                    (path / item["path"]).write_bytes(blob)
+                    (path / item["path"]).chmod(mode)
+                path.chmod(0o755)
+            else:
+                raise PodConfigError(f"volume {v['name']}: only configMap, secret and "
+                                     "emptyDir are supported by the test kubelet")
+            out[v["name"]] = path
+        token = root / "__token__"
+        token.mkdir(parents=True)
+        (token / "token").write_text("test-kubelet-token")
+        (token / "namespace").write_text(self.ns)
+        token.chmod(0o755)
+        out["__token__"] = token
+        return out
+
+    # ------------------------------------------------------------------ status
+
+    @staticmethod
+    def _cond(kind: str, ok: bool) -> dict[str, Any]:
+        return {"type": kind, "status": "True" if ok else "False", "lastTransitionTime": now()}
+
+    @staticmethod
+    def _waiting(c: dict[str, Any], reason: str) -> dict[str, Any]:
+        return {"name": c["name"], "image": c["image"], "ready": False, "restartCount": 0,
+                "started": False, "state": {"waiting": {"reason": reason}}}
+
+    def _set_cond(self, kind: str, ok: bool) -> None:
+        for cond in self.status["conditions"]:
+            if cond["type"] == kind and cond["status"] != ("True" if ok else "False"):
+                cond.update(self._cond(kind, ok))
+
+    def push(self) -> None:
+        """Write the status (conditions follow the containers' readiness)."""
+        if self.stopping.is_set():
+            return
+        mains = self.status.get("containerStatuses") or []
+        ready = bool(mains) and all(s.get("ready") for s in mains)
+        ready = ready and self.status["phase"] == "Running"
+        self._set_cond("ContainersReady", ready)
+        self._set_cond("Ready", ready)
+        try:
+            self.core.patch_namespaced_pod_status(self.name, self.ns, {"status": self.status},
+                                                  _preload_content=False)
+        except ApiException as exc:
+            if exc.status != 404:  # deleted meanwhile: stop() follows
+                raise
+
+
+class TestKubelet:
+    """Watches the API server's Pods (by polling: kmock ignores selectors and has no
+    resourceVersions to resume a watch from) and runs each one as a :class:`PodRunner`."""
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, api: client.ApiClient, workdir: Path, poll: float = 0.2) -> None:
+        self.core = client.CoreV1Api(api)
+        self.workdir = workdir
+        self.poll = poll
+        self.pods: dict[tuple[str, str], tuple[PodRunner, threading.Thread]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="test-kubelet", daemon=True)
+        self.errors: list[str] = []
+
+    def start(self) -> TestKubelet:
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        for runner, thread in list(self.pods.values()):
+            runner.stop(thread)
+        self.pods.clear()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.sync()
+            except Exception as exc:  # keep going: the tests see errors via self.errors
+                self.errors.append(repr(exc))
+            self._stop.wait(self.poll)
+
+    def sync(self) -> None:
+        items = raw(self.core.list_pod_for_all_namespaces).get("items") or []
+        seen = set()
+        for pod in items:
+            meta = pod["metadata"]
+            key = (meta.get("namespace") or "", meta["name"])
+            seen.add(key)
+            if meta.get("deletionTimestamp") and key in self.pods:
+                self._remove(key)
+            elif key not in self.pods and not meta.get("deletionTimestamp") and \
+                    not (pod.get("status") or {}).get("phase"):
+                runner = PodRunner(self.core, pod, self.workdir / f"{key[0]}_{key[1]}")
+                thread = threading.Thread(target=runner.run, name=f"pod-{key[1]}",
+                                          daemon=True)
+                self.pods[key] = (runner, thread)
+                thread.start()
+        for key in set(self.pods) - seen:
+            self._remove(key)
+
+    def _remove(self, key: tuple[str, str]) -> None:
+        runner, thread = self.pods.pop(key)
+        threading.Thread(target=runner.stop, args=(thread,), name=f"stop-{key[1]}",
+                         daemon=True).start()
+
+
+def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
