@@ -37,6 +37,7 @@ if ! podman image exists "$BASE"; then
     rm -f "$ROOTFS"/usr/lib/python3*/EXTERNALLY-MANAGED
     [ -f "$HOST_CA" ] && cp "$HOST_CA" "$ROOTFS/etc/ssl/certs/ca-certificates.crt"
     rm -rf "$ROOTFS"/var/cache/apt/archives/*.deb "$ROOTFS"/var/lib/apt/lists/*
+    chmod 755 "$ROOTFS"  # mktemp made it 0700: the image's / would be closed to non-root
     tar -C "$ROOTFS" -cf "$TARBALL.part" .
     mv "$TARBALL.part" "$TARBALL"
     rm -rf "$ROOTFS"

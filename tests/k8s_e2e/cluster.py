@@ -131,17 +131,20 @@ def _wait_healthy(c: Cluster) -> None:
 
 
 @contextmanager
-def running_cluster(control_plane: str = "host", **settings: str) -> Iterator[Cluster]:
-    """The whole cluster; ``settings`` are extra ZEXEC_* for the control plane."""
+def running_cluster(control_plane: str = "host", users: tuple[str, ...] = ("alice", "bob", "carol"),
+                    **settings: str) -> Iterator[Cluster]:
+    """The whole cluster; ``users`` get tokens; ``settings`` are extra ZEXEC_* for the
+    control plane."""
     workdir = Path(tempfile.mkdtemp(prefix="zexec-k8s-e2e-"))
     with ExitStack() as stack:
         emulator, api = stack.enter_context(running_emulator())
         url = api.configuration.host
         kubelet = TestKubelet(api, workdir / "pods").start()
+        kubelet.serve_logs(emulator)
         stack.callback(kubelet.close)
         c = Cluster(workdir, emulator, api, url, kubelet, images())
         kubeconfig(workdir / "kubeconfig", url)
-        c.tokens = generate_tokens(workdir / "tokens.json", ("alice", "bob", "carol"))
+        c.tokens = generate_tokens(workdir / "tokens.json", users)
         c.ports = {k: free_port() for k in ("frontend", "backend", "control", "deploy", "ep")}
         c.deploy_url = f"http://127.0.0.1:{c.ports['deploy']}/rexec"
         c.ep_url = f"http://127.0.0.1:{c.ports['ep']}"

@@ -5,7 +5,7 @@ with podman allows:
 
 * init containers one after the other, then the containers; ``restartPolicy: Never``;
 * ConfigMap, Secret and emptyDir volumes (host directories under ``workdir``; emptyDirs
-  are mode 0777 as on a node), ``readOnly`` mounts, ``subPath``;
+  are mode 0777 as on a node), hostPath (a shared volume), ``readOnly`` mounts, ``subPath``;
 * ``env`` with ``value`` and ``valueFrom`` (secretKeyRef, configMapKeyRef, fieldRef);
   values reach podman through its environment, never its command line;
 * securityContext: runAsUser/runAsGroup (container over pod), fsGroup and
@@ -16,7 +16,8 @@ with podman allows:
 * the exec readiness probe, run with ``podman exec`` every ``periodSeconds``;
 * status written back (phase, conditions, init/container states with exit codes,
   reasons, ``FallbackToLogsOnError`` messages) through the status subresource;
-* a deleted pod (or namespace) stops and removes its containers.
+* a deleted pod (or namespace) stops and removes its containers;
+* the pod log API (``read_namespaced_pod_log``) answered from ``podman logs``.
 
 Every pod runs in the host's network namespace (as ``hostNetwork: true``), so all the
 traffic of the tests stays on loopback; resource limits are not applied (the sandbox's
@@ -36,6 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import kmock
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -56,6 +58,10 @@ def raw(call: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
 
 class PodConfigError(Exception):
     """The pod cannot be started as written (CreateContainerConfigError)."""
+
+
+class StartFailed(Exception):
+    """The runtime could not start a container (RunContainerError, already recorded)."""
 
 
 @dataclass
@@ -115,6 +121,8 @@ class PodRunner:
             self.status["phase"] = "Running"
             self.push()
             self._watch(mains)
+        except StartFailed:
+            self.push()
         except PodConfigError as exc:
             key = "initContainerStatuses" if self._in_init else "containerStatuses"
             self.status[key][self._index]["state"] = {"waiting": {
@@ -152,6 +160,13 @@ class PodRunner:
         self.push()
         proc = podman.run("start", "--attach", name, check=False, timeout=3600)
         code = self._exit_code(name, proc.returncode)
+        if proc.returncode >= 125 and code == 0:  # podman or the runtime failed to start it
+            code = 128
+            message = proc.stderr.strip()[-MSG_BYTES:]
+            st["state"] = {"waiting": {"reason": "RunContainerError", "message": message}}
+            self.status["message"] = f"container {c['name']}: RunContainerError: {message}"
+            self.push()
+            return code
         st["state"] = {"terminated": self._terminated(c, name, code, started)}
         st["ready"] = code == 0
         self.push()
@@ -160,8 +175,12 @@ class PodRunner:
     def _start(self, c: dict[str, Any], volumes: dict[str, Path], i: int) -> None:
         self._in_init, self._index = False, i
         name = self._create(c, volumes)
-        podman.run("start", name)
         st = self.status["containerStatuses"][i]
+        proc = podman.run("start", name, check=False)
+        if proc.returncode != 0:
+            st["state"] = {"waiting": {"reason": "RunContainerError",
+                                       "message": proc.stderr.strip()[-MSG_BYTES:]}}
+            raise StartFailed(proc.stderr.strip())
         st.update(state={"running": {"startedAt": now()}}, started=True)
 
     def _watch(self, mains: list[dict[str, Any]]) -> None:
@@ -326,9 +345,14 @@ class PodRunner:
                     (path / item["path"]).write_bytes(blob)
                     (path / item["path"]).chmod(mode)
                 path.chmod(0o755)
+            elif "hostPath" in v:  # stands for a shared (NFS, CSI) volume in the tests
+                path.rmdir()
+                path = Path(v["hostPath"]["path"])
+                if v["hostPath"].get("type") == "DirectoryOrCreate":
+                    path.mkdir(parents=True, exist_ok=True)
             else:
-                raise PodConfigError(f"volume {v['name']}: only configMap, secret and "
-                                     "emptyDir are supported by the test kubelet")
+                raise PodConfigError(f"volume {v['name']}: only configMap, secret, "
+                                     "emptyDir and hostPath are supported by the test kubelet")
             out[v["name"]] = path
         token = root / "__token__"
         token.mkdir(parents=True)
@@ -389,6 +413,17 @@ class TestKubelet:
     def start(self) -> TestKubelet:
         self._thread.start()
         return self
+
+    def serve_logs(self, emulator: kmock.KubernetesEmulator) -> None:
+        """Answer ``GET .../pods/<name>/log`` from podman (kmock would return the pod)."""
+        emulator[kmock.subresource("log")] << self._log
+
+    @staticmethod
+    def _log(request: Any) -> bytes:
+        container = request.params.get("container") or "server"
+        tail = request.params.get("tailLines")
+        name = f"k8s_{container}_{request.name}_{request.namespace}"
+        return podman.logs(name, tail=int(tail) if tail else None).encode()
 
     def close(self) -> None:
         self._stop.set()

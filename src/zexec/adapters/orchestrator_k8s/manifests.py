@@ -364,6 +364,10 @@ def install_containers(
             {"name": "UV_PYTHON_DOWNLOADS", "value": "never"},
             {"name": "UV_LINK_MODE", "value": "copy"},
             {"name": "UV_NO_PROGRESS", "value": "1"},
+            # The image's CA bundle (Debian's path, the official python images' too), as
+            # pip uses: uv's built-in roots do not know a site's mirror or TLS proxy CA
+            # (seen: "invalid peer certificate: UnknownIssuer").
+            {"name": "SSL_CERT_FILE", "value": "/etc/ssl/certs/ca-certificates.crt"},
         ]
         if settings.install_cache_volume:
             env.append({"name": "UV_CACHE_DIR", "value": CACHE_DIR})
