@@ -5,7 +5,7 @@ built here, ports chosen free, the server image and broker backend on loopback),
 ``podman kube play`` runs the broker, Deploy API and EP API Deployments. What differs
 from a real cluster is patched into the rendered pods, and only that:
 
-* ``hostNetwork: true`` (Services and cluster DNS do not exist here; every component is
+* ``hostNetwork: true`` without ``ports`` (podman refuses mappings there; Services and cluster DNS do not exist here; every component is
   on 127.0.0.1, so ``extraEnv`` points the Deploy API at the broker's control port there);
 * the Deploy API reads a kubeconfig for kmock (plain HTTP) instead of a service-account
   token (``KUBECONFIG`` plus a hostPath volume holding the file);
@@ -102,6 +102,8 @@ def adapt(docs: list[dict[str, Any]], workdir: Path) -> tuple[list[dict[str, Any
         d = copy.deepcopy(d)
         pod = d["spec"]["template"]["spec"]
         pod["hostNetwork"] = True
+        for ctr in pod["containers"]:
+            _ports_by_number(ctr)
         for v in pod.get("volumes") or []:
             if "secret" in v:
                 src = v.pop("secret")
@@ -122,6 +124,17 @@ def adapt(docs: list[dict[str, Any]], workdir: Path) -> tuple[list[dict[str, Any
                 {"name": "kube", "mountPath": "/etc/zexec/kube", "readOnly": True})
         deployments.append(d)
     return deployments, secrets
+
+
+def _ports_by_number(ctr: dict[str, Any]) -> None:
+    """Drop ``ports`` (podman 4.3 refuses port mappings on the host network) after
+    turning the probes' named ports into numbers."""
+    named = {p["name"]: p["containerPort"] for p in ctr.pop("ports", []) if "name" in p}
+    for key in ("readinessProbe", "livenessProbe", "startupProbe"):
+        for kind in ("httpGet", "tcpSocket"):
+            probe = (ctr.get(key) or {}).get(kind)
+            if probe and isinstance(probe.get("port"), str):
+                probe["port"] = named[probe["port"]]
 
 
 @contextmanager

@@ -131,10 +131,12 @@ def _wait_healthy(c: Cluster) -> None:
 
 
 @contextmanager
-def running_cluster(control_plane: str = "host", users: tuple[str, ...] = ("alice", "bob", "carol"),
+def running_cluster(control_plane: str = "", users: tuple[str, ...] = ("alice", "bob", "carol"),
                     **settings: str) -> Iterator[Cluster]:
     """The whole cluster; ``users`` get tokens; ``settings`` are extra ZEXEC_* for the
-    control plane."""
+    control plane. ``control_plane``: ``chart`` (default, or ``ZEXEC_E2E_CONTROL_PLANE``)
+    or ``host``."""
+    control_plane = control_plane or os.environ.get("ZEXEC_E2E_CONTROL_PLANE", "chart")
     workdir = Path(tempfile.mkdtemp(prefix="zexec-k8s-e2e-"))
     with ExitStack() as stack:
         emulator, api = stack.enter_context(running_emulator())

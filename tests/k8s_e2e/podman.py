@@ -35,9 +35,16 @@ def run(*args: str, timeout: float = 120, check: bool = True,
     proc = subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout,
                           env=env)
     if check and proc.returncode != 0:
-        raise subprocess.CalledProcessError(proc.returncode, proc.args, proc.stdout,
-                                            proc.stderr)
+        raise PodmanError(proc)
     return proc
+
+
+class PodmanError(subprocess.CalledProcessError):
+    def __init__(self, proc: subprocess.CompletedProcess) -> None:
+        super().__init__(proc.returncode, proc.args, proc.stdout, proc.stderr)
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}: {self.stderr.strip()[-2000:]}"
 
 
 def containers(namespace: str | None = None, pod: str | None = None,

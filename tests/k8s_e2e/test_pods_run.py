@@ -9,6 +9,7 @@ built once and used by the tests after it).
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -44,6 +45,20 @@ def pod_of(cluster, user: str) -> dict:
     ns = namespace_name(KubernetesSettings().namespace_prefix, user_id_for(user))
     name = core.read_namespace(ns).metadata.annotations["zexec.io/pod"]
     return json.loads(core.read_namespaced_pod(name, ns, _preload_content=False).data)
+
+
+def test_the_control_plane_runs_from_the_charts_deployments(cluster):
+    if os.environ.get("ZEXEC_E2E_CONTROL_PLANE", "chart") != "chart":
+        pytest.skip("control plane on the host (ZEXEC_E2E_CONTROL_PLANE=host)")
+    running = {c["Names"][0]: c for c in json.loads(podman.run(
+        "ps", "--format", "json").stdout or "[]")}
+    for name in ("zexec-broker-pod-0-broker", "zexec-deploy-api-pod-0-deploy-api",
+                 "zexec-ep-api-pod-0-ep-api"):
+        assert name in running, sorted(running)
+        info = podman.inspect(name)
+        assert info["ImageName"] == cluster.images["apps"]
+        assert info["Config"]["User"] == "10001:10001" or info["Config"]["User"] == "10001"
+    assert set(cluster.procs) == {"devidp"}  # nothing of zexec runs on the host
 
 
 def test_numpy_environment_runs_in_podman_containers(cluster, alice, capsys):
