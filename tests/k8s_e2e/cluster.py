@@ -14,6 +14,7 @@ script prints them: ``key=image`` lines; without it the fixture runs the script)
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -23,10 +24,15 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kubernetes import client
+
 from tests.helpers.stack import ADMIN, SECRET, _env, free_port, wait_for
 from tests.integration.kmock_support import CascadingEmulator, running_emulator
+from tests.k8s_e2e import podman
 from tests.k8s_e2e.kubelet import TestKubelet
-from zexec.apps.devidp.tokens import generate_tokens
+from zexec.adapters.orchestrator_k8s.manifests import namespace_name
+from zexec.apps.devidp.tokens import generate_tokens, user_id_for
+from zexec.settings import KubernetesSettings
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGES_SCRIPT = REPO / "scripts" / "k8s-e2e-images.sh"
@@ -67,10 +73,25 @@ class Cluster:
     broker_frontend: str = ""
     ports: dict[str, int] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    #: The uv cache volume's directory, when the cluster has one.
+    cache_dir: Path | None = None
 
     def log(self, name: str) -> str:
         path = self.workdir / f"{name}.log"
         return path.read_text(errors="replace")[-6000:] if path.exists() else ""
+
+    def pod_of(self, user: str) -> dict:
+        """The user's current server pod, as the API server has it."""
+        core = client.CoreV1Api(self.api)
+        ns = namespace_name(KubernetesSettings().namespace_prefix, user_id_for(user))
+        name = core.read_namespace(ns).metadata.annotations["zexec.io/pod"]
+        return json.loads(core.read_namespaced_pod(name, ns, _preload_content=False).data)
+
+    def containers_of(self, user: str) -> dict[str, dict]:
+        """podman's containers of the user's current pod, by container name."""
+        pod = self.pod_of(user)
+        found = podman.containers(pod["metadata"]["namespace"], pod["metadata"]["name"])
+        return {c["Labels"][podman.CONTAINER]: c for c in found}
 
 
 def control_env(c: Cluster, settings: dict[str, str]) -> dict[str, str]:

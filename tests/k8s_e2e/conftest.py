@@ -20,3 +20,24 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "k8s_e2e" in item.nodeid:
                 item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """One cluster for the session, configured as a site would: uv with a shared cache
+    volume (a hostPath here, standing for an NFS/CSI volume; owned by the pods' uid)."""
+    import json
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from tests.k8s_e2e.cluster import running_cluster
+
+    cache = Path(tempfile.mkdtemp(prefix="zexec-e2e-uv-cache-"))
+    shutil.chown(cache, 1000, 1000)
+    volume = json.dumps({"hostPath": {"path": str(cache), "type": "Directory"}})
+    with running_cluster(users=("alice", "bob", "carol", "dave"),
+                         ZEXEC_K8S_INSTALL_CACHE_VOLUME=volume) as c:
+        c.cache_dir = cache
+        yield c
+    shutil.rmtree(cache, ignore_errors=True)

@@ -3,7 +3,8 @@
 It does what a kubelet does for the pods the Deploy API makes, as far as one machine
 with podman allows:
 
-* init containers one after the other, then the containers; ``restartPolicy: Never``;
+* init containers one after the other, then the containers; ``restartPolicy: Never``
+  (every container is *created* ahead, in the background: see :meth:`PodRunner.run`);
 * ConfigMap, Secret and emptyDir volumes (host directories under ``workdir``; emptyDirs
   are mode 0777 as on a node), hostPath (a shared volume), ``readOnly`` mounts, ``subPath``;
 * ``env`` with ``value`` and ``valueFrom`` (secretKeyRef, configMapKeyRef, fieldRef);
@@ -32,6 +33,7 @@ import os
 import shutil
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -74,6 +76,7 @@ class PodRunner:
     stopping: threading.Event = field(default_factory=threading.Event)
     status: dict[str, Any] = field(default_factory=dict)
     names: list[str] = field(default_factory=list)
+    created: list[Future] = field(default_factory=list)
 
     @property
     def ns(self) -> str:
@@ -105,8 +108,13 @@ class PodRunner:
         if not inits:
             del self.status["initContainerStatuses"]
         self.push()
+        # podman create on vfs storage copies the whole image (seconds); a node's create
+        # is cheap. So every container is created in the background, in the pod's order,
+        # as soon as the pod is seen, and started in that order when its turn comes.
+        creator = ThreadPoolExecutor(1, thread_name_prefix=f"create-{self.name}")
         try:
             volumes = self._volumes()
+            self.created = [creator.submit(self._create, c, volumes) for c in inits + mains]
             for i, c in enumerate(inits):
                 code = self._run_init(c, volumes, i)
                 if self.stopping.is_set():
@@ -132,6 +140,8 @@ class PodRunner:
             if not self.stopping.is_set():
                 self.status.update(phase="Failed", reason="TestKubeletError", message=repr(exc))
                 self.push()
+        finally:
+            creator.shutdown(wait=False, cancel_futures=True)
 
     def stop(self, thread: threading.Thread | None = None) -> None:
         """The pod was deleted: stop its containers (SIGTERM, then SIGKILL after the
@@ -154,7 +164,7 @@ class PodRunner:
     def _run_init(self, c: dict[str, Any], volumes: dict[str, Path], i: int) -> int:
         self._in_init, self._index = True, i
         st = self.status["initContainerStatuses"][i]
-        name = self._create(c, volumes)
+        name = self.created[i].result()
         started = now()
         st["state"] = {"running": {"startedAt": started}}
         self.push()
@@ -174,7 +184,7 @@ class PodRunner:
 
     def _start(self, c: dict[str, Any], volumes: dict[str, Path], i: int) -> None:
         self._in_init, self._index = False, i
-        name = self._create(c, volumes)
+        name = self.created[len(self.pod["spec"].get("initContainers") or []) + i].result()
         st = self.status["containerStatuses"][i]
         proc = podman.run("start", name, check=False)
         if proc.returncode != 0:

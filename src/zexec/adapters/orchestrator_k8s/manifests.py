@@ -16,8 +16,8 @@ once (a rolling update would). The orchestrator itself is the controller that re
 the Pod when asked.
 
 Requirements never appear on a command line: the install init container runs
-``pip install -r /etc/zexec/requirements.txt`` (exec form, no shell) with the file
-mounted from the ConfigMap.
+``python -m zexec.adapters.orchestrator_k8s.install_env ... -r /etc/zexec/requirements.txt``
+(exec form, no shell; uv or pip) with the file mounted from the ConfigMap.
 """
 
 from __future__ import annotations
@@ -236,9 +236,9 @@ def build_pod(
     created_at: float = 0.0,
     overrides: list[dict[str, Any]] | tuple[dict[str, Any], ...] = (),
 ) -> dict[str, Any]:
-    """The server Pod. With requirements: init container ``venv`` makes a venv seeing
-    the image's packages (zexec), init container ``install`` pip-installs the ConfigMap's
-    file into it; the server runs from that venv. ``overrides`` (plugin results) are
+    """The server Pod. With requirements: init container ``install`` makes a venv seeing
+    the image's packages (zexec) and installs the ConfigMap's file into it (see
+    :func:`install_containers`); the server runs from that venv. ``overrides`` (plugin results) are
     merged into the spec last (see :func:`merge_overrides`)."""
     resources = {
         "requests": {"cpu": settings.cpu_request, "memory": settings.memory_request},
@@ -259,8 +259,8 @@ def build_pod(
         for c in init:
             c.update(resources=resources, securityContext=_container_security())
             c["volumeMounts"] = list(mounts)
-        if settings.install_cache_volume:
-            init[-1]["volumeMounts"].append({"name": "install-cache", "mountPath": CACHE_DIR})
+            if settings.install_cache_volume:
+                c["volumeMounts"].append({"name": "install-cache", "mountPath": CACHE_DIR})
     server_env = base_env + [
         {"name": "ZEXEC_SERVER_BROKER_URL", "value": settings.broker_backend_url},
         {"name": "ZEXEC_SERVER_USER_ID", "value": user_id},
@@ -349,16 +349,15 @@ def install_cache_source(settings: KubernetesSettings) -> dict[str, Any]:
 def install_containers(
     settings: KubernetesSettings, common: dict[str, Any], base_env: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    """Init containers ``venv`` (a venv seeing the image's packages, zexec among them)
-    and ``install`` (the ConfigMap's requirements into it), with pip or uv.
+    """The init container ``install``: a venv seeing the image's packages (zexec among
+    them) with the ConfigMap's requirements installed into it, by uv or pip (see
+    :mod:`.install_env`; one container, not two: each costs a start).
 
     uv resolves like the local orchestrator and, given ``install_cache_volume``, shares
     its cache between spawns: a second spawn of an environment downloads and builds
-    nothing. Copies, not hard links, out of the cache (another filesystem); failures end
-    in the container's termination message (FallbackToLogsOnError), so the status
+    nothing. Copies, not hard links, out of the cache (another filesystem). A failure
+    ends in the container's termination message (FallbackToLogsOnError), so the status
     carries the installer's own reason even where pod logs cannot be read."""
-    venv_python = f"{VENV}/bin/python"
-    requirements = f"{ENV_DIR}/requirements.txt"
     if settings.installer == "uv":
         env = [
             {"name": "UV_PYTHON_DOWNLOADS", "value": "never"},
@@ -375,22 +374,15 @@ def install_containers(
             env.append({"name": "UV_NO_CACHE", "value": "1"})
         if settings.pip_index_url:
             env.append({"name": "UV_INDEX_URL", "value": settings.pip_index_url})
-        venv_cmd = ["uv", "venv", "--quiet", "--system-site-packages", "--python", "python",
-                    VENV]
-        install_cmd = ["uv", "pip", "install", "--python", venv_python, "-r", requirements]
     else:
         env = [{"name": "PIP_NO_CACHE_DIR", "value": "1"}]
         if settings.pip_index_url:
             env.append({"name": "PIP_INDEX_URL", "value": settings.pip_index_url})
-        venv_cmd = ["python", "-m", "venv", "--system-site-packages", VENV]
-        install_cmd = [venv_python, "-m", "pip", "install", "--no-input",
-                       "--disable-pip-version-check", "-r", requirements]
-    return [
-        {"name": "venv", **common, "command": venv_cmd, "env": base_env + env,
-         "terminationMessagePolicy": "FallbackToLogsOnError"},
-        {"name": "install", **common, "command": install_cmd, "env": base_env + env,
-         "terminationMessagePolicy": "FallbackToLogsOnError"},
-    ]
+    command = ["python", "-m", "zexec.adapters.orchestrator_k8s.install_env",
+               "--installer", settings.installer, "--venv", VENV,
+               "-r", f"{ENV_DIR}/requirements.txt"]
+    return [{"name": "install", **common, "command": command, "env": base_env + env,
+             "terminationMessagePolicy": "FallbackToLogsOnError"}]
 
 
 def _quantities_as_strings(pod_spec: dict[str, Any]) -> None:
