@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import threading
+from dataclasses import dataclass
 from typing import Any
 
 POD_NS = "io.kubernetes.pod.namespace"
@@ -17,6 +19,9 @@ POD_NAME = "io.kubernetes.pod.name"
 CONTAINER = "io.kubernetes.container.name"
 #: Only containers carrying this label are ever removed by the test kubelet.
 OWNER = "zexec.io/test-kubelet"
+#: The image a container runs (containers started from an image's root filesystem with
+#: ``--rootfs`` have no image of their own in podman's records).
+IMAGE = "io.kubernetes.container.image"
 
 
 def available() -> str | None:
@@ -75,3 +80,51 @@ def logs(name: str, tail: int | None = None) -> str:
         args += ["--tail", str(tail)]
     proc = run(*args, name, check=False)
     return proc.stdout + proc.stderr
+
+
+@dataclass(frozen=True)
+class Image:
+    """An image's root filesystem (``podman image mount``: with vfs, the image's own
+    directory) and the parts of its config a runtime applies."""
+
+    ref: str
+    rootfs: str
+    env: tuple[str, ...]
+    user: str
+    workdir: str
+    entrypoint: tuple[str, ...]
+    cmd: tuple[str, ...]
+
+
+_images: dict[str, Image] = {}
+_images_lock = threading.Lock()
+
+
+def image(ref: str) -> Image | None:
+    """The mounted image ``ref`` (None when podman has no such image)."""
+    with _images_lock:
+        if ref not in _images:
+            if run("image", "exists", ref, check=False).returncode != 0:
+                return None
+            info = json.loads(run("image", "inspect", ref).stdout)[0]
+            cfg = info.get("Config") or {}
+            _images[ref] = Image(
+                ref, run("image", "mount", ref).stdout.strip(), tuple(cfg.get("Env") or ()),
+                cfg.get("User") or "", cfg.get("WorkingDir") or "",
+                tuple(cfg.get("Entrypoint") or ()), tuple(cfg.get("Cmd") or ()))
+        return _images[ref]
+
+
+def unmount_images() -> None:
+    with _images_lock:
+        for ref in list(_images):
+            run("image", "unmount", ref, check=False)
+            del _images[ref]
+
+
+def runs_image(container: str, ref: str) -> bool:
+    """Whether podman runs ``container`` from image ``ref``'s root filesystem."""
+    info = inspect(container) or {}
+    mounted = image(ref)
+    return (mounted is not None and info.get("Rootfs") == mounted.rootfs
+            and (info.get("Config") or {}).get("Labels", {}).get(IMAGE) == ref)
