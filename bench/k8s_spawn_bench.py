@@ -20,6 +20,9 @@ reused; the previous user's server is terminated first, untimed):
 * ``uv cached``: the same environment again, by another user: the cache holds it;
 * the empty environment has no init container at all (the same for every installer).
 
+Each cell: the median total, and in brackets the install container's part (created ->
+exited, from the test kubelet's timeline).
+
 A warm pool of ready pods is not built (yet): its column says so. Prints a markdown
 table; writes ``bench/results/k8s-spawn-<timestamp>.json`` with every sample. Not a
 test: asserts nothing.
@@ -58,7 +61,10 @@ def reset_cache() -> None:
     shutil.chown(CACHE, 1000, 1000)  # the server pods' uid (runAsUser)
 
 
-def one_spawn(cluster, user: str, requirements: list[str], package: str | None) -> float:
+def one_spawn(cluster, user: str, requirements: list[str],
+              package: str | None) -> dict[str, float]:
+    """Seconds of one spawn -> first result (``total``), and of its install container
+    (``install``: created -> exited, from the test kubelet's timeline)."""
     started = time.perf_counter()
     conn = zexec.connect(cluster.ep_url, cluster.tokens[user])
     try:
@@ -69,12 +75,16 @@ def one_spawn(cluster, user: str, requirements: list[str], package: str | None) 
             result = conn.client.call(pow, 2, 10)
         took = time.perf_counter() - started
         assert result, result
+        ns = cluster.pod_of(user)["metadata"]["namespace"]
+        events = next(r.events for (n, _), (r, _t) in list(cluster.kubelet.pods.items()) if n == ns)
         conn.terminate()
     finally:
         conn.close()
+    at = {what: t for t, what in events}
+    install = (at["install exited 0"] - at["install created"]) if "install created" in at else 0.0
     wait_for(lambda: not [c for c in podman.containers() if c["State"] == "running"],
              timeout=120, what="the pod's containers to be removed")
-    return took
+    return {"total": took, "install": install}
 
 
 def _version_of(name: str) -> str:
@@ -113,8 +123,12 @@ def main() -> None:
         "uv": run_side("uv", args.package, args.reps, USERS[20:]),
     }
 
-    def med(xs: list[float] | None) -> str:
-        return f"{statistics.median(xs):.1f} s" if xs else "n/a"
+    def med(rows: list[dict[str, float]] | None) -> str:
+        if not rows:
+            return "n/a"
+        total = statistics.median(r["total"] for r in rows)
+        install = statistics.median(r["install"] for r in rows)
+        return f"{total:.1f} s" + (f" (install {install:.1f} s)" if install else "")
 
     print(f"\nspawn -> first result on the one-machine cluster (median of {args.reps}):\n")
     print("| environment | pip (no cache) | uv, cold cache | uv, cached | warm-pool hit |")
