@@ -9,6 +9,10 @@ import pytest
 
 from tests.k8s_e2e import podman
 
+#: Seconds without calls before a server exits (the Deploy API's idle timeout): short, so
+#: test_idle_culling sees one exit; the other tests never leave a server idle that long.
+IDLE_TIMEOUT = 30
+
 
 def pytest_collection_modifyitems(config, items):
     if os.environ.get("ZEXEC_K8S_E2E") == "1":
@@ -37,7 +41,8 @@ def cluster():
     shutil.chown(cache, 1000, 1000)
     volume = json.dumps({"hostPath": {"path": str(cache), "type": "Directory"}})
     with running_cluster(users=("alice", "bob", "carol", "dave"),
-                         ZEXEC_K8S_INSTALL_CACHE_VOLUME=volume) as c:
+                         ZEXEC_K8S_INSTALL_CACHE_VOLUME=volume,
+                         ZEXEC_DEPLOY_IDLE_TIMEOUT=str(IDLE_TIMEOUT)) as c:
         c.cache_dir = cache
         yield c
     shutil.rmtree(cache, ignore_errors=True)
