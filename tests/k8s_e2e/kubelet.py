@@ -232,6 +232,8 @@ class PodRunner:
                     continue
                 running += 1
                 ready = self._probe(c)
+                if not ready and not self._running(self.cname(c["name"])):
+                    continue  # exited meanwhile: recorded as such on the next round
                 if ready != st.get("ready"):
                     self.note(f"{c['name']} ready={ready}")
                     st["ready"] = ready
@@ -254,6 +256,10 @@ class PodRunner:
         proc = podman.run("exec", self.cname(c["name"]), *command, check=False,
                           timeout=float(probe.get("timeoutSeconds", 1)) + 30)
         return proc.returncode == 0
+
+    @staticmethod
+    def _running(name: str) -> bool:
+        return ((podman.inspect(name) or {}).get("State") or {}).get("Status") == "running"
 
     def _exit_code(self, name: str, fallback: int) -> int:
         info = podman.inspect(name)
