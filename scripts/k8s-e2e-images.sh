@@ -25,7 +25,9 @@ hash_of() {  # sha256 (12 hex) of the given strings and files' contents
 }
 
 # ---- base ---------------------------------------------------------------------------
-BASE_HASH=$(hash_of "$SUITE" "$PACKAGES" "$HOST_CA" "$ROOT/scripts/k8s-e2e-images.sh")
+# Bump BASE_RECIPE when the steps below change what the base holds.
+BASE_RECIPE=2
+BASE_HASH=$(hash_of "$SUITE" "$PACKAGES" "$HOST_CA" "recipe $BASE_RECIPE")
 BASE=localhost/zexec-e2e-base:$BASE_HASH
 if ! podman image exists "$BASE"; then
   TARBALL=$CACHE/base-$BASE_HASH.tar
@@ -67,5 +69,13 @@ build() {  # build KEY DOCKERFILE
   fi
   echo "$key=$image"
 }
-build apps deploy/docker/Dockerfile
-build server deploy/docker/Dockerfile.server
+APPS=$(build apps deploy/docker/Dockerfile)
+SERVER=$(build server deploy/docker/Dockerfile.server)
+echo "$APPS"
+echo "$SERVER"
+# Older builds of these images (earlier sources) are of no more use: drop them, so a
+# working machine does not fill its disk with ~700 MB per change of src/.
+keep=" ${BASE} ${APPS#apps=} ${SERVER#server=} "
+for old in $(podman images --format '{{.Repository}}:{{.Tag}}' | grep '^localhost/zexec-e2e-'); do
+  case "$keep" in *" $old "*) ;; *) podman rmi "$old" >/dev/null 2>&1 || true ;; esac
+done
