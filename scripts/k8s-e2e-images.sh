@@ -51,6 +51,7 @@ if ! podman image exists "$BASE"; then
     --change "ENV LANG=C.UTF-8" \
     "$TARBALL" "$BASE" >&2
 fi
+find "$CACHE" -maxdepth 1 -name 'base-*.tar' ! -name "base-$BASE_HASH.tar" -delete
 echo "base=$BASE"
 
 # ---- apps and server images ---------------------------------------------------------

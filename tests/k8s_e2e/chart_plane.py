@@ -47,6 +47,15 @@ def helm() -> str:
 def values(c: Any, idp_url: str, settings: dict[str, str]) -> dict[str, Any]:
     p = c.ports
     repo, tag = c.images["apps"].rsplit(":", 1)
+    settings = dict(settings)
+    # Settings the chart has values for go through those values (so the tests exercise
+    # the chart's rendering of them); any other through extraEnv.
+    kube: dict[str, Any] = {}
+    if "ZEXEC_K8S_INSTALLER" in settings:
+        kube["installer"] = settings.pop("ZEXEC_K8S_INSTALLER")
+    if "ZEXEC_K8S_INSTALL_CACHE_VOLUME" in settings:
+        kube["installCacheVolume"] = json.loads(settings.pop("ZEXEC_K8S_INSTALL_CACHE_VOLUME"))
+    idle = int(settings.pop("ZEXEC_DEPLOY_IDLE_TIMEOUT", "600"))
     k8s_env = [{"name": k, "value": v} for k, v in settings.items()]
     return {
         "image": {"repository": repo, "tag": tag, "pullPolicy": "Never"},
@@ -58,11 +67,12 @@ def values(c: Any, idp_url: str, settings: dict[str, str]) -> dict[str, Any]:
             "drainTimeout": 2,
         },
         "deployApi": {
-            "idleTimeout": 600,
+            "idleTimeout": idle,
             "kubernetes": {
                 "serverImage": c.images["server"],
                 "imagePullPolicy": "Never",
                 "brokerBackendUrl": f"tcp://127.0.0.1:{p['backend']}",
+                **kube,
             },
             "extraEnv": [
                 {"name": "ZEXEC_DEPLOY_HOST", "value": "127.0.0.1"},
