@@ -219,6 +219,14 @@ class KubernetesSettings(ZexecSettings):
     #: (``package_proxy_*``) or ``extra_egress_cidrs``. An ``http://`` index's host is
     #: trusted (``PIP_TRUSTED_HOST``): it is meant to be inside the cluster.
     pip_index_url: str = ""
+    #: What installs the requirements in the pod's init container: ``uv`` (the local
+    #: orchestrator's resolver; fast, and with ``install_cache_volume`` cached between
+    #: spawns) or ``pip``.
+    installer: Literal["uv", "pip"] = "uv"
+    #: uv's cache, shared by every server pod's install step: a Kubernetes volume source
+    #: as JSON, e.g. ``{"persistentVolumeClaim": {"claimName": "zexec-uv-cache"}}`` or a
+    #: CSI (NFS) volume; empty = no cache (every spawn downloads its packages).
+    install_cache_volume: str = ""
     #: Pod Security Standard enforced (and audited, warned) on each user namespace, at
     #: this pinned version; empty level = leave unset.
     pod_security_level: str = "restricted"

@@ -117,7 +117,7 @@ def test_requirements_are_data_never_command_lines():
     for req in SPEC.requirements:
         assert req not in flat
     assert "sh" not in {c[0] for c in commands}
-    install = p["spec"]["initContainers"][1]
+    (install,) = p["spec"]["initContainers"]
     assert install["command"][-2:] == ["-r", "/etc/zexec/requirements.txt"]
     cm = m.build_config_map(NS, SPEC, LABELS)
     assert cm["data"]["requirements.txt"] == "".join(r + "\n" for r in SPEC.requirements)
@@ -236,16 +236,18 @@ def test_user_pods_have_bounded_disk_and_a_read_only_root():
         assert c["resources"]["limits"]["ephemeral-storage"] == "10Gi"
 
 
-def test_a_plain_http_index_is_trusted_an_https_one_needs_not():
-    def pip_env(url):
-        settings = KubernetesSettings(pip_index_url=url)
+@pytest.mark.parametrize("installer,trusted", [("uv", "UV_INSECURE_HOST"),
+                                               ("pip", "PIP_TRUSTED_HOST")])
+def test_a_plain_http_index_is_trusted_an_https_one_needs_not(installer, trusted):
+    def install_env(url):
+        settings = KubernetesSettings(pip_index_url=url, installer=installer)
         p = m.build_pod(NS, "x", "alice", SPEC, "img:1", settings, LABELS)
-        install = p["spec"]["initContainers"][1]
+        (install,) = p["spec"]["initContainers"]
         return {e["name"]: e["value"] for e in install["env"]}
 
-    http = pip_env("http://pypi-proxy.zexec-pypi.svc:3141/root/pypi/+simple/")
-    assert http["PIP_TRUSTED_HOST"] == "pypi-proxy.zexec-pypi.svc"
-    assert "PIP_TRUSTED_HOST" not in pip_env("https://pypi.mirror.example/simple")
+    http = install_env("http://pypi-proxy.zexec-pypi.svc:3141/root/pypi/+simple/")
+    assert http[trusted] == "pypi-proxy.zexec-pypi.svc"
+    assert trusted not in install_env("https://pypi.mirror.example/simple")
 
 
 def test_server_images_by_digest_when_listed():
@@ -268,3 +270,58 @@ def test_a_lost_nodes_pod_is_deleted_after_lost_node_seconds():
         {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute",
          "tolerationSeconds": 45},
     ]
+
+
+CACHE = '{"persistentVolumeClaim": {"claimName": "zexec-uv-cache"}}'
+
+
+def test_install_step_with_uv_and_a_shared_cache():
+    settings = SETTINGS.model_copy(update={"installer": "uv", "install_cache_volume": CACHE})
+    p = m.build_pod(NS, "zexec-server-x", "alice", SPEC, "img:1", settings, LABELS)
+    kubernetes_validate.validate(p, K8S, strict=True)
+    (install,) = p["spec"]["initContainers"]
+    assert install["command"][:5] == [
+        "python", "-m", "zexec.adapters.orchestrator_k8s.install_env", "--installer", "uv"]
+    assert install["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    env = {e["name"]: e["value"] for e in install["env"]}
+    assert env["UV_CACHE_DIR"] == m.CACHE_DIR and "UV_NO_CACHE" not in env
+    assert env["UV_INDEX_URL"] == "https://pypi.mirror.example/simple"
+    assert {"name": "install-cache", "mountPath": m.CACHE_DIR} in install["volumeMounts"]
+    vols = {v["name"]: v for v in p["spec"]["volumes"]}
+    assert vols["install-cache"]["persistentVolumeClaim"] == {"claimName": "zexec-uv-cache"}
+    # The server never sees the cache.
+    assert all(vm["name"] != "install-cache"
+               for vm in p["spec"]["containers"][0]["volumeMounts"])
+
+
+def test_install_step_with_pip_and_without_a_cache():
+    settings = SETTINGS.model_copy(update={"installer": "pip"})
+    (install,) = pod_with(settings)["spec"]["initContainers"]
+    env = {e["name"]: e["value"] for e in install["env"]}
+    assert install["command"][4] == "pip"
+    assert env["PIP_NO_CACHE_DIR"] == "1" and env["PIP_INDEX_URL"]
+    uv = pod_with(SETTINGS.model_copy(update={"installer": "uv"}))
+    uv_env = {e["name"]: e["value"] for e in uv["spec"]["initContainers"][0]["env"]}
+    assert uv_env["UV_NO_CACHE"] == "1"
+    assert "install-cache" not in {v["name"] for v in uv["spec"]["volumes"]}
+    assert "initContainers" not in pod_with(settings, BARE)["spec"]  # nothing to install
+
+
+@pytest.mark.parametrize("bad", ["{", "[]", '{"a": {}, "b": {}}'])
+def test_install_cache_volume_must_be_one_volume_source(bad):
+    with pytest.raises(ConfigurationError, match="install_cache_volume"):
+        pod_with(SETTINGS.model_copy(update={"install_cache_volume": bad}))
+
+
+def pod_with(settings, spec=SPEC):
+    return m.build_pod(NS, "zexec-server-x", "alice", spec, "img:1", settings, LABELS)
+
+
+def test_install_env_steps_keep_requirements_in_the_file():
+    from zexec.adapters.orchestrator_k8s.install_env import steps
+
+    for installer in ("uv", "pip"):
+        venv_step, install_step = steps(installer, "/v", "/etc/zexec/requirements.txt")
+        assert "--system-site-packages" in venv_step and venv_step[-1] == "/v"
+        assert install_step[-2:] == ["-r", "/etc/zexec/requirements.txt"]
+        assert "/v/bin/python" in install_step

@@ -16,8 +16,8 @@ once (a rolling update would). The orchestrator itself is the controller that re
 the Pod when asked.
 
 Requirements never appear on a command line: the install init container runs
-``pip install -r /etc/zexec/requirements.txt`` (exec form, no shell) with the file
-mounted from the ConfigMap.
+``python -m zexec.adapters.orchestrator_k8s.install_env ... -r /etc/zexec/requirements.txt``
+(exec form, no shell; uv or pip) with the file mounted from the ConfigMap.
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ CONFIG_PREFIX = "zexec-env-"
 ENV_DIR = "/etc/zexec"
 VENV = "/opt/zexec/venv"
 READY_FILE = "/run/zexec/ready"
+#: Where the install init container sees ``install_cache_volume`` (uv's cache).
+CACHE_DIR = "/var/cache/zexec/uv"
 UID = 1000
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
@@ -278,9 +280,9 @@ def build_pod(
     overrides: list[dict[str, Any]] | tuple[dict[str, Any], ...] = (),
     pull_secrets: list[str] | tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """The server Pod. With requirements: init container ``venv`` makes a venv seeing
-    the image's packages (zexec), init container ``install`` pip-installs the ConfigMap's
-    file into it; the server runs from that venv. ``overrides`` (plugin results) are
+    """The server Pod. With requirements: init container ``install`` makes a venv seeing
+    the image's packages (zexec) and installs the ConfigMap's file into it (see
+    :func:`install_containers`); the server runs from that venv. ``overrides`` (plugin results) are
     merged into the spec last (see :func:`merge_overrides`)."""
     resources = {
         "requests": {
@@ -305,40 +307,12 @@ def build_pod(
     init: list[dict[str, Any]] = []
     if spec.requirements:
         python = f"{VENV}/bin/python"
-        pip_env = [{"name": "PIP_NO_CACHE_DIR", "value": "1"}]
-        if settings.pip_index_url:
-            pip_env.append({"name": "PIP_INDEX_URL", "value": settings.pip_index_url})
-            index = urlsplit(settings.pip_index_url)
-            if index.scheme == "http" and index.hostname:
-                # pip ignores a plain-HTTP index unless its host is trusted; such an
-                # index is the in-cluster proxy the NetworkPolicy names.
-                pip_env.append({"name": "PIP_TRUSTED_HOST", "value": index.hostname})
-        init = [
-            {
-                "name": "venv",
-                **common,
-                "command": ["python", "-m", "venv", "--system-site-packages", VENV],
-                "env": base_env,
-            },
-            {
-                "name": "install",
-                **common,
-                "command": [
-                    python,
-                    "-m",
-                    "pip",
-                    "install",
-                    "--no-input",
-                    "--disable-pip-version-check",
-                    "-r",
-                    f"{ENV_DIR}/requirements.txt",
-                ],  # fmt: skip
-                "env": base_env + pip_env,
-            },
-        ]
+        init = install_containers(settings, common, base_env)
         for c in init:
             c.update(resources=resources, securityContext=_container_security())
-            c["volumeMounts"] = mounts
+            c["volumeMounts"] = list(mounts)
+            if settings.install_cache_volume:
+                c["volumeMounts"].append({"name": "install-cache", "mountPath": CACHE_DIR})
     server_env = base_env + [
         {"name": "ZEXEC_SERVER_BROKER_URL", "value": settings.broker_backend_url},
         {"name": "ZEXEC_SERVER_USER_ID", "value": user_id},
@@ -357,9 +331,12 @@ def build_pod(
         "env": server_env,
         "resources": resources,
         "securityContext": _container_security(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "readinessProbe": {
             "exec": {"command": ["test", "-f", READY_FILE]},
-            "periodSeconds": 2,
+            # Every second (the least Kubernetes allows): the probe is a stat, and each
+            # period is time a user waits for a server that is already registered.
+            "periodSeconds": 1,
             "failureThreshold": 1,
         },
         "volumeMounts": [*mounts, {"name": "run", "mountPath": "/run/zexec"}],
@@ -391,6 +368,8 @@ def build_pod(
             {"name": "run", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
         ],
     }
+    if init and settings.install_cache_volume:
+        pod_spec["volumes"].append({"name": "install-cache", **install_cache_source(settings)})
     if not init:
         del pod_spec["initContainers"]
     if pull_secrets:
@@ -413,6 +392,66 @@ def build_pod(
         },
         "spec": pod_spec,
     }
+
+
+def install_cache_source(settings: KubernetesSettings) -> dict[str, Any]:
+    """The volume source of ``install_cache_volume`` (a JSON object such as
+    ``{"persistentVolumeClaim": {"claimName": "zexec-uv-cache"}}``)."""
+    try:
+        source = json.loads(settings.install_cache_volume)
+    except ValueError as exc:
+        raise ConfigurationError(f"install_cache_volume is not JSON: {exc}") from None
+    if not isinstance(source, dict) or len(source) != 1:
+        raise ConfigurationError(
+            "install_cache_volume must be one volume source, e.g. "
+            '{"persistentVolumeClaim": {"claimName": "zexec-uv-cache"}}'
+        )
+    return source
+
+
+def install_containers(
+    settings: KubernetesSettings, common: dict[str, Any], base_env: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The init container ``install``: a venv seeing the image's packages (zexec among
+    them) with the ConfigMap's requirements installed into it, by uv or pip (see
+    :mod:`.install_env`; one container, not two: each costs a start).
+
+    uv resolves like the local orchestrator and, given ``install_cache_volume``, shares
+    its cache between spawns: a second spawn of an environment downloads and builds
+    nothing. Copies, not hard links, out of the cache (another filesystem). A failure
+    ends in the container's termination message (FallbackToLogsOnError), so the status
+    carries the installer's own reason even where pod logs cannot be read."""
+    if settings.installer == "uv":
+        env = [
+            {"name": "UV_PYTHON_DOWNLOADS", "value": "never"},
+            {"name": "UV_LINK_MODE", "value": "copy"},
+            {"name": "UV_NO_PROGRESS", "value": "1"},
+            # The image's CA bundle (Debian's path, the official python images' too), as
+            # pip uses: uv's built-in roots do not know a site's mirror or TLS proxy CA
+            # (seen: "invalid peer certificate: UnknownIssuer").
+            {"name": "SSL_CERT_FILE", "value": "/etc/ssl/certs/ca-certificates.crt"},
+        ]
+        if settings.install_cache_volume:
+            env.append({"name": "UV_CACHE_DIR", "value": CACHE_DIR})
+        else:
+            env.append({"name": "UV_NO_CACHE", "value": "1"})
+        if settings.pip_index_url:
+            env.append({"name": "UV_INDEX_URL", "value": settings.pip_index_url})
+    else:
+        env = [{"name": "PIP_NO_CACHE_DIR", "value": "1"}]
+        if settings.pip_index_url:
+            env.append({"name": "PIP_INDEX_URL", "value": settings.pip_index_url})
+    index = urlsplit(settings.pip_index_url)
+    if index.scheme == "http" and index.hostname:
+        # Both installers refuse a plain-HTTP index unless its host is trusted; such an
+        # index is the in-cluster proxy the NetworkPolicy names.
+        trusted = "UV_INSECURE_HOST" if settings.installer == "uv" else "PIP_TRUSTED_HOST"
+        env.append({"name": trusted, "value": index.hostname})
+    command = ["python", "-m", "zexec.adapters.orchestrator_k8s.install_env",
+               "--installer", settings.installer, "--venv", VENV,
+               "-r", f"{ENV_DIR}/requirements.txt"]
+    return [{"name": "install", **common, "command": command, "env": base_env + env,
+             "terminationMessagePolicy": "FallbackToLogsOnError"}]
 
 
 def _quantities_as_strings(pod_spec: dict[str, Any]) -> None:

@@ -1,0 +1,149 @@
+"""Spawn -> first result on the one-machine Kubernetes cluster (tests/k8s_e2e): pip vs uv
+in the server pod's install init container, cold vs cached, an empty environment and
+numpy, side by side in one run.
+
+    ZEXEC_E2E_IMAGES="$(bash scripts/k8s-e2e-images.sh)" \\
+        .venv/bin/python bench/k8s_spawn_bench.py [--reps 2] [--package numpy]
+
+What is timed, per sample: ``zexec.connect(ep, token)`` + ``.environment(requirements)`` +
+the first remote call's result (``pow(2, 10)``, or the package's ``__version__``), in this
+process. The pod path is the real one: the Deploy API (kubernetes orchestrator) creates
+the Pod in kmock's API server, the test kubelet runs its init containers and server with
+podman, the server registers with the broker, the call goes SDK -> broker -> pod.
+
+Variants (each sample by a user not used before, so nothing of an earlier server is
+reused; the previous user's server is terminated first, untimed):
+
+* ``pip``: ``ZEXEC_K8S_INSTALLER=pip`` (``PIP_NO_CACHE_DIR=1``, as the deployed system):
+  every spawn downloads and installs;
+* ``uv cold``: ``ZEXEC_K8S_INSTALLER=uv`` with the shared cache volume emptied first;
+* ``uv cached``: the same environment again, by another user: the cache holds it;
+* the empty environment has no init container at all (the same for every installer).
+
+Each cell: the median total, and in brackets the install container's part (created ->
+exited, from the test kubelet's timeline).
+
+A warm pool of ready pods is not built (yet): its column says so. Prints a markdown
+table; writes ``bench/results/k8s-spawn-<timestamp>.json`` with every sample. Not a
+test: asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.path.insert(0, str(REPO))
+
+import zexec  # noqa: E402
+from tests.helpers.stack import wait_for  # noqa: E402
+from tests.k8s_e2e import podman  # noqa: E402
+from tests.k8s_e2e.cluster import running_cluster  # noqa: E402
+
+CACHE = Path("/var/tmp/zexec-k8s-e2e/bench-uv-cache")
+USERS = [f"user{i}" for i in range(40)]
+
+
+def cache_volume() -> str:
+    return json.dumps({"hostPath": {"path": str(CACHE), "type": "DirectoryOrCreate"}})
+
+
+def reset_cache() -> None:
+    shutil.rmtree(CACHE, ignore_errors=True)
+    CACHE.mkdir(parents=True)
+    shutil.chown(CACHE, 1000, 1000)  # the server pods' uid (runAsUser)
+
+
+def one_spawn(cluster, user: str, requirements: list[str],
+              package: str | None) -> dict[str, float]:
+    """Seconds of one spawn -> first result (``total``), and of its install container
+    (``install``: created -> exited, from the test kubelet's timeline)."""
+    started = time.perf_counter()
+    conn = zexec.connect(cluster.ep_url, cluster.tokens[user])
+    try:
+        conn.environment(requirements, progress=False, timeout=900)
+        if package:
+            result = conn.client.call(_version_of, package)
+        else:
+            result = conn.client.call(pow, 2, 10)
+        took = time.perf_counter() - started
+        assert result, result
+        ns = cluster.pod_of(user)["metadata"]["namespace"]
+        events = next(r.events for (n, _), (r, _t) in list(cluster.kubelet.pods.items()) if n == ns)
+        conn.terminate()
+    finally:
+        conn.close()
+    at = {what: t for t, what in events}
+    install = (at["install exited 0"] - at["install created"]) if "install created" in at else 0.0
+    wait_for(lambda: not [c for c in podman.containers() if c["State"] == "running"],
+             timeout=120, what="the pod's containers to be removed")
+    return {"total": took, "install": install}
+
+
+def _version_of(name: str) -> str:
+    import importlib
+
+    return importlib.import_module(name).__version__
+
+
+def run_side(installer: str, package: str, reps: int, users: list[str]) -> dict[str, list]:
+    settings = {"ZEXEC_K8S_INSTALLER": installer}
+    if installer == "uv":
+        settings["ZEXEC_K8S_INSTALL_CACHE_VOLUME"] = cache_volume()
+    out: dict[str, list] = {}
+    with running_cluster(users=tuple(users), **settings) as cluster:
+        take = iter(users)
+        for rep in range(reps):
+            print(f"[{installer}] rep {rep + 1}/{reps}", file=sys.stderr, flush=True)
+            out.setdefault("empty", []).append(one_spawn(cluster, next(take), [], None))
+            if installer == "uv":
+                reset_cache()
+            out.setdefault("cold", []).append(
+                one_spawn(cluster, next(take), [package], package))
+            if installer == "uv":
+                out.setdefault("cached", []).append(
+                    one_spawn(cluster, next(take), [package], package))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--package", default="numpy")
+    args = ap.parse_args()
+    samples = {
+        "pip": run_side("pip", args.package, args.reps, USERS[:20]),
+        "uv": run_side("uv", args.package, args.reps, USERS[20:]),
+    }
+
+    def med(rows: list[dict[str, float]] | None) -> str:
+        if not rows:
+            return "n/a"
+        total = statistics.median(r["total"] for r in rows)
+        install = statistics.median(r["install"] for r in rows)
+        return f"{total:.1f} s" + (f" (install {install:.1f} s)" if install else "")
+
+    print(f"\nspawn -> first result on the one-machine cluster (median of {args.reps}):\n")
+    print("| environment | pip (no cache) | uv, cold cache | uv, cached | warm-pool hit |")
+    print("| --- | --- | --- | --- | --- |")
+    print(f"| empty | {med(samples['pip']['empty'])} | {med(samples['uv']['empty'])} | "
+          f"{med(samples['uv']['empty'])} | n/a (no pool) |")
+    print(f"| {args.package} | {med(samples['pip']['cold'])} | {med(samples['uv']['cold'])} | "
+          f"{med(samples['uv']['cached'])} | n/a (no pool) |")
+    results = BENCH / "results"
+    results.mkdir(exist_ok=True)
+    path = results / f"k8s-spawn-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps({"samples": samples, "reps": args.reps,
+                                "package": args.package}, indent=2))
+    print(f"\nsamples: {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
