@@ -214,10 +214,10 @@ class KubernetesSettings(ZexecSettings):
     #: ``ZEXEC_SERVER_WORKERS`` of every server pod (the idle timeout comes from the
     #: Deploy API's ``ZEXEC_DEPLOY_IDLE_TIMEOUT``).
     server_workers: int = 2
-    #: Package index the pods' pip uses (``PIP_INDEX_URL``); empty = pip's default.
+    #: Package index the pods' installer uses (``UV_INDEX_URL``, ``PIP_INDEX_URL``); empty = its default.
     #: Its address must be reachable under the NetworkPolicy: an in-cluster proxy
     #: (``package_proxy_*``) or ``extra_egress_cidrs``. An ``http://`` index's host is
-    #: trusted (``PIP_TRUSTED_HOST``): it is meant to be inside the cluster.
+    #: trusted (``UV_INSECURE_HOST``, ``PIP_TRUSTED_HOST``): it is meant to be inside the cluster.
     pip_index_url: str = ""
     #: What installs the requirements in the pod's init container: ``uv`` (the local
     #: orchestrator's resolver; fast, and with ``install_cache_volume`` cached between

@@ -135,9 +135,11 @@ def test_default_package_path_is_an_in_cluster_proxy_by_selector_and_port(docs):
     }]
     assert all(r.get("ports") and r.get("to") for r in policy["spec"]["egress"])
     pod = m.build_pod("zexec-u-a", "p", "a", parse_env_spec(["python==3.11", "six"]), "img", settings, {})
-    env = {e["name"]: e.get("value") for e in pod["spec"]["initContainers"][1]["env"]}
-    assert env["PIP_INDEX_URL"] == settings.pip_index_url
-    assert env["PIP_TRUSTED_HOST"] == "pypi-proxy.zexec-pypi.svc"
+    (install,) = pod["spec"]["initContainers"]
+    env = {e["name"]: e.get("value") for e in install["env"]}
+    assert settings.installer == "uv"  # the chart's default
+    assert env["UV_INDEX_URL"] == settings.pip_index_url
+    assert env["UV_INSECURE_HOST"] == "pypi-proxy.zexec-pypi.svc"
 
 
 def test_site_mirror_example_reaches_its_cidr_on_https_only(tools):

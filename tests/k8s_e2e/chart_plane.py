@@ -68,7 +68,13 @@ def values(c: Any, idp_url: str, settings: dict[str, str]) -> dict[str, Any]:
         },
         "deployApi": {
             "idleTimeout": idle,
+            # One machine, host network: a second replica could not bind the same port.
+            "replicas": 1,
             "kubernetes": {
+                # The pods reach PyPI the way this machine does (host network), not
+                # through an in-cluster proxy (the chart's default) that is not here.
+                "pipIndexUrl": "",
+                "packageProxy": {"enabled": False},
                 "serverImage": c.images["server"],
                 "imagePullPolicy": "Never",
                 "brokerBackendUrl": f"tcp://127.0.0.1:{p['backend']}",

@@ -30,6 +30,11 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
+from zexec.adapters.orchestrator_k8s.install_step import (
+    CACHE_DIR,
+    install_cache_source,
+    install_containers,
+)
 from zexec.core.errors import ConfigurationError
 from zexec.core.model import EnvSpec
 from zexec.settings import KubernetesSettings
@@ -54,7 +59,6 @@ ENV_DIR = "/etc/zexec"
 VENV = "/opt/zexec/venv"
 READY_FILE = "/run/zexec/ready"
 #: Where the install init container sees ``install_cache_volume`` (uv's cache).
-CACHE_DIR = "/var/cache/zexec/uv"
 UID = 1000
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
@@ -115,6 +119,15 @@ def env_json(spec: EnvSpec) -> str:
     return json.dumps(
         {"python": spec.python, "requirements": list(spec.requirements), "digest": spec.digest}
     )
+
+
+def env_from(text: str) -> EnvSpec:
+    """The EnvSpec an annotation holds (ValueError if it does not hold one)."""
+    try:
+        raw = json.loads(text)
+        return EnvSpec(raw["python"], tuple(raw["requirements"]), raw["digest"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"not an EnvSpec annotation: {exc}") from None
 
 
 def build_namespace(
@@ -307,7 +320,8 @@ def build_pod(
     init: list[dict[str, Any]] = []
     if spec.requirements:
         python = f"{VENV}/bin/python"
-        init = install_containers(settings, common, base_env)
+        init = install_containers(settings, common, base_env, VENV,
+                                  f"{ENV_DIR}/requirements.txt")
         for c in init:
             c.update(resources=resources, securityContext=_container_security())
             c["volumeMounts"] = list(mounts)
@@ -392,66 +406,6 @@ def build_pod(
         },
         "spec": pod_spec,
     }
-
-
-def install_cache_source(settings: KubernetesSettings) -> dict[str, Any]:
-    """The volume source of ``install_cache_volume`` (a JSON object such as
-    ``{"persistentVolumeClaim": {"claimName": "zexec-uv-cache"}}``)."""
-    try:
-        source = json.loads(settings.install_cache_volume)
-    except ValueError as exc:
-        raise ConfigurationError(f"install_cache_volume is not JSON: {exc}") from None
-    if not isinstance(source, dict) or len(source) != 1:
-        raise ConfigurationError(
-            "install_cache_volume must be one volume source, e.g. "
-            '{"persistentVolumeClaim": {"claimName": "zexec-uv-cache"}}'
-        )
-    return source
-
-
-def install_containers(
-    settings: KubernetesSettings, common: dict[str, Any], base_env: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
-    """The init container ``install``: a venv seeing the image's packages (zexec among
-    them) with the ConfigMap's requirements installed into it, by uv or pip (see
-    :mod:`.install_env`; one container, not two: each costs a start).
-
-    uv resolves like the local orchestrator and, given ``install_cache_volume``, shares
-    its cache between spawns: a second spawn of an environment downloads and builds
-    nothing. Copies, not hard links, out of the cache (another filesystem). A failure
-    ends in the container's termination message (FallbackToLogsOnError), so the status
-    carries the installer's own reason even where pod logs cannot be read."""
-    if settings.installer == "uv":
-        env = [
-            {"name": "UV_PYTHON_DOWNLOADS", "value": "never"},
-            {"name": "UV_LINK_MODE", "value": "copy"},
-            {"name": "UV_NO_PROGRESS", "value": "1"},
-            # The image's CA bundle (Debian's path, the official python images' too), as
-            # pip uses: uv's built-in roots do not know a site's mirror or TLS proxy CA
-            # (seen: "invalid peer certificate: UnknownIssuer").
-            {"name": "SSL_CERT_FILE", "value": "/etc/ssl/certs/ca-certificates.crt"},
-        ]
-        if settings.install_cache_volume:
-            env.append({"name": "UV_CACHE_DIR", "value": CACHE_DIR})
-        else:
-            env.append({"name": "UV_NO_CACHE", "value": "1"})
-        if settings.pip_index_url:
-            env.append({"name": "UV_INDEX_URL", "value": settings.pip_index_url})
-    else:
-        env = [{"name": "PIP_NO_CACHE_DIR", "value": "1"}]
-        if settings.pip_index_url:
-            env.append({"name": "PIP_INDEX_URL", "value": settings.pip_index_url})
-    index = urlsplit(settings.pip_index_url)
-    if index.scheme == "http" and index.hostname:
-        # Both installers refuse a plain-HTTP index unless its host is trusted; such an
-        # index is the in-cluster proxy the NetworkPolicy names.
-        trusted = "UV_INSECURE_HOST" if settings.installer == "uv" else "PIP_TRUSTED_HOST"
-        env.append({"name": trusted, "value": index.hostname})
-    command = ["python", "-m", "zexec.adapters.orchestrator_k8s.install_env",
-               "--installer", settings.installer, "--venv", VENV,
-               "-r", f"{ENV_DIR}/requirements.txt"]
-    return [{"name": "install", **common, "command": command, "env": base_env + env,
-             "terminationMessagePolicy": "FallbackToLogsOnError"}]
 
 
 def _quantities_as_strings(pod_spec: dict[str, Any]) -> None:

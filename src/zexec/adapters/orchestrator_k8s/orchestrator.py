@@ -17,12 +17,10 @@ during which the user has no server and a new ``ensure`` asks to retry shortly).
 
 from __future__ import annotations
 
-import json
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import pluggy
@@ -31,6 +29,7 @@ from kubernetes.client.exceptions import ApiException
 
 from zexec.adapters.orchestrator_k8s import access, images, quota
 from zexec.adapters.orchestrator_k8s import manifests as m
+from zexec.adapters.orchestrator_k8s.apicalls import api_errors, raw
 from zexec.adapters.orchestrator_k8s.podstatus import pod_phase
 from zexec.core import replacing
 from zexec.core.errors import EnvironmentConflict, OrchestratorError
@@ -38,33 +37,6 @@ from zexec.core.model import EnvSpec, ServerStatus, UserIdentity
 from zexec.core.protocol import server_credential
 from zexec.core.replacing import conflict_message
 from zexec.settings import KubernetesSettings
-
-
-def _env_from(text: str) -> EnvSpec:
-    """The EnvSpec an annotation holds (ValueError if it does not hold one)."""
-    try:
-        raw = json.loads(text)
-        return EnvSpec(raw["python"], tuple(raw["requirements"]), raw["digest"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"not an EnvSpec annotation: {exc}") from None
-
-
-@contextmanager
-def _api(what: str, ok: tuple[int, ...] = ()) -> Iterator[None]:
-    """Turn API errors into OrchestratorError naming the step; statuses in ``ok`` pass."""
-    try:
-        yield
-    except ApiException as e:
-        if e.status in ok:
-            return
-        raise OrchestratorError(f"Kubernetes API error while {what}: {e.status} {e.reason}") from e
-
-
-def _raw(call: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
-    """Call the client without its response models and return the JSON as sent. The
-    models are stricter than the API server (a status missing a field fails to load)
-    and :mod:`.podstatus` wants the plain dict anyway."""
-    return json.loads(call(*args, _preload_content=False, **kwargs).data)
 
 
 class KubernetesOrchestrator:
@@ -160,9 +132,9 @@ class KubernetesOrchestrator:
                 return False
             if self._terminating(existing):
                 return False
-            with _api(f"deleting namespace {ns}"):
+            with api_errors(f"deleting namespace {ns}"):
                 try:
-                    _raw(self.core.delete_namespace, ns)
+                    raw(self.core.delete_namespace, ns)
                 except ApiException as e:
                     if e.status == 404:
                         return False
@@ -187,8 +159,8 @@ class KubernetesOrchestrator:
         return replacing.view(current, nxt)
 
     def list(self) -> list[ServerStatus]:
-        with _api("listing namespaces"):
-            found = _raw(
+        with api_errors("listing namespaces"):
+            found = raw(
                 self.core.list_namespace, label_selector="app.kubernetes.io/managed-by=zexec"
             )
         out = []
@@ -212,9 +184,9 @@ class KubernetesOrchestrator:
             ns, user.user_id, key, spec, pod_name, self.settings.pod_security_level,
             self.settings.pod_security_version,
         )
-        with _api(f"creating namespace {ns}"):
+        with api_errors(f"creating namespace {ns}"):
             try:
-                _raw(self.core.create_namespace, body)
+                raw(self.core.create_namespace, body)
             except ApiException as e:
                 if e.status == 409:
                     raise OrchestratorError(
@@ -225,15 +197,15 @@ class KubernetesOrchestrator:
             labels = m.server_labels(key, spec)
             self._grant(ns, labels)
             self._apply_policy(ns, labels)
-            with _api("creating the namespace's quota"):
+            with api_errors("creating the namespace's quota"):
                 quota.apply(self.core, ns, self.settings, labels)
-            with _api("creating the credential secret"):
+            with api_errors("creating the credential secret"):
                 cred = server_credential(self._secret, user.user_id)
-                _raw(self.core.create_namespaced_secret, ns, m.build_secret(ns, cred, labels))
+                raw(self.core.create_namespaced_secret, ns, m.build_secret(ns, cred, labels))
             self._create_env_and_pod(user, spec, ns, key, pod_name)
         except BaseException:
-            with _api(f"cleaning up namespace {ns}", ok=(404,)):
-                _raw(self.core.delete_namespace, ns)
+            with api_errors(f"cleaning up namespace {ns}", ok=(404,)):
+                raw(self.core.delete_namespace, ns)
             raise
         return ServerStatus(user.user_id, "pending", spec, since=self.clock())
 
@@ -245,20 +217,20 @@ class KubernetesOrchestrator:
         old_pod = (existing["metadata"].get("annotations") or {}).get(m.ANN_POD)
         self._grant(ns, labels)  # a namespace made before user_role was set has none
         self._apply_policy(ns, labels)  # settings may have changed since
-        with _api("updating the namespace's quota"):
+        with api_errors("updating the namespace's quota"):
             quota.apply(self.core, ns, self.settings, labels)
-        with _api("creating the credential secret", ok=(409,)):
+        with api_errors("creating the credential secret", ok=(409,)):
             cred = server_credential(self._secret, user.user_id)
-            _raw(self.core.create_namespaced_secret, ns, m.build_secret(ns, cred, labels))
+            raw(self.core.create_namespaced_secret, ns, m.build_secret(ns, cred, labels))
         if old_pod:
-            with _api(f"deleting pod {old_pod}", ok=(404,)):
-                _raw(self.core.delete_namespaced_pod, old_pod, ns)
+            with api_errors(f"deleting pod {old_pod}", ok=(404,)):
+                raw(self.core.delete_namespaced_pod, old_pod, ns)
         pod_name = self._pod_name(spec)
         self._create_env_and_pod(user, spec, ns, key, pod_name)
         fresh = m.build_namespace(ns, user.user_id, key, spec, pod_name, "")["metadata"]
-        with _api(f"updating namespace {ns}"):
+        with api_errors(f"updating namespace {ns}"):
             patch = {"labels": {m.LABEL_DIGEST: spec.digest[:16]}}
-            _raw(
+            raw(
                 self.core.patch_namespace,
                 ns,
                 {"metadata": {**patch, "annotations": fresh["annotations"]}},
@@ -273,8 +245,8 @@ class KubernetesOrchestrator:
         key = ns[len(self.settings.namespace_prefix) :]
         pod_name = self._pod_name(spec)
         self._create_env_and_pod(user, spec, ns, key, pod_name)
-        with _api(f"updating namespace {ns}"):
-            _raw(self.core.patch_namespace, ns, {"metadata": {"annotations": {
+        with api_errors(f"updating namespace {ns}"):
+            raw(self.core.patch_namespace, ns, {"metadata": {"annotations": {
                 m.ANN_NEXT_POD: pod_name, m.ANN_NEXT_ENV: m.env_json(spec)}}})
         nxt = ServerStatus(user.user_id, "pending", spec, since=self.clock())
         return replacing.view(current, nxt)
@@ -284,15 +256,15 @@ class KubernetesOrchestrator:
         ann = existing["metadata"].get("annotations") or {}
         pod = ann.get(m.ANN_NEXT_POD)
         if pod:
-            with _api(f"deleting pod {pod}", ok=(404,)):
-                _raw(self.core.delete_namespaced_pod, pod, ns)
-        with _api(f"updating namespace {ns}"):
-            _raw(self.core.patch_namespace, ns, {"metadata": {"annotations": {
+            with api_errors(f"deleting pod {pod}", ok=(404,)):
+                raw(self.core.delete_namespaced_pod, pod, ns)
+        with api_errors(f"updating namespace {ns}"):
+            raw(self.core.patch_namespace, ns, {"metadata": {"annotations": {
                 m.ANN_NEXT_POD: None, m.ANN_NEXT_ENV: None}}})
         keep = ann.get(m.ANN_ENV)
         if keep:
             try:
-                spec = _env_from(keep)
+                spec = m.env_from(keep)
             except ValueError:
                 return
             self._drop_old_config_maps(ns, keep=m.config_map_name(spec))
@@ -303,22 +275,22 @@ class KubernetesOrchestrator:
         ann = existing["metadata"].get("annotations") or {}
         old_pod, new_pod = ann.get(m.ANN_POD), ann[m.ANN_NEXT_POD]
         assert nxt.env is not None
-        with _api(f"updating namespace {ns}"):
-            _raw(self.core.patch_namespace, ns, {"metadata": {
+        with api_errors(f"updating namespace {ns}"):
+            raw(self.core.patch_namespace, ns, {"metadata": {
                 "labels": {m.LABEL_DIGEST: nxt.env.digest[:16]},
                 "annotations": {m.ANN_POD: new_pod, m.ANN_ENV: ann[m.ANN_NEXT_ENV],
                                 m.ANN_NEXT_POD: None, m.ANN_NEXT_ENV: None}}})
         if old_pod:
-            with _api(f"deleting pod {old_pod}", ok=(404,)):
-                _raw(self.core.delete_namespaced_pod, old_pod, ns)
+            with api_errors(f"deleting pod {old_pod}", ok=(404,)):
+                raw(self.core.delete_namespaced_pod, old_pod, ns)
         self._drop_old_config_maps(ns, keep=m.config_map_name(nxt.env))
 
     def _create_env_and_pod(
         self, user: UserIdentity, spec: EnvSpec, ns: str, key: str, pod_name: str
     ) -> None:
         labels = m.server_labels(key, spec)
-        with _api("creating the requirements config map", ok=(409,)):  # immutable per digest
-            _raw(self.core.create_namespaced_config_map, ns, m.build_config_map(ns, spec, labels))
+        with api_errors("creating the requirements config map", ok=(409,)):  # immutable per digest
+            raw(self.core.create_namespaced_config_map, ns, m.build_config_map(ns, spec, labels))
         image = self.pm.hook.zexec_server_image(env=spec)
         image = image or images.server_image(self.settings, spec.python)
         # pluggy returns the last-registered plugin's result first; apply in registration
@@ -326,18 +298,18 @@ class KubernetesOrchestrator:
         overrides = [
             o for o in reversed(self.pm.hook.zexec_server_pod_overrides(env=spec, user=user)) if o
         ]
-        with _api("copying the image pull secrets"):
+        with api_errors("copying the image pull secrets"):
             pulls = images.copy(self.core, ns, self.settings.pull_secrets_dir, labels)
         pod = m.build_pod(
             ns, pod_name, user.user_id, spec, image, self.settings, labels,
             idle_timeout=self.idle_timeout, created_at=self.clock(), overrides=overrides,
             pull_secrets=pulls,
         )  # fmt: skip
-        with _api("creating the server pod"):
-            _raw(self.core.create_namespaced_pod, ns, pod)
+        with api_errors("creating the server pod"):
+            raw(self.core.create_namespaced_pod, ns, pod)
 
     def _grant(self, ns: str, labels: dict[str, str]) -> None:
-        with _api("creating the Deploy API's role binding"):
+        with api_errors("creating the Deploy API's role binding"):
             access.grant(self.rbac, ns, self.settings.user_role,
                          self.settings.service_account, labels)
 
@@ -346,23 +318,23 @@ class KubernetesOrchestrator:
         try:
             # The first call the new RoleBinding permits (see access.until_permitted).
             access.until_permitted(
-                lambda: _raw(self.net.create_namespaced_network_policy, ns, body))
+                lambda: raw(self.net.create_namespaced_network_policy, ns, body))
         except ApiException as e:
             if e.status != 409:
                 raise OrchestratorError(
                     f"creating the network policy: {e.status} {e.reason}"
                 ) from e
-            with _api("updating the network policy"):
-                _raw(self.net.patch_namespaced_network_policy, m.POLICY_NAME, ns, body)
+            with api_errors("updating the network policy"):
+                raw(self.net.patch_namespaced_network_policy, m.POLICY_NAME, ns, body)
 
     def _drop_old_config_maps(self, ns: str, keep: str) -> None:
-        with _api("listing config maps"):
-            found = _raw(self.core.list_namespaced_config_map, ns)
+        with api_errors("listing config maps"):
+            found = raw(self.core.list_namespaced_config_map, ns)
         for item in found.get("items") or []:
             name = item["metadata"]["name"]
             if name.startswith(m.CONFIG_PREFIX) and name != keep:
-                with _api(f"deleting config map {name}", ok=(404,)):
-                    _raw(self.core.delete_namespaced_config_map, name, ns)
+                with api_errors(f"deleting config map {name}", ok=(404,)):
+                    raw(self.core.delete_namespaced_config_map, name, ns)
 
     # ------------------------------------------------------------------ reading back
 
@@ -380,7 +352,7 @@ class KubernetesOrchestrator:
         ann = meta.get("annotations") or {}
         user_id = ann[m.ANN_USER_ID]
         try:
-            env: EnvSpec | None = _env_from(ann.get(env_key, ""))
+            env: EnvSpec | None = m.env_from(ann.get(env_key, ""))
         except ValueError:
             env = None
         pod_name = ann.get(pod_key, "")
@@ -413,9 +385,9 @@ class KubernetesOrchestrator:
         return tuple(lines[-self.log_lines :])
 
     def _read_namespace(self, ns: str) -> dict[str, Any] | None:
-        with _api(f"reading namespace {ns}"):
+        with api_errors(f"reading namespace {ns}"):
             try:
-                return _raw(self.core.read_namespace, ns)
+                return raw(self.core.read_namespace, ns)
             except ApiException as e:
                 if e.status == 404:
                     return None
@@ -423,9 +395,9 @@ class KubernetesOrchestrator:
         return None  # unreachable; keeps type checkers content
 
     def _read_pod(self, ns: str, name: str) -> dict[str, Any] | None:
-        with _api(f"reading pod {name}"):
+        with api_errors(f"reading pod {name}"):
             try:
-                return access.granting(lambda: _raw(self.core.read_namespaced_pod, name, ns),
+                return access.granting(lambda: raw(self.core.read_namespaced_pod, name, ns),
                                        lambda: self._grant(ns, dict(m.MANAGED_BY)),
                                        bool(self.settings.user_role))
             except ApiException as e:

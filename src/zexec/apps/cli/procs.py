@@ -28,6 +28,7 @@ from zexec.adapters.orchestrator_local.procs import (  # noqa: F401  (re-exporte
     stop_groups,
     wait_groups_gone,
 )
+from zexec.adapters.orchestrator_local.procs import tail as log_tail
 
 
 def spawn_detached(
@@ -82,12 +83,5 @@ def processes_under(root: Path) -> list[int]:
 
 
 def tail(path: Path, lines: int = 20) -> str:
-    """The last ``lines`` lines of a text file ("" if missing)."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 64 * 1024))
-            text = f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:]) if lines > 0 else ""
+    """The last ``lines`` non-blank lines of a log file, as text ("" if missing)."""
+    return "\n".join(log_tail(path, lines, max_bytes=64 * 1024)) if lines > 0 else ""
