@@ -103,6 +103,24 @@ def test_answered_pings_keep_a_long_call_alive(wire):
     assert call.future.result(5) == "ok"
 
 
+def test_an_announced_big_message_is_a_transfer_not_a_dead_broker(wire):
+    session, _, broker = wire
+    call = start(session)
+    next_request(broker, p.CALL)
+    # 8 MiB at the floor rate may take 0.5 s: longer than the 0.3 s liveness timeout.
+    broker.send([b"", *p.v1_pong({"incoming": 8 << 20})])
+    for _ in range(8):  # pings go unanswered meanwhile (they queue behind the message)
+        next_request(broker, p.PING)
+    assert not call.future.done()
+    broker.send([b"", *p.v1_event(call.call_id, p.EV_RETURN, 1, None, SER.dumps("big"))])
+    assert call.future.result(5) == "big"
+    # Once the window has passed, silence is a dead broker again.
+    call = start(session)
+    next_request(broker, p.CALL)
+    with pytest.raises(BrokerUnreachable, match="stopped answering"):
+        call.future.result(10)
+
+
 def test_cancel_sends_cancel_for_the_call(wire):
     session, _, broker = wire
     call = start(session)

@@ -92,6 +92,35 @@ def test_the_final_event_frees_the_worker_for_the_next_call():
     assert frames[0] == W1
 
 
+def test_a_big_reply_is_announced_to_a_v1_client_first():
+    from zexec.core.broker.backend import ANNOUNCE_BYTES
+
+    r = direct_ready()
+    front(r, CLI, call(T_ALICE, ID1), 1.0)
+    take(r)
+    small = p.v1_event(ID1, "yield", 1, None, [b"x" * 100])
+    wreply(r, W1, CLI, ID1, False, small)
+    assert [f for _, f in take(r)] == [[CLI, b"", *small]]  # small: as it is
+    big = p.v1_event(ID1, "return", 2, None, [bytes(ANNOUNCE_BYTES)])
+    wreply(r, W1, CLI, ID1, True, big)
+    (d1, notice), (d2, frames) = take(r)
+    assert d1 == d2 == FRONT and frames == [CLI, b"", *big]
+    assert p.parse_client_bound(notice[2:]) == {"incoming": sum(len(f) for f in big)}
+    assert r.inflight == {}
+
+
+def test_a_big_reply_to_a_legacy_client_is_not_announced():
+    from zexec.core.broker.backend import ANNOUNCE_BYTES
+
+    r = direct_ready()
+    front(r, CLI, legacy_call(T_ALICE), 1.0)
+    take(r)
+    end = [p.legacy_payload(p.legacy_event("END", 3)), bytes(ANNOUNCE_BYTES),
+           b"", b"", b""]  # a big legacy reply: the released clients know no PONG
+    wreply(r, W1, CLI, b"", True, end)
+    assert [f for _, f in take(r)] == [[CLI, b"", *end]]
+
+
 def test_calls_wait_for_a_free_worker_in_arrival_order():
     r = direct_ready()
     for i, cid in enumerate((ID1, ID2, ID3)):

@@ -49,6 +49,10 @@ TIMEOUT_GRACE = 2.0
 END = object()
 #: How often the I/O thread looks for timed-out calls and due pings (seconds).
 CHECK_INTERVAL = 0.05
+#: Bytes per second the slowest transfer of an announced message is allowed (a loaded
+#: machine, a slow link): 1 GiB may keep the line busy for 64 s before the broker counts
+#: as gone.
+TRANSFER_FLOOR_RATE = 16 << 20
 
 
 class RemoteFuture(Future):
@@ -125,6 +129,9 @@ class Session:
         self.transport: Transport | None = None
         self._last_heard = 0.0
         self._ping_sent: float | None = None
+        #: Until when a big message the broker announced may keep the line busy (the
+        #: pongs queue behind it): silence until then is a transfer, not a dead broker.
+        self._transfer_until = 0.0
         self._next_ping = 0.0
         self._next_check = 0.0
 
@@ -370,7 +377,7 @@ class Session:
             self._ping_sent = None
             return
         if self._ping_sent is not None and self._last_heard < self._ping_sent and \
-                now - self._ping_sent > self.liveness_timeout:
+                now - self._ping_sent > self.liveness_timeout and now > self._transfer_until:
             err = BrokerUnreachable(
                 f"the broker stopped answering ({now - self._ping_sent:.1f}s without a reply)")
             for call in in_flight:
@@ -405,6 +412,10 @@ class Session:
             log.warning("ignored a malformed message from the broker: %s", exc)
 
     def _on_pong(self, header: dict[str, Any]) -> None:
+        incoming = header.get("incoming")
+        if isinstance(incoming, int) and incoming > 0:
+            self._transfer_until = max(self._transfer_until,
+                                       self.clock() + incoming / TRANSFER_FLOOR_RATE)
         for hex_id in header.get("unknown", ()):
             call = self.pending.get(bytes.fromhex(hex_id))
             if call is not None and call.sent_at is not None and self._ping_sent is not None \

@@ -24,6 +24,9 @@ from zexec.core.exits import worker_died
 
 log = logging.getLogger("zexec.broker")
 
+#: Replies bigger than this are announced to their client before they are sent.
+ANNOUNCE_BYTES = 8 << 20
+
 
 class BackendSide:
     """The methods of :class:`zexec.core.broker.router.Router` that serve the backend;
@@ -254,9 +257,16 @@ class BackendSide:
         self._deliver(key, True, p.final_error(key[1], call.legacy, "WORKER_DIED", text))
 
     def _deliver(self, key: Key, final: bool, body: list[Any]) -> None:
-        """Forward a reply to the call's client; the final one ends the call."""
-        if final:
-            del self.inflight[key]
+        """Forward a reply to the call's client; the final one ends the call. A v1 reply
+        of more than :data:`ANNOUNCE_BYTES` is announced first (a PONG saying
+        ``incoming``): ZeroMQ hands over whole messages, so while a big one is on the
+        wire its client hears nothing, not even the answers to its pings, and would take
+        a slow transfer for a dead broker."""
+        call = self.inflight.pop(key) if final else self.inflight.get(key)
+        if call is not None and not call.legacy and len(body) > 4:
+            size = size_of(body)
+            if size > ANNOUNCE_BYTES:
+                self._front(key[0], p.v1_pong({"incoming": size}))
         self._front(key[0], body)
 
     def credential_ok(self, user_id: str, credential: bytes) -> bool:
