@@ -160,10 +160,10 @@ class Stack:
         path = self.workdir / f"{name}.log"
         return path.read_text(errors="replace")[-4000:] if path.exists() else ""
 
-    def kill_server(self, user: str, sig: int = signal.SIGKILL) -> None:
+    def kill_server(self, user: str, sig: int = signal.SIGKILL, timeout: float = 10) -> None:
         proc = self.servers.pop(user)
         os.killpg(proc.pid, sig)  # the whole group: server and its workers
-        proc.wait(10)
+        proc.wait(timeout)
 
     def stop_broker(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         assert self.broker is not None
@@ -190,7 +190,13 @@ class Stack:
         for user in list(self.servers):
             proc = self.servers[user]
             if proc.poll() is None:
-                self.kill_server(user, signal.SIGTERM)
+                try:
+                    # A server drains its calls on SIGTERM (a module's abandoned calls
+                    # included): on a loaded machine that can take longer than 10 s.
+                    self.kill_server(user, signal.SIGTERM, timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(10)
             else:
                 self.servers.pop(user)
         if self.broker is not None and self.broker.poll() is None:

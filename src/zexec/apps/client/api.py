@@ -15,8 +15,9 @@ from typing import Any
 from zexec.adapters.serializer import culprit, default_registry
 from zexec.apps.client.fncache import FunctionFrames
 from zexec.apps.client.mapping import batch_size_of, map_batches, map_calls, next_item
+from zexec.apps.client.pending import END, PendingCall
 from zexec.apps.client.progress import map_progress
-from zexec.apps.client.session import END, PendingCall, Session
+from zexec.apps.client.session import Session
 from zexec.apps.client.tracebacks import public, public_iter
 from zexec.core.batching import MAX_BATCH, BatchSizer
 from zexec.core.errors import ConfigurationError, SerializationError

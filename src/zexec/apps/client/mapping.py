@@ -13,7 +13,8 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from zexec.adapters.serializer import localmods
-from zexec.apps.client.session import END, PendingCall, Session
+from zexec.apps.client.pending import END, PendingCall
+from zexec.apps.client.session import Session
 from zexec.core.batching import BatchSizer, run_batch
 from zexec.core.errors import ProtocolError
 

@@ -21,13 +21,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
-from dataclasses import dataclass, field
 from typing import Any
 
-from zexec.apps.client.output import Writer, writer_here
+from zexec.apps.client.output import writer_here
+from zexec.apps.client.pending import END, PendingCall, RemoteFuture
 from zexec.apps.client.remote_errors import exception_from_event
-from zexec.apps.client.tracebacks import public
 from zexec.core import protocol as p
 from zexec.core.errors import (
     BrokerUnreachable,
@@ -46,49 +44,12 @@ log = logging.getLogger("zexec.client")
 PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 #: Extra seconds the client waits past a call's timeout for the server's own verdict.
 TIMEOUT_GRACE = 2.0
-END = object()
 #: How often the I/O thread looks for timed-out calls and due pings (seconds).
 CHECK_INTERVAL = 0.05
 #: Bytes per second the slowest transfer of an announced message is allowed (a loaded
 #: machine, a slow link): 1 GiB may keep the line busy for 64 s before the broker counts
 #: as gone.
 TRANSFER_FLOOR_RATE = 16 << 20
-
-
-class RemoteFuture(Future):
-    """A :class:`concurrent.futures.Future` whose ``cancel()`` also stops the remote work."""
-
-    _session: Session | None = None
-    _call: PendingCall | None = None
-
-    def cancel(self) -> bool:
-        if self.done():
-            return False
-        if self._session is not None and self._call is not None:
-            self._session.cancel(self._call, "future cancelled")
-        return super().cancel()
-
-    @public
-    def result(self, timeout: float | None = None) -> Any:
-        """The call's value; raises its error (with the remote frames as its traceback)."""
-        return super().result(timeout)
-
-
-@dataclass(eq=False)
-class PendingCall:
-    call_id: bytes
-    frames: list[Any] | None
-    serializer: Serializer
-    future: RemoteFuture
-    timeout: float | None
-    created: float
-    items: queue.SimpleQueue | None = None  # set for generator calls
-    #: Where its printed output goes (fixed when the call starts: see output.py).
-    write: Writer | None = None
-    sent_at: float | None = None
-    done: bool = field(default=False)
-    #: Set once a cancel request for this call has left (or needed not leave) this process.
-    cancel_sent: threading.Event = field(default_factory=threading.Event)
 
 
 class Session:
