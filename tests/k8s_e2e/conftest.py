@@ -40,7 +40,7 @@ def cluster():
     cache = Path(tempfile.mkdtemp(prefix="zexec-e2e-uv-cache-"))
     shutil.chown(cache, 1000, 1000)
     volume = json.dumps({"hostPath": {"path": str(cache), "type": "Directory"}})
-    with running_cluster(users=("alice", "bob", "carol", "dave"),
+    with running_cluster(users=("alice", "bob", "carol", "dave", "erin"),
                          ZEXEC_K8S_INSTALL_CACHE_VOLUME=volume,
                          ZEXEC_DEPLOY_IDLE_TIMEOUT=str(IDLE_TIMEOUT)) as c:
         c.cache_dir = cache
