@@ -164,3 +164,35 @@ def test_the_sweep_interval_follows_the_ttl():
     assert sweep_interval(86400) == 300.0
     assert sweep_interval(600) == 60.0
     assert sweep_interval(2) == 1.0
+
+
+def test_the_deploy_api_runs_the_reaper_while_it_serves(kube, tmp_path, monkeypatch):
+    """The composition root starts it with the Kubernetes orchestrator (from the
+    ``ZEXEC_K8S_*`` settings and a kubeconfig) and the app's shutdown stops it."""
+    from fastapi.testclient import TestClient
+
+    from zexec.adapters.auth_static import StaticAuthenticator
+    from zexec.apps.deploy_api.container import build_app_from_settings
+    from zexec.settings import AuthSettings, BrokerSettings, DeploySettings
+
+    config = tmp_path / "kubeconfig"
+    config.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: t\n"
+        f"clusters: [{{name: t, cluster: {{server: '{kube[1].configuration.host}'}}}}]\n"
+        "users: [{name: t, user: {token: t}}]\n"
+        "contexts: [{name: t, context: {cluster: t, user: t}}]\n")
+    # The client reads $KUBECONFIG once, at import: point its default there instead.
+    monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION",
+                        str(config))
+    # Loading it sets the client's process-wide default configuration: undone afterwards.
+    monkeypatch.setattr(client.Configuration, "_default", client.Configuration._default)
+    monkeypatch.setenv("ZEXEC_K8S_NAMESPACE_TTL", "3600")
+    app = build_app_from_settings(
+        DeploySettings(orchestrator="kubernetes"), AuthSettings(),
+        BrokerSettings(server_secret=SECRET.decode()), authenticator=StaticAuthenticator({}))
+    orch = app.state.orchestrator
+    assert orch.reaper is not None and orch.reaper.ttl == 3600
+    with TestClient(app) as http:
+        assert http.get("/rexec/healthz").status_code == 200
+        assert orch.reaper is not None
+    assert orch.reaper is None  # the lifespan's closer stopped it
