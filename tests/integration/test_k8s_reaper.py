@@ -196,3 +196,14 @@ def test_the_deploy_api_runs_the_reaper_while_it_serves(kube, tmp_path, monkeypa
         assert http.get("/rexec/healthz").status_code == 200
         assert orch.reaper is not None
     assert orch.reaper is None  # the lifespan's closer stopped it
+
+
+def test_the_chart_deletes_idle_namespaces_after_a_day_unless_turned_off():
+    from chart_support import ensure_tools
+    from test_helm_chart_defaults import k8s_settings, refused, render_docs
+
+    ensure_tools()
+    assert k8s_settings(render_docs()).namespace_ttl == 86400
+    never = render_docs(sets=["deployApi.kubernetes.namespaceTtlSeconds=0"])
+    assert k8s_settings(never).namespace_ttl == 0  # 0 = never: no reaper is started
+    refused(["deployApi.kubernetes.namespaceTtlSeconds=-1"], "namespaceTtlSeconds")
