@@ -13,6 +13,8 @@ first ``status`` that sees it ready promotes it and deletes the old pod; a faile
 reported while the old pod goes on serving. ``terminate`` deletes the namespace;
 Kubernetes removes everything in it (the namespace stays "Terminating" for a while,
 during which the user has no server and a new ``ensure`` asks to retry shortly).
+A namespace whose server has long been gone is deleted by :mod:`.reaper`
+(:meth:`KubernetesOrchestrator.start_reaper`, ``ZEXEC_K8S_NAMESPACE_TTL``).
 """
 
 from __future__ import annotations
