@@ -260,6 +260,9 @@ class KubernetesSettings(ZexecSettings):
     #: not ready) before Kubernetes deletes it, so that the next spawn replaces it
     #: (Kubernetes' default is 300).
     lost_node_seconds: int = 60
+    #: Seconds a user namespace stays after its server is gone (idle exit, failure,
+    #: terminated pod) before the Deploy API deletes it; 0 = never.
+    namespace_ttl: int = 86400
     #: Directory of registry pull secrets (``<name>/.dockerconfigjson``) copied into each
     #: user namespace and named by the server pods; empty = none.
     pull_secrets_dir: str = ""

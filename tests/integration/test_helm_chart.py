@@ -486,6 +486,7 @@ def test_kubernetes_orchestrator_settings_agree_with_the_chart(default_docs):
         "pod_security_level",
         "extra_egress_ports",
         "lost_node_seconds",
+        "namespace_ttl",
         "ephemeral_storage_request",
         "ephemeral_storage_limit",
         "venv_size_limit",

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -55,6 +56,12 @@ def values(c: Any, idp_url: str, settings: dict[str, str]) -> dict[str, Any]:
         kube["installer"] = settings.pop("ZEXEC_K8S_INSTALLER")
     if "ZEXEC_K8S_INSTALL_CACHE_VOLUME" in settings:
         kube["installCacheVolume"] = json.loads(settings.pop("ZEXEC_K8S_INSTALL_CACHE_VOLUME"))
+    if "ZEXEC_K8S_PIP_INDEX_URL" in settings:
+        # The chart's package path: pipIndexUrl reached through the packageProxy rule
+        # (on the index's own port; NetworkPolicies are not enforced on one machine).
+        kube["pipIndexUrl"] = settings.pop("ZEXEC_K8S_PIP_INDEX_URL")
+        kube["packageProxy"] = {"enabled": True,
+                                "ports": [urlsplit(kube["pipIndexUrl"]).port or 80]}
     idle = int(settings.pop("ZEXEC_DEPLOY_IDLE_TIMEOUT", "600"))
     k8s_env = [{"name": k, "value": v} for k, v in settings.items()]
     return {
@@ -71,8 +78,8 @@ def values(c: Any, idp_url: str, settings: dict[str, str]) -> dict[str, Any]:
             # One machine, host network: a second replica could not bind the same port.
             "replicas": 1,
             "kubernetes": {
-                # The pods reach PyPI the way this machine does (host network), not
-                # through an in-cluster proxy (the chart's default) that is not here.
+                # Without an index given, the pods reach PyPI the way this machine does
+                # (host network), not through the chart's default in-cluster proxy.
                 "pipIndexUrl": "",
                 "packageProxy": {"enabled": False},
                 "serverImage": c.images["server"],

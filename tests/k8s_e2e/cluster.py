@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kubernetes import client
 
@@ -75,6 +76,8 @@ class Cluster:
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     #: The uv cache volume's directory, when the cluster has one.
     cache_dir: Path | None = None
+    #: The package index proxy the pods install from, when the cluster has one.
+    index: Any = None
 
     def log(self, name: str) -> str:
         path = self.workdir / f"{name}.log"

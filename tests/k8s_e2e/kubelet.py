@@ -20,6 +20,9 @@ with podman allows:
 * status written back (phase, conditions, init/container states with exit codes,
   reasons, ``FallbackToLogsOnError`` messages) through the status subresource;
 * a deleted pod (or namespace) stops and removes its containers;
+* a lost node (:meth:`TestKubelet.lose_node`): the pod's containers are killed, this
+  kubelet stops reporting on it, and the status the node controller would write is
+  written instead (phase ``Unknown`` and/or a ``DisruptionTarget`` condition);
 * the pod log API (``read_namespaced_pod_log``) answered from ``podman logs``.
 
 Every pod runs in the host's network namespace (as ``hostNetwork: true``), so all the
@@ -29,6 +32,7 @@ cgroups do not allow it).
 
 from __future__ import annotations
 
+import copy
 import shutil
 import threading
 import time
@@ -152,6 +156,32 @@ class PodRunner(ContainerSpecs):
                 break
             thread.join(60)
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def lose(self, unknown: bool = True, disruption: bool = True) -> dict[str, Any]:
+        """The node went away with the pod on it: its containers die with it, its
+        kubelet says nothing more, and the control plane marks the pod as a node
+        controller does (``unknown``: phase Unknown, as older controllers wrote;
+        ``disruption``: the taint manager's DisruptionTarget condition). Returns the
+        status written."""
+        self.stopping.set()  # _watch() ends and push() is silent: nobody reports anymore
+        for name in self.names:
+            podman.run("kill", name, check=False)
+        status = copy.deepcopy(self.status)
+        message = f"Node 127.0.0.1 which was running pod {self.name} is unresponsive"
+        for cond in status.get("conditions") or []:
+            if cond["type"] in ("Ready", "ContainersReady"):
+                cond.update(status="False", reason="NodeLost", message=message,
+                            lastTransitionTime=now())
+        if unknown:
+            status.update(phase="Unknown", reason="NodeLost", message=message)
+        if disruption:
+            status.setdefault("conditions", []).append({
+                "type": "DisruptionTarget", "status": "True", "lastTransitionTime": now(),
+                "reason": "DeletionByTaintManager",
+                "message": "Taint manager: deleting due to NoExecute taint"})
+        self.core.patch_namespaced_pod_status(self.name, self.ns, {"status": status},
+                                              _preload_content=False)
+        return status
 
     # ------------------------------------------------------------------ containers
 
@@ -322,6 +352,11 @@ class TestKubelet:
         tail = request.params.get("tailLines")
         name = f"k8s_{container}_{request.name}_{request.namespace}"
         return podman.logs(name, tail=int(tail) if tail else None).encode()
+
+    def lose_node(self, ns: str, name: str, **how: bool) -> dict[str, Any]:
+        """The node running pod ``ns/name`` is lost (see :meth:`PodRunner.lose`)."""
+        runner, _ = self.pods[(ns, name)]
+        return runner.lose(**how)
 
     def close(self) -> None:
         self._stop.set()

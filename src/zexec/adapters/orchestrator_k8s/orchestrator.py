@@ -13,6 +13,8 @@ first ``status`` that sees it ready promotes it and deletes the old pod; a faile
 reported while the old pod goes on serving. ``terminate`` deletes the namespace;
 Kubernetes removes everything in it (the namespace stays "Terminating" for a while,
 during which the user has no server and a new ``ensure`` asks to retry shortly).
+A namespace whose server has long been gone is deleted by :mod:`.reaper`
+(:meth:`KubernetesOrchestrator.start_reaper`, ``ZEXEC_K8S_NAMESPACE_TTL``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from zexec.adapters.orchestrator_k8s import access, images, quota
 from zexec.adapters.orchestrator_k8s import manifests as m
 from zexec.adapters.orchestrator_k8s.apicalls import api_errors, raw
 from zexec.adapters.orchestrator_k8s.podstatus import pod_phase
+from zexec.adapters.orchestrator_k8s.reaper import ANN_IDLE_SINCE, NamespaceReaper
 from zexec.core import replacing
 from zexec.core.errors import EnvironmentConflict, OrchestratorError
 from zexec.core.model import EnvSpec, ServerStatus, UserIdentity
@@ -78,6 +81,19 @@ class KubernetesOrchestrator:
             access.service_account(settings.service_account)
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+        self.reaper: NamespaceReaper | None = None
+
+    def start_reaper(self, interval: float | None = None) -> None:
+        """Delete idle users' namespaces in the background (``settings.namespace_ttl``;
+        0 = never), until :meth:`close`."""
+        if self.settings.namespace_ttl > 0 and self.reaper is None:
+            self.reaper = NamespaceReaper(self, self.settings.namespace_ttl, self.clock)
+            self.reaper.start(interval)
+
+    def close(self) -> None:
+        if self.reaper is not None:
+            self.reaper.close()
+            self.reaper = None
 
     # ------------------------------------------------------------------ the port
 
@@ -230,11 +246,9 @@ class KubernetesOrchestrator:
         fresh = m.build_namespace(ns, user.user_id, key, spec, pod_name, "")["metadata"]
         with api_errors(f"updating namespace {ns}"):
             patch = {"labels": {m.LABEL_DIGEST: spec.digest[:16]}}
-            raw(
-                self.core.patch_namespace,
-                ns,
-                {"metadata": {**patch, "annotations": fresh["annotations"]}},
-            )
+            # A server again: the reaper's idle clock starts over when this one ends.
+            ann = {**fresh["annotations"], ANN_IDLE_SINCE: None}
+            raw(self.core.patch_namespace, ns, {"metadata": {**patch, "annotations": ann}})
         self._drop_old_config_maps(ns, keep=m.config_map_name(spec))
         return ServerStatus(user.user_id, "pending", spec, since=self.clock())
 

@@ -82,12 +82,14 @@ def kubernetes_orchestrator(settings: DeploySettings, broker: BrokerSettings) ->
                 "ZEXEC_DEPLOY_ORCHESTRATOR=kubernetes but no cluster credentials were found "
                 f"(not in a pod, and no usable kubeconfig: {exc})"
             ) from exc
-    return KubernetesOrchestrator(
+    orch = KubernetesOrchestrator(
         client.ApiClient(),
         KubernetesSettings(),
         _server_secret(broker),
         idle_timeout=settings.idle_timeout,
     )
+    orch.start_reaper()  # stopped by the app's lifespan (close, in _closers)
+    return orch
 
 
 def _closers(orchestrator: Any) -> list[Any]:
