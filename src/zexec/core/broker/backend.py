@@ -53,21 +53,29 @@ class BackendSide:
             server = self.servers[user]
         server.last_seen = now
 
+    def _parse(self, frames: Sequence[Any]) -> tuple[bytes, Any] | None:
+        """``(rid, message)`` of a backend message ``[rid, b"", *body]``; None (counted)
+        for a malformed one."""
+        if len(frames) < 3 or p.frame_bytes(frames[1]) != b"":
+            self.stats["malformed_backend"] += 1
+            return None
+        try:
+            return p.frame_bytes(frames[0]), p.parse_backend(frames[2:])
+        except ProtocolError as exc:
+            self.stats["malformed_backend"] += 1
+            log.debug("malformed backend message: %s", exc)
+            return None
+
     def on_backend_refused(self, frames: Sequence[Any], why: ZexecError, now: float) -> None:
         """A backend message the transport did not read whole (``why``: a limit it broke,
         or a credential it lacked; skipped frames are empty placeholders). A reply of a
         call in flight ends that call with ``why`` (its client learns the limit); anything
         else is dropped."""
         self.now = now
-        if len(frames) < 3 or p.frame_bytes(frames[1]) != b"":
-            self.stats["malformed_backend"] += 1
+        parsed = self._parse(frames)
+        if parsed is None:
             return
-        rid = p.frame_bytes(frames[0])
-        try:
-            msg = p.parse_backend(frames[2:])
-        except ProtocolError:
-            self.stats["malformed_backend"] += 1
-            return
+        rid, msg = parsed
         if isinstance(msg, p.Register):
             self._register(rid, msg)  # a bad credential: refused as usual
             return
@@ -90,16 +98,10 @@ class BackendSide:
     def on_backend(self, frames: Sequence[Any], now: float) -> None:
         """A message from a server: ``[rid, b"", *body]``."""
         self.now = now
-        if len(frames) < 3 or p.frame_bytes(frames[1]) != b"":
-            self.stats["malformed_backend"] += 1
+        parsed = self._parse(frames)
+        if parsed is None:
             return
-        rid = p.frame_bytes(frames[0])
-        try:
-            msg = p.parse_backend(frames[2:])
-        except ProtocolError as exc:
-            self.stats["malformed_backend"] += 1
-            log.debug("malformed backend message: %s", exc)
-            return
+        rid, msg = parsed
         if isinstance(msg, p.Register):
             self._register(rid, msg)
             return
