@@ -22,8 +22,8 @@ SETTINGS = KubernetesSettings()
 LIMITS = ResourceLimits(max_cpus=2, max_memory=4096, max_gpus=1, max_workers=8)
 
 
-def pod(resources=Resources(), settings=SETTINGS):
-    spec = replace(SPEC, resources=resources)
+def pod(resources=None, settings=SETTINGS):
+    spec = replace(SPEC, resources=resources or Resources())
     return m.build_pod("zexec-u-alice", "zexec-server-x", "alice", spec, "img:1", settings,
                        m.server_labels("alice", spec))
 
