@@ -42,6 +42,7 @@ if TYPE_CHECKING:
         InvalidEnvironment,
         RemoteError,
         RemoteExit,
+        ResourceLimitExceeded,
         ServerGone,
         ServerUnavailable,
         TooLarge,
@@ -65,7 +66,7 @@ _EXPORTS = {
     **dict.fromkeys(
         ("BrokerUnreachable", "CallCancelled", "CallLost", "CallTimeout", "ControlPlaneError",
          "EnvironmentConflict", "EnvironmentFailed", "EnvironmentTimeout", "Forbidden",
-         "InvalidEnvironment", "RemoteError", "RemoteExit", "ServerGone", "ServerUnavailable",
+         "InvalidEnvironment", "RemoteError", "RemoteExit", "ResourceLimitExceeded", "ServerGone", "ServerUnavailable",
          "TooLarge", "VersionMismatch", "WorkerDied", "ZexecError"), "zexec.core.errors"),
 }
 
@@ -102,6 +103,7 @@ __all__ = [
     "RemoteExit",
     "RemoteFunction",
     "RemoteIterator",
+    "ResourceLimitExceeded",
     "ServerGone",
     "ServerUnavailable",
     "TooLarge",

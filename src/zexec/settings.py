@@ -214,6 +214,9 @@ class KubernetesSettings(ZexecSettings):
     #: ``ZEXEC_SERVER_WORKERS`` of every server pod (the idle timeout comes from the
     #: Deploy API's ``ZEXEC_DEPLOY_IDLE_TIMEOUT``).
     server_workers: int = 2
+    #: Extended resource name a server pod's ``gpus`` request is made of (limits only,
+    #: as Kubernetes wants for extended resources).
+    gpu_resource: str = "nvidia.com/gpu"
     #: Package index the pods' installer uses (``UV_INDEX_URL``, ``PIP_INDEX_URL``); empty = its default.
     #: Its address must be reachable under the NetworkPolicy: an in-cluster proxy
     #: (``package_proxy_*``) or ``extra_egress_cidrs``. An ``http://`` index's host is
@@ -319,6 +322,14 @@ class DeploySettings(ZexecSettings):
     #: this many at a time). One by default: every worker holds its own interpreter,
     #: numpy and the user's data, and a machine is shared by its users.
     server_workers: int = Field(default=1, ge=1)
+    #: The most one user's server may ask for with ``environment(cpus=, memory=, gpus=,
+    #: workers=)`` (any orchestrator): cores (float), MiB of memory, GPUs (0 = none
+    #: allowed) and worker processes. A request beyond one is refused (HTTP 422, naming
+    #: the limit); a request left out gets the orchestrator's defaults.
+    max_cpus: float = Field(default=4.0, gt=0)
+    max_memory: int = Field(default=8192, ge=1)
+    max_gpus: int = Field(default=0, ge=0)
+    max_workers: int = Field(default=8, ge=1)
 
 
 class EPSettings(ZexecSettings):

@@ -61,7 +61,8 @@ def ep_url():
     auth = StaticAuthenticator(TOKENS)
     orch = Scripted()
     settings = DeploySettings(
-        orchestrator="memory", broker_external_host="127.0.0.1", broker_external_port=5999
+        orchestrator="memory", broker_external_host="127.0.0.1", broker_external_port=5999,
+        max_cpus=2, max_memory=4096,
     )
     with run_uvicorn(deploy_api.create_app(settings, orch, auth)) as deploy_url:
         eapp = ep_api.create_app(EPSettings(deploy_api_url=deploy_url), SqliteCatalog(), auth)
@@ -114,6 +115,38 @@ def test_conflict_then_force(alice):
 def test_invalid_requirements_are_refused_with_the_reason(alice, requirements, reason):
     with pytest.raises(zexec.InvalidEnvironment, match=reason.replace("(", r"\(")):
         alice.environment(requirements, progress=False)
+
+
+def test_resources_reach_the_server_and_its_status(alice):
+    st = alice.environment(["six"], progress=False, poll=0.01, cpus=1, memory=1024, workers=2)
+    assert st["env"]["resources"] == {"cpus": 1.0, "memory": 1024, "workers": 2}
+    assert st["resources"]["cpus"] == 1.0 and st["resources"]["workers"] == 2
+    assert alice.status()["resources"]["memory"] == 1024
+    with pytest.raises(zexec.EnvironmentConflict, match=r"requested cpus=2"):
+        alice.environment(["six"], progress=False, cpus=2)
+
+
+def test_a_request_over_the_site_limit_raises_naming_the_limit(alice):
+    with pytest.raises(zexec.ResourceLimitExceeded) as info:
+        alice.environment(["six"], progress=False, cpus=3)
+    msg = str(info.value)
+    assert "cpus=3 is above this site's limit of 2" in msg
+    assert "ZEXEC_DEPLOY_MAX_CPUS=2" in msg and "deployApi.resourceLimits.maxCpus" in msg
+    assert isinstance(info.value, zexec.InvalidEnvironment)
+    assert alice.status() is None  # nothing was spawned
+    with pytest.raises(zexec.ResourceLimitExceeded, match="ZEXEC_DEPLOY_MAX_MEMORY=4096"):
+        zexec.environment(["six"], progress=False, memory=8192)  # the module function
+
+
+@pytest.mark.parametrize("kwargs, reason", [
+    ({"cpus": 0}, "cpus must be at least 0.001"),
+    ({"memory": "4Gi"}, "memory is a whole number of MiB"),
+    ({"workers": -1}, "workers must be 1 or more"),
+])
+def test_wrong_resource_values_are_refused_with_the_reason(alice, kwargs, reason):
+    with pytest.raises(zexec.InvalidEnvironment, match=reason) as info:
+        alice.environment(["six"], progress=False, **kwargs)
+    assert not isinstance(info.value, zexec.ResourceLimitExceeded)
 
 
 def test_failed_build_raises_with_the_installer_output(alice):

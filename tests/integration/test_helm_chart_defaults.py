@@ -227,10 +227,11 @@ def test_user_namespaces_get_a_quota_and_limit_range_that_admit_two_servers(docs
     settings = k8s_settings(docs)
     rq = quota.build_resource_quota("zexec-u-a", settings.resource_quota, {})
     lr = quota.build_limit_range("zexec-u-a", settings.limit_range_max, {})
-    # Three servers' worth: the running one, one built beside it, one terminating
-    # (3 x 250m/512Mi requests, 3 x 2 cpu/4Gi limits, 3 x 1Gi/10Gi disk).
+    # Three servers' worth: the running one, one built beside it, one terminating, each
+    # at the most one may ask for (resourceLimits 2 cpus/4096 MiB, requested and
+    # limited alike: 3 x 2 / 12288Mi), 3 x 2 cpu/4Gi limits, 3 x 1Gi/10Gi disk.
     assert rq["spec"]["hard"] == {
-        "pods": "4", "requests.cpu": "750m", "requests.memory": "1536Mi",
+        "pods": "4", "requests.cpu": "6", "requests.memory": "12288Mi",
         "limits.cpu": "6", "limits.memory": "12Gi",
         "requests.ephemeral-storage": "3Gi", "limits.ephemeral-storage": "30Gi",
     }

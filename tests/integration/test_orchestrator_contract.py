@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 from kubernetes import client
@@ -14,7 +15,7 @@ from orch_support import PY, wait_for
 from zexec.adapters.orchestrator_memory import InMemoryOrchestrator
 from zexec.core.envspec import parse_env_spec
 from zexec.core.errors import EnvironmentConflict
-from zexec.core.model import PHASES, UserIdentity
+from zexec.core.model import PHASES, Resources, UserIdentity
 from zexec.core.ports import Orchestrator
 
 pytest_plugins = ["orch_fixtures", "k8s_fixtures"]
@@ -107,6 +108,25 @@ def test_other_environment_conflicts_unless_forced(impl):
     assert orch.status(u.user_id).env == B
     make_ready(u.user_id)
     assert orch.status(u.user_id).phase == "ready"
+    orch.terminate(u.user_id)
+
+
+def test_other_resources_are_another_server_and_status_says_what_it_got(impl):
+    orch, make_ready = impl
+    u = user()
+    asked = replace(A, resources=Resources(cpus=1, workers=2))
+    st = orch.ensure(u, asked)
+    assert st.env == asked and st.env.digest == A.digest  # the same install
+    make_ready(u.user_id)
+    st = orch.status(u.user_id)
+    assert st.env == asked and orch.ensure(u, asked).phase == "ready"  # idempotent
+    assert (st.resources.cpus, st.resources.workers) == (1.0, 2)
+    with pytest.raises(EnvironmentConflict, match="requested site defaults"):
+        orch.ensure(u, A)
+    replaced = orch.ensure(u, A, force=True)
+    assert replaced.env == A and replaced.env.resources == Resources()
+    make_ready(u.user_id)
+    assert orch.status(u.user_id).env == A
     orch.terminate(u.user_id)
 
 

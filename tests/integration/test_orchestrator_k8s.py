@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import replace
 
 import kmock
 import kubernetes_validate
@@ -15,8 +16,8 @@ from orch_support import SECRET
 
 from zexec.adapters.orchestrator_k8s import KubernetesOrchestrator
 from zexec.core.envspec import parse_env_spec
-from zexec.core.errors import OrchestratorError
-from zexec.core.model import UserIdentity
+from zexec.core.errors import EnvironmentConflict, OrchestratorError
+from zexec.core.model import Resources, UserIdentity
 from zexec.core.protocol import server_credential
 from zexec.plugins import hookimpl
 
@@ -178,3 +179,24 @@ def test_list_and_foreign_namespaces(kube, k8s_orch):
     assert k8s_orch.status("hank") is None and k8s_orch.terminate("hank") is False
     with pytest.raises(OrchestratorError, match="another user"):
         k8s_orch.ensure(UserIdentity("hank"), SIX)
+
+
+def test_resources_shape_the_pod_and_are_another_server(kube, k8s_orch):
+    emu, _ = kube
+    user, ns = UserIdentity("ivy"), "zexec-u-ivy"
+    asked = replace(SIX, resources=Resources(cpus=1.5, memory=2048, workers=3))
+    k8s_orch.ensure(user, asked)
+    (pod_name,) = in_namespace(emu, ns)["pods"]
+    server = obj(emu, "pods", ns, pod_name)["spec"]["containers"][0]
+    assert server["resources"]["limits"]["cpu"] == server["resources"]["requests"]["cpu"] == "1500m"
+    assert server["resources"]["limits"]["memory"] == "2048Mi"
+    assert {"name": "ZEXEC_SERVER_WORKERS", "value": "3"} in server["env"]
+    st = k8s_orch.status("ivy")  # read back from the namespace's annotation
+    assert st.env == asked and st.resources == Resources(cpus=1.5, memory=2048, gpus=0, workers=3)
+    # the same request is the same server; the same requirements without it are not
+    assert k8s_orch.ensure(user, asked).env == asked
+    with pytest.raises(EnvironmentConflict, match="requested site defaults"):
+        k8s_orch.ensure(user, SIX)
+    # the install config map is per requirements digest: the same one for both
+    assert in_namespace(emu, ns)["configmaps"] == [f"zexec-env-{SIX.digest[:16]}"]
+    k8s_orch.terminate("ivy")

@@ -52,7 +52,7 @@ def cluster():
     index.probe_wheel(files)
     volume = json.dumps({"hostPath": {"path": str(cache), "type": "Directory"}})
     with index.serving(files) as proxy, running_cluster(
-            users=("alice", "bob", "carol", "dave", "erin", "fay"),
+            users=("alice", "bob", "carol", "dave", "erin", "fay", "gus"),
             ZEXEC_K8S_INSTALL_CACHE_VOLUME=volume, ZEXEC_K8S_PIP_INDEX_URL=proxy.url,
             ZEXEC_DEPLOY_IDLE_TIMEOUT=str(IDLE_TIMEOUT)) as c:
         c.cache_dir = cache

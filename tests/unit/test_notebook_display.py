@@ -76,3 +76,11 @@ def test_map_progress_bar_closes_when_the_map_fails(capsys):
     with pytest.raises(ValueError):
         list(map_progress(failing(), 5, "f", True))
     assert "1/5" in capsys.readouterr().err
+
+
+def test_the_table_shows_the_resources_the_server_got():
+    got = {"cpus": 1.5, "memory": None, "gpus": 0, "workers": 2, "note": f"memory {HOSTILE}"}
+    page = html.status_html(status(phase="ready", resources=got))
+    assert "cpus 1.5, memory not bounded, gpus 0, workers 2" in page
+    assert "&lt;script&gt;" in page and "<script>" not in page
+    assert "resources" not in html.status_html(status())  # an orchestrator that says nothing

@@ -11,11 +11,15 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 
 from zexec.core import replacing
 from zexec.core.model import PHASES, EnvSpec, ServerStatus, UserIdentity
 
 __all__ = ["InMemoryOrchestrator"]
+
+#: It runs nothing, so it enforces nothing: a status says so.
+NOTE = "the in-memory orchestrator runs no server; nothing is enforced"
 
 
 class InMemoryOrchestrator:
@@ -54,7 +58,8 @@ class InMemoryOrchestrator:
                 self.nexts.pop(uid, None)  # a failed replacement: the user is back
             elif decision in ("replace-beside", "restart"):
                 self.nexts.pop(uid, None)
-                st = ServerStatus(uid, self.initial_phase, spec, since=self.clock())
+                st = ServerStatus(uid, self.initial_phase, spec, since=self.clock(),
+                                  resources=spec.resources, resources_note=NOTE)
                 if decision == "restart" or st.phase == "ready":
                     self.servers[uid] = st
                 else:
@@ -101,7 +106,8 @@ class InMemoryOrchestrator:
         with self._lock:
             table = self.nexts if user_id in self.nexts else self.servers
             cur = table[user_id]
-            st = ServerStatus(user_id, phase, cur.env, reason, tuple(log_tail), since=self.clock())
+            st = replace(cur, phase=phase, reason=reason, log_tail=tuple(log_tail),
+                         since=self.clock())
             table[user_id] = st
             if table is self.nexts and phase == "ready":
                 self.servers[user_id] = self.nexts.pop(user_id)

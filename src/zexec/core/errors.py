@@ -212,6 +212,13 @@ class InvalidEnvironment(ZexecError):
     code = "INVALID_ENVIRONMENT"
 
 
+class ResourceLimitExceeded(InvalidEnvironment):
+    """Resources asked for beyond what the site allows (HTTP 422); the message names the
+    limit, its value and the setting that holds it."""
+
+    code = "RESOURCE_LIMIT"
+
+
 class EnvironmentConflict(ZexecError):
     """The user's server runs other requirements and ``force`` was not given (HTTP 409)."""
 
@@ -224,7 +231,8 @@ class OrchestratorError(ZexecError):
     code = "ORCHESTRATOR"
 
 
-BY_CODE.update({c.code: c for c in (InvalidEnvironment, EnvironmentConflict, OrchestratorError)})
+BY_CODE.update({c.code: c for c in (InvalidEnvironment, ResourceLimitExceeded,
+                                     EnvironmentConflict, OrchestratorError)})
 
 
 class InvalidQuery(ZexecError):

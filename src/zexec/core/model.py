@@ -54,15 +54,46 @@ PHASES = ("pending", "installing", "starting", "ready", "failed", "terminated")
 
 
 @dataclass(frozen=True)
+class Resources:
+    """What one user's server may use, as asked for (None = the site's default, which is
+    the orchestrator's behaviour without a request). Validated and normalised by
+    :func:`zexec.core.resources.parse_resources`.
+
+    ``cpus``: CPU cores (float, like Ray's ``num_cpus`` and Modal's ``cpu``; Kubernetes
+    millicore precision); ``memory``: MiB (int, like Modal's ``memory``); ``gpus``:
+    whole GPUs; ``workers``: worker processes of the server (calls run this many at a
+    time)."""
+
+    cpus: float | None = None
+    memory: int | None = None
+    gpus: int | None = None
+    workers: int | None = None
+
+    @property
+    def default(self) -> bool:
+        """Nothing asked for: the site's defaults throughout."""
+        return self == Resources()
+
+
+@dataclass(frozen=True)
 class EnvSpec:
     """What a user's server runs: an exact Python ``major.minor`` and normalised
     requirements (sorted, canonical names). ``digest`` identifies the set: the same
     requirements in any order give the same digest. Build with
-    :func:`zexec.core.envspec.parse_env_spec`, which validates."""
+    :func:`zexec.core.envspec.parse_env_spec`, which validates.
+
+    ``resources`` are part of what a server runs (another request is another server)
+    but not of ``digest``, which keys the installed environment: the same requirements
+    with other resources reuse the same built venv / install cache."""
 
     python: str
     requirements: tuple[str, ...]
     digest: str
+    resources: Resources = Resources()
+
+    def same_server(self, other: EnvSpec) -> bool:
+        """Whether a server running ``self`` serves a request for ``other``."""
+        return self.digest == other.digest and self.resources == other.resources
 
 
 @dataclass(frozen=True)
@@ -80,3 +111,7 @@ class ServerStatus:
     #: While a forced replacement is built beside it (and after one failed), the server
     #: that keeps serving the user meanwhile; None otherwise.
     previous: ServerStatus | None = None
+    #: What the server got (requests filled with the site's defaults; None where the
+    #: orchestrator sets no bound), and what of it is not enforced, in words.
+    resources: Resources | None = None
+    resources_note: str = ""

@@ -21,6 +21,7 @@ from typing import Literal
 
 from zexec.core.errors import EnvironmentConflict
 from zexec.core.model import EnvSpec, ServerStatus
+from zexec.core.resources import describe_resources
 
 #: Phases after which nothing runs any more.
 TERMINAL = frozenset({"failed", "terminated"})
@@ -55,7 +56,7 @@ def plan_ensure(current: ServerStatus | None, nxt: ServerStatus | None, spec: En
     """
     target = wanted(current, nxt)
     if target is not None and not force:
-        if target.env is not None and target.env.digest == spec.digest:
+        if target.env is not None and target.env.same_server(spec):
             return "keep-next" if target is nxt else "keep-current"
         return "conflict"
     if current is not None and current.phase == "ready":
@@ -66,10 +67,13 @@ def plan_ensure(current: ServerStatus | None, nxt: ServerStatus | None, spec: En
 def conflict_message(user_id: str, current: EnvSpec | None, wanted: EnvSpec) -> str:
     """The 409 text every orchestrator uses, so users see the same advice everywhere."""
     have = current.digest[:12] if current else "unknown"
+    what = f"digest {have}, requested {wanted.digest[:12]}"
+    if current is not None and current.digest == wanted.digest:
+        what = (f"resources {describe_resources(current.resources)}, requested "
+                f"{describe_resources(wanted.resources)}")
     return (
         f"user {user_id!r} already has a server with another environment "
-        f"(digest {have}, requested {wanted.digest[:12]}); terminate it first or "
-        f"spawn again with force=true to replace it"
+        f"({what}); terminate it first or spawn again with force=true to replace it"
     )
 
 

@@ -81,6 +81,16 @@ def status_line(status: dict[str, Any] | None) -> str:
     return ", ".join(parts)
 
 
+def resources_text(got: dict[str, Any]) -> str:
+    """What a server got, in a few words: ``cpus 1, memory not bounded, ...``; then the
+    orchestrator's note on what it does not enforce."""
+    units = {"memory": " MiB"}
+    parts = [f"{k} {got[k]:g}{units.get(k, '')}" if isinstance(got.get(k), int | float)
+             else f"{k} not bounded" for k in ("cpus", "memory", "gpus", "workers")]
+    note = got.get("note")
+    return ", ".join(parts) + (f" ({note})" if note else "")
+
+
 def status_html(status: dict[str, Any] | None, title: str = "zexec server") -> str:
     """A small table of a server's status (``Connection.status()`` / ``environment()``)."""
     if not status:
@@ -98,6 +108,9 @@ def status_html(status: dict[str, Any] | None, title: str = "zexec server") -> s
         rows.append(("requirements", ", ".join(code(r) for r in reqs) or "none"))
         if env.get("digest"):
             rows.append(("environment", code(str(env["digest"])[:12])))
+    got = status.get("resources")
+    if isinstance(got, dict):
+        rows.append(("resources", _e(resources_text(got))))
     if status.get("reason"):
         rows.append(("reason", _e(status["reason"])))
     tail = [str(line) for line in status.get("log_tail") or ()][-5:]

@@ -284,27 +284,50 @@ that is not a byte unit (e.g. "m"), so a memory value is never silently misread.
 {{- if eq $n (floor $n) -}}{{ int64 $n }}{{ else }}{{ $n }}{{ end -}}{{ trimPrefix $num $q }}
 {{- end -}}
 
+{{/* The larger of a CPU quantity and a number of cores: (list "2" 4) -> 4, (list "2" 1) -> "2". */}}
+{{- define "zexec.atLeastCpu" -}}
+{{- $q := toString (index . 0) -}}
+{{- $cores := float64 (index . 1) -}}
+{{- $milli := 0.0 -}}
+{{- if hasSuffix "m" $q -}}{{- $milli = float64 (trimSuffix "m" $q) -}}{{- else -}}{{- $milli = mulf (float64 $q) 1000 -}}{{- end -}}
+{{- if gt (mulf $cores 1000) $milli -}}{{ $cores }}{{- else -}}{{ $q }}{{- end -}}
+{{- end -}}
+
+{{/* The larger of a memory quantity and a number of MiB: (list "4Gi" 8192) -> "8192Mi". */}}
+{{- define "zexec.atLeastMemory" -}}
+{{- $q := toString (index . 0) -}}
+{{- $mib := int64 (index . 1) -}}
+{{- if gt (mul $mib 1048576) (include "zexec.bytes" $q | int64) -}}{{ $mib }}Mi{{- else -}}{{ $q }}{{- end -}}
+{{- end -}}
+
 {{/* The ResourceQuota `hard` of user namespaces (YAML): three servers' worth (the current
-one, a replacement built beside it, and one still terminating), then the values' own
-entries over it. */}}
+one, a replacement built beside it, and one still terminating), each the larger of the
+default server resources and the most one server may ask for (resourceLimits), then the
+values' own entries over it. */}}
 {{- define "zexec.resourceQuota" -}}
 {{- $k := .Values.deployApi.kubernetes -}}
 {{- $r := $k.serverResources -}}
+{{- $m := .Values.deployApi.resourceLimits -}}
 {{- $derived := dict "pods" "4"
-  "requests.cpu" (include "zexec.times" (list $r.requests.cpu 3))
-  "requests.memory" (include "zexec.times" (list $r.requests.memory 3))
-  "limits.cpu" (include "zexec.times" (list $r.limits.cpu 3))
-  "limits.memory" (include "zexec.times" (list $r.limits.memory 3))
+  "requests.cpu" (include "zexec.times" (list (include "zexec.atLeastCpu" (list $r.requests.cpu $m.maxCpus)) 3))
+  "requests.memory" (include "zexec.times" (list (include "zexec.atLeastMemory" (list $r.requests.memory $m.maxMemory)) 3))
+  "limits.cpu" (include "zexec.times" (list (include "zexec.atLeastCpu" (list $r.limits.cpu $m.maxCpus)) 3))
+  "limits.memory" (include "zexec.times" (list (include "zexec.atLeastMemory" (list $r.limits.memory $m.maxMemory)) 3))
   "requests.ephemeral-storage" (include "zexec.times" (list $k.serverStorage.request 3))
   "limits.ephemeral-storage" (include "zexec.times" (list $k.serverStorage.limit 3)) -}}
+{{- if gt (int64 $m.maxGpus) 0 -}}
+{{- $_ := set $derived (printf "requests.%s" $k.gpuResource) (toString (mul (int64 $m.maxGpus) 3)) -}}
+{{- end -}}
 {{- toYaml (merge (dict) $k.resourceQuota.hard $derived) -}}
 {{- end -}}
 
-{{/* The LimitRange `max` of one container in user namespaces (YAML). */}}
+{{/* The LimitRange `max` of one container in user namespaces (YAML): the larger of the
+default server limits and the most one server may ask for. */}}
 {{- define "zexec.limitRangeMax" -}}
 {{- $k := .Values.deployApi.kubernetes -}}
-{{- $derived := dict "cpu" (toString $k.serverResources.limits.cpu)
-  "memory" (toString $k.serverResources.limits.memory)
+{{- $m := .Values.deployApi.resourceLimits -}}
+{{- $derived := dict "cpu" (include "zexec.atLeastCpu" (list $k.serverResources.limits.cpu $m.maxCpus))
+  "memory" (include "zexec.atLeastMemory" (list $k.serverResources.limits.memory $m.maxMemory))
   "ephemeral-storage" (toString $k.serverStorage.limit) -}}
 {{- toYaml (merge (dict) $k.limitRange.max $derived) -}}
 {{- end -}}

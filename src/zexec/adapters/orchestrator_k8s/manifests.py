@@ -35,8 +35,10 @@ from zexec.adapters.orchestrator_k8s.install_step import (
     install_cache_source,
     install_containers,
 )
+from zexec.adapters.orchestrator_k8s.resources import container_resources
 from zexec.core.errors import ConfigurationError
 from zexec.core.model import EnvSpec
+from zexec.core.resources import resources_dict, resources_from_dict
 from zexec.settings import KubernetesSettings
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "zexec"}
@@ -116,16 +118,18 @@ def server_labels(user_key: str, spec: EnvSpec) -> dict[str, str]:
 
 
 def env_json(spec: EnvSpec) -> str:
+    res = {} if spec.resources.default else {"resources": resources_dict(spec.resources)}
     return json.dumps(
-        {"python": spec.python, "requirements": list(spec.requirements), "digest": spec.digest}
-    )
+        {"python": spec.python, "requirements": list(spec.requirements), "digest": spec.digest,
+         **res})
 
 
 def env_from(text: str) -> EnvSpec:
     """The EnvSpec an annotation holds (ValueError if it does not hold one)."""
     try:
         raw = json.loads(text)
-        return EnvSpec(raw["python"], tuple(raw["requirements"]), raw["digest"])
+        return EnvSpec(raw["python"], tuple(raw["requirements"]), raw["digest"],
+                       resources_from_dict(raw.get("resources")))
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"not an EnvSpec annotation: {exc}") from None
 
@@ -297,18 +301,8 @@ def build_pod(
     the image's packages (zexec) and installs the ConfigMap's file into it (see
     :func:`install_containers`); the server runs from that venv. ``overrides`` (plugin results) are
     merged into the spec last (see :func:`merge_overrides`)."""
-    resources = {
-        "requests": {
-            "cpu": settings.cpu_request,
-            "memory": settings.memory_request,
-            "ephemeral-storage": settings.ephemeral_storage_request,
-        },
-        "limits": {
-            "cpu": settings.cpu_limit,
-            "memory": settings.memory_limit,
-            "ephemeral-storage": settings.ephemeral_storage_limit,
-        },
-    }
+    # The compute part (what the user asked for, else the site's): see .resources.
+    resources = container_resources(settings, spec.resources)
     common = {"image": image, "imagePullPolicy": settings.image_pull_policy}
     mounts = [
         {"name": "env", "mountPath": ENV_DIR, "readOnly": True},
@@ -323,7 +317,8 @@ def build_pod(
         init = install_containers(settings, common, base_env, VENV,
                                   f"{ENV_DIR}/requirements.txt")
         for c in init:
-            c.update(resources=resources, securityContext=_container_security())
+            c.update(resources=container_resources(settings, spec.resources, gpus=False),
+                     securityContext=_container_security())
             c["volumeMounts"] = list(mounts)
             if settings.install_cache_volume:
                 c["volumeMounts"].append({"name": "install-cache", "mountPath": CACHE_DIR})
@@ -334,7 +329,8 @@ def build_pod(
             "name": "ZEXEC_SERVER_CREDENTIAL",
             "valueFrom": {"secretKeyRef": {"name": SECRET_NAME, "key": "credential"}},
         },
-        {"name": "ZEXEC_SERVER_WORKERS", "value": str(settings.server_workers)},
+        {"name": "ZEXEC_SERVER_WORKERS",
+         "value": str(spec.resources.workers or settings.server_workers)},
         {"name": "ZEXEC_SERVER_READY_FILE", "value": READY_FILE},
         {"name": "ZEXEC_SERVER_IDLE_TIMEOUT", "value": f"{idle_timeout:g}"},
     ]

@@ -34,6 +34,7 @@ from zexec.adapters.orchestrator_k8s import manifests as m
 from zexec.adapters.orchestrator_k8s.apicalls import api_errors, raw
 from zexec.adapters.orchestrator_k8s.podstatus import pod_phase
 from zexec.adapters.orchestrator_k8s.reaper import ANN_IDLE_SINCE, NamespaceReaper
+from zexec.adapters.orchestrator_k8s.resources import granted
 from zexec.core import replacing
 from zexec.core.errors import EnvironmentConflict, OrchestratorError
 from zexec.core.model import EnvSpec, ServerStatus, UserIdentity
@@ -386,7 +387,8 @@ class KubernetesOrchestrator:
         tail: tuple[str, ...] = ()
         if logs and got.log_container and got.phase in ("failed", "installing"):
             tail = self._log_tail(meta["name"], pod_name, got.log_container)
-        return ServerStatus(user_id, got.phase, env, got.reason, tail, since)
+        return ServerStatus(user_id, got.phase, env, got.reason, tail, since,
+                            resources=granted(self.settings, env.resources) if env else None)
 
     def _log_tail(self, ns: str, pod: str, container: str) -> tuple[str, ...]:
         try:

@@ -41,6 +41,7 @@ from pathlib import Path
 
 from zexec.adapters.hugepages import with_hugepages
 from zexec.adapters.orchestrator_local import procs
+from zexec.adapters.orchestrator_local import resources as local_resources
 from zexec.adapters.orchestrator_local.envs import BuildCancelled, BuildFailed, EnvStore
 from zexec.adapters.orchestrator_local.isolation import Isolation, resolve
 from zexec.adapters.orchestrator_local.pythons import discover_pythons, find_uv, running_python
@@ -53,6 +54,7 @@ from zexec.core import replacing
 from zexec.core.errors import InvalidEnvironment
 from zexec.core.model import EnvSpec, ServerStatus, UserIdentity
 from zexec.core.protocol import server_credential
+from zexec.core.resources import resources_dict
 
 #: Server command when none is injected; ``{python}`` becomes the env's interpreter.
 DEFAULT_SERVER_COMMAND = ("{python}", "-m", "zexec.apps.server")
@@ -146,6 +148,7 @@ class LocalOrchestrator(Recovery):
             if decision in ("keep-current", "keep-next"):
                 return self._view(uid)
             interpreter = self._interpreter(spec.python)  # refuse before stopping anything
+            local_resources.check(spec.resources)
             if nxt is not None:
                 self._stop(self._nexts.pop(uid))
             if decision == "restart" and cur is not None:
@@ -239,7 +242,10 @@ class LocalOrchestrator(Recovery):
             phase, reason, tail, since = rec.phase, rec.reason, rec.log_tail, rec.since
         if phase in ("installing", "starting"):
             tail = procs.tail(self.log_path(rec.user_id))  # live progress
-        return ServerStatus(rec.user_id, phase, rec.spec, reason, tail, since)
+        workers = rec.spec.resources.workers or self.server_workers
+        return ServerStatus(rec.user_id, phase, rec.spec, reason, tail, since,
+                            resources=local_resources.granted(rec.spec.resources, workers),
+                            resources_note=local_resources.MEMORY_NOTE)
 
     def _set(self, rec: Server, phase: str, reason: str = "", tail: bool = False) -> None:
         log_tail = procs.tail(self.log_path(rec.user_id)) if tail else ()
@@ -294,7 +300,9 @@ class LocalOrchestrator(Recovery):
             "user_id": rec.user_id, "role": role, "pid": rec.proc.pid,
             "start": procs.start_time(rec.proc.pid), "since": self.clock(),
             "env": {"python": rec.spec.python, "requirements": list(rec.spec.requirements),
-                    "digest": rec.spec.digest},
+                    "digest": rec.spec.digest,
+                    **({"resources": resources_dict(rec.spec.resources)}
+                       if not rec.spec.resources.default else {})},
             "interpreter": rec.interpreter, "isolation": self.isolation.mode,
             "uid": rec.tenant.uid, "gid": rec.tenant.gid,
             "broker_url": self.broker_backend_url, "secret": self._secret_digest,
@@ -365,6 +373,7 @@ class LocalOrchestrator(Recovery):
         ]
         shown = " ".join(cmd) + self.tenancy.describe(rec.tenant)
         cmd = self.tenancy.argv(rec.tenant, cmd, venv, rec.interpreter)
+        cores = self._pin(rec)
         # The credential travels over a pipe: never in an environment /proc shows.
         cred_r, cred_w = os.pipe()
         env = self._child_env(
@@ -372,7 +381,8 @@ class LocalOrchestrator(Recovery):
                 "ZEXEC_SERVER_BROKER_URL": self.broker_backend_url,
                 "ZEXEC_SERVER_USER_ID": rec.user_id,
                 "ZEXEC_SERVER_CREDENTIAL_FD": str(cred_r),
-                "ZEXEC_SERVER_WORKERS": str(self.server_workers),
+                **local_resources.server_env(
+                    spec.resources, spec.resources.workers or self.server_workers, cores),
                 "ZEXEC_SERVER_READY_FILE": str(ready),
                 "ZEXEC_SERVER_IDLE_TIMEOUT": str(self.idle_timeout),
                 "HOME": str(rec.tenant.workdir),
@@ -408,6 +418,18 @@ class LocalOrchestrator(Recovery):
                 return
             self._set(rec, "ready")
         self._supervise(rec, proc)
+
+    def _pin(self, rec: Server) -> tuple[int, ...]:
+        """Pin this thread (which starts the server: a child inherits the affinity of
+        the thread that forks it) to the cores ``rec`` asked for; () when it asked none."""
+        if rec.spec.resources.cpus is None:
+            return ()
+        with self._guard:
+            taken = [c for r in (*self._servers.values(), *self._nexts.values())
+                     if r is not rec for c in r.cores]
+            rec.cores = local_resources.pick_cores(rec.spec.resources.cpus, taken)
+        os.sched_setaffinity(0, rec.cores)
+        return rec.cores
 
     def _supervise(self, rec: Server, proc: subprocess.Popen[bytes] | procs.Adopted) -> None:
         """Wait for the server to exit, then say how it ended."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from zexec.core.model import EnvSpec
+from zexec.core.resources import resources_from_dict
 
 log = logging.getLogger("zexec.orchestrator")
 
@@ -85,7 +86,8 @@ class Records:
 def record_spec(r: dict[str, Any]) -> EnvSpec:
     """The environment a record names (KeyError/TypeError if it names none)."""
     env = r["env"]
-    return EnvSpec(str(env["python"]), tuple(env["requirements"]), str(env["digest"]))
+    return EnvSpec(str(env["python"]), tuple(env["requirements"]), str(env["digest"]),
+                   resources_from_dict(env.get("resources")))
 
 
 def distrust(
@@ -108,7 +110,7 @@ def distrust(
         return "it never registered with the broker"
     try:
         spec = record_spec(r)
-    except (KeyError, TypeError):
+    except (KeyError, TypeError, ValueError):
         return "its record names no environment"
     if not env_complete(spec, str(r.get("interpreter", ""))):
         return "its environment is gone or incomplete"

@@ -47,6 +47,7 @@ class Server:
     #: promoted to current once ready, its own ready file and record meanwhile.
     beside: bool = False
     ready: Path | None = None  # the ready file its server writes
+    cores: tuple[int, ...] = ()  # the cores it is pinned to (cpus asked for), else ()
 
     @property
     def record_key(self) -> str:

@@ -18,8 +18,6 @@ message says what to do (401 Unauthenticated, 409 EnvironmentConflict naming
 from __future__ import annotations
 
 import os
-import re
-import sys
 import time
 from typing import Any
 
@@ -29,6 +27,7 @@ from typing import Any
 import httpx
 
 from zexec.apps.client.api import Client, set_default_client
+from zexec.apps.client.deploy_calls import PYTHON, check, detail_of, requirement_list
 from zexec.apps.client.privacy import is_loopback, privacy
 from zexec.apps.client.progress import Progress
 from zexec.apps.client.status import Status
@@ -36,7 +35,6 @@ from zexec.apps.client.tracebacks import public
 from zexec.core import errors as E
 from zexec.notebook.html import connection_html, status_line
 
-PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 PREFIX = "/rexec"
 #: ``environment()`` asks for the server's status every FAST_POLL seconds for the first
 #: FAST_WINDOW seconds (a server whose environment is cached is ready within about a
@@ -53,92 +51,6 @@ def deploy_url_from(url: str, prefix: str = PREFIX) -> str:
     (what ndp-ep 0.9.0 does)."""
     url = url.strip().rstrip("/")
     return url if url.endswith(prefix) else url + prefix
-
-
-def _detail(resp: httpx.Response) -> tuple[str, dict[str, Any]]:
-    try:
-        body = resp.json()
-    except ValueError:
-        return resp.text.strip()[:300] or resp.reason_phrase, {}
-    if not isinstance(body, dict):
-        return str(body)[:300], {}
-    detail = body.get("detail")
-    return (detail if isinstance(detail, str) else str(detail or resp.reason_phrase)), body
-
-
-def check(resp: httpx.Response, what: str) -> dict[str, Any]:
-    """The JSON body of a 2xx answer; otherwise the zexec error the status stands for."""
-    if resp.is_success:
-        try:
-            body = resp.json()
-        except ValueError:
-            body = None
-        if not isinstance(body, dict):
-            raise E.ControlPlaneError(
-                f"{what}: {resp.url} answered something that is not a "
-                "JSON object (is this URL a zexec/NDP endpoint?)"
-            )
-        return body
-    detail, body = _detail(resp)
-    code = resp.status_code
-    if code == 401:
-        raise E.Unauthenticated(f"{what}: {detail} (check the token)")
-    if code == 403:
-        raise E.Forbidden(f"{what}: {detail}")
-    if code == 409:
-        raise E.EnvironmentConflict(
-            f"{detail}\nTo replace your server (interrupting its work) call "
-            "environment(..., force=True)."
-        )
-    if code == 422 and body.get("phase") == "failed":
-        raise E.EnvironmentFailed(detail, body.get("reason", ""), tuple(body.get("log_tail", ())))
-    if code == 422:
-        raise E.InvalidEnvironment(detail)
-    if code == 503 and body.get("code") == "AUTH_UNAVAILABLE":
-        raise E.AuthUnavailable(f"{what}: {detail}")
-    raise E.ControlPlaneError(f"{what}: {resp.request.method} {resp.url} -> HTTP {code}: {detail}")
-
-
-def requirement_list(
-    requirements: list[str] | tuple[str, ...] | str | os.PathLike | None, python: str | None
-) -> list[str]:
-    """The requirement items to send: a list as given, or a requirements file's lines;
-    ``python==X.Y`` added (``python`` or this interpreter's) unless one is there."""
-    from zexec.core.envspec import read_requirements_file
-
-    if requirements is None:
-        items: list[str] = []
-    elif isinstance(requirements, str | os.PathLike):
-        path = os.fspath(requirements)
-        if not os.path.isfile(path):
-            raise E.ConfigurationError(
-                f"requirements file {path!r} not found (pass a list such as ['numpy'] for "
-                "requirement strings)"
-            )
-        items = read_requirements_file(path)
-    elif isinstance(requirements, list | tuple) and all(isinstance(r, str) for r in requirements):
-        items = list(requirements)
-    else:
-        raise E.ConfigurationError("requirements must be a list of strings or a file path")
-    # Only the name is looked at here (a regular expression, not packaging's parser,
-    # which takes longer to import than the rest of connect()); the Deploy API checks
-    # every item and says what is wrong with one (422).
-    pins = [item.strip() for item in items if _requirement_name(item) == "python"]
-    if pins and python is not None and pins != [f"python=={python}"]:
-        raise E.ConfigurationError(
-            f"python={python!r} and the requirement {pins[0]!r} "
-            "disagree; pin the Python version once"
-        )
-    return items if pins else [f"python=={python or PYTHON}", *items]
-
-
-_NAME = re.compile(r"\s*([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)")
-
-
-def _requirement_name(item: str) -> str:
-    """The normalized project name a requirement string starts with ("" if none)."""
-    m = _NAME.match(item)
-    return re.sub(r"[-_.]+", "-", m.group(1)).lower() if m else ""
 
 
 def poll_interval(elapsed: float, poll: float) -> float:
@@ -213,6 +125,11 @@ class Connection:
         timeout: float = 600.0,
         progress: bool = True,
         poll: float = 0.5,
+        *,
+        cpus: float | None = None,
+        memory: int | None = None,
+        gpus: int | None = None,
+        workers: int | None = None,
     ) -> dict[str, Any]:
         """Make sure your server runs ``requirements`` (a list, or a requirements file
         path) under ``python`` (default: this interpreter's ``X.Y``), waiting up to
@@ -222,8 +139,19 @@ class Connection:
         which keeps serving until the new one is ready (and goes on if the build fails).
         Returns the server's status (``phase`` is ``"ready"``). While waiting it asks for
         the status every 50 ms for the first 3 s, then every ``poll`` seconds. Ctrl-C
-        (KeyboardInterrupt) while waiting asks the Deploy API to cancel the build."""
-        body = {"requirements": requirement_list(requirements, python), "force": bool(force)}
+        (KeyboardInterrupt) while waiting asks the Deploy API to cancel the build.
+
+        Resources of the server (None: the site's default): ``cpus`` cores (a float,
+        like Ray's ``num_cpus``), ``memory`` in MiB (an int, like Modal's: 4096 is
+        4 GiB), ``gpus``, ``workers`` (worker processes: calls run this many at a
+        time). Other resources are another server (EnvironmentConflict unless
+        ``force``), with the same installed environment. Beyond the site's limits:
+        ResourceLimitExceeded, naming the limit; ``status()["resources"]`` says what
+        the server got and what of it is not enforced there."""
+        body: dict[str, Any] = {"requirements": requirement_list(requirements, python),
+                                "force": bool(force)}
+        asked = {"cpus": cpus, "memory": memory, "gpus": gpus, "workers": workers}
+        body.update({k: v for k, v in asked.items() if v is not None})
         display = Progress(enabled=progress)
         started = time.monotonic()
         st: dict[str, Any] = {}
@@ -372,7 +300,7 @@ def connect(
         resp = get(f"{ep}/status/rexec", "discovery", headers=auth)
         if resp.status_code == 404:
             raise E.ControlPlaneError(_not_an_ep_api(http, ep) or (
-                f"remote execution is not enabled at {ep}: {_detail(resp)[0]}"))
+                f"remote execution is not enabled at {ep}: {detail_of(resp)[0]}"))
         found = check(resp, "discovery").get("deployment_api_url")
         if not isinstance(found, str) or not found:
             raise E.ControlPlaneError(f"{ep}/status/rexec did not name a deployment_api_url")
@@ -431,7 +359,8 @@ def environment(
     python: str | None = None,
     **options: Any,
 ) -> dict[str, Any]:
-    """:meth:`Connection.environment` of the last :func:`connect`."""
+    """:meth:`Connection.environment` of the last :func:`connect` (the same options:
+    ``force``, ``timeout``, ``cpus``, ``memory`` in MiB, ``gpus``, ``workers`` ...)."""
     return default_connection().environment(requirements, python, **options)
 
 
@@ -441,4 +370,4 @@ def terminate() -> dict[str, Any]:
     return default_connection().terminate()
 
 
-__all__ = ["Connection", "connect", "deploy_url_from", "environment", "terminate"]
+__all__ = ["PYTHON", "Connection", "connect", "deploy_url_from", "environment", "terminate"]

@@ -4,7 +4,9 @@ Routes, all under ``settings.prefix`` (``/rexec``):
 
 * ``POST /spawn``: form-encoded as ``scidx-rexec`` 0.1.0 sends it (``requirments``
   repeated - sic -, ``token``, ``force_reinstall`` "True"/"False"; ``requirements`` is
-  accepted too) or JSON ``{"requirements": [...], "force": bool, "wait": seconds}``.
+  accepted too) or JSON ``{"requirements": [...], "force": bool, "wait": seconds}``
+  with optional ``cpus``, ``memory`` (MiB), ``gpus``, ``workers`` (see
+  :mod:`zexec.core.resources`; beyond a site limit: 422 naming it).
   The token comes from the ``token`` field or ``Authorization: Bearer``. Same
   environment again: 200, unchanged; another one: 409 unless forced; bad requirements:
   422 with the reason. Form (legacy) spawns wait up to ``settings.legacy_spawn_wait``
@@ -30,6 +32,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -50,6 +53,7 @@ from zexec.apps.http_common import (
 from zexec.core.errors import ConfigurationError, EnvironmentConflict, InvalidEnvironment
 from zexec.core.model import EnvSpec, UserIdentity
 from zexec.core.ports import Authenticator, Orchestrator
+from zexec.core.resources import FIELDS, ResourceLimits, parse_resources
 from zexec.settings import DeploySettings
 
 ParseSpec = Callable[..., EnvSpec]
@@ -88,6 +92,12 @@ SPAWN_DOC: dict[str, Any] = {
                         "force": {"type": "boolean"},
                         "wait": {"type": "number", "minimum": 0, "maximum": MAX_JSON_WAIT},
                         "token": {"type": "string"},
+                        "cpus": {"type": ["number", "null"], "exclusiveMinimum": 0,
+                                 "description": "CPU cores (site limit ZEXEC_DEPLOY_MAX_CPUS)"},
+                        "memory": {"type": ["integer", "null"], "minimum": 1,
+                                   "description": "MiB (site limit ZEXEC_DEPLOY_MAX_MEMORY)"},
+                        "gpus": {"type": ["integer", "null"], "minimum": 0},
+                        "workers": {"type": ["integer", "null"], "minimum": 1},
                     },
                 }
             },
@@ -151,6 +161,7 @@ async def read_spawn_request(request: Request) -> dict[str, Any]:
             "token": token if isinstance(token, str) else None,
             "wait": min(float(wait), MAX_JSON_WAIT),
             "legacy": False,
+            "resources": {k: body[k] for k in FIELDS if k in body},
         }
     form = await request.form()
     values = [*form.getlist("requirments"), *form.getlist("requirements")]
@@ -163,6 +174,7 @@ async def read_spawn_request(request: Request) -> dict[str, Any]:
         "token": str(token) if token else None,
         "wait": None,  # the legacy default, decided by settings
         "legacy": True,
+        "resources": {},  # the released clients ask for none: the site's defaults
     }
 
 
@@ -225,6 +237,7 @@ def create_app(
     metrics: DeployMetrics | None = None,
     closers: Sequence[Callable[[], Any]] = (),
     max_body_size: int | None = None,
+    resource_limits: ResourceLimits | None = None,
 ) -> FastAPI:
     """The Deploy API over the given collaborators.
 
@@ -232,11 +245,14 @@ def create_app(
     :func:`zexec.core.envspec.parse_env_spec`); ``metrics`` defaults to a fresh registry;
     ``closers`` run when the app shuts down (the composition root passes the
     orchestrator's ``close``); a request body over ``max_body_size`` bytes gets 413
-    before it is read (or as soon as a chunked body passes it).
+    before it is read (or as soon as a chunked body passes it); ``resource_limits``
+    bound what a spawn may ask for (default: :func:`service.resource_limits` of
+    ``settings``).
     """
     if parse_spec is None:
         from zexec.core.envspec import parse_env_spec as parse_spec
     prefix = normalise_prefix(settings.prefix)
+    limits = resource_limits or service.resource_limits(settings)
     tls_pin = broker_tls_pin(settings)
     metrics = metrics or DeployMetrics(orchestrator)
     app = FastAPI(
@@ -278,6 +294,7 @@ def create_app(
             spec = parse_spec(
                 fields["requirements"], allow_unsafe=settings.allow_unsafe_requirements
             )
+            spec = replace(spec, resources=parse_resources(fields["resources"], limits))
             result = await run_in_threadpool(
                 service.spawn, orchestrator, user, spec, fields["force"]
             )

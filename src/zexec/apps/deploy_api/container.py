@@ -70,7 +70,12 @@ def kubernetes_orchestrator(settings: DeploySettings, broker: BrokerSettings) ->
     from kubernetes import client, config
 
     from zexec.adapters.orchestrator_k8s import KubernetesOrchestrator
+    from zexec.adapters.orchestrator_k8s.quota import check_bounds
+    from zexec.apps.deploy_api.service import resource_limits
     from zexec.settings import KubernetesSettings
+
+    k8s = KubernetesSettings()
+    check_bounds(k8s, resource_limits(settings))  # before touching the cluster
 
     try:
         config.load_incluster_config()
@@ -84,7 +89,7 @@ def kubernetes_orchestrator(settings: DeploySettings, broker: BrokerSettings) ->
             ) from exc
     orch = KubernetesOrchestrator(
         client.ApiClient(),
-        KubernetesSettings(),
+        k8s,
         _server_secret(broker),
         idle_timeout=settings.idle_timeout,
     )

@@ -1,7 +1,7 @@
 """What the Deploy API does, apart from HTTP: spawn semantics, waiting, status views.
 
 Collaborators arrive as arguments (an :class:`~zexec.core.ports.Orchestrator`, a parse
-function); nothing here reads settings or a container. Functions that call the
+function); nothing here reads a container, and only :func:`resource_limits` settings. Functions that call the
 orchestrator block (the HTTP layer runs them in a worker thread).
 """
 
@@ -19,6 +19,8 @@ from zexec.core import replacing
 from zexec.core.errors import EnvironmentConflict, InvalidEnvironment
 from zexec.core.model import EnvSpec, ServerStatus, UserIdentity
 from zexec.core.ports import Orchestrator
+from zexec.core.resources import ResourceLimits, describe_resources, resources_dict
+from zexec.settings import DeploySettings
 
 #: Phases a waiting spawn stops at.
 SETTLED = frozenset({"ready", "failed", "terminated"})
@@ -84,10 +86,39 @@ async def wait_settled(
         await asyncio.sleep(min(poll, max(0.0, deadline - time.monotonic())))
 
 
+def resource_limits(settings: DeploySettings) -> ResourceLimits:
+    """The site's limits (``ZEXEC_DEPLOY_MAX_*``) and the default worker count of the
+    orchestrator the settings select (a request equal to it is the same server)."""
+    default_workers: int | None = None
+    if settings.orchestrator == "local":
+        default_workers = settings.server_workers
+    elif settings.orchestrator == "kubernetes":
+        from zexec.settings import KubernetesSettings
+
+        default_workers = KubernetesSettings().server_workers
+    return ResourceLimits(settings.max_cpus, settings.max_memory, settings.max_gpus,
+                          settings.max_workers, default_workers)
+
+
 def env_view(env: EnvSpec | None) -> dict[str, Any] | None:
+    """An environment as JSON; ``resources`` (what was asked for) only when some were:
+    the view of an environment without any is what it always was."""
     if env is None:
         return None
-    return {"python": env.python, "requirements": list(env.requirements), "digest": env.digest}
+    view = {"python": env.python, "requirements": list(env.requirements), "digest": env.digest}
+    if not env.resources.default:
+        view["resources"] = resources_dict(env.resources)
+    return view
+
+
+def granted_view(st: ServerStatus) -> dict[str, Any] | None:
+    """What the server got (every field; None = no bound), with the orchestrator's note
+    on what it does not enforce; None when the orchestrator does not say."""
+    if st.resources is None:
+        return None
+    r = st.resources
+    return {"cpus": r.cpus, "memory": r.memory, "gpus": r.gpus, "workers": r.workers,
+            "note": st.resources_note}
 
 
 def status_view(st: ServerStatus, user: UserIdentity) -> dict[str, Any]:
@@ -107,6 +138,7 @@ def status_view(st: ServerStatus, user: UserIdentity) -> dict[str, Any]:
         "user": user.username or user.user_id,
         "user_id": user.user_id,
         "env": env_view(st.env),
+        "resources": granted_view(st),
         "previous": None if prev is None else {
             "phase": prev.phase, "env": env_view(prev.env), "since": prev.since},
     }
@@ -117,6 +149,8 @@ def spawn_message(result: SpawnResult, user: UserIdentity, prefix: str) -> str:
     st, who = result.status, user.username or user.user_id
     env = st.env
     what = f"python {env.python} + {len(env.requirements)} requirement(s)" if env else "server"
+    if env is not None and not env.resources.default:
+        what += f" ({describe_resources(env.resources)})"
     if st.previous is not None and st.phase != "failed":
         return (f"server for {who} being replaced with {what}: {st.phase}; the current one "
                 f"keeps serving until the new one is ready (poll GET {prefix}/status)")
