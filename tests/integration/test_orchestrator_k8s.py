@@ -214,3 +214,31 @@ def test_list_and_foreign_namespaces(kube, k8s_orch):
     assert k8s_orch.status("hank") is None and k8s_orch.terminate("hank") is False
     with pytest.raises(OrchestratorError, match="another user"):
         k8s_orch.ensure(UserIdentity("hank"), SIX)
+
+
+def test_a_namespace_from_before_servers_were_jobs_is_read_and_replaced(kube, k8s_orch):
+    """An upgrade finds namespaces whose annotation names a bare server pod: its status
+    is read from that pod, and a replace deletes it (no Job of that name)."""
+    emu, api = kube
+    user = UserIdentity("ivan")
+    k8s_orch.ensure(user, SIX)
+    ns = "zexec-u-ivan"
+    (job_name,) = in_namespace(emu, ns)["jobs"]
+    client.BatchV1Api(api).delete_namespaced_job(job_name, ns, _preload_content=False)
+    core = client.CoreV1Api(api)
+    core.create_namespaced_pod(ns, {"metadata": {
+        "name": "zexec-server-old", "labels": {"app.kubernetes.io/managed-by": "zexec"}},
+        "spec": {"containers": [{"name": "server", "image": "x"}]}}, _preload_content=False)
+    core.patch_namespace(ns, {"metadata": {"annotations": {"zexec.io/pod": "zexec-server-old"}}})
+    core.patch_namespaced_pod_status("zexec-server-old", ns, {"status": {
+        "phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}},
+        _preload_content=False)
+    assert k8s_orch.status("ivan").phase == "ready"
+    k8s_orch.ensure(user, NUMPY, force=True)  # built beside the old one
+    nxt = server_pod(api, ns, "zexec.io/next-pod")
+    core.patch_namespaced_pod_status(nxt, ns, {"status": {
+        "phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}},
+        _preload_content=False)
+    assert k8s_orch.status("ivan").phase == "ready"  # promoted: the old pod is deleted
+    assert obj(emu, "pods", ns, "zexec-server-old") is None
+    assert len(in_namespace(emu, ns)["jobs"]) == 1
