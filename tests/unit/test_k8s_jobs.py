@@ -88,5 +88,9 @@ def test_phases_of_a_job():
     got, _ = phase(job(("SuccessCriteriaMet", "CompletionsReached"),
                        ("Complete", "CompletionsReached"), completionTime=T2), [])
     assert (got.phase, got.reason, got.since) == ("terminated", "idle", 1714557609.0)
+    # Drained: SIGTERM, the server exited 0 (its Job completes), the pod says why.
+    got, _ = phase(job(("Complete", "CompletionsReached")), [pod("a", T0, "Succeeded", **LOST)])
+    assert (got.phase, got.reason) == (
+        "terminated", "evicted (Taint manager: deleting due to NoExecute taint)")
     got, _ = phase({"metadata": {"deletionTimestamp": T2}}, [])
     assert (got.phase, got.reason) == ("terminated", "deleted")

@@ -16,7 +16,11 @@ told is retryable, and stays out of the way otherwise:
 * ``backoffLimit: 0``: any other failure (the install init container, a fatal waiting
   reason) fails the Job at once (``BackoffLimitExceeded``) instead of a crash loop;
 * exit 0 is the server's idle shutdown: the pod succeeds, ``completions: 1`` is met, the
-  Job is ``Complete`` and stays so (a Deployment would restart it for ever);
+  Job is ``Complete`` and stays so (a Deployment would restart it for ever). A drained or
+  evicted server gets SIGTERM, finishes its calls and exits 0 too: its Job completes
+  (reported ``terminated``, reason ``evicted``) and the next spawn starts a new one; a
+  server lost with its node never exits, its pod fails with ``DisruptionTarget`` and is
+  replaced by the Job;
 * ``parallelism: 1``; with a ``podFailurePolicy`` the replacement pod is made only once the
   old one is terminal (``podReplacementPolicy: Failed`` is then the default), so a user
   never has two servers of one Job registered at once;
@@ -158,7 +162,7 @@ def job_phase(job: dict[str, Any], pods: list[dict[str, Any]]) -> tuple[PodPhase
     Job / its current pod                 phase (reason)
     ====================================  ==============================================
     Job being deleted                     terminated (deleted)
-    Job Complete (the idle exit)          terminated (idle)
+    Job Complete (the idle exit)          terminated (idle; evicted: drained, SIGTERM)
     Job Failed                            failed (the failed pod's reason, else the Job's)
     no pod yet                            pending
     pod lost (Unknown, DisruptionTarget,  starting (the Job makes a new pod)
@@ -172,6 +176,14 @@ def job_phase(job: dict[str, Any], pods: list[dict[str, Any]]) -> tuple[PodPhase
     if (done := _condition(job, "Complete")) is not None:
         when = _ts((job.get("status") or {}).get("completionTime")) or \
             _ts(done.get("lastTransitionTime"))
+        last = current_pod(pods)
+        if last is not None and _lost(last):
+            # Drained or evicted: SIGTERM, the server drained its calls and exited 0,
+            # which ends a Job; the next spawn starts a new server.
+            cond = [c for c in (last.get("status") or {}).get("conditions") or []
+                    if c.get("type") == "DisruptionTarget"]
+            why = (cond[0].get("message") or cond[0].get("reason")) if cond else ""
+            return PodPhase("terminated", f"evicted ({why or 'node lost'})", when), None
         return PodPhase("terminated", "idle", when), None
     failed = _condition(job, "Failed")
     if failed is not None:
