@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from kmock_support import running_emulator
 from kubernetes import client
 
 from tests.helpers.k8s_jobs import TRACKING, TestJobController
@@ -16,14 +15,19 @@ from zexec.adapters.orchestrator_k8s import manifests as m
 from zexec.core.envspec import parse_env_spec
 from zexec.settings import KubernetesSettings
 
+pytest_plugins = ["k8s_fixtures"]
+
 NS = "zexec-u-jc"
 
 
 @pytest.fixture(scope="module")
-def api():
-    with running_emulator() as (_, api):
-        client.CoreV1Api(api).create_namespace({"metadata": {"name": NS}})
-        yield api
+def api(kube):
+    """The session's emulator (a second one would undo its path parser at its exit)."""
+    api = kube[1]
+    client.CoreV1Api(api).create_namespace({"metadata": {"name": NS}},
+                                           _preload_content=False)
+    yield api
+    client.CoreV1Api(api).delete_namespace(NS, _preload_content=False)
 
 
 def make_job(api, name: str) -> None:
