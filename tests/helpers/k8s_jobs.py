@@ -104,6 +104,8 @@ class TestJobController:
         self.batch = client.BatchV1Api(api)
         self.poll = poll
         self.errors: list[str] = []
+        #: What it did, in order: ("create"|"delete"|"collect", namespace, pod name).
+        self.actions: list[tuple[str, str, str]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -147,7 +149,13 @@ class TestJobController:
                 else:
                     self._collect(pod)
             for uid, job in live.items():
-                self._sync_job(job, by_job.get(uid, []))
+                try:
+                    self._sync_job(job, by_job.get(uid, []))
+                except ApiException as exc:
+                    # Its namespace (or the Job) went meanwhile: nothing left to do,
+                    # as for the real controller, whose next event is the deletion.
+                    if exc.status not in (404, 409):
+                        raise
 
     def _with_uid(self, job: dict[str, Any]) -> dict[str, Any]:
         """The API server gives every object a uid; kmock does not: give it one."""
@@ -164,6 +172,7 @@ class TestJobController:
         meta = pod["metadata"]
         try:
             if not meta.get("deletionTimestamp"):
+                self.actions.append(("collect", meta["namespace"], meta["name"]))
                 self.core.delete_namespaced_pod(meta["name"], meta["namespace"],
                                                 _preload_content=False)
             self._release(pod)
@@ -192,6 +201,8 @@ class TestJobController:
         if _finished({"status": status}):
             if any(c["type"] == "Failed" for c in status.get("conditions") or []):
                 for pod in active:  # a failed Job's pods are stopped
+                    self.actions.append(("delete", pod["metadata"]["namespace"],
+                                         pod["metadata"]["name"]))
                     self.core.delete_namespaced_pod(pod["metadata"]["name"],
                                                     pod["metadata"]["namespace"],
                                                     _preload_content=False)
@@ -267,4 +278,5 @@ class TestJobController:
             },
             "spec": copy.deepcopy(template["spec"]),
         }
+        self.actions.append(("create", meta["namespace"], pod["metadata"]["name"]))
         return _raw(self.core.create_namespaced_pod, meta["namespace"], pod)
