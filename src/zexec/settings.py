@@ -260,7 +260,7 @@ class KubernetesSettings(ZexecSettings):
     resource_quota: str = ""
     limit_range_max: str = ""
     #: Seconds a server pod stays bound to a node that stopped reporting (unreachable or
-    #: not ready) before Kubernetes deletes it, so that the next spawn replaces it
+    #: not ready) before Kubernetes evicts it, so that the server's Job makes a new pod
     #: (Kubernetes' default is 300).
     lost_node_seconds: int = 60
     #: Seconds a user namespace stays after its server is gone (idle exit, failure,

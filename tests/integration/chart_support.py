@@ -200,7 +200,7 @@ SERVER_LABELS = {"app.kubernetes.io/name": "zexec-server", "app.kubernetes.io/co
 def _pod_of(obj: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | None:
     if obj["kind"] == "Pod":
         return obj.get("metadata") or {}, obj.get("spec") or {}
-    if obj["kind"] == "Deployment":
+    if obj["kind"] in ("Deployment", "Job"):
         t = obj["spec"]["template"]
         return t.get("metadata") or {}, t.get("spec") or {}
     return None
@@ -251,6 +251,7 @@ def server_workload_errors(
         "ConfigMap": ("", "configmaps"),
         "Secret": ("", "secrets"),
         "Deployment": ("apps", "deployments"),
+        "Job": ("batch", "jobs"),
         "NetworkPolicy": ("networking.k8s.io", "networkpolicies"),
         "RoleBinding": ("rbac.authorization.k8s.io", "rolebindings"),
         "ResourceQuota": ("", "resourcequotas"),
@@ -267,7 +268,7 @@ def server_workload_errors(
 
     pods = [p for p in (_pod_of(o) for o in objects) if p]
     if len(pods) != 1:
-        errors.append(f"expected one server Pod or Deployment, got {len(pods)}")
+        errors.append(f"expected one server Pod, Job or Deployment, got {len(pods)}")
         return errors
     meta, spec = pods[0]
     labels = meta.get("labels") or {}

@@ -10,6 +10,7 @@ kmock 0.8 gaps this module fills, as documented emulator workarounds:
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import warnings
 from collections.abc import Iterator
@@ -113,3 +114,18 @@ def running_emulator() -> Iterator[tuple[CascadingEmulator, client.ApiClient]]:
         box["loop"].call_soon_threadsafe(box["stop"].set)
         thread.join(timeout=10)
         parsing.parse_path = _original_parse_path
+
+
+def server_pod(api: client.ApiClient, ns: str, which: str = "zexec.io/pod") -> str:
+    """The current pod of the user's server Job (named by the namespace's annotation
+    ``which``), made first by a pass of the test Job controller, as the cluster's would."""
+    from tests.helpers.k8s_jobs import TestJobController
+    from zexec.adapters.orchestrator_k8s import jobs
+
+    TestJobController(api).sync()
+    core = client.CoreV1Api(api)
+    job = core.read_namespace(ns).metadata.annotations[which]
+    items = json.loads(core.list_namespaced_pod(ns, _preload_content=False).data)["items"]
+    pod = jobs.current_pod(jobs.pods_of(job, items))
+    assert pod is not None, f"job {ns}/{job} has no pod"
+    return pod["metadata"]["name"]

@@ -212,7 +212,7 @@ def test_cluster_scope_is_namespaces_and_binding_the_per_user_role_only(docs):
     assert resources == {"namespaces", "rolebindings", "clusterroles"}
     per_user = one(docs, "ClusterRole", "zexec-zexec-deploy-api-user")
     assert {r for rule in per_user["rules"] for r in rule["resources"]} >= {
-        "pods", "pods/log", "configmaps", "secrets"}
+        "jobs", "pods", "pods/log", "configmaps", "secrets"}
     # Bound cluster-wide: only the first.
     assert [b["roleRef"]["name"] for b in find(docs, "ClusterRoleBinding")] == [
         "zexec-zexec-deploy-api"]
@@ -406,6 +406,18 @@ def test_server_images_by_digest(tools, tmp_path):
         helm_template(values=[values])
 
 
+def server_job() -> dict:
+    """A server Job as the orchestrator builds it."""
+    from zexec.adapters.orchestrator_k8s import jobs
+    from zexec.adapters.orchestrator_k8s import manifests as m
+    from zexec.core.envspec import parse_env_spec
+    from zexec.settings import KubernetesSettings
+
+    pod = m.build_pod("zexec-u-bob", "p", "bob", parse_env_spec(["python==3.12", "six"]),
+                      "img", KubernetesSettings(), {})
+    return jobs.build_job(pod)
+
+
 def test_the_admission_policy_cel_denies_writes_outside_user_namespaces_and_other_bindings(docs):
     import kmock
     from admission_support import admission_errors
@@ -425,10 +437,27 @@ def test_the_admission_policy_cel_denies_writes_outside_user_namespaces_and_othe
         req(kmock.method.POST, "namespaces", data=good_ns),
         req(kmock.method.POST, "rolebindings", "zexec-u-bob", group=rbac,
             data={"roleRef": role, "subjects": [me]}),
-        req(kmock.method.POST, "pods", "zexec-u-bob", data={"metadata": {"name": "p"}}),
+        req(kmock.method.POST, "jobs", "zexec-u-bob", group="batch", data=server_job()),
         req(kmock.method.DELETE, "namespaces", name="zexec-u-bob"),
     ]
     assert admission_errors(allowed, docs) == []
+    # A server Job's pod template is checked where the Deploy API writes it (the job
+    # controller makes the pods): each breach is denied.
+    breaches = {
+        "token": lambda t: t.update(automountServiceAccountToken=True),
+        "no-token-setting": lambda t: t.pop("automountServiceAccountToken"),
+        "host-network": lambda t: t.update(hostNetwork=True),
+        "host-pid": lambda t: t.update(hostPID=True),
+        "host-ipc": lambda t: t.update(hostIPC=True),
+        "host-path": lambda t: t["volumes"].append({"name": "h", "hostPath": {"path": "/"}}),
+        "restart": lambda t: t.update(restartPolicy="OnFailure"),
+    }
+    for what, breach in breaches.items():
+        job = server_job()
+        breach(job["spec"]["template"]["spec"])
+        errors = admission_errors(
+            [req(kmock.method.POST, "jobs", "zexec-u-bob", group="batch", data=job)], docs)
+        assert any("server Job's pods must not" in e for e in errors), (what, errors)
     for bad, message in [
         (req(kmock.method.POST, "namespaces", data={"metadata": {"name": "kube-system"}}),
          "may only write in namespaces named zexec-u-*"),

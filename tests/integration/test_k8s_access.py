@@ -49,7 +49,7 @@ def test_the_role_binding_comes_right_after_the_namespace(kube):
     kubernetes_validate.validate(rb, "1.31.0", strict=True)
     # Nothing inside the namespace before the binding that permits it.
     posts = [r.resource.plural for r in emu if r.method == kmock.method.POST and r.namespace == ns]
-    assert posts[0] == "rolebindings" and set(posts[1:]) >= {"networkpolicies", "pods"}
+    assert posts[0] == "rolebindings" and set(posts[1:]) >= {"networkpolicies", "jobs"}
 
 
 def test_a_namespace_from_before_gets_its_binding_at_the_next_spawn(kube):
@@ -109,8 +109,8 @@ def test_quota_and_limit_range_come_before_any_pod_and_follow_the_settings(kube)
     for doc in (rq, lr):
         kubernetes_validate.validate(doc, "1.31.0", strict=True)
     posts = [r.resource.plural for r in emu if r.method == kmock.method.POST and r.namespace == ns]
-    assert posts.index("resourcequotas") < posts.index("pods")
-    assert posts.index("limitranges") < posts.index("pods")
+    assert posts.index("resourcequotas") < posts.index("jobs")
+    assert posts.index("limitranges") < posts.index("jobs")
     # A later spawn brings them to the current settings.
     bigger = guarded.model_copy(update={"resource_quota": "pods=6,limits.memory=16Gi"})
     orchestrator(kube, bigger).ensure(user, parse_env_spec(["python==3.11", "numpy"]), force=True)
@@ -140,11 +140,12 @@ def test_pull_secrets_are_copied_into_the_namespace_and_named_by_the_pod(kube, t
     assert secret["type"] == "kubernetes.io/dockerconfigjson"
     assert base64.b64decode(secret["data"][".dockerconfigjson"]) == config
     kubernetes_validate.validate(secret, "1.31.0", strict=True)
-    pods = [o.raw for (res, n, _), o in emu.objects.items()
-            if res.plural == "pods" and n == ns and not o.deleted]
-    assert pods[0]["spec"]["imagePullSecrets"] == [{"name": "registry-example-org"}]
+    jobs = [o.raw for (res, n, _), o in emu.objects.items()
+            if res.plural == "jobs" and n == ns and not o.deleted]
+    pod_spec = jobs[0]["spec"]["template"]["spec"]
+    assert pod_spec["imagePullSecrets"] == [{"name": "registry-example-org"}]
     posts = [r.resource.plural for r in emu if r.method == kmock.method.POST and r.namespace == ns]
-    assert posts.index("secrets") < posts.index("pods")
+    assert posts.index("secrets") < posts.index("jobs")
 
 
 def test_reading_a_server_in_a_namespace_without_binding_binds_it_first(kube, monkeypatch):
@@ -156,7 +157,7 @@ def test_reading_a_server_in_a_namespace_without_binding_binds_it_first(kube, mo
     ns = "zexec-u-rb-hal"
     assert binding(emu, ns) is None
     orch = orchestrator(kube)
-    real = orch.core.read_namespaced_pod
+    real = orch.batch.read_namespaced_job
     calls = []
 
     def forbidden_until_bound(*args, **kwargs):
@@ -165,7 +166,7 @@ def test_reading_a_server_in_a_namespace_without_binding_binds_it_first(kube, mo
             raise ApiException(status=403, reason="Forbidden")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(orch.core, "read_namespaced_pod", forbidden_until_bound)
+    monkeypatch.setattr(orch.batch, "read_namespaced_job", forbidden_until_bound)
     assert orch.status("rb-hal").phase == "pending"
     assert binding(emu, ns)["roleRef"]["name"] == ROLE
     assert len(calls) == 2

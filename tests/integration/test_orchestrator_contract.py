@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
+from kmock_support import server_pod
 from kubernetes import client
 from orch_support import PY, wait_for
 
@@ -56,7 +57,8 @@ def impl3(request) -> tuple[Orchestrator, Callable[[str], None], Callable]:
     def set_pod(uid: str, status: dict) -> None:  # what the kubelet would report
         ns = f"zexec-u-{uid}"
         ann = core.read_namespace(ns).metadata.annotations
-        pod = ann.get("zexec.io/next-pod") or ann["zexec.io/pod"]
+        which = "zexec.io/next-pod" if ann.get("zexec.io/next-pod") else "zexec.io/pod"
+        pod = server_pod(core.api_client, ns, which)  # the server Job's current pod
         core.patch_namespaced_pod_status(pod, ns, {"status": status}, _preload_content=False)
 
     def k8s_ready(uid: str) -> None:

@@ -10,7 +10,7 @@ from dataclasses import replace
 import kmock
 import kubernetes_validate
 import pytest
-from kmock_support import K8S_SETTINGS, bare_plugin_manager
+from kmock_support import K8S_SETTINGS, bare_plugin_manager, server_pod
 from kubernetes import client
 from orch_support import SECRET
 
@@ -43,9 +43,14 @@ def in_namespace(emu, ns: str) -> dict[str, list[str]]:
     return out
 
 
+def ann(kube, ns: str) -> dict[str, str]:
+    return client.CoreV1Api(kube[1]).read_namespace(ns).metadata.annotations
+
+
 def set_pod_status(kube, ns: str, status: dict) -> str:
+    """Write what the kubelet would report on the current pod of the user's server Job."""
     core = client.CoreV1Api(kube[1])
-    pod = core.read_namespace(ns).metadata.annotations["zexec.io/pod"]
+    pod = server_pod(kube[1], ns)
     core.patch_namespaced_pod_status(pod, ns, {"status": status}, _preload_content=False)
     return pod
 
@@ -60,9 +65,26 @@ def test_ensure_creates_the_locked_down_objects(kube, k8s_orch):
     assert nsobj["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     assert json.loads(nsobj["metadata"]["annotations"]["zexec.io/env"])["digest"] == SIX.digest
     kinds = in_namespace(emu, ns)
-    assert kinds.keys() == {"networkpolicies", "secrets", "configmaps", "pods"}
-    (pod_name,) = kinds["pods"]
-    pod = obj(emu, "pods", ns, pod_name)
+    assert kinds.keys() == {"networkpolicies", "secrets", "configmaps", "jobs"}
+    (job_name,) = kinds["jobs"]
+    assert nsobj["metadata"]["annotations"]["zexec.io/pod"] == job_name
+    job = obj(emu, "jobs", ns, job_name, "batch")
+    # A Job per server: disruptions replaced, a crash or idle exit final (see jobs.py).
+    assert job["spec"]["backoffLimit"] == 0 and job["spec"]["completions"] == 1
+    assert "activeDeadlineSeconds" not in job["spec"]
+    assert "ttlSecondsAfterFinished" not in job["spec"]
+    assert job["spec"]["podFailurePolicy"]["rules"] == [
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        {"action": "FailJob",
+         "onExitCodes": {"containerName": "server", "operator": "NotIn", "values": [0]}}]
+    template = job["spec"]["template"]
+    assert template["metadata"]["annotations"][
+        "cluster-autoscaler.kubernetes.io/safe-to-evict"] == "true"
+    assert template["spec"]["restartPolicy"] == "Never"  # podFailurePolicy needs it
+    # The cluster's job controller makes the pod from the template.
+    pod = obj(emu, "pods", ns, server_pod(kube[1], ns))
+    assert pod["metadata"]["ownerReferences"][0]["controller"] is True
+    assert pod["metadata"]["labels"]["batch.kubernetes.io/job-name"] == job_name
     assert pod["spec"]["automountServiceAccountToken"] is False
     assert pod["metadata"]["labels"]["zexec.io/env-digest"] == SIX.digest[:16]
     assert pod["spec"]["containers"][0]["image"] == "zexec/server:py3.11"
@@ -74,11 +96,11 @@ def test_ensure_creates_the_locked_down_objects(kube, k8s_orch):
     )
     policy = obj(emu, "networkpolicies", ns, "zexec-server", "networking.k8s.io")
     assert policy["spec"]["egress"][0]["ports"] == [{"protocol": "TCP", "port": 5560}]
-    # What reached the API server is schema-valid, and the pod came after its policy.
-    for doc in (nsobj, pod, cm, secret, policy):
+    # What reached the API server is schema-valid, and the Job came after its policy.
+    for doc in (nsobj, job, cm, secret, policy):
         kubernetes_validate.validate(doc, "1.31.0", strict=True)
     posts = [r.resource.plural for r in emu if r.method == kmock.method.POST and r.namespace == ns]
-    assert posts.index("networkpolicies") < posts.index("pods")
+    assert posts.index("networkpolicies") < posts.index("jobs")
 
 
 def test_phases_follow_the_pod_status(kube, k8s_orch):
@@ -103,10 +125,19 @@ def test_phases_follow_the_pod_status(kube, k8s_orch):
         {"name": "server", "state": {"terminated": {"exitCode": 2}}}]})  # fmt: skip
     st = k8s_orch.status("bob")
     assert st.phase == "failed" and "exit code 2" in st.reason and st.log_tail
-    set_pod_status(kube, ns, {"phase": "Succeeded"})
-    assert (k8s_orch.status("bob").phase, k8s_orch.status("bob").reason) == ("terminated", "idle")
-    # An ended server is no conflict: another environment replaces it without force.
+    # The job controller applies FailJob (a non-zero exit of the server): still failed.
+    server_pod(kube[1], ns)
+    job = obj(emu, "jobs", ns, ann(kube, ns)["zexec.io/pod"], "batch")
+    assert [c["reason"] for c in job["status"]["conditions"]] == ["PodFailurePolicy"] * 2
+    st = k8s_orch.status("bob")
+    assert st.phase == "failed" and "exit code 2" in st.reason and st.log_tail
+    # A failed server is no conflict: another environment replaces it without force.
     assert k8s_orch.ensure(user, NUMPY).env == NUMPY
+    set_pod_status(kube, ns, {"phase": "Succeeded"})  # the idle exit
+    assert (k8s_orch.status("bob").phase, k8s_orch.status("bob").reason) == ("terminated", "idle")
+    server_pod(kube[1], ns)  # the Job is Complete: no new pod, the server ended
+    assert (k8s_orch.status("bob").phase, k8s_orch.status("bob").reason) == ("terminated", "idle")
+    assert k8s_orch.ensure(user, SIX).env == SIX
 
 
 def test_force_replaces_pod_and_config_map_in_place(kube, k8s_orch):
@@ -114,12 +145,17 @@ def test_force_replaces_pod_and_config_map_in_place(kube, k8s_orch):
     user = UserIdentity("carol")
     k8s_orch.ensure(user, SIX)
     ns = "zexec-u-carol"
-    (old_pod,) = in_namespace(emu, ns)["pods"]
+    (old_job,) = in_namespace(emu, ns)["jobs"]
+    old_pod = server_pod(kube[1], ns)
     st = k8s_orch.ensure(user, NUMPY, force=True)
     assert (st.phase, st.env) == ("pending", NUMPY)
+    # The old Job is deleted with propagation Background: its pods go with it.
+    (delete,) = [r for r in emu if r.method == kmock.method.DELETE and r.name == old_job]
+    assert delete.params.get("propagationPolicy") == "Background"
+    new_pod = server_pod(kube[1], ns)  # the garbage collector and job controller act
     kinds = in_namespace(emu, ns)
-    (new_pod,) = kinds["pods"]
-    assert new_pod != old_pod
+    (new_job,) = kinds["jobs"]
+    assert new_job != old_job and kinds["pods"] == [new_pod] and new_pod != old_pod
     assert kinds["configmaps"] == [f"zexec-env-{NUMPY.digest[:16]}"]
     assert obj(emu, "pods", ns, new_pod)["spec"]["containers"][0]["image"] == "zexec/server:py3.12"
     nsobj = obj(emu, "namespaces", None, ns)
@@ -157,15 +193,15 @@ def test_plugins_choose_the_image_and_override_the_pod(kube):
 
     orch = KubernetesOrchestrator(api, K8S_SETTINGS, SECRET, bare_plugin_manager(SitePlugin()))
     orch.ensure(UserIdentity("erin", groups=("gpu",)), NUMPY)
-    (pod_name,) = in_namespace(emu, "zexec-u-erin")["pods"]
-    spec = obj(emu, "pods", "zexec-u-erin", pod_name)["spec"]
+    (job_name,) = in_namespace(emu, "zexec-u-erin")["jobs"]
+    spec = obj(emu, "jobs", "zexec-u-erin", job_name, "batch")["spec"]["template"]["spec"]
     assert spec["containers"][0]["image"] == f"registry.site/zexec-gpu:{NUMPY.digest[:8]}"
     assert spec["initContainers"][0]["image"] == spec["containers"][0]["image"]
     assert spec["nodeSelector"] == {"accelerator": "a100"}
     assert spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     orch.ensure(UserIdentity("frank"), SIX)
-    (pod_name,) = in_namespace(emu, "zexec-u-frank")["pods"]
-    spec = obj(emu, "pods", "zexec-u-frank", pod_name)["spec"]
+    (job_name,) = in_namespace(emu, "zexec-u-frank")["jobs"]
+    spec = obj(emu, "jobs", "zexec-u-frank", job_name, "batch")["spec"]["template"]["spec"]
     assert spec["containers"][0]["image"] == "zexec/server:py3.11" and "nodeSelector" not in spec
 
 
@@ -186,7 +222,7 @@ def test_resources_shape_the_pod_and_are_another_server(kube, k8s_orch):
     user, ns = UserIdentity("ivy"), "zexec-u-ivy"
     asked = replace(SIX, resources=Resources(cpus=1.5, memory=2048, workers=3))
     k8s_orch.ensure(user, asked)
-    (pod_name,) = in_namespace(emu, ns)["pods"]
+    pod_name = server_pod(kube[1], ns)
     server = obj(emu, "pods", ns, pod_name)["spec"]["containers"][0]
     assert server["resources"]["limits"]["cpu"] == server["resources"]["requests"]["cpu"] == "1500m"
     assert server["resources"]["limits"]["memory"] == "2048Mi"
@@ -200,3 +236,31 @@ def test_resources_shape_the_pod_and_are_another_server(kube, k8s_orch):
     # the install config map is per requirements digest: the same one for both
     assert in_namespace(emu, ns)["configmaps"] == [f"zexec-env-{SIX.digest[:16]}"]
     k8s_orch.terminate("ivy")
+
+
+def test_a_namespace_from_before_servers_were_jobs_is_read_and_replaced(kube, k8s_orch):
+    """An upgrade finds namespaces whose annotation names a bare server pod: its status
+    is read from that pod, and a replace deletes it (no Job of that name)."""
+    emu, api = kube
+    user = UserIdentity("ivan")
+    k8s_orch.ensure(user, SIX)
+    ns = "zexec-u-ivan"
+    (job_name,) = in_namespace(emu, ns)["jobs"]
+    client.BatchV1Api(api).delete_namespaced_job(job_name, ns, _preload_content=False)
+    core = client.CoreV1Api(api)
+    core.create_namespaced_pod(ns, {"metadata": {
+        "name": "zexec-server-old", "labels": {"app.kubernetes.io/managed-by": "zexec"}},
+        "spec": {"containers": [{"name": "server", "image": "x"}]}}, _preload_content=False)
+    core.patch_namespace(ns, {"metadata": {"annotations": {"zexec.io/pod": "zexec-server-old"}}})
+    core.patch_namespaced_pod_status("zexec-server-old", ns, {"status": {
+        "phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}},
+        _preload_content=False)
+    assert k8s_orch.status("ivan").phase == "ready"
+    k8s_orch.ensure(user, NUMPY, force=True)  # built beside the old one
+    nxt = server_pod(api, ns, "zexec.io/next-pod")
+    core.patch_namespaced_pod_status(nxt, ns, {"status": {
+        "phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}},
+        _preload_content=False)
+    assert k8s_orch.status("ivan").phase == "ready"  # promoted: the old pod is deleted
+    assert obj(emu, "pods", ns, "zexec-server-old") is None
+    assert len(in_namespace(emu, ns)["jobs"]) == 1

@@ -3,6 +3,8 @@
 * the API server: kmock's emulator (tests/integration/kmock_support.py), on loopback;
 * the node: :class:`tests.k8s_e2e.kubelet.TestKubelet`, running the Pods as podman
   containers in the host network;
+* the Job controller: :class:`tests.helpers.k8s_jobs.TestJobController`, making each
+  server Job's pod (and a new one when a pod is disrupted), as kube-controller-manager's;
 * the control plane: broker, Deploy API (``ZEXEC_DEPLOY_ORCHESTRATOR=kubernetes``, with a
   kubeconfig pointing at the emulator) and EP API, either as containers of the apps image
   from the chart's rendered Deployments (``control_plane="chart"``, see
@@ -27,10 +29,12 @@ from typing import Any
 
 from kubernetes import client
 
+from tests.helpers.k8s_jobs import TestJobController
 from tests.helpers.stack import ADMIN, SECRET, _env, free_port, wait_for
 from tests.integration.kmock_support import CascadingEmulator, running_emulator
 from tests.k8s_e2e import podman
 from tests.k8s_e2e.kubelet import TestKubelet
+from zexec.adapters.orchestrator_k8s import jobs
 from zexec.adapters.orchestrator_k8s.manifests import namespace_name
 from zexec.apps.devidp.tokens import generate_tokens, user_id_for
 from zexec.settings import KubernetesSettings
@@ -68,6 +72,7 @@ class Cluster:
     api_url: str
     kubelet: TestKubelet
     images: dict[str, str]
+    jobs: TestJobController | None = None
     tokens: dict[str, str] = field(default_factory=dict)
     ep_url: str = ""
     deploy_url: str = ""
@@ -83,12 +88,21 @@ class Cluster:
         path = self.workdir / f"{name}.log"
         return path.read_text(errors="replace")[-6000:] if path.exists() else ""
 
-    def pod_of(self, user: str) -> dict:
-        """The user's current server pod, as the API server has it."""
+    def job_of(self, user: str) -> tuple[str, str]:
+        """(namespace, name) of the user's current server Job."""
         core = client.CoreV1Api(self.api)
         ns = namespace_name(KubernetesSettings().namespace_prefix, user_id_for(user))
-        name = core.read_namespace(ns).metadata.annotations["zexec.io/pod"]
-        return json.loads(core.read_namespaced_pod(name, ns, _preload_content=False).data)
+        return ns, core.read_namespace(ns).metadata.annotations["zexec.io/pod"]
+
+    def pod_of(self, user: str) -> dict:
+        """The user's current server pod (of its Job), as the API server has it."""
+        core = client.CoreV1Api(self.api)
+        ns, job = self.job_of(user)
+        items = json.loads(core.list_namespaced_pod(
+            ns, label_selector=jobs.job_selector(job), _preload_content=False).data)["items"]
+        pod = jobs.current_pod(jobs.pods_of(job, items))
+        assert pod is not None, f"server job {ns}/{job} has no pod yet"
+        return pod
 
     def containers_of(self, user: str) -> dict[str, dict]:
         """podman's containers of the user's current pod, by container name."""
@@ -169,6 +183,8 @@ def running_cluster(control_plane: str = "", users: tuple[str, ...] = ("alice", 
         kubelet.serve_logs(emulator)
         stack.callback(kubelet.close)
         c = Cluster(workdir, emulator, api, url, kubelet, images())
+        c.jobs = TestJobController(api).start()
+        stack.callback(c.jobs.close)
         kubeconfig(workdir / "kubeconfig", url)
         c.tokens = generate_tokens(workdir / "tokens.json", users)
         c.ports = {k: free_port() for k in ("frontend", "backend", "control", "deploy", "ep")}

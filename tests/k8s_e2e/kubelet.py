@@ -358,6 +358,21 @@ class TestKubelet:
         runner, _ = self.pods[(ns, name)]
         return runner.lose(**how)
 
+    def evict(self, ns: str, name: str) -> None:
+        """What the taint manager does to a lost node's pod once its tolerations'
+        ``tolerationSeconds`` have passed: the ``DisruptionTarget`` condition (if not
+        there yet), then delete it."""
+        pod = raw(self.core.read_namespaced_pod, name, ns)
+        conditions = (pod.get("status") or {}).get("conditions") or []
+        if not any(c.get("type") == "DisruptionTarget" for c in conditions):
+            conditions.append({
+                "type": "DisruptionTarget", "status": "True", "lastTransitionTime": now(),
+                "reason": "DeletionByTaintManager",
+                "message": "Taint manager: deleting due to NoExecute taint"})
+            self.core.patch_namespaced_pod_status(name, ns, {"status": {
+                "conditions": conditions}}, _preload_content=False)
+        self.core.delete_namespaced_pod(name, ns, _preload_content=False)
+
     def close(self) -> None:
         self._stop.set()
         self._thread.join(30)

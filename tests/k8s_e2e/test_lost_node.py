@@ -1,8 +1,12 @@
-"""A server on a lost node is replaced: the test kubelet kills the pod's containers and
-writes what a node controller would (phase ``Unknown``; or the taint manager's
-``DisruptionTarget`` condition), the user's status turns ``failed`` (lost), and the next
-``environment()`` builds a new pod that answers calls. A bare pod is never restarted by
-Kubernetes itself, so this is the only way the user gets a server back."""
+"""A server on a lost node is recreated by its Job's controller, without a spawn: the
+test kubelet kills the pod's containers and writes what a node controller would (phase
+``Unknown``; or the taint manager's ``DisruptionTarget`` condition), the user's status
+says ``starting`` (being replaced, not failed), the taint manager evicts the pod once its
+``tolerationSeconds`` are up (the ``DisruptionTarget`` condition, then delete: done here
+by :meth:`TestKubelet.evict`), the Job's ``podFailurePolicy`` ignores that failure and
+the controller makes a new pod, which registers; the status turns ``ready`` on its own
+and the user's next call runs there. The server pod has a controller ownerReference, so
+``kubectl drain`` would evict it without ``--force``."""
 
 from __future__ import annotations
 
@@ -19,26 +23,35 @@ pytestmark = pytest.mark.timeout(900)
 LOSSES = ({"unknown": True, "disruption": False}, {"unknown": False, "disruption": True})
 
 
-def test_a_server_on_a_lost_node_is_replaced_by_the_next_spawn(cluster):
+def test_a_server_on_a_lost_node_is_recreated_by_its_job(cluster):
     conn = zexec.connect(cluster.ep_url, cluster.tokens["erin"])
     try:
         assert conn.environment([], progress=False, timeout=300)["phase"] == "ready"
         assert conn.client.call(pow, 2, 5) == 32
+        job = cluster.job_of("erin")
         for how in LOSSES:
             old = cluster.pod_of("erin")
             ns, name = old["metadata"]["namespace"], old["metadata"]["name"]
+            # What `kubectl drain` and the autoscaler check: a controller owns the pod.
+            (owner,) = old["metadata"]["ownerReferences"]
+            assert (owner["kind"], owner["name"], owner["controller"]) == ("Job", job[1], True)
+            assert old["metadata"]["annotations"][
+                "cluster-autoscaler.kubernetes.io/safe-to-evict"] == "true"
             written = cluster.kubelet.lose_node(ns, name, **how)
             assert written["phase"] == ("Unknown" if how["unknown"] else "Running")
             # podman's view: the server container died with its node.
             gone = cluster.containers_of("erin")["server"]
             assert gone["State"] == "exited", gone["State"]
             st = conn.status()
-            assert st["phase"] == "failed" and "server lost" in st["reason"], st
-            # The same environment again: a new pod, not the stale status.
-            st = conn.environment([], progress=False, timeout=300)
-            assert st["phase"] == "ready", st
+            assert st["phase"] == "starting" and "Kubernetes is replacing it" in st["reason"], st
+            cluster.kubelet.evict(ns, name)  # the taint manager, after lostNodeSeconds
+            # No spawn: the Job's controller makes a new pod, which becomes ready.
+            wait_for(lambda: conn.status()["phase"] == "ready", timeout=300, interval=0.5,
+                     what="the Job's new pod to be ready")
+            assert cluster.job_of("erin") == job  # the same Job: nobody spawned
             new = cluster.pod_of("erin")
             assert new["metadata"]["name"] != name
+            assert new["metadata"]["ownerReferences"][0]["name"] == job[1]
             assert new["status"]["phase"] == "Running"
             assert conn.client.call(pow, 3, 3) == 27
             # podman's view: the lost pod's containers are removed, the new server runs.
@@ -47,6 +60,7 @@ def test_a_server_on_a_lost_node_is_replaced_by_the_next_spawn(cluster):
             server = cluster.containers_of("erin")["server"]
             assert server["State"] == "running"
             assert podman.runs_image(server["Names"][0], cluster.images["server"])
+        assert cluster.jobs is not None and cluster.jobs.errors == []
     finally:
         conn.terminate()
         conn.close()

@@ -8,12 +8,13 @@ Per user, in namespace ``<prefix><user key>``: the NetworkPolicy (created first,
 server ever runs unconfined), a Secret with the server's broker credential, a ConfigMap
 per environment digest carrying ``requirements.txt`` as data, and the server Pod.
 
-Why a bare Pod (``restartPolicy: Never``) and not a Deployment: a server that exits on
-its own after its idle timeout must stay stopped (a Deployment would restart it for
-ever), a failed install must surface as ``failed`` with its reason instead of a crash
-loop, and replacing a user's environment must never run two servers for that user at
-once (a rolling update would). The orchestrator itself is the controller that replaces
-the Pod when asked.
+Why ``restartPolicy: Never`` and not a Deployment: a server that exits on its own after
+its idle timeout must stay stopped (a Deployment would restart it for ever), a failed
+install must surface as ``failed`` with its reason instead of a crash loop, and replacing
+a user's environment must never run two servers for that user at once (a rolling update
+would). The pod built here runs as the template of a Job (:mod:`.jobs`), whose
+controller replaces it only when it is disrupted (lost node, drain, eviction); the
+orchestrator replaces the Job when asked.
 
 Requirements never appear on a command line: the install init container runs
 ``python -m zexec.adapters.orchestrator_k8s.install_env ... -r /etc/zexec/requirements.txt``
@@ -364,8 +365,8 @@ def build_pod(
         },
         "initContainers": init,
         "containers": [server],
-        # A lost node's pod is deleted after this long (then reported terminated, and
-        # replaced by the next spawn) instead of Kubernetes' default 300 s.
+        # A lost node's pod is evicted after this long (then its Job makes a new one)
+        # instead of Kubernetes' default 300 s.
         "tolerations": [
             {"key": f"node.kubernetes.io/{taint}", "operator": "Exists",
              "effect": "NoExecute", "tolerationSeconds": settings.lost_node_seconds}

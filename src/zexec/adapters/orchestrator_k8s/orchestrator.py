@@ -5,12 +5,15 @@ Stateless by design: everything ``status``/``list`` report is read back from the
 name), so Deploy API replicas and restarts agree. A lock per user orders this
 process's calls; across replicas the API server's 409s do.
 
-``ensure`` creates the namespace, NetworkPolicy, Secret, ConfigMap and Pod (in that
-order, so the pod never runs unconfined) or, after the server ended, replaces the Pod
-and ConfigMap in place. ``force`` on a ready server builds the new pod *beside* it (the
+``ensure`` creates the namespace, NetworkPolicy, Secret, ConfigMap and the server Job
+(in that order, so no server pod ever runs unconfined) or, after the server ended,
+replaces the Job and ConfigMap in place. A server is a Job (:mod:`.jobs`: the Job
+controller replaces a pod lost with its node or drained, and nothing else); the
+namespace's ``pod`` annotations name the Job, whose current pod is found by its
+``job-name`` label. ``force`` on a ready server builds the new Job *beside* it (the
 namespace's ``next-pod``/``next-env`` annotations, :mod:`zexec.core.replacing`): the
-first ``status`` that sees it ready promotes it and deletes the old pod; a failed one is
-reported while the old pod goes on serving. ``terminate`` deletes the namespace;
+first ``status`` that sees it ready promotes it and deletes the old Job; a failed one is
+reported while the old one goes on serving. ``terminate`` deletes the namespace;
 Kubernetes removes everything in it (the namespace stays "Terminating" for a while,
 during which the user has no server and a new ``ensure`` asks to retry shortly).
 A namespace whose server has long been gone is deleted by :mod:`.reaper`
@@ -29,10 +32,10 @@ import pluggy
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from zexec.adapters.orchestrator_k8s import access, images, quota
+from zexec.adapters.orchestrator_k8s import access, images, jobs, quota
 from zexec.adapters.orchestrator_k8s import manifests as m
 from zexec.adapters.orchestrator_k8s.apicalls import api_errors, raw
-from zexec.adapters.orchestrator_k8s.podstatus import pod_phase
+from zexec.adapters.orchestrator_k8s.podstatus import PodPhase
 from zexec.adapters.orchestrator_k8s.reaper import ANN_IDLE_SINCE, NamespaceReaper
 from zexec.adapters.orchestrator_k8s.resources import granted
 from zexec.core import replacing
@@ -68,6 +71,7 @@ class KubernetesOrchestrator:
             plugin_manager = get_plugin_manager()
         self.core = client.CoreV1Api(api_client)
         self.net = client.NetworkingV1Api(api_client)
+        self.batch = client.BatchV1Api(api_client)
         self.rbac = client.RbacAuthorizationV1Api(api_client)
         self.settings = settings
         self.pm = plugin_manager
@@ -240,8 +244,7 @@ class KubernetesOrchestrator:
             cred = server_credential(self._secret, user.user_id)
             raw(self.core.create_namespaced_secret, ns, m.build_secret(ns, cred, labels))
         if old_pod:
-            with api_errors(f"deleting pod {old_pod}", ok=(404,)):
-                raw(self.core.delete_namespaced_pod, old_pod, ns)
+            self._delete_server(ns, old_pod)
         pod_name = self._pod_name(spec)
         self._create_env_and_pod(user, spec, ns, key, pod_name)
         fresh = m.build_namespace(ns, user.user_id, key, spec, pod_name, "")["metadata"]
@@ -271,8 +274,7 @@ class KubernetesOrchestrator:
         ann = existing["metadata"].get("annotations") or {}
         pod = ann.get(m.ANN_NEXT_POD)
         if pod:
-            with api_errors(f"deleting pod {pod}", ok=(404,)):
-                raw(self.core.delete_namespaced_pod, pod, ns)
+            self._delete_server(ns, pod)
         with api_errors(f"updating namespace {ns}"):
             raw(self.core.patch_namespace, ns, {"metadata": {"annotations": {
                 m.ANN_NEXT_POD: None, m.ANN_NEXT_ENV: None}}})
@@ -296,8 +298,7 @@ class KubernetesOrchestrator:
                 "annotations": {m.ANN_POD: new_pod, m.ANN_ENV: ann[m.ANN_NEXT_ENV],
                                 m.ANN_NEXT_POD: None, m.ANN_NEXT_ENV: None}}})
         if old_pod:
-            with api_errors(f"deleting pod {old_pod}", ok=(404,)):
-                raw(self.core.delete_namespaced_pod, old_pod, ns)
+            self._delete_server(ns, old_pod)
         self._drop_old_config_maps(ns, keep=m.config_map_name(nxt.env))
 
     def _create_env_and_pod(
@@ -320,8 +321,11 @@ class KubernetesOrchestrator:
             idle_timeout=self.idle_timeout, created_at=self.clock(), overrides=overrides,
             pull_secrets=pulls,
         )  # fmt: skip
-        with api_errors("creating the server pod"):
-            raw(self.core.create_namespaced_pod, ns, pod)
+        with api_errors("creating the server job"):
+            raw(self.batch.create_namespaced_job, ns, jobs.build_job(pod, m.SERVER_CONTAINER))
+
+    def _delete_server(self, ns: str, name: str) -> None:
+        jobs.delete_server(self.core, self.batch, ns, name)
 
     def _grant(self, ns: str, labels: dict[str, str]) -> None:
         with api_errors("creating the Deploy API's role binding"):
@@ -370,23 +374,23 @@ class KubernetesOrchestrator:
             env: EnvSpec | None = m.env_from(ann.get(env_key, ""))
         except ValueError:
             env = None
-        pod_name = ann.get(pod_key, "")
-        pod = self._read_pod(meta["name"], pod_name) if pod_name else None
-        if pod is None:
+        name = ann.get(pod_key, "")
+        found = self._read_server(meta["name"], name) if name else None
+        if found is None:
             return ServerStatus(
-                user_id, "failed", env, "the server pod is gone (deleted or evicted)"
+                user_id, "failed", env, "the server is gone (its job was deleted)"
             )
-        got = pod_phase(pod)
+        got, log_pod, obj = found
         since = got.since
         if since is None:
-            created = (pod.get("metadata", {}).get("annotations") or {}).get(m.ANN_CREATED, "")
+            created = (obj.get("metadata", {}).get("annotations") or {}).get(m.ANN_CREATED, "")
             try:
                 since = float(created)
             except ValueError:
                 since = 0.0
         tail: tuple[str, ...] = ()
-        if logs and got.log_container and got.phase in ("failed", "installing"):
-            tail = self._log_tail(meta["name"], pod_name, got.log_container)
+        if logs and log_pod and got.log_container and got.phase in ("failed", "installing"):
+            tail = self._log_tail(meta["name"], log_pod, got.log_container)
         return ServerStatus(user_id, got.phase, env, got.reason, tail, since,
                             resources=granted(self.settings, env.resources) if env else None)
 
@@ -410,17 +414,11 @@ class KubernetesOrchestrator:
                 raise
         return None  # unreachable; keeps type checkers content
 
-    def _read_pod(self, ns: str, name: str) -> dict[str, Any] | None:
-        with api_errors(f"reading pod {name}"):
-            try:
-                return access.granting(lambda: raw(self.core.read_namespaced_pod, name, ns),
-                                       lambda: self._grant(ns, dict(m.MANAGED_BY)),
-                                       bool(self.settings.user_role))
-            except ApiException as e:
-                if e.status == 404:
-                    return None
-                raise
-        return None
+    def _read_server(self, ns: str, name: str
+                     ) -> tuple[PodPhase, str | None, dict[str, Any]] | None:
+        return jobs.read_server(self.core, self.batch, ns, name,
+                                lambda: self._grant(ns, dict(m.MANAGED_BY)),
+                                bool(self.settings.user_role))
 
     @staticmethod
     def _owner(ns: dict[str, Any]) -> str:

@@ -19,7 +19,9 @@ DisruptionTarget (being evicted...)   failed (lost: a spawn replaces it)
 
 ``failed`` is what makes a spawn replace the server (``replacing.plan_ensure``): a pod
 Kubernetes will never bring back (bare, ``restartPolicy: Never``) must not be reported
-as still on its way, or every spawn would return the stale status.
+as still on its way, or every spawn would return the stale status. A server Job's pod
+is read through :func:`.jobs.job_phase`, which reports a lost pod of a live Job as
+``starting`` instead: the Job's controller brings it back.
 """
 
 from __future__ import annotations
