@@ -175,6 +175,11 @@ class ServerSettings(ZexecSettings):
     #: A worker stopped (SIGSTOP, state ``T``) this many seconds is killed and its call
     #: fails with a message saying so, instead of waiting for ever; 0 = never.
     stopped_timeout: float = 10.0
+    #: Exit code after a stop asked by SIGTERM or SIGINT (its calls drained first). The
+    #: Kubernetes orchestrator sets 143 (128 + SIGTERM): a drained or evicted server then
+    #: fails its pod, which the server Job's podFailurePolicy ignores and replaces,
+    #: instead of succeeding, which would complete the Job as an idle exit does.
+    signal_exit_code: int = Field(default=0, ge=0, le=255)
 
 
 class KubernetesSettings(ZexecSettings):

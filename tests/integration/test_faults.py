@@ -174,6 +174,26 @@ def test_idle_server_exits_cleanly_and_unregisters(tmp_path):
         s.close()
 
 
+@pytest.mark.parametrize("code", [None, "143"])
+def test_sigterm_drains_the_server_and_exits_with_the_signal_exit_code(tmp_path, code):
+    """SIGTERM lets the running call finish, then the server exits with
+    ZEXEC_SERVER_SIGNAL_EXIT_CODE (0 unless set): on Kubernetes 143, so a drained
+    server's Job makes a new pod instead of completing as after an idle exit."""
+    s = Stack(tmp_path)
+    try:
+        s.start_broker()
+        env = {"ZEXEC_SERVER_SIGNAL_EXIT_CODE": code} if code else {}
+        proc = s.start_server("alice", **env)
+        with zexec.Client(s.frontend, s.tokens["alice"]) as c:
+            fut = c.submit(time.sleep, 1.0)
+            time.sleep(0.3)  # the call runs
+            proc.send_signal(signal.SIGTERM)
+            assert fut.result(timeout=60) is None  # drained, not cut
+            assert proc.wait(60) == int(code or 0)
+    finally:
+        s.close()
+
+
 def test_a_server_kept_busy_with_quick_calls_is_not_idle(tmp_path):
     """Quick calls never reach a direct server (its workers take them from the broker
     and announce only calls that run 50 ms): it must learn of them from the broker's

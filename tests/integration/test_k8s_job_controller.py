@@ -105,6 +105,23 @@ def test_disruption_is_ignored_and_replaced_a_server_crash_fails_the_job(api):
     assert len(pods(api, "j2")) == 2  # no new pod for a failed Job
 
 
+def test_a_server_stopped_by_sigterm_gets_a_new_pod_not_a_completed_job(api):
+    """A drain without the DisruptionTarget condition (a deleted pod, an older cluster):
+    the server exits with the pod's ZEXEC_SERVER_SIGNAL_EXIT_CODE, and rule 2 makes
+    the Job replace it rather than fail (any other exit) or complete (exit 0)."""
+    make_job(api, "j-term")
+    ctl = TestJobController(api)
+    ctl.sync()
+    (first,) = pods(api, "j-term")
+    set_status(api, first, {"phase": "Failed", "containerStatuses": [
+        {"name": "server", "state": {"terminated": {"exitCode": m.SIGNAL_EXIT_CODE}}}]})
+    ctl.sync()
+    second = jobs.current_pod(pods(api, "j-term"))
+    assert second["metadata"]["name"] != first["metadata"]["name"]
+    assert conditions(api, "j-term") == [] and job(api, "j-term")["status"].get("failed", 0) == 0
+    assert jobs.job_phase(job(api, "j-term"), pods(api, "j-term"))[0].phase == "pending"
+
+
 def test_an_install_failure_exceeds_backoff_limit_0_and_success_completes(api):
     make_job(api, "j3")
     make_job(api, "j4")

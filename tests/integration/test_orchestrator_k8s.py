@@ -75,8 +75,10 @@ def test_ensure_creates_the_locked_down_objects(kube, k8s_orch):
     assert "ttlSecondsAfterFinished" not in job["spec"]
     assert job["spec"]["podFailurePolicy"]["rules"] == [
         {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        {"action": "Ignore",
+         "onExitCodes": {"containerName": "server", "operator": "In", "values": [143]}},
         {"action": "FailJob",
-         "onExitCodes": {"containerName": "server", "operator": "NotIn", "values": [0]}}]
+         "onExitCodes": {"containerName": "server", "operator": "NotIn", "values": [0, 143]}}]
     template = job["spec"]["template"]
     assert template["metadata"]["annotations"][
         "cluster-autoscaler.kubernetes.io/safe-to-evict"] == "true"

@@ -47,9 +47,17 @@ def test_the_job_wraps_the_pod_unchanged_and_is_schema_valid():
         **p["metadata"]["annotations"], jobs.SAFE_TO_EVICT: "true"}
     assert (j["spec"]["backoffLimit"], j["spec"]["completions"], j["spec"]["parallelism"]) == \
         (0, 1, 1)
-    ignore, fail = j["spec"]["podFailurePolicy"]["rules"]
-    assert ignore["action"] == "Ignore"  # first: a disrupted server may exit non-zero
+    disrupted, signalled, fail = j["spec"]["podFailurePolicy"]["rules"]
+    assert disrupted["action"] == "Ignore"  # first: a disrupted server may exit non-zero
+    assert disrupted["onPodConditions"][0]["type"] == "DisruptionTarget"
+    # A server stopped by SIGTERM exits with the code its pod sets; that is ignored too.
+    assert signalled["action"] == "Ignore"
+    assert signalled["onExitCodes"]["values"] == [m.SIGNAL_EXIT_CODE] == [143]
+    server_env = {e["name"]: e.get("value") for e in p["spec"]["containers"][0]["env"]}
+    assert server_env["ZEXEC_SERVER_SIGNAL_EXIT_CODE"] == str(m.SIGNAL_EXIT_CODE)
+    assert fail["action"] == "FailJob"
     assert fail["onExitCodes"]["containerName"] == m.SERVER_CONTAINER
+    assert fail["onExitCodes"]["values"] == [0, m.SIGNAL_EXIT_CODE]
     kubernetes_validate.validate(j, "1.31.0", strict=True)
 
 

@@ -10,16 +10,20 @@ told is retryable, and stays out of the way otherwise:
   pod was drained, evicted, preempted or deleted by the taint manager because its node was
   lost (Kubernetes >= 1.26 sets that condition): a new pod, no failure counted. First,
   because rules apply in order and a disrupted server may exit non-zero.
-* rule 2, ``FailJob`` on a non-zero exit of the ``server`` container: the server crashed
-  or could not start: the Job fails with reason ``PodFailurePolicy`` and the status says
-  why (the container's exit and log tail, as for the bare pod);
+* rule 2, ``Ignore`` on exit 143 of the ``server`` container: the server was stopped by
+  SIGTERM (a drain, an eviction, a node's graceful shutdown, a deleted pod), finished its
+  calls and exited with ``ZEXEC_SERVER_SIGNAL_EXIT_CODE`` (143, set in the pod): a new
+  pod. Exit 0 would make the pod ``Succeeded``, and a Job counts a succeeded pod as done
+  whatever its conditions (a failure policy applies to failed pods only), so a drained
+  server would end instead of moving to another node;
+* rule 3, ``FailJob`` on any other non-zero exit of the ``server`` container: the server
+  crashed or could not start: the Job fails with reason ``PodFailurePolicy`` and the
+  status says why (the container's exit and log tail, as for the bare pod);
 * ``backoffLimit: 0``: any other failure (the install init container, a fatal waiting
   reason) fails the Job at once (``BackoffLimitExceeded``) instead of a crash loop;
 * exit 0 is the server's idle shutdown: the pod succeeds, ``completions: 1`` is met, the
-  Job is ``Complete`` and stays so (a Deployment would restart it for ever). A drained or
-  evicted server gets SIGTERM, finishes its calls and exits 0 too: its Job completes
-  (reported ``terminated``, reason ``evicted``) and the next spawn starts a new one; a
-  server lost with its node never exits, its pod fails with ``DisruptionTarget`` and is
+  Job is ``Complete`` and stays so (a Deployment would restart it for ever); a server
+  lost with its node never exits, its pod fails with ``DisruptionTarget`` and is
   replaced by the Job;
 * ``parallelism: 1``; with a ``podFailurePolicy`` the replacement pod is made only once the
   old one is terminal (``podReplacementPolicy: Failed`` is then the default), so a user
@@ -46,6 +50,7 @@ from kubernetes.client.exceptions import ApiException
 
 from zexec.adapters.orchestrator_k8s import access
 from zexec.adapters.orchestrator_k8s.apicalls import api_errors, raw
+from zexec.adapters.orchestrator_k8s.manifests import SIGNAL_EXIT_CODE
 from zexec.adapters.orchestrator_k8s.podstatus import PodPhase, pod_phase
 
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
@@ -81,9 +86,12 @@ def build_job(pod: dict[str, Any], server_container: str = "server") -> dict[str
                 "rules": [
                     {"action": "Ignore",
                      "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+                    {"action": "Ignore",
+                     "onExitCodes": {"containerName": server_container,
+                                     "operator": "In", "values": [SIGNAL_EXIT_CODE]}},
                     {"action": "FailJob",
                      "onExitCodes": {"containerName": server_container,
-                                     "operator": "NotIn", "values": [0]}},
+                                     "operator": "NotIn", "values": [0, SIGNAL_EXIT_CODE]}},
                 ]
             },
             "template": {"metadata": template_meta, "spec": copy.deepcopy(pod["spec"])},
@@ -178,8 +186,8 @@ def job_phase(job: dict[str, Any], pods: list[dict[str, Any]]) -> tuple[PodPhase
             _ts(done.get("lastTransitionTime"))
         last = current_pod(pods)
         if last is not None and _lost(last):
-            # Drained or evicted: SIGTERM, the server drained its calls and exited 0,
-            # which ends a Job; the next spawn starts a new server.
+            # Drained or evicted, and the server exited 0 (an image from before
+            # ZEXEC_SERVER_SIGNAL_EXIT_CODE): that ends a Job; the next spawn starts anew.
             cond = [c for c in (last.get("status") or {}).get("conditions") or []
                     if c.get("type") == "DisruptionTarget"]
             why = (cond[0].get("message") or cond[0].get("reason")) if cond else ""

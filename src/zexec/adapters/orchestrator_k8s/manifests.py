@@ -67,6 +67,11 @@ UID = 1000
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 
+#: The server's exit code after SIGTERM (128 + 15, as a shell reports it): the server
+#: Job's podFailurePolicy ignores it (a new pod), where exit 0 completes the Job.
+SIGNAL_EXIT_CODE = 143
+
+
 def sanitise_user(user_id: str, max_len: int) -> str:
     """``user_id`` as a DNS-1123 label of at most ``max_len`` characters. When that
     changes it (case, characters, length) an 8-hex hash of the original is appended, so
@@ -334,6 +339,8 @@ def build_pod(
          "value": str(spec.resources.workers or settings.server_workers)},
         {"name": "ZEXEC_SERVER_READY_FILE", "value": READY_FILE},
         {"name": "ZEXEC_SERVER_IDLE_TIMEOUT", "value": f"{idle_timeout:g}"},
+        # A stop by SIGTERM (drain, eviction, preemption) is not an idle exit: see jobs.py.
+        {"name": "ZEXEC_SERVER_SIGNAL_EXIT_CODE", "value": str(SIGNAL_EXIT_CODE)},
     ]
     server = {
         "name": SERVER_CONTAINER,

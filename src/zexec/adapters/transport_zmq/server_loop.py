@@ -57,12 +57,14 @@ class ServerLoop:
         fresh_process: bool = False, drain_timeout: float = 10.0,
         context: zmq.Context | None = None, workers: tuple[str, str],
         early_worker: tuple[Any, bytes] | None = None, stopped_watch: Any = None,
+        signal_exit_code: int = 0,
     ) -> None:
         """``workers`` = (private directory, ipc endpoint in it) for the workers; the
         directory is removed on close. ``early_worker`` = (process, worker id) of a
         worker started for that endpoint before the settings were read (see
         :mod:`zexec.apps.server.__main__`): the pool adopts it. ``stopped_watch.tick(pool,
-        now)`` runs each round (see :mod:`zexec.apps.server.stopped`)."""
+        now)`` runs each round (see :mod:`zexec.apps.server.stopped`). A stop asked by
+        SIGTERM/SIGINT ends with ``signal_exit_code`` (``ZEXEC_SERVER_SIGNAL_EXIT_CODE``)."""
         if not user_id or not credential:
             raise ValueError("a server needs its user id and credential")
         self.user_id = user_id
@@ -100,6 +102,7 @@ class ServerLoop:
         self.exit_code = 0
         self.started = time.time()
         self.stopped_watch = stopped_watch
+        self.signal_exit_code = signal_exit_code
 
     # ------------------------------------------------------------------ broker side
 
@@ -338,7 +341,12 @@ class ServerLoop:
 
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self.request_stop())
+            signal.signal(sig, lambda *_: self._stop_on_signal())
+
+    def _stop_on_signal(self) -> None:
+        if not self.exit_code:  # a refused registration's 3 says more
+            self.exit_code = self.signal_exit_code
+        self.request_stop()
 
     def run(self) -> int:
         """Serve until stopped; returns the process exit code."""
