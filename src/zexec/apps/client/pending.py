@@ -27,11 +27,13 @@ class RemoteFuture(Future):
     _call: PendingCall | None = None
 
     def cancel(self) -> bool:
-        if self.done():
+        # Cancelled here first, then the server asked: the other order let the I/O
+        # thread finish the future (CallCancelled) in between, and cancel() said False.
+        if not super().cancel():
             return False
         if self._session is not None and self._call is not None:
             self._session.cancel(self._call, "future cancelled")
-        return super().cancel()
+        return True
 
     @public
     def result(self, timeout: float | None = None) -> Any:
