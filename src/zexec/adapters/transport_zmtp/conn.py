@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from zexec.adapters.transport_zmtp.buffers import size_text
 from zexec.adapters.transport_zmtp.decisions import Admit, Decision, Discard, Wait
 from zexec.adapters.transport_zmtp.output import Output
 from zexec.adapters.transport_zmtp.stream import Stream, StreamClosed
@@ -71,6 +72,7 @@ class Conn:
         self.body_pos = 0
         self.body_more = False
         self.in_body = False
+        self.drained = False  # the last read emptied the socket (see pump)
         self.waiting_start: zmtp.FrameStart | None = None
         # output
         self.out = Output()
@@ -93,6 +95,10 @@ class Conn:
         budget = limits.turn_bytes * share
         frames_left = limits.turn_frames * share
         received = 0
+        # A read that got less than it asked for emptied the socket: the next read would
+        # only raise BlockingIOError (a syscall and an exception per wakeup). Stop there;
+        # epoll is level-triggered, so bytes that arrive meanwhile wake us again.
+        self.drained = False
         try:
             if self.state == HANDSHAKE:
                 # A TLS handshake costs the loop a signature: a few per turn, the rest
@@ -107,6 +113,8 @@ class Conn:
                 gw.dirty.add(self)  # our greeting, held back until TLS was up
             while not self.paused and self.state == OPEN and budget > 0 and frames_left > 0:
                 if self.in_body:
+                    if self.drained:
+                        break
                     n = self._read_body()
                     if n is None:
                         break
@@ -119,6 +127,8 @@ class Conn:
                     continue
                 ev = self.codec.next_event()
                 if ev is None:
+                    if self.drained:
+                        break
                     n = self._read_codec()
                     if n is None:
                         break
@@ -174,6 +184,7 @@ class Conn:
         if not data:
             self.close("closed by the peer")
             return None
+        self.drained = len(data) < want and not self.stream.buffered
         self.codec.receive(data)
         if not self.authed:
             self._sync_held()
@@ -192,6 +203,7 @@ class Conn:
         if n == 0:
             self.close("closed by the peer in the middle of a frame")
             return None
+        self.drained = n < len(view) and not self.stream.buffered
         codec.body_received(n)
         self.body_pos += n
         if codec.body_remaining == 0:
@@ -222,8 +234,8 @@ class Conn:
                 f"{limits.head_frame_max})"))
         elif self.mode == ADMITTED and ev.size > limits.max_frame_bytes:
             self._discard(TooLarge(
-                f"a frame of {_size(ev.size)} exceeds the broker's limit of "
-                f"{_size(limits.max_frame_bytes)} (ZEXEC_BROKER_MAX_FRAME_BYTES)"))
+                f"a frame of {size_text(ev.size)} exceeds the broker's limit of "
+                f"{size_text(limits.max_frame_bytes)} (ZEXEC_BROKER_MAX_FRAME_BYTES)"))
         self.in_body = True
         self.body_more = ev.more
         self.body_pos = 0
@@ -435,11 +447,4 @@ class Conn:
         self.out.clear()
         self.gw.closed(self, reason)
         self.stream.close()
-
-
-def _size(n: int) -> str:
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= scale:
-            return f"{n / scale:.4g} {unit}"
-    return f"{n} bytes"
 
