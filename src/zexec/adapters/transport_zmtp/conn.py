@@ -23,6 +23,7 @@ from zexec.adapters.transport_zmtp.buffers import size_text
 from zexec.adapters.transport_zmtp.decisions import Admit, Decision, Discard, Wait
 from zexec.adapters.transport_zmtp.output import Output
 from zexec.adapters.transport_zmtp.stream import Stream, StreamClosed
+from zexec.adapters.transport_zmtp.writing import CLOSED, HANDSHAKE, OPEN, Writing
 from zexec.core import zmtp
 from zexec.core.errors import ProtocolError, TooLarge, ZexecError
 
@@ -32,14 +33,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("zexec.broker.gateway")
 
 HEAD, ADMITTED, DISCARD = range(3)
-HANDSHAKE, OPEN, CLOSED = range(3)
 #: In DISCARD mode, frames kept for the handler (the rest are counted, not kept) and
 #: the largest kept as they are (larger ones become empty placeholders).
 KEEP_FRAMES = 8
 KEEP_BYTES = 256
 
 
-class Conn:
+class Conn(Writing):
     def __init__(self, gw: Gateway, stream: Stream, kind: str, key: bytes, addr: str,
                  now: float) -> None:
         self.gw = gw
@@ -125,6 +125,12 @@ class Conn:
                     if not self._start_body(self.waiting_start):
                         break
                     continue
+                if self.mode == ADMITTED:  # the rest of a message: its small frames at once
+                    datas, ended = self.codec.message_frames(frames_left)
+                    if datas:
+                        frames_left -= len(datas)
+                        self._admitted(datas, ended)
+                        continue
                 ev = self.codec.next_event()
                 if ev is None:
                     if self.drained:
@@ -296,6 +302,18 @@ class Conn:
         if not more and self.state == OPEN:
             self._deliver()
 
+    def _admitted(self, datas: list[bytes], ended: bool) -> None:
+        """Small frames of an admitted message (``ended``: the last one ends it)."""
+        if self.nframes + len(datas) > self.gw.limits.max_frames:
+            last = len(datas) - 1  # the limit breaks in here: frame by frame
+            for i, data in enumerate(datas):
+                self._frame(data, i < last or not ended)
+            return
+        self.nframes += len(datas)
+        self.frames += datas
+        if ended and self.state == OPEN:
+            self._deliver()
+
     def _keep(self, data: Any) -> None:
         n = len(self.frames)
         if n < KEEP_FRAMES:
@@ -369,62 +387,6 @@ class Conn:
             self.gw.update(self)
             if not self.paused:
                 self.gw.kicks.add(self)
-
-    # ------------------------------------------------------------------ writing
-
-    def _queue_raw(self, data: bytes) -> None:
-        if data:
-            self._started_writing()
-            self.out.add(data)
-            self.gw.dirty.add(self)
-
-    def _started_writing(self) -> None:
-        if not self.out:
-            self.last_tx = self.gw.now  # the clock of a stalled write starts now
-
-    def send(self, frames: list[Any]) -> bool:
-        """Queue one message (never blocks). False if it was dropped: the connection is
-        closed, or its peer leaves more than ``max_output_bytes`` unread (one message
-        is always taken)."""
-        if self.state == CLOSED:
-            return False
-        limits = self.gw.limits
-        if self.out.bytes > limits.max_output_bytes:
-            self.dropped += 1
-            log.warning("dropped a message to a peer that does not read (%s)", self.kind)
-            return False
-        self._started_writing()
-        self.out.add_message(frames)
-        self.gw.dirty.add(self)
-        if self.kind != "back" and self.out.bytes > limits.out_pause_bytes:
-            self.pause("output")  # take no more requests from a peer not reading replies
-        return True
-
-    def flush(self) -> None:
-        if self.state == HANDSHAKE:
-            if self.stream.wants_write:
-                self.stream.flush()
-            return
-        try:
-            if self.out.write(self.stream):
-                self.last_tx = self.gw.now
-        except StreamClosed as exc:
-            self.close(str(exc))
-            return
-        except Exception:  # a bug must cost one connection, never the broker
-            log.exception("closing %r after an unexpected error while writing", self)
-            self.close("internal error")
-            return
-        if "output" in self.paused and self.out.bytes <= self.gw.limits.out_pause_bytes // 2:
-            self.resume("output")
-        if self.close_after_flush and not self.out and not self.stream.wants_write:
-            self.close(self.close_after_flush_reason)
-            return
-        self.gw.update(self)
-
-    @property
-    def wants_write(self) -> bool:
-        return bool(self.out) or self.stream.wants_write
 
     # ------------------------------------------------------------------ closing
 
