@@ -95,9 +95,11 @@ class Conn(Writing):
         budget = limits.turn_bytes * share
         frames_left = limits.turn_frames * share
         received = 0
-        # A read that got less than it asked for emptied the socket: the next read would
-        # only raise BlockingIOError (a syscall and an exception per wakeup). Stop there;
-        # epoll is level-triggered, so bytes that arrive meanwhile wake us again.
+        # A read of small frames that got less than it asked for emptied the socket: the
+        # next read would only raise BlockingIOError (a syscall and an exception per
+        # wakeup). Stop there; epoll is level-triggered, so bytes that arrive meanwhile
+        # wake us again. (Not after a large body's read: a stream of those keeps reading
+        # in long turns, measured 2x faster for 100 MiB over TLS.)
         self.drained = False
         try:
             if self.state == HANDSHAKE:
@@ -209,7 +211,6 @@ class Conn(Writing):
         if n == 0:
             self.close("closed by the peer in the middle of a frame")
             return None
-        self.drained = n < len(view) and not self.stream.buffered
         codec.body_received(n)
         self.body_pos += n
         if codec.body_remaining == 0:
