@@ -96,9 +96,6 @@ class ZmtpTransport:
         self._body_pos = 0
         self._body_more = False
         self._out = Output()
-        #: The last read emptied the socket: read again only after poll says so (a read
-        #: now would only raise BlockingIOError, a syscall and an exception each time).
-        self._drained = False
         self._last_rx = 0.0
         self._ping_at: float | None = None
         #: Why the last connection attempt or connection failed (for error messages).
@@ -183,9 +180,7 @@ class ZmtpTransport:
             poller.register(self._sock.fileno(), mask)
         woken = False
         for fd, _ in poller.poll(max(0.0, timeout) * 1000):
-            if fd != self._wake_r:
-                self._drained = False  # the socket has news
-            else:
+            if fd == self._wake_r:
                 woken = True
                 try:
                     while os.read(self._wake_r, 4096):
@@ -245,7 +240,6 @@ class ZmtpTransport:
                                   server_hostname=None if self._pin else self.host)
                         if self.tls else Stream(self._sock))
         self._codec = zmtp.Codec("DEALER", as_server=False)
-        self._drained = False
         self._out.clear()
         self._out.add(self._codec.data_to_send())
         self._last_rx = self.clock()
@@ -285,16 +279,12 @@ class ZmtpTransport:
         got = False
         while True:
             if self._body is not None:
-                if self._drained:
-                    break
-                view = self._body[self._body_pos:]
                 try:
-                    n = stream.recv_into(view)
+                    n = stream.recv_into(self._body[self._body_pos:])
                 except BlockingIOError:
                     break
                 if n == 0:
                     raise StreamClosed("the broker closed the connection")
-                self._drained = n < len(view) and not stream.buffered
                 got = True
                 codec.body_received(n)
                 self._body_pos += n
@@ -311,15 +301,12 @@ class ZmtpTransport:
                 continue
             ev = codec.next_event()
             if ev is None:
-                if self._drained:
-                    break
                 try:
                     data = stream.recv(READ_CHUNK)
                 except BlockingIOError:
                     break
                 if not data:
                     raise StreamClosed("the broker closed the connection")
-                self._drained = len(data) < READ_CHUNK and not stream.buffered
                 got = True
                 codec.receive(data)
                 continue
