@@ -90,6 +90,25 @@ def test_pings_are_answered_with_their_context(quick):
     peer.close()
 
 
+def test_each_message_is_judged_by_its_own_token_on_one_connection(quick):
+    """The gateway remembers a connection's last token and its hash; a message with
+    another token (someone else's, or a bad one) is never taken for the last one."""
+    peer = RawPeer(quick.ports[0])
+
+    def ping(token: str):
+        peer.send(p.v1_ping(token, []))
+        frames = peer.recv(10)
+        assert frames is not None
+        return p.parse_client_bound(frames[1:])
+
+    for _ in range(2):
+        assert ping(quick.tokens["alice"])["server"] is True
+        assert ping("not-a-token").header["code"] == "UNAUTHENTICATED"
+        assert ping(quick.tokens["bob"])["server"] is False  # bob has no server here
+        assert ping(quick.tokens["alice"])["server"] is True
+    peer.close()
+
+
 def test_a_peer_silent_beyond_its_own_ttl_is_closed(quick):
     peer = RawPeer(quick.ports[0])
     peer.send(p.v1_ping(quick.tokens["alice"], []))  # authenticated: not a pre-auth timeout

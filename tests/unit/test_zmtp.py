@@ -30,8 +30,9 @@ class Reader:
     """Plays the adapter: feeds chunks to a codec and reads large bodies itself, partly
     from the codec's buffer and partly 'from the wire' (the chunks that follow)."""
 
-    def __init__(self, codec: Codec) -> None:
+    def __init__(self, codec: Codec, batch: int = 0) -> None:
         self.codec = codec
+        self.batch = batch  # > 0: take small frames with message_frames(batch) first
         self.events: list = []
         self.messages: list[list[bytes]] = []
         self._frames: list[bytes] = []
@@ -57,6 +58,12 @@ class Reader:
                 self.codec.receive(view)
                 view = view[len(view):]
             while True:
+                if self.batch:
+                    datas, ended = self.codec.message_frames(self.batch)
+                    for i, data in enumerate(datas):
+                        self._frame(data, not ended or i < len(datas) - 1)
+                    if datas:
+                        continue
                 ev = self.codec.next_event()
                 if ev is None:
                     return
@@ -294,6 +301,58 @@ def test_encode_message_takes_any_buffer_shape():
     assert r.messages == [[arr.tobytes()]]
 
 
+def test_message_frames_take_the_rest_of_one_message_at_once():
+    server, _ = handshake()
+    server.receive(wire([[b"", b"a", b"b"], [b"c"]]))
+    assert server.message_frames(10) == ([b"", b"a", b"b"], True)  # not into the next
+    assert server.message_frames(10) == ([b"c"], True)
+    assert server.message_frames(10) == ([], False)
+    server.receive(wire([[b"x", b"y", b"z"]]))
+    assert server.message_frames(2) == ([b"x", b"y"], False)  # the limit
+    assert server.message_frames(2) == ([b"z"], True)
+
+
+def test_message_frames_stop_before_what_next_event_reports():
+    server, _ = handshake()
+    big = b"B" * (INLINE + 1)
+    server.receive(wire([[b"a", big]]))
+    assert server.message_frames(10) == ([b"a"], False)
+    assert server.next_event() == FrameStart(len(big), False)
+    assert server.read_body_into(memoryview(bytearray(len(big)))) == len(big)
+    server.receive(b"\x01\x01p" + zmtp.ping(5) + b"\x00\x01q")
+    assert server.message_frames(10) == ([b"p"], False)
+    assert server.message_frames(10) == ([], False)  # a PING: a command
+    assert isinstance(server.next_event(), Ping)
+    assert server.message_frames(10) == ([b"q"], True)
+    server.receive(b"\x01\x05ab")  # incomplete
+    assert server.message_frames(10) == ([], False)
+    assert server.buffered == 4
+    server.receive(b"cde")
+    server.receive(b"\x08\x00")  # reserved flags: left for next_event to refuse
+    assert server.message_frames(10) == ([b"abcde"], False)
+    assert server.message_frames(10) == ([], False)
+    with pytest.raises(ZmtpError, match="invalid frame flags"):
+        server.next_event()
+
+
+def test_message_frames_before_the_handshake_take_nothing():
+    server = Codec("ROUTER", as_server=True)
+    server.receive(b"\x00\x01a")
+    assert server.message_frames(10) == ([], False)
+    assert server.buffered == 3
+
+
+@pytest.mark.parametrize("size", [0, 1, 255, 256, 2048, 2049, 70000])
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+def test_encode_message_headers(size, kind):
+    frame = kind(b"s" * size)
+    joined = b"".join(bytes(p) for p in zmtp.encode_message([frame, frame]))
+    header_more, header_last = zmtp.frame_header(size, True), zmtp.frame_header(size, False)
+    assert joined == header_more + b"s" * size + header_last + b"s" * size
+    assert header_more[0] & zmtp.MORE and not header_last[0] & zmtp.MORE
+    assert len(header_last) == (2 if size <= 255 else 9)
+
+
 # --------------------------------------------------------------------------- properties
 
 FRAMES = st.lists(
@@ -308,7 +367,7 @@ def test_same_messages_whatever_the_split(messages, data):
     server, _ = handshake()
     stream = wire(messages)
     cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(stream) - 1)), max_size=30)))
-    r = Reader(server)
+    r = Reader(server, batch=data.draw(st.sampled_from([0, 1, 3, 64])))
     prev = 0
     for cut in [*cuts, len(stream)]:
         r.feed(stream[prev:cut])

@@ -26,21 +26,29 @@ decides what a name means (the broker never routes by it).
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-MORE = 0x01
-LONG = 0x02
-COMMAND = 0x04
+from zexec.core.zmtp_out import (  # noqa: F401  (part of this module's interface)
+    _TTL,
+    COMMAND,
+    LONG,
+    MORE,
+    command,
+    encode_message,
+    error,
+    frame_header,
+    greeting,
+    nbytes,
+    ping,
+    pong,
+    ready,
+)
+
 _RESERVED = 0xF8
 SIGNATURE_SIZE = 10
 GREETING_SIZE = 64
-#: Frames up to this size are sent with their header in one piece (one iovec).
-_JOIN_MAX = 2048
-_LONG_HEADER = struct.Struct(">BQ")
 _SIZE = struct.Struct(">Q")
-_TTL = struct.Struct(">H")
 
 #: Which peer socket types each of ours may talk to (libzmq's compatibility table).
 COMPATIBLE = {
@@ -105,83 +113,6 @@ class PeerError:
 Event = Ready | Frame | FrameStart | Ping | Pong | PeerError
 
 _GREETING, _HANDSHAKE, _TRAFFIC, _BODY, _CLOSED = range(5)
-
-
-def greeting(as_server: bool) -> bytes:
-    """Our 64-byte greeting: ZMTP 3.1, NULL mechanism."""
-    return (b"\xff" + bytes(8) + b"\x7f" + b"\x03\x01" + b"NULL".ljust(20, b"\x00")
-            + (b"\x01" if as_server else b"\x00") + bytes(31))
-
-
-def command(name: bytes, data: bytes = b"") -> bytes:
-    """One command frame (``name`` at most 255 bytes)."""
-    body = bytes([len(name)]) + name + data
-    if len(body) <= 255:
-        return bytes([COMMAND, len(body)]) + body
-    return _LONG_HEADER.pack(COMMAND | LONG, len(body)) + body
-
-
-def ready(socket_type: str, identity: bytes = b"", **extra: bytes) -> bytes:
-    """A ``READY`` command with ``Socket-Type``, ``Identity`` and ``extra`` properties."""
-    props = {"Socket-Type": socket_type.encode(), "Identity": identity, **extra}
-    return command(b"READY", b"".join(
-        bytes([len(k)]) + k.encode() + len(v).to_bytes(4, "big") + v for k, v in props.items()
-    ))
-
-
-def error(reason: str) -> bytes:
-    """An ``ERROR`` command (the reason cut to 255 bytes)."""
-    raw = reason.encode(errors="replace")[:255]
-    return command(b"ERROR", bytes([len(raw)]) + raw)
-
-
-def ping(ttl: float = 0.0, context: bytes = b"") -> bytes:
-    """A ``PING`` (``ttl`` in seconds, sent in tenths; ``context`` at most 16 bytes)."""
-    return command(b"PING", _TTL.pack(min(int(ttl * 10), 0xFFFF)) + context[:16])
-
-
-def pong(context: bytes = b"") -> bytes:
-    return command(b"PONG", context[:16])
-
-
-def frame_header(size: int, more: bool) -> bytes:
-    flags = MORE if more else 0
-    if size <= 255:
-        return bytes([flags, size])
-    return _LONG_HEADER.pack(flags | LONG, size)
-
-
-def nbytes(frame: Any) -> int:
-    """Bytes in a frame (``bytes``, ``bytearray``, ``memoryview``, ``mmap``, any buffer)."""
-    if isinstance(frame, bytes | bytearray):
-        return len(frame)
-    return memoryview(frame).nbytes
-
-
-def encode_message(frames: Sequence[Any]) -> list[Any]:
-    """The buffers that carry one multipart message, ready for ``sendmsg``: headers and
-    small frames joined into ``bytes``, every larger frame as itself (never copied).
-    An empty message is one empty frame (ZeroMQ has no empty messages)."""
-    if not frames:
-        return [b"\x00\x00"]
-    out: list[Any] = []
-    small: list[bytes] = []
-    last = len(frames) - 1
-    for i, frame in enumerate(frames):
-        size = nbytes(frame)
-        more = i < last
-        if size <= _JOIN_MAX:
-            small.append(frame_header(size, more))
-            small.append(frame if isinstance(frame, bytes) else bytes(frame))
-            continue
-        small.append(frame_header(size, more))
-        out.append(b"".join(small))
-        small = []
-        view = memoryview(frame)
-        out.append(view if view.format == "B" and view.ndim == 1 else view.cast("B"))
-    if small:
-        out.append(b"".join(small))
-    return out
 
 
 def _properties(data: bytes) -> dict[str, bytes]:
@@ -283,6 +214,40 @@ class Codec:
         self._remaining -= n
         if self._remaining == 0 and self._state == _BODY:
             self._state = _TRAFFIC
+
+    def message_frames(self, limit: int) -> tuple[list[bytes], bool]:
+        """Up to ``limit`` whole small frames of the current message at once, without an
+        event object per frame: ``(datas, ended)``, ``ended`` when the last of them ends
+        the message (frames after it are left). Stops before anything that is not a
+        whole frame of at most ``inline_max`` bytes (a command, a large frame's header,
+        bytes still to come): :meth:`next_event` reports that."""
+        datas: list[bytes] = []
+        if self._state != _TRAFFIC:
+            return datas, False
+        buf, p, end = self._buf, self._pos, len(self._buf)
+        inline_max = self.inline_max
+        try:
+            while len(datas) < limit and end - p >= 2:
+                flags = buf[p]
+                if flags & (COMMAND | _RESERVED):
+                    break  # next_event answers a command, or refuses the flags
+                if flags & LONG:
+                    if end - p < 9:
+                        break
+                    size = _SIZE.unpack_from(buf, p + 1)[0]
+                    start = p + 9
+                else:
+                    size = buf[p + 1]
+                    start = p + 2
+                if size > inline_max or start + size > end:
+                    break
+                p = start + size
+                datas.append(buf[start:p])
+                if not flags & MORE:
+                    return datas, True
+            return datas, False
+        finally:
+            self._pos = p
 
     def next_event(self) -> Event | None:
         """The next event, or None until more bytes arrive. Raises :class:`ZmtpError` if

@@ -61,11 +61,16 @@ CLOSE_LINGER = 2.0
 class Peer:
     """What the loop remembers about one client connection."""
 
-    __slots__ = ("failed", "close_reason")
+    __slots__ = ("failed", "close_reason", "token", "token_key", "key")
 
     def __init__(self) -> None:
         self.failed: set[bytes] = set()  # keys of distinct tokens that failed
         self.close_reason = ""  # close once the current refusal is answered
+        # The token frame this connection showed last and its hash: a client shows the
+        # same token in every message, which then costs a comparison, not a SHA-256.
+        self.token = b""
+        self.token_key = b""
+        self.key: bytes | None = None  # the current message's token key, for the router
 
 
 class BrokerLoop:
@@ -157,14 +162,18 @@ class BrokerLoop:
         pos = p.frontend_token_position(frames)
         if pos is None or len(frames) <= pos:
             return None
+        peer: Peer = conn.ext
+        raw = p.frame_bytes(frames[pos])
         try:
-            token = p.token_of(frames[pos])
+            token = p.token_of(raw)
         except ProtocolError as exc:
             return Discard(exc)
-        return self._admit(conn, token)
+        if raw != peer.token:
+            peer.token, peer.token_key = raw, token_key(token)
+        peer.key = peer.token_key
+        return self._admit(conn, token, peer.key)
 
-    def _admit(self, conn: Conn, token: str) -> Decision:
-        key = token_key(token)
+    def _admit(self, conn: Conn, token: str, key: bytes) -> Decision:
         outcome = self.router.cache.get(key, self.gw.now)
         if outcome is not None:
             return self._verdict(conn, key, outcome)
@@ -214,8 +223,9 @@ class BrokerLoop:
         now = self.gw.now
         try:
             if conn.kind == "front":
+                key, conn.ext.key = conn.ext.key, None  # (None: its head had no token)
                 if refused is None:
-                    self.router.on_frontend(frames, now)
+                    self.router.on_frontend(frames, now, key)
                 else:
                     self.router.on_frontend_refused(frames, refused, now)
                     if conn.ext.close_reason:

@@ -71,3 +71,11 @@ class PayloadBudget:
         self.live -= size
         if self.on_free is not None:
             self.on_free()
+
+
+def size_text(n: int) -> str:
+    """``n`` bytes for a message: ``2 GiB``, ``64 KiB``, ``100 bytes``."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.4g} {unit}"
+    return f"{n} bytes"

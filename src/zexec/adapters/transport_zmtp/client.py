@@ -41,6 +41,8 @@ HEARTBEAT_IVL, HEARTBEAT_TIMEOUT = 1.0, 3.0
 #: How long close() lets queued messages (a last cancel) leave.
 CLOSE_LINGER = 0.5
 READ_CHUNK = 256 * 1024
+#: Small frames taken from the codec at once.
+READ_FRAMES = 256
 
 _DOWN, _CONNECTING, _HANDSHAKE, _UP = range(4)
 
@@ -289,6 +291,13 @@ class ZmtpTransport:
                 if codec.body_remaining == 0:
                     self._frame(self._body.obj, self._body_more)
                     self._body = None
+                continue
+            datas, ended = codec.message_frames(READ_FRAMES)  # small frames at once
+            if datas:
+                self._frames += datas
+                if ended:
+                    self.inbox.append(self._frames)
+                    self._frames = []
                 continue
             ev = codec.next_event()
             if ev is None:

@@ -19,9 +19,11 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from zexec.adapters.transport_zmtp.buffers import size_text
 from zexec.adapters.transport_zmtp.decisions import Admit, Decision, Discard, Wait
 from zexec.adapters.transport_zmtp.output import Output
 from zexec.adapters.transport_zmtp.stream import Stream, StreamClosed
+from zexec.adapters.transport_zmtp.writing import CLOSED, HANDSHAKE, OPEN, Writing
 from zexec.core import zmtp
 from zexec.core.errors import ProtocolError, TooLarge, ZexecError
 
@@ -31,14 +33,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("zexec.broker.gateway")
 
 HEAD, ADMITTED, DISCARD = range(3)
-HANDSHAKE, OPEN, CLOSED = range(3)
 #: In DISCARD mode, frames kept for the handler (the rest are counted, not kept) and
 #: the largest kept as they are (larger ones become empty placeholders).
 KEEP_FRAMES = 8
 KEEP_BYTES = 256
 
 
-class Conn:
+class Conn(Writing):
     def __init__(self, gw: Gateway, stream: Stream, kind: str, key: bytes, addr: str,
                  now: float) -> None:
         self.gw = gw
@@ -71,6 +72,7 @@ class Conn:
         self.body_pos = 0
         self.body_more = False
         self.in_body = False
+        self.drained = False  # the last read emptied the socket (see pump)
         self.waiting_start: zmtp.FrameStart | None = None
         # output
         self.out = Output()
@@ -93,6 +95,12 @@ class Conn:
         budget = limits.turn_bytes * share
         frames_left = limits.turn_frames * share
         received = 0
+        # A read of small frames that got less than it asked for emptied the socket: the
+        # next read would only raise BlockingIOError (a syscall and an exception per
+        # wakeup). Stop there; epoll is level-triggered, so bytes that arrive meanwhile
+        # wake us again. (Not after a large body's read: a stream of those keeps reading
+        # in long turns, measured 2x faster for 100 MiB over TLS.)
+        self.drained = False
         try:
             if self.state == HANDSHAKE:
                 # A TLS handshake costs the loop a signature: a few per turn, the rest
@@ -107,6 +115,8 @@ class Conn:
                 gw.dirty.add(self)  # our greeting, held back until TLS was up
             while not self.paused and self.state == OPEN and budget > 0 and frames_left > 0:
                 if self.in_body:
+                    if self.drained:
+                        break
                     n = self._read_body()
                     if n is None:
                         break
@@ -117,8 +127,16 @@ class Conn:
                     if not self._start_body(self.waiting_start):
                         break
                     continue
+                if self.mode == ADMITTED:  # the rest of a message: its small frames at once
+                    datas, ended = self.codec.message_frames(frames_left)
+                    if datas:
+                        frames_left -= len(datas)
+                        self._admitted(datas, ended)
+                        continue
                 ev = self.codec.next_event()
                 if ev is None:
+                    if self.drained:
+                        break
                     n = self._read_codec()
                     if n is None:
                         break
@@ -174,6 +192,7 @@ class Conn:
         if not data:
             self.close("closed by the peer")
             return None
+        self.drained = len(data) < want and not self.stream.buffered
         self.codec.receive(data)
         if not self.authed:
             self._sync_held()
@@ -222,8 +241,8 @@ class Conn:
                 f"{limits.head_frame_max})"))
         elif self.mode == ADMITTED and ev.size > limits.max_frame_bytes:
             self._discard(TooLarge(
-                f"a frame of {_size(ev.size)} exceeds the broker's limit of "
-                f"{_size(limits.max_frame_bytes)} (ZEXEC_BROKER_MAX_FRAME_BYTES)"))
+                f"a frame of {size_text(ev.size)} exceeds the broker's limit of "
+                f"{size_text(limits.max_frame_bytes)} (ZEXEC_BROKER_MAX_FRAME_BYTES)"))
         self.in_body = True
         self.body_more = ev.more
         self.body_pos = 0
@@ -282,6 +301,18 @@ class Conn:
                            "valid credential")
                 return
         if not more and self.state == OPEN:
+            self._deliver()
+
+    def _admitted(self, datas: list[bytes], ended: bool) -> None:
+        """Small frames of an admitted message (``ended``: the last one ends it)."""
+        if self.nframes + len(datas) > self.gw.limits.max_frames:
+            last = len(datas) - 1  # the limit breaks in here: frame by frame
+            for i, data in enumerate(datas):
+                self._frame(data, i < last or not ended)
+            return
+        self.nframes += len(datas)
+        self.frames += datas
+        if ended and self.state == OPEN:
             self._deliver()
 
     def _keep(self, data: Any) -> None:
@@ -358,62 +389,6 @@ class Conn:
             if not self.paused:
                 self.gw.kicks.add(self)
 
-    # ------------------------------------------------------------------ writing
-
-    def _queue_raw(self, data: bytes) -> None:
-        if data:
-            self._started_writing()
-            self.out.add(data)
-            self.gw.dirty.add(self)
-
-    def _started_writing(self) -> None:
-        if not self.out:
-            self.last_tx = self.gw.now  # the clock of a stalled write starts now
-
-    def send(self, frames: list[Any]) -> bool:
-        """Queue one message (never blocks). False if it was dropped: the connection is
-        closed, or its peer leaves more than ``max_output_bytes`` unread (one message
-        is always taken)."""
-        if self.state == CLOSED:
-            return False
-        limits = self.gw.limits
-        if self.out.bytes > limits.max_output_bytes:
-            self.dropped += 1
-            log.warning("dropped a message to a peer that does not read (%s)", self.kind)
-            return False
-        self._started_writing()
-        self.out.add_message(frames)
-        self.gw.dirty.add(self)
-        if self.kind != "back" and self.out.bytes > limits.out_pause_bytes:
-            self.pause("output")  # take no more requests from a peer not reading replies
-        return True
-
-    def flush(self) -> None:
-        if self.state == HANDSHAKE:
-            if self.stream.wants_write:
-                self.stream.flush()
-            return
-        try:
-            if self.out.write(self.stream):
-                self.last_tx = self.gw.now
-        except StreamClosed as exc:
-            self.close(str(exc))
-            return
-        except Exception:  # a bug must cost one connection, never the broker
-            log.exception("closing %r after an unexpected error while writing", self)
-            self.close("internal error")
-            return
-        if "output" in self.paused and self.out.bytes <= self.gw.limits.out_pause_bytes // 2:
-            self.resume("output")
-        if self.close_after_flush and not self.out and not self.stream.wants_write:
-            self.close(self.close_after_flush_reason)
-            return
-        self.gw.update(self)
-
-    @property
-    def wants_write(self) -> bool:
-        return bool(self.out) or self.stream.wants_write
-
     # ------------------------------------------------------------------ closing
 
     def close(self, reason: str, flush: bool = False) -> None:
@@ -435,11 +410,4 @@ class Conn:
         self.out.clear()
         self.gw.closed(self, reason)
         self.stream.close()
-
-
-def _size(n: int) -> str:
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= scale:
-            return f"{n / scale:.4g} {unit}"
-    return f"{n} bytes"
 

@@ -90,8 +90,9 @@ class Router(BackendSide):
 
     # ------------------------------------------------------------------ frontend
 
-    def on_frontend(self, frames: Sequence[Any], now: float) -> None:
-        """A message from a client: ``[rid, b"", *body]``."""
+    def on_frontend(self, frames: Sequence[Any], now: float, key: bytes | None = None) -> None:
+        """A message from a client: ``[rid, b"", *body]``; ``key``: its token's
+        :func:`token_key`, when the caller has computed it already."""
         self.now = now
         if len(frames) < 2:
             return  # nothing to answer to: a routing id alone
@@ -105,7 +106,7 @@ class Router(BackendSide):
         except ProtocolError as exc:
             self._reply_malformed(rid, body, str(exc))
             return
-        self._with_identity(rid, msg)
+        self._with_identity(rid, msg, key)
 
     def _reply_malformed(self, rid: bytes, body: Sequence[Any], why: str) -> None:
         self.stats["malformed"] += 1
@@ -147,8 +148,8 @@ class Router(BackendSide):
             return
         self._dispatch(rid, msg, why)
 
-    def _with_identity(self, rid: bytes, msg: p.FrontendMessage) -> None:
-        key = token_key(msg.token)
+    def _with_identity(self, rid: bytes, msg: p.FrontendMessage, key: bytes | None) -> None:
+        key = key or token_key(msg.token)
         outcome = self.cache.get(key, self.now)
         if outcome is None:
             self._park(key, rid, msg)
