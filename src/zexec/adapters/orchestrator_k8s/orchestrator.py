@@ -14,7 +14,8 @@ reported while the old pod goes on serving. ``terminate`` deletes the namespace;
 Kubernetes removes everything in it (the namespace stays "Terminating" for a while,
 during which the user has no server and a new ``ensure`` asks to retry shortly).
 A namespace whose server has long been gone is deleted by :mod:`.reaper`
-(:meth:`KubernetesOrchestrator.start_reaper`, ``ZEXEC_K8S_NAMESPACE_TTL``).
+(:meth:`KubernetesOrchestrator.start_reaper`, ``ZEXEC_K8S_NAMESPACE_TTL``); spawns adopt
+warm-pool pods (:mod:`.pool`), which the namespace names ``<pool namespace>/<pod>``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from zexec.adapters.orchestrator_k8s import access, images, quota
 from zexec.adapters.orchestrator_k8s import manifests as m
 from zexec.adapters.orchestrator_k8s.apicalls import api_errors, raw
 from zexec.adapters.orchestrator_k8s.podstatus import pod_phase
+from zexec.adapters.orchestrator_k8s.pool import WarmPool
+from zexec.adapters.orchestrator_k8s.pool_rules import locate
 from zexec.adapters.orchestrator_k8s.reaper import ANN_IDLE_SINCE, NamespaceReaper
 from zexec.core import replacing
 from zexec.core.errors import EnvironmentConflict, OrchestratorError
@@ -82,15 +85,18 @@ class KubernetesOrchestrator:
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self.reaper: NamespaceReaper | None = None
+        self.pool = WarmPool(self, clock)  # inert with pool_size 0
 
     def start_reaper(self, interval: float | None = None) -> None:
         """Delete idle users' namespaces in the background (``settings.namespace_ttl``;
-        0 = never), until :meth:`close`."""
+        0 = never), and keep the warm pool topped up, until :meth:`close`."""
         if self.settings.namespace_ttl > 0 and self.reaper is None:
             self.reaper = NamespaceReaper(self, self.settings.namespace_ttl, self.clock)
             self.reaper.start(interval)
+        self.pool.start()
 
     def close(self) -> None:
+        self.pool.close()
         if self.reaper is not None:
             self.reaper.close()
             self.reaper = None
@@ -148,6 +154,7 @@ class KubernetesOrchestrator:
                 return False
             if self._terminating(existing):
                 return False
+            self.pool.release(existing)  # an adopted pod lives in the pool's namespace
             with api_errors(f"deleting namespace {ns}"):
                 try:
                     raw(self.core.delete_namespace, ns)
@@ -218,7 +225,8 @@ class KubernetesOrchestrator:
             with api_errors("creating the credential secret"):
                 cred = server_credential(self._secret, user.user_id)
                 raw(self.core.create_namespaced_secret, ns, m.build_secret(ns, cred, labels))
-            self._create_env_and_pod(user, spec, ns, key, pod_name)
+            if not self.pool.adopt(user, spec, ns, key):
+                self._create_env_and_pod(user, spec, ns, key, pod_name)
         except BaseException:
             with api_errors(f"cleaning up namespace {ns}", ok=(404,)):
                 raw(self.core.delete_namespace, ns)
@@ -240,9 +248,10 @@ class KubernetesOrchestrator:
             raw(self.core.create_namespaced_secret, ns, m.build_secret(ns, cred, labels))
         if old_pod:
             with api_errors(f"deleting pod {old_pod}", ok=(404,)):
-                raw(self.core.delete_namespaced_pod, old_pod, ns)
-        pod_name = self._pod_name(spec)
-        self._create_env_and_pod(user, spec, ns, key, pod_name)
+                raw(self.core.delete_namespaced_pod, *reversed(locate(old_pod, ns)))
+        pod_name = self.pool.adopt(user, spec, ns, key) or self._pod_name(spec)
+        if "/" not in pod_name:
+            self._create_env_and_pod(user, spec, ns, key, pod_name)
         fresh = m.build_namespace(ns, user.user_id, key, spec, pod_name, "")["metadata"]
         with api_errors(f"updating namespace {ns}"):
             patch = {"labels": {m.LABEL_DIGEST: spec.digest[:16]}}
@@ -296,7 +305,7 @@ class KubernetesOrchestrator:
                                 m.ANN_NEXT_POD: None, m.ANN_NEXT_ENV: None}}})
         if old_pod:
             with api_errors(f"deleting pod {old_pod}", ok=(404,)):
-                raw(self.core.delete_namespaced_pod, old_pod, ns)
+                raw(self.core.delete_namespaced_pod, *reversed(locate(old_pod, ns)))
         self._drop_old_config_maps(ns, keep=m.config_map_name(nxt.env))
 
     def _create_env_and_pod(
@@ -369,8 +378,8 @@ class KubernetesOrchestrator:
             env: EnvSpec | None = m.env_from(ann.get(env_key, ""))
         except ValueError:
             env = None
-        pod_name = ann.get(pod_key, "")
-        pod = self._read_pod(meta["name"], pod_name) if pod_name else None
+        where, pod_name = locate(ann.get(pod_key, ""), meta["name"])
+        pod = self._read_pod(where, pod_name) if pod_name else None
         if pod is None:
             return ServerStatus(
                 user_id, "failed", env, "the server pod is gone (deleted or evicted)"
@@ -385,7 +394,7 @@ class KubernetesOrchestrator:
                 since = 0.0
         tail: tuple[str, ...] = ()
         if logs and got.log_container and got.phase in ("failed", "installing"):
-            tail = self._log_tail(meta["name"], pod_name, got.log_container)
+            tail = self._log_tail(where, pod_name, got.log_container)
         return ServerStatus(user_id, got.phase, env, got.reason, tail, since)
 
     def _log_tail(self, ns: str, pod: str, container: str) -> tuple[str, ...]:
