@@ -125,6 +125,8 @@ def control_env(c: Cluster, settings: dict[str, str]) -> dict[str, str]:
         "ZEXEC_K8S_IMAGE_PULL_POLICY": "Never",
         "ZEXEC_K8S_BROKER_BACKEND_URL": f"tcp://127.0.0.1:{p['backend']}",
         "KUBECONFIG": str(c.workdir / "kubeconfig"),
+        # Warm-pool pods (when a test asks for a pool) reach the Deploy API on the host.
+        "ZEXEC_K8S_POOL_DEPLOY_URL": f"http://127.0.0.1:{p['deploy']}/rexec",
         **settings,
     }
 

@@ -52,11 +52,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: A pool pod's key Secret whose pod is gone is deleted after this many seconds (not at
-#: once: another replica may be between creating the Secret and creating its pod).
-SECRET_GRACE = 60.0
-
-
 def pool_spec(settings: KubernetesSettings) -> EnvSpec:
     """The pool's environment: ``pool_requirements`` on ``pool_python`` (default: the
     Deploy API's own Python, the version its image, and the site's default, has)."""
@@ -208,7 +203,6 @@ class WarmPool:
         for name in drop:
             self._delete(name, versions.get(name))
         made = [self._create_one() for _ in range(missing)]
-        self._drop_orphan_secrets({p["metadata"]["name"] for p in pods} | set(made), now)
         return made, drop
 
     def _create_one(self) -> str:
@@ -274,24 +268,11 @@ class WarmPool:
         return None
 
     def _delete(self, name: str, version: str | None = None) -> None:
-        """Delete a pool pod (only if still at ``version``, when given) and its key."""
+        """Delete a pool pod (only if still at ``version``, when given) and its key (the
+        Deploy API may not list Secrets: a key is deleted with its pod, by name)."""
         body = client.V1DeleteOptions(preconditions=client.V1Preconditions(
             resource_version=version)) if version else None
         with api_errors(f"deleting pool pod {name}", ok=(404, 409)):
             raw(self.core.delete_namespaced_pod, name, self.namespace, body=body)
             with api_errors(f"deleting pool pod {name}'s key", ok=(404,)):
                 raw(self.core.delete_namespaced_secret, name, self.namespace)
-
-    def _drop_orphan_secrets(self, pods: set[str], now: float) -> None:
-        with api_errors("listing the pool's key secrets"):
-            found = raw(self.core.list_namespaced_secret, self.namespace,
-                        label_selector=rules.LABEL_POOL)
-        for item in found.get("items") or []:
-            meta = item["metadata"]
-            try:
-                made = float((meta.get("annotations") or {}).get(m.ANN_CREATED, "0"))
-            except ValueError:
-                made = 0.0
-            if meta["name"] not in pods and now - made > SECRET_GRACE:
-                with api_errors(f"deleting key secret {meta['name']}", ok=(404,)):
-                    raw(self.core.delete_namespaced_secret, meta["name"], self.namespace)
