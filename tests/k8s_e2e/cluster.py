@@ -32,6 +32,7 @@ from tests.integration.kmock_support import CascadingEmulator, running_emulator
 from tests.k8s_e2e import podman
 from tests.k8s_e2e.kubelet import TestKubelet
 from zexec.adapters.orchestrator_k8s.manifests import namespace_name
+from zexec.adapters.orchestrator_k8s.pool_rules import locate
 from zexec.apps.devidp.tokens import generate_tokens, user_id_for
 from zexec.settings import KubernetesSettings
 
@@ -87,8 +88,9 @@ class Cluster:
         """The user's current server pod, as the API server has it."""
         core = client.CoreV1Api(self.api)
         ns = namespace_name(KubernetesSettings().namespace_prefix, user_id_for(user))
-        name = core.read_namespace(ns).metadata.annotations["zexec.io/pod"]
-        return json.loads(core.read_namespaced_pod(name, ns, _preload_content=False).data)
+        # An adopted warm-pool pod is named <pool namespace>/<pod>.
+        where, name = locate(core.read_namespace(ns).metadata.annotations["zexec.io/pod"], ns)
+        return json.loads(core.read_namespaced_pod(name, where, _preload_content=False).data)
 
     def containers_of(self, user: str) -> dict[str, dict]:
         """podman's containers of the user's current pod, by container name."""

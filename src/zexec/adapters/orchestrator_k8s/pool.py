@@ -92,7 +92,12 @@ class WarmPool:
         # started before its user was known: such users get their own pod.
         if any(self.orch.pm.hook.zexec_server_pod_overrides(env=spec, user=user)):
             return None
-        self._wake.set()  # one fewer spare (or none left): top up now
+        try:
+            return self._claim(user, spec, ns, key)
+        finally:
+            self._wake.set()  # one fewer spare (or none left): top up now
+
+    def _claim(self, user: UserIdentity, spec: EnvSpec, ns: str, key: str) -> str | None:
         for pod in rules.adoptable(self._list(), spec.digest):
             meta = pod["metadata"]
             name = meta["name"]
@@ -200,6 +205,11 @@ class WarmPool:
                                    self.namespace, now):
                 drop.append(pod["metadata"]["name"])
         versions = {p["metadata"]["name"]: p["metadata"].get("resourceVersion") for p in pods}
+        for p in pods:
+            if p["metadata"]["name"] in drop and (p.get("status") or {}).get("phase") == "Failed":
+                # e.g. the pool's requirements do not install: say so, it will recur.
+                log.warning("warm pool: pod %s failed before adoption; replacing it",
+                            p["metadata"]["name"])
         for name in drop:
             self._delete(name, versions.get(name))
         made = [self._create_one() for _ in range(missing)]
