@@ -227,3 +227,36 @@ def test_the_deploy_api_binding_route(vkube):
         again = http.post(url, json={"pod": name, "wait": 0},
                           headers={"Authorization": f"Bearer {key}"})
         assert again.status_code == 403 and "already" in again.json()["detail"]
+
+
+def test_every_pool_request_is_allowed_by_the_charts_pool_role(vkube):
+    """The chart's Role in the pool namespace (as its README documents it; the chart
+    tests hold the rendered Role to that table) permits every request the pool makes
+    there, over a whole pool lifecycle."""
+    from chart_support import CHART, checks
+
+    emu, api = vkube
+    o = orch(api)
+    name = waiting_pod(o, api)
+    o.ensure(UserIdentity("jane"), DEFAULT)
+    o.pool.bind(name, rules.pool_key(SECRET, name))
+    o.pool._create_one()
+    o.pool.sweep()  # drops the surplus spare
+    o.status("jane")
+    o.terminate("jane")
+    allowed = [{"apiGroups": [g], "resources": [r], "verbs": [v]} for g, r, v in
+               checks.documented_cluster_rules(CHART / "README.md", "poolrole-rules")]
+    verbs = {"POST": "create", "PATCH": "patch", "DELETE": "delete", "PUT": "update"}
+    seen = set()
+    for req in emu:
+        if req.namespace != NS or req.resource is None:
+            continue
+        if req.resource.plural == "pods" and req.subresource == "status":
+            continue  # the kubelet's write in this test (run()), not the Deploy API's
+        method = str(req.method.value if hasattr(req.method, "value") else req.method)
+        verb = verbs.get(method.upper()) or ("get" if req.name else "list")
+        resource = req.resource.plural + (f"/{req.subresource}" if req.subresource else "")
+        seen.add((verb, resource))
+        assert checks.rbac_allows(allowed, verb, req.resource.group, resource), (verb, resource)
+    assert {("create", "pods"), ("list", "pods"), ("get", "pods"), ("patch", "pods"),
+            ("delete", "pods"), ("create", "secrets"), ("delete", "secrets")} <= seen
