@@ -260,3 +260,41 @@ def test_every_pool_request_is_allowed_by_the_charts_pool_role(vkube):
         assert checks.rbac_allows(allowed, verb, req.resource.group, resource), (verb, resource)
     assert {("create", "pods"), ("list", "pods"), ("get", "pods"), ("patch", "pods"),
             ("delete", "pods"), ("create", "secrets"), ("delete", "secrets")} <= seen
+
+
+def test_an_adopted_server_exits_idle_is_readopted_and_force_replaced(vkube):
+    _, api = vkube
+    o = orch(api)
+    core = client.CoreV1Api(api)
+    first = waiting_pod(o, api)
+    user = UserIdentity("kim")
+    o.ensure(user, DEFAULT)
+    o.pool.bind(first, rules.pool_key(SECRET, first))
+    # Idle exit: the adopted server is terminated (idle), as a created one.
+    core.patch_namespaced_pod_status(first, NS, {"status": {"phase": "Succeeded"}})
+    st = o.status("kim")
+    assert (st.phase, st.reason) == ("terminated", "idle")
+    # The next spawn replaces it in place: it adopts the pool's next spare, and the
+    # ended pod is deleted.
+    (second,) = o.pool.sweep()[0]
+    run(api, second)
+    o.pool.bind(second, rules.pool_key(SECRET, second))
+    o.ensure(user, DEFAULT)
+    assert core.read_namespace("zexec-u-kim").metadata.annotations["zexec.io/pod"] == \
+        f"{NS}/{second}"
+    assert first not in {p["metadata"]["name"] for p in pool_pods(api)}
+    assert o.pool.bind(second, rules.pool_key(SECRET, second))[0] == "kim"
+    run(api, second, ready=True)
+    assert o.status("kim").phase == "ready"
+    # force to another environment: built beside the adopted server, in kim's own
+    # namespace; once ready it is promoted and the adopted pod is deleted.
+    six = parse_env_spec(["six", "python==3.11"])
+    o.ensure(user, six, force=True)
+    nxt = core.read_namespace("zexec-u-kim").metadata.annotations["zexec.io/next-pod"]
+    assert "/" not in nxt
+    core.patch_namespaced_pod_status(nxt, "zexec-u-kim", {"status": {
+        "phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}})
+    st = o.status("kim")
+    assert st.phase == "ready" and st.env == six
+    assert core.read_namespace("zexec-u-kim").metadata.annotations["zexec.io/pod"] == nxt
+    assert second not in {p["metadata"]["name"] for p in pool_pods(api)}
