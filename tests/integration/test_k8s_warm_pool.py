@@ -93,7 +93,15 @@ def test_a_spawn_adopts_the_waiting_pod_and_its_server_gets_the_user(vkube):
     assert ann["zexec.io/pod"] == f"{NS}/{name}"
     assert o.status("alice").phase == "starting"  # claimed, its server not registered yet
     key = rules.pool_key(SECRET, name)
+    with pytest.raises(PermissionError, match="not a bound"):
+        o.pool.registered(name, key)  # before its binding: nothing to say yet
     assert o.pool.bind(name, key) == ("alice", server_credential(SECRET, "alice"))
+    assert o.status("alice").phase == "starting"
+    # Its server says it registered with the broker: ready now, before the probe sees it.
+    with pytest.raises(PermissionError, match="wrong key"):
+        o.pool.registered(name, "0" * 64)
+    o.pool.registered(name, key)
+    assert o.status("alice").phase == "ready"
     run(api, name, ready=True)
     assert o.status("alice").phase == "ready"
     pod = client.CoreV1Api(api).read_namespaced_pod(name, NS).metadata
@@ -227,6 +235,13 @@ def test_the_deploy_api_binding_route(vkube):
         again = http.post(url, json={"pod": name, "wait": 0},
                           headers={"Authorization": f"Bearer {key}"})
         assert again.status_code == 403 and "already" in again.json()["detail"]
+        said = "/rexec/pool/registered"
+        assert http.post(said, json={"pod": name},
+                         headers={"Authorization": "Bearer nope"}).status_code == 403
+        assert o.status("ivan").phase == "starting"
+        assert http.post(said, json={"pod": name},
+                         headers={"Authorization": f"Bearer {key}"}).status_code == 204
+        assert o.status("ivan").phase == "ready"
 
 
 def test_every_pool_request_is_allowed_by_the_charts_pool_role(vkube):

@@ -25,12 +25,18 @@ class Binder:
 
     def __init__(self, waits: int, answer: tuple[int, dict]) -> None:
         self.asked: list[tuple[str, str, dict]] = []
+        self.registered: list[tuple[str, dict]] = []
         self.waits, self.answer = waits, answer
         binder = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802 - http.server's name
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.path.endswith("/pool/registered"):
+                    binder.registered.append((self.headers["Authorization"], body))
+                    self.send_response(204)
+                    self.end_headers()
+                    return
                 binder.asked.append((self.path, self.headers["Authorization"], body))
                 if len(binder.asked) <= binder.waits:
                     self.send_response(204)
@@ -91,6 +97,9 @@ def test_a_pool_server_waits_for_its_user_then_serves_them(broker):
         assert binder.asked[0][2]["pod"] == "zexec-pool-p1"
         with zexec.Client(broker.frontend, broker.tokens["alice"]) as c:
             assert c.call(pow, 2, 8) == 256
+        # Registered: it says so (its user's status is ready before the probe sees it).
+        wait_for(lambda: binder.registered, timeout=30, what="the registered notice")
+        assert binder.registered == [("Bearer k1", {"pod": "zexec-pool-p1"})]
         with zexec.Client(broker.frontend, broker.tokens["bob"]) as c, \
                 pytest.raises(zexec.ZexecError):
             c.call(pow, 2, 8)  # bob has no server: the pool server is alice's only

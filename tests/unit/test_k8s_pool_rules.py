@@ -66,6 +66,21 @@ def test_binding_states():
     assert rules.binding(pod("p", waiting=1, phase="Succeeded"))[0] == "refuse"
 
 
+def test_a_registered_bound_pod_is_ready_before_its_probe_says_so():
+    starting = pod("p", waiting=1, claimed="alice", bound_=True)
+    starting["status"]["conditions"] = [{"type": "Ready", "status": "False"}]
+    assert rules.server_phase(starting).phase == "starting"
+    starting["metadata"]["annotations"][rules.ANN_REGISTERED] = "12.5"
+    assert (rules.server_phase(starting).phase, rules.server_phase(starting).since) == \
+        ("ready", 12.5)
+    ended = pod("p", claimed="alice", bound_=True, phase="Succeeded")
+    ended["metadata"]["annotations"][rules.ANN_REGISTERED] = "12.5"
+    assert rules.server_phase(ended).phase == "terminated"  # the probe's lag only
+    unbound = pod("p", waiting=1)
+    unbound["metadata"]["annotations"][rules.ANN_REGISTERED] = "12.5"
+    assert rules.server_phase(unbound).phase == "starting"
+
+
 def test_top_up_counts_spares_and_drops_what_is_not_one():
     assert rules.top_up([], 2, "d1") == (2, [])
     pods = [pod("a", waiting=1, created=1), pod("b", created=2), pod("c", created=3),

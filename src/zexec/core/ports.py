@@ -195,3 +195,9 @@ class PoolBinder(Protocol):
         is adopted, None while it waits; raises PermissionError for a wrong key, an
         unknown pod, or a pod that had its binding already (never twice)."""
         ...
+
+    def registered(self, pod: str, key: str) -> None:
+        """Pod ``pod``'s server, bound, has registered with the broker (its user's
+        status may say ready now); PermissionError as for :meth:`bind`, or when the pod
+        is not bound."""
+        ...

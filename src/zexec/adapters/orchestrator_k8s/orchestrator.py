@@ -33,9 +33,9 @@ from kubernetes.client.exceptions import ApiException
 from zexec.adapters.orchestrator_k8s import access, images, quota
 from zexec.adapters.orchestrator_k8s import manifests as m
 from zexec.adapters.orchestrator_k8s.apicalls import api_errors, raw
-from zexec.adapters.orchestrator_k8s.podstatus import pod_phase
 from zexec.adapters.orchestrator_k8s.pool import WarmPool
 from zexec.adapters.orchestrator_k8s.pool_rules import locate
+from zexec.adapters.orchestrator_k8s.pool_rules import server_phase as pod_phase
 from zexec.adapters.orchestrator_k8s.reaper import ANN_IDLE_SINCE, NamespaceReaper
 from zexec.core import replacing
 from zexec.core.errors import EnvironmentConflict, OrchestratorError

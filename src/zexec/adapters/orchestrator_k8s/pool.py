@@ -166,6 +166,18 @@ class WarmPool:
             return arg, server_credential(self.orch._secret, arg)
         return None
 
+    def registered(self, pod: str, key: str) -> None:
+        """See :class:`zexec.core.ports.PoolBinder`."""
+        if not rules.check_pool_key(self.orch._secret, pod, key):
+            raise PermissionError("wrong key for this pool pod")
+        found = self._read(pod)
+        if found is None or not (found["metadata"].get("annotations") or {}).get(
+                rules.ANN_BOUND):
+            raise PermissionError("not a bound pool pod")
+        with api_errors(f"marking pool pod {pod} registered", ok=(404,)):
+            raw(self.core.patch_namespaced_pod, pod, self.namespace, {"metadata": {
+                "annotations": {rules.ANN_REGISTERED: f"{self.clock():.3f}"}}})
+
     # ------------------------------------------------------------------ top-up
 
     def start(self, interval: float = 5.0) -> WarmPool:

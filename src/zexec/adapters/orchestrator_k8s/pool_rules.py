@@ -10,7 +10,10 @@ annotations), so every Deploy API replica sees the same pool and none keeps any 
               ``resourceVersion`` as precondition: of two concurrent claims exactly one
               succeeds); its labels now carry that user's;
 ``bound``     the pod's server received that user's id and credential (``ANN_BOUND``,
-              again under a precondition): it never gets another binding.
+              again under a precondition): it never gets another binding;
+``registered`` its server registered with the broker as that user and said so
+              (``ANN_REGISTERED``): the user's status is ``ready`` at once, not at the
+              readiness probe's next period (up to a second later).
 
 See :mod:`.pool` for the API calls and ``docs/deploy-kubernetes.md`` ("Warm pool").
 """
@@ -21,11 +24,14 @@ import hashlib
 import hmac
 from typing import Any
 
+from zexec.adapters.orchestrator_k8s.podstatus import PodPhase, pod_phase
+
 #: Label every pool pod (and its key Secret) carries, adopted or not.
 LABEL_POOL = "zexec.io/pool"
 ANN_WAITING = "zexec.io/pool-waiting"
 ANN_CLAIMED = "zexec.io/pool-claimed-by"
 ANN_BOUND = "zexec.io/pool-bound"
+ANN_REGISTERED = "zexec.io/pool-registered"
 #: The user namespace an adopted pod serves (for the pool's garbage collection).
 ANN_OWNER_NS = "zexec.io/pool-owner-namespace"
 
@@ -101,6 +107,19 @@ def binding(pod: dict[str, Any] | None) -> tuple[str, str]:
     if user:
         return "bind", user
     return ("wait", "") if ann.get(ANN_WAITING) else ("announce", "")
+
+
+def server_phase(pod: dict[str, Any]) -> PodPhase:
+    """:func:`.podstatus.pod_phase`, except that an adopted pod whose server said it
+    registered is ``ready`` while the readiness probe has yet to see it."""
+    got = pod_phase(pod)
+    stamp = _ann(pod).get(ANN_REGISTERED)
+    if got.phase == "starting" and stamp and _ann(pod).get(ANN_BOUND):
+        try:
+            return PodPhase("ready", "", float(stamp))
+        except ValueError:
+            return got
+    return got
 
 
 def top_up(pods: list[dict[str, Any]], size: int, digest: str) -> tuple[int, list[str]]:

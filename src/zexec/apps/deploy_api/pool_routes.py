@@ -3,7 +3,9 @@
 A long poll: the pod (its per-pod key as the Bearer token, ``{"pod": name, "wait":
 seconds}`` as the body) gets 200 ``{"user_id", "credential"}`` once a spawn has claimed
 it, 204 when ``wait`` passed first (it asks again), 403 when its key is wrong, it is
-not a pool pod, or it had its binding already (never twice). The route exists when the
+not a pool pod, or it had its binding already (never twice). ``POST
+{prefix}/pool/registered`` (same key, ``{"pod": name}``): the bound server registered
+with the broker, so its user's status is ready without waiting for the readiness probe. The route exists when the
 orchestrator has a warm pool (:class:`zexec.core.ports.PoolBinder`); it takes no user
 token: pool pods have no user yet. Not in the OpenAPI schema: it is not for users.
 """
@@ -65,3 +67,15 @@ def add_pool_routes(app: FastAPI, prefix: str, binder: PoolBinder,
             if left <= 0:
                 return Response(status_code=204)
             await asyncio.sleep(min(poll_interval, left))
+
+    @app.post(prefix + "/pool/registered", include_in_schema=False)
+    async def pool_registered(request: Request) -> Response:
+        key = bearer_token(request) or ""
+        try:
+            pod, _ = await _bind_request(request)
+            await run_in_threadpool(binder.registered, pod, key)
+        except ValueError as exc:
+            return error_response(422, str(exc))
+        except PermissionError as exc:
+            return error_response(403, f"refused: {exc}")
+        return Response(status_code=204)

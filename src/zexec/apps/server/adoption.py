@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -59,6 +61,29 @@ def await_binding(url: str, pod: str, key: str, *, wait: float = POLL_WAIT,
         time.sleep(retry)
 
 
+def announce_registered(url: str, pod: str, key: str, ready_file: str, *,
+                        timeout: float = 300.0,
+                        opener: Callable[..., Any] = urllib.request.urlopen) -> bool:
+    """Once ``ready_file`` exists (the broker accepted the registration), tell the
+    Deploy API, so the user's status is ready without waiting for the pod's readiness
+    probe (up to a second later). Best effort: the probe says it anyway."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(ready_file):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    request = urllib.request.Request(
+        url.rstrip("/") + "/pool/registered", data=json.dumps({"pod": pod}).encode(),
+        method="POST",
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    try:
+        with opener(request, timeout=30):
+            return True
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        log.warning("pool: could not say the server registered: %s", exc)
+        return False
+
+
 def bound(settings: ServerSettings) -> ServerSettings:
     """``settings`` with the adopting user's id and credential when they are pool-mode
     settings (no user id, a pool URL), waiting for the adoption; else as they are."""
@@ -71,6 +96,11 @@ def bound(settings: ServerSettings) -> ServerSettings:
     user_id, credential = await_binding(settings.pool_url, settings.pool_pod,
                                         settings.pool_key.get_secret_value())
     log.info("warm pool: adopted by %s", user_id)
+    if settings.ready_file:
+        threading.Thread(target=announce_registered, name="zexec-pool-registered",
+                         args=(settings.pool_url, settings.pool_pod,
+                               settings.pool_key.get_secret_value(), settings.ready_file),
+                         daemon=True).start()
     return settings.model_copy(update={"user_id": user_id,
                                        "credential": SecretStr(credential),
                                        "pool_key": SecretStr("")})
