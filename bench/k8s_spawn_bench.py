@@ -69,11 +69,12 @@ def one_spawn(cluster, user: str, requirements: list[str],
               package: str | None) -> dict[str, float]:
     """Seconds of one spawn -> first result (``total``), and of its install container
     (``install``: created -> exited, from the test kubelet's timeline); ``adopted``: 1.0
-    when the spawn adopted a warm-pool pod."""
+    when the spawn adopted a warm-pool pod; ``ready``: until ``environment()`` returned."""
     started = time.perf_counter()
     conn = zexec.connect(cluster.ep_url, cluster.tokens[user])
     try:
         conn.environment(requirements, progress=False, timeout=900)
+        ready = time.perf_counter() - started
         if package:
             result = conn.client.call(_version_of, package)
         else:
@@ -93,7 +94,8 @@ def one_spawn(cluster, user: str, requirements: list[str],
         install = 0.0  # an adopted pod installed before the spawn, untimed
     wait_for(lambda: not [c for c in podman.containers(ns, name) if c["State"] == "running"],
              timeout=120, what="the pod's containers to be removed")
-    return {"total": took, "install": install, "adopted": float(ns == POOL_NS)}
+    return {"total": took, "install": install, "adopted": float(ns == POOL_NS),
+            "ready": ready}
 
 
 def waiting_spare(cluster) -> None:

@@ -17,8 +17,9 @@ binding request (on whichever replica holds it) gets the user id and the credent
 computed then from the broker secret (never stored in the API), and marks the pod
 bound (precondition again): it never gets a second binding.
 
-A top-up thread per replica keeps ``pool_size`` spare pods: it creates the missing
-ones, deletes spares beyond the size (replicas topping up at once may overshoot;
+A top-up thread per replica keeps ``pool_size`` spare pods (every few seconds, and at
+once when an adopted server says it registered or a spawn found no spare): it creates
+the missing ones, deletes spares beyond the size (replicas topping up at once may overshoot;
 deletes carry the resourceVersion, so a pod claimed meanwhile is kept), pods of an old
 environment, ended ones, and adopted pods no user namespace names any more.
 """
@@ -92,10 +93,13 @@ class WarmPool:
         # started before its user was known: such users get their own pod.
         if any(self.orch.pm.hook.zexec_server_pod_overrides(env=spec, user=user)):
             return None
-        try:
-            return self._claim(user, spec, ns, key)
-        finally:
-            self._wake.set()  # one fewer spare (or none left): top up now
+        ref = self._claim(user, spec, ns, key)
+        if ref is None:
+            self._wake.set()  # none left: top up now
+        # Else the replacement spare starts once the adopted server says it registered
+        # (:meth:`registered`, or the next periodic sweep): its start (image, imports,
+        # install) does not compete with the spawn its user is waiting for.
+        return ref
 
     def _claim(self, user: UserIdentity, spec: EnvSpec, ns: str, key: str) -> str | None:
         for pod in rules.adoptable(self._list(), spec.digest):
@@ -177,6 +181,7 @@ class WarmPool:
         with api_errors(f"marking pool pod {pod} registered", ok=(404,)):
             raw(self.core.patch_namespaced_pod, pod, self.namespace, {"metadata": {
                 "annotations": {rules.ANN_REGISTERED: f"{self.clock():.3f}"}}})
+        self._wake.set()  # it serves its user: start its replacement spare now
 
     # ------------------------------------------------------------------ top-up
 
