@@ -92,8 +92,10 @@ def one_spawn(cluster, user: str, requirements: list[str],
     install = (at["install exited 0"] - at["install created"]) if "install created" in at else 0.0
     if ns == POOL_NS:
         install = 0.0  # an adopted pod installed before the spawn, untimed
-    wait_for(lambda: not [c for c in podman.containers(ns, name) if c["State"] == "running"],
-             timeout=120, what="the pod's containers to be removed")
+    # Removed, not only stopped: removing a container (vfs storage here) is heavy I/O
+    # that would otherwise overlap the next sample.
+    wait_for(lambda: not podman.containers(ns, name), timeout=180,
+             what="the pod's containers to be removed")
     return {"total": took, "install": install, "adopted": float(ns == POOL_NS),
             "ready": ready}
 
