@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from kmock_support import K8S_SETTINGS, VersionedEmulator, bare_plugin_manager, running_emulator
 from kubernetes import client
-from orch_support import SECRET
+from orch_support import SECRET, wait_for
 
 from zexec.adapters.auth_static import StaticAuthenticator
 from zexec.adapters.orchestrator_k8s import KubernetesOrchestrator
@@ -313,3 +313,21 @@ def test_an_adopted_server_exits_idle_is_readopted_and_force_replaced(vkube):
     assert st.phase == "ready" and st.env == six
     assert core.read_namespace("zexec-u-kim").metadata.annotations["zexec.io/pod"] == nxt
     assert second not in {p["metadata"]["name"] for p in pool_pods(api)}
+
+
+def test_a_claim_wakes_the_binding_request_waiting_in_this_process(vkube):
+    """A pod's binding request waits on this replica between two looks at the pod; a
+    claim made by this replica ends that wait (the 3600 s wait cannot pass in this
+    test's bound: only the claim can end it)."""
+    _, api = vkube
+    o = orch(api)
+    name = waiting_pod(o, api)
+    done = threading.Event()
+    waiter = threading.Thread(target=lambda: (o.pool.wait(name, 3600), done.set()),
+                              daemon=True)
+    waiter.start()
+    wait_for(lambda: name in o.pool._waiting, timeout=30, what="the waiting request")
+    o.ensure(UserIdentity("lee"), DEFAULT)
+    assert done.wait(60)
+    assert name not in o.pool._waiting
+    assert o.pool.bind(name, rules.pool_key(SECRET, name))[0] == "lee"

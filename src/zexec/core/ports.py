@@ -196,6 +196,11 @@ class PoolBinder(Protocol):
         unknown pod, or a pod that had its binding already (never twice)."""
         ...
 
+    def wait(self, pod: str, timeout: float) -> None:
+        """Return after ``timeout`` seconds, or sooner when pod ``pod`` was claimed in
+        this process (the time between two :meth:`bind` of a waiting request)."""
+        ...
+
     def registered(self, pod: str, key: str) -> None:
         """Pod ``pod``'s server, bound, has registered with the broker (its user's
         status may say ready now); PermissionError as for :meth:`bind`, or when the pod

@@ -78,6 +78,10 @@ class WarmPool:
         self.spec = pool_spec(s)
         self.clock = clock
         self._wake = threading.Event()
+        #: Binding requests waiting in this process, by pod: a claim here wakes its
+        #: pod's at once (another replica's claim is seen at the next look).
+        self._waiting: dict[str, threading.Event] = {}
+        self._guard = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -123,6 +127,10 @@ class WarmPool:
                 raw(self.core.patch_namespace, ns,
                     {"metadata": {"annotations": {m.ANN_POD: ref}}})
             log.info("warm pool: %s adopted by %s", name, user.user_id)
+            with self._guard:
+                woken = self._waiting.get(name)
+            if woken is not None:
+                woken.set()
             return ref
         return None
 
@@ -169,6 +177,18 @@ class WarmPool:
             log.info("warm pool: %s bound to %s", pod, arg)
             return arg, server_credential(self.orch._secret, arg)
         return None
+
+    def wait(self, pod: str, timeout: float) -> None:
+        """See :class:`zexec.core.ports.PoolBinder`."""
+        event = threading.Event()
+        with self._guard:
+            self._waiting[pod] = event
+        try:
+            event.wait(timeout)
+        finally:
+            with self._guard:
+                if self._waiting.get(pod) is event:
+                    del self._waiting[pod]
 
     def registered(self, pod: str, key: str) -> None:
         """See :class:`zexec.core.ports.PoolBinder`."""

@@ -25,9 +25,10 @@ from zexec.core.ports import PoolBinder
 
 #: The longest a binding request is held open, in seconds (below common proxy timeouts).
 MAX_WAIT = 25.0
-#: Seconds between two looks at the pod while a request waits: what an adoption adds to
-#: a spawn at most, against one pod read per interval per waiting pool pod.
-POLL_INTERVAL = 0.1
+#: Seconds between two looks at the pod while a request waits: at most what an adoption
+#: by another Deploy API replica adds to a spawn (one by this replica wakes the request
+#: at once), against one pod read per interval per waiting pool pod.
+POLL_INTERVAL = 0.5
 
 
 async def _bind_request(request: Request) -> tuple[str, float]:
@@ -66,7 +67,7 @@ def add_pool_routes(app: FastAPI, prefix: str, binder: PoolBinder,
             left = deadline - loop.time()
             if left <= 0:
                 return Response(status_code=204)
-            await asyncio.sleep(min(poll_interval, left))
+            await run_in_threadpool(binder.wait, pod, min(poll_interval, left))
 
     @app.post(prefix + "/pool/registered", include_in_schema=False)
     async def pool_registered(request: Request) -> Response:
