@@ -14,8 +14,7 @@ reported while the old pod goes on serving. ``terminate`` deletes the namespace;
 Kubernetes removes everything in it (the namespace stays "Terminating" for a while,
 during which the user has no server and a new ``ensure`` asks to retry shortly).
 A namespace whose server has long been gone is deleted by :mod:`.reaper`
-(:meth:`KubernetesOrchestrator.start_reaper`, ``ZEXEC_K8S_NAMESPACE_TTL``); spawns adopt
-warm-pool pods (:mod:`.pool`), which the namespace names ``<pool namespace>/<pod>``.
+(:meth:`KubernetesOrchestrator.start_reaper`, ``ZEXEC_K8S_NAMESPACE_TTL``); warm pool: :mod:`.pool`.
 """
 
 from __future__ import annotations
@@ -216,7 +215,8 @@ class KubernetesOrchestrator:
                         "another request is creating this server; try again in a few seconds"
                     ) from e
                 raise
-        try:
+        try:  # Adopt first: the pool pod binds and registers while the rest is made.
+            adopted = self.pool.adopt(user, spec, ns, key)  # (on failure: GC'd, pool.py)
             labels = m.server_labels(key, spec)
             self._grant(ns, labels)
             self._apply_policy(ns, labels)
@@ -225,7 +225,7 @@ class KubernetesOrchestrator:
             with api_errors("creating the credential secret"):
                 cred = server_credential(self._secret, user.user_id)
                 raw(self.core.create_namespaced_secret, ns, m.build_secret(ns, cred, labels))
-            if not self.pool.adopt(user, spec, ns, key):
+            if not adopted:
                 self._create_env_and_pod(user, spec, ns, key, pod_name)
         except BaseException:
             with api_errors(f"cleaning up namespace {ns}", ok=(404,)):
