@@ -18,13 +18,16 @@ reused; the previous user's server is terminated first, untimed):
   every spawn downloads and installs;
 * ``uv cold``: ``ZEXEC_K8S_INSTALLER=uv`` with the shared cache volume emptied first;
 * ``uv cached``: the same environment again, by another user: the cache holds it;
-* the empty environment has no init container at all (the same for every installer).
+* the empty environment has no init container at all (the same for every installer);
+* ``warm-pool hit``: a cluster with a warm pool of one (``ZEXEC_K8S_POOL_SIZE=1``) of
+  that very environment (empty, or the package); each sample waits (untimed) until the
+  pool's spare pod waits for adoption, then spawns: the spawn adopts it (a sample whose
+  spawn did not adopt a pool pod is reported as a miss, not counted).
 
 Each cell: the median total, and in brackets the install container's part (created ->
 exited, from the test kubelet's timeline).
 
-A warm pool of ready pods is not built (yet): its column says so. Prints a markdown
-table; writes ``bench/results/k8s-spawn-<timestamp>.json`` with every sample. Not a
+Prints a markdown table; writes ``bench/results/k8s-spawn-<timestamp>.json`` with every sample. Not a
 test: asserts nothing.
 """
 
@@ -48,7 +51,8 @@ from tests.k8s_e2e import podman  # noqa: E402
 from tests.k8s_e2e.cluster import running_cluster  # noqa: E402
 
 CACHE = Path("/var/tmp/zexec-k8s-e2e/bench-uv-cache")
-USERS = [f"user{i}" for i in range(40)]
+POOL_NS = "zexec-pool"
+USERS = [f"user{i}" for i in range(60)]
 
 
 def cache_volume() -> str:
@@ -64,27 +68,66 @@ def reset_cache() -> None:
 def one_spawn(cluster, user: str, requirements: list[str],
               package: str | None) -> dict[str, float]:
     """Seconds of one spawn -> first result (``total``), and of its install container
-    (``install``: created -> exited, from the test kubelet's timeline)."""
+    (``install``: created -> exited, from the test kubelet's timeline); ``adopted``: 1.0
+    when the spawn adopted a warm-pool pod; ``ready``: until ``environment()`` returned."""
     started = time.perf_counter()
     conn = zexec.connect(cluster.ep_url, cluster.tokens[user])
     try:
         conn.environment(requirements, progress=False, timeout=900)
+        ready = time.perf_counter() - started
         if package:
             result = conn.client.call(_version_of, package)
         else:
             result = conn.client.call(pow, 2, 10)
         took = time.perf_counter() - started
         assert result, result
-        ns = cluster.pod_of(user)["metadata"]["namespace"]
-        events = next(r.events for (n, _), (r, _t) in list(cluster.kubelet.pods.items()) if n == ns)
+        meta = cluster.pod_of(user)["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        events = next(r.events for (n, p), (r, _t) in list(cluster.kubelet.pods.items())
+                      if (n, p) == (ns, name))
         conn.terminate()
     finally:
         conn.close()
     at = {what: t for t, what in events}
     install = (at["install exited 0"] - at["install created"]) if "install created" in at else 0.0
-    wait_for(lambda: not [c for c in podman.containers() if c["State"] == "running"],
-             timeout=120, what="the pod's containers to be removed")
-    return {"total": took, "install": install}
+    if ns == POOL_NS:
+        install = 0.0  # an adopted pod installed before the spawn, untimed
+    # Removed, not only stopped: removing a container (vfs storage here) is heavy I/O
+    # that would otherwise overlap the next sample.
+    wait_for(lambda: not podman.containers(ns, name), timeout=180,
+             what="the pod's containers to be removed")
+    return {"total": took, "install": install, "adopted": float(ns == POOL_NS),
+            "ready": ready}
+
+
+def waiting_spare(cluster) -> None:
+    """Until the pool's spare pod's server waits for adoption (untimed)."""
+    from kubernetes import client
+
+    from zexec.adapters.orchestrator_k8s import pool_rules as rules
+
+    def spare() -> bool:
+        pods = client.CoreV1Api(cluster.api).list_namespaced_pod(
+            POOL_NS, _preload_content=False)
+        return any(rules.is_spare(p) and rules.ANN_WAITING in
+                   (p["metadata"].get("annotations") or {})
+                   for p in json.loads(pods.data)["items"])
+    wait_for(spare, timeout=900, interval=0.2, what="a waiting pool pod")
+
+
+def run_pool(package: str, reps: int, users: list[str]) -> dict[str, list]:
+    """Warm-pool hits: one cluster per environment, its pool of one of that environment."""
+    out: dict[str, list] = {}
+    take = iter(users)
+    for key, reqs, pkg in (("empty", [], None), ("cold", [package], package)):
+        settings = {"ZEXEC_K8S_POOL_SIZE": "1", "ZEXEC_K8S_INSTALLER": "uv",
+                    "ZEXEC_K8S_POOL_REQUIREMENTS": ",".join(reqs)}
+        with running_cluster(users=tuple(users), **settings) as cluster:
+            for rep in range(reps):
+                print(f"[pool {key}] rep {rep + 1}/{reps}", file=sys.stderr, flush=True)
+                waiting_spare(cluster)
+                out.setdefault(key, []).append(one_spawn(cluster, next(take), reqs, pkg))
+    return out
 
 
 def _version_of(name: str) -> str:
@@ -117,13 +160,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--package", default="numpy")
+    ap.add_argument("--only", choices=["all", "pool"], default="all",
+                    help="pool: the warm-pool column only (the others say n/a)")
     args = ap.parse_args()
-    samples = {
-        "pip": run_side("pip", args.package, args.reps, USERS[:20]),
-        "uv": run_side("uv", args.package, args.reps, USERS[20:]),
-    }
+    samples: dict[str, dict[str, list]] = {"pip": {}, "uv": {}}
+    if args.only == "all":
+        samples["pip"] = run_side("pip", args.package, args.reps, USERS[:20])
+        samples["uv"] = run_side("uv", args.package, args.reps, USERS[20:40])
+    samples["pool"] = run_pool(args.package, args.reps, USERS[40:])
 
     def med(rows: list[dict[str, float]] | None) -> str:
+        missed = [r for r in rows or [] if r.get("adopted") == 0.0]
+        rows = [r for r in rows or [] if r not in missed]
+        if missed:
+            print(f"warm pool: {len(missed)} sample(s) missed the pool", file=sys.stderr)
         if not rows:
             return "n/a"
         total = statistics.median(r["total"] for r in rows)
@@ -133,10 +183,11 @@ def main() -> None:
     print(f"\nspawn -> first result on the one-machine cluster (median of {args.reps}):\n")
     print("| environment | pip (no cache) | uv, cold cache | uv, cached | warm-pool hit |")
     print("| --- | --- | --- | --- | --- |")
-    print(f"| empty | {med(samples['pip']['empty'])} | {med(samples['uv']['empty'])} | "
-          f"{med(samples['uv']['empty'])} | n/a (no pool) |")
-    print(f"| {args.package} | {med(samples['pip']['cold'])} | {med(samples['uv']['cold'])} | "
-          f"{med(samples['uv']['cached'])} | n/a (no pool) |")
+    pip, uv, pool = samples["pip"], samples["uv"], samples["pool"]
+    print(f"| empty | {med(pip.get('empty'))} | {med(uv.get('empty'))} | "
+          f"{med(uv.get('empty'))} | {med(pool.get('empty'))} |")
+    print(f"| {args.package} | {med(pip.get('cold'))} | {med(uv.get('cold'))} | "
+          f"{med(uv.get('cached'))} | {med(pool.get('cold'))} |")
     results = BENCH / "results"
     results.mkdir(exist_ok=True)
     path = results / f"k8s-spawn-{time.strftime('%Y%m%d-%H%M%S')}.json"

@@ -180,6 +180,12 @@ class ServerSettings(ZexecSettings):
     #: fails its pod, which the server Job's podFailurePolicy ignores and replaces,
     #: instead of succeeding, which would complete the Job as an idle exit does.
     signal_exit_code: int = Field(default=0, ge=0, le=255)
+    #: Warm-pool mode (Kubernetes): with no user id and credential, the server builds
+    #: its environment, then asks the Deploy API at this URL (``.../rexec``) for the user
+    #: it is adopted by, proving itself as pool pod ``pool_pod`` with ``pool_key``.
+    pool_url: str = ""
+    pool_pod: str = ""
+    pool_key: SecretStr = SecretStr("")
 
 
 class KubernetesSettings(ZexecSettings):
@@ -274,6 +280,17 @@ class KubernetesSettings(ZexecSettings):
     #: Directory of registry pull secrets (``<name>/.dockerconfigjson``) copied into each
     #: user namespace and named by the server pods; empty = none.
     pull_secrets_dir: str = ""
+    #: Warm pool: this many spare server pods of the site's default environment
+    #: (``pool_requirements``, comma-separated, on ``pool_python``; empty = the Deploy
+    #: API's own Python) wait in namespace ``pool_namespace``; a spawn of that
+    #: environment adopts one. 0 = no pool. The pool pods ask the Deploy API for their user at
+    #: ``pool_deploy_url`` (its in-cluster URL with the route prefix, e.g.
+    #: ``http://zexec-deploy-api.zexec.svc:8000/rexec``).
+    pool_size: int = 0
+    pool_namespace: str = "zexec-pool"
+    pool_requirements: str = ""
+    pool_python: str = ""
+    pool_deploy_url: str = ""
 
 
 class DeploySettings(ZexecSettings):

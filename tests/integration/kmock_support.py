@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import aiohttp.web
 import kmock
 import pluggy
 from kmock._internal import parsing
@@ -74,15 +75,45 @@ class CascadingEmulator(kmock.KubernetesEmulator):
         return response
 
 
+class VersionedEmulator(CascadingEmulator):
+    """Plus ``metadata.resourceVersion`` as the API server keeps it: a new value at every
+    create and update, and an update (patch) naming another version than the stored
+    one is refused with 409 Conflict (the optimistic concurrency the warm pool's claims
+    rely on; kmock 0.8 has none)."""
+
+    _version = 0
+
+    async def _handle(self, request):
+        res = request.resource
+        if res is not None and request.action in (kmock.action.CREATE, kmock.action.UPDATE) \
+                and isinstance(request.data, dict):
+            meta = request.data.setdefault("metadata", {})
+            if request.action == kmock.action.UPDATE and request.name is not None:
+                key = (res, request.namespace, request.name)
+                stored = self._objects[key] if key in self._objects else None
+                wanted = meta.get("resourceVersion")
+                have = (stored.raw.get("metadata") or {}).get("resourceVersion") \
+                    if stored is not None and not stored.deleted else None
+                if wanted is not None and wanted != have:
+                    return aiohttp.web.json_response(
+                        {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                         "reason": "Conflict", "code": 409,
+                         "message": "the object has been modified"}, status=409)
+            VersionedEmulator._version += 1
+            meta["resourceVersion"] = str(VersionedEmulator._version)
+        return await super()._handle(request)
+
+
 @contextmanager
-def running_emulator() -> Iterator[tuple[CascadingEmulator, client.ApiClient]]:
+def running_emulator(emulator: type[CascadingEmulator] = CascadingEmulator,
+                     ) -> Iterator[tuple[CascadingEmulator, client.ApiClient]]:
     """Yield (emulator, ApiClient pointed at it); the server runs on its own loop thread."""
     parsing.parse_path = _parse_path
     ready = threading.Event()
     box: dict = {}
 
     async def main() -> None:
-        emu = CascadingEmulator()
+        emu = emulator()
         with warnings.catch_warnings():  # kmock 0.8 uses a deprecated importlib call
             warnings.simplefilter("ignore", DeprecationWarning)
             emu.resources.load_bundled()

@@ -219,6 +219,8 @@ def all_sets(rendered):
 def test_no_cluster_wide_permission_beyond_the_documented_one(rendered):
     documented = checks.documented_roles(README)
     cluster, user = documented["-deploy-api"], documented["-deploy-api-user"]
+    pool_rules = checks.documented_cluster_rules(README, "poolrole-rules")
+    assert ("", "secrets", "get") not in pool_rules and ("", "secrets", "list") not in pool_rules
     # What the README documents is itself narrow: nothing can read a Secret, no
     # wildcard, no escalation verbs; cluster scope covers namespaces and the binding of
     # the per-user role only, and the per-user role nothing cluster-scoped.
@@ -251,7 +253,15 @@ def test_no_cluster_wide_permission_beyond_the_documented_one(rendered):
         assert binding["subjects"] == [
             {"kind": "ServiceAccount", "name": "zexec-deploy-api", "namespace": "zexec"}
         ]
-        assert find(docs, "Role") == [] and find(docs, "RoleBinding") == []
+        # The one namespaced Role: the warm pool's, in its namespace, as documented.
+        pool_roles = find(docs, "Role")
+        assert [(r["metadata"]["name"], r["metadata"]["namespace"]) for r in pool_roles] in (
+            [], [("zexec-deploy-api-warm-pool", "zexec-pool")]), name
+        for role in pool_roles:
+            assert checks.expand_rules(role["rules"]) == pool_rules, name
+        assert [(b["roleRef"]["name"], b["subjects"]) for b in find(docs, "RoleBinding")] == [
+            (r["metadata"]["name"], [{"kind": "ServiceAccount", "name": "zexec-deploy-api",
+                                      "namespace": "zexec"}]) for r in pool_roles], name
         denv = env_of(container(deployment(docs, "deploy-api")), docs)
         assert denv["ZEXEC_K8S_USER_ROLE"] == "zexec-zexec-deploy-api-user"
         assert denv["ZEXEC_K8S_SERVICE_ACCOUNT"] == "zexec:zexec-deploy-api"
@@ -375,7 +385,7 @@ def test_network_policies_cover_the_control_plane(default_docs):
     )
     assert checks.network_errors(default_docs) == []
     ns = render_docs(sets=["namespace.create=true"])
-    labels = one(ns, "Namespace")["metadata"]["labels"]
+    labels = one(ns, "Namespace", "zexec")["metadata"]["labels"]
     assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
     assert labels["pod-security.kubernetes.io/warn"] == "restricted"
 

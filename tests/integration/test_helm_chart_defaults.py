@@ -354,7 +354,7 @@ def test_pod_security_labels_are_pinned_with_audit_and_warn(tools):
     from zexec.core.envspec import parse_env_spec
 
     docs = render_docs(sets=["namespace.create=true"])
-    labels = one(docs, "Namespace")["metadata"]["labels"]
+    labels = one(docs, "Namespace", "zexec")["metadata"]["labels"]
     settings = k8s_settings(docs)
     user = m.build_namespace("zexec-u-a", "a", "a", parse_env_spec(["python==3.11"]), "p",
                              settings.pod_security_level, settings.pod_security_version)

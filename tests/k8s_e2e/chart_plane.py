@@ -62,6 +62,14 @@ def values(c: Any, idp_url: str, settings: dict[str, str]) -> dict[str, Any]:
         kube["pipIndexUrl"] = settings.pop("ZEXEC_K8S_PIP_INDEX_URL")
         kube["packageProxy"] = {"enabled": True,
                                 "ports": [urlsplit(kube["pipIndexUrl"]).port or 80]}
+    # The warm pool only where a test asks for one (its pods would be containers every
+    # other test sees); the pool pods reach the Deploy API on the host network.
+    kube["warmPool"] = {"enabled": False, "size": 1}
+    if "ZEXEC_K8S_POOL_SIZE" in settings:
+        reqs = settings.pop("ZEXEC_K8S_POOL_REQUIREMENTS", "")
+        kube["warmPool"] = {"enabled": True, "size": int(settings.pop("ZEXEC_K8S_POOL_SIZE")),
+                            "requirements": [r for r in reqs.split(",") if r],
+                            "deployUrl": f"http://127.0.0.1:{p['deploy']}/rexec"}
     idle = int(settings.pop("ZEXEC_DEPLOY_IDLE_TIMEOUT", "600"))
     k8s_env = [{"name": k, "value": v} for k, v in settings.items()]
     return {

@@ -36,6 +36,7 @@ from tests.k8s_e2e import podman
 from tests.k8s_e2e.kubelet import TestKubelet
 from zexec.adapters.orchestrator_k8s import jobs
 from zexec.adapters.orchestrator_k8s.manifests import namespace_name
+from zexec.adapters.orchestrator_k8s.pool_rules import locate
 from zexec.apps.devidp.tokens import generate_tokens, user_id_for
 from zexec.settings import KubernetesSettings
 
@@ -95,9 +96,13 @@ class Cluster:
         return ns, core.read_namespace(ns).metadata.annotations["zexec.io/pod"]
 
     def pod_of(self, user: str) -> dict:
-        """The user's current server pod (of its Job), as the API server has it."""
+        """The user's current server pod (of its Job, or an adopted warm-pool pod,
+        named ``<pool namespace>/<pod>``), as the API server has it."""
         core = client.CoreV1Api(self.api)
         ns, job = self.job_of(user)
+        where, name = locate(job, ns)
+        if where != ns:
+            return json.loads(core.read_namespaced_pod(name, where, _preload_content=False).data)
         items = json.loads(core.list_namespaced_pod(
             ns, label_selector=jobs.job_selector(job), _preload_content=False).data)["items"]
         pod = jobs.current_pod(jobs.pods_of(job, items))
@@ -139,6 +144,8 @@ def control_env(c: Cluster, settings: dict[str, str]) -> dict[str, str]:
         "ZEXEC_K8S_IMAGE_PULL_POLICY": "Never",
         "ZEXEC_K8S_BROKER_BACKEND_URL": f"tcp://127.0.0.1:{p['backend']}",
         "KUBECONFIG": str(c.workdir / "kubeconfig"),
+        # Warm-pool pods (when a test asks for a pool) reach the Deploy API on the host.
+        "ZEXEC_K8S_POOL_DEPLOY_URL": f"http://127.0.0.1:{p['deploy']}/rexec",
         **settings,
     }
 

@@ -184,3 +184,25 @@ class WorkerPool(Protocol):
     def config_for(self, w: PoolWorker) -> dict[str, Any]: ...
 
     def close(self, grace: float = 2.0) -> None: ...
+
+
+class PoolBinder(Protocol):
+    """An orchestrator's warm pool, as the Deploy API's binding route sees it: a pool
+    pod's server, started before any user, asks which user has adopted it."""
+
+    def bind(self, pod: str, key: str) -> tuple[str, str] | None:
+        """``(user id, broker credential)`` once pod ``pod`` (proving itself with ``key``)
+        is adopted, None while it waits; raises PermissionError for a wrong key, an
+        unknown pod, or a pod that had its binding already (never twice)."""
+        ...
+
+    def wait(self, pod: str, timeout: float) -> None:
+        """Return after ``timeout`` seconds, or sooner when pod ``pod`` was claimed in
+        this process (the time between two :meth:`bind` of a waiting request)."""
+        ...
+
+    def registered(self, pod: str, key: str) -> None:
+        """Pod ``pod``'s server, bound, has registered with the broker (its user's
+        status may say ready now); PermissionError as for :meth:`bind`, or when the pod
+        is not bound."""
+        ...

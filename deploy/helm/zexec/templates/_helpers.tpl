@@ -366,3 +366,13 @@ topologySpreadConstraints:
 {{- end -}}
 {{- toYaml (uniq $names) -}}
 {{- end -}}
+
+{{/* The warm pool's namespace. */}}
+{{- define "zexec.poolNamespace" -}}
+{{- .Values.deployApi.kubernetes.warmPool.namespace | default (printf "%s-pool" .Release.Namespace) -}}
+{{- end -}}
+
+{{/* The Deploy API's URL as pool pods reach it (in-cluster, with the route prefix). */}}
+{{- define "zexec.poolDeployUrl" -}}
+{{- .Values.deployApi.kubernetes.warmPool.deployUrl | default (printf "http://%s.%s.svc:%v/rexec" (include "zexec.deployApiName" .) .Release.Namespace .Values.deployApi.service.port) -}}
+{{- end -}}

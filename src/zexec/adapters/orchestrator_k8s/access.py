@@ -20,7 +20,8 @@ from typing import Any, TypeVar
 
 from kubernetes.client.exceptions import ApiException
 
-from zexec.core.errors import ConfigurationError
+from zexec.adapters.orchestrator_k8s.apicalls import api_errors, raw
+from zexec.core.errors import ConfigurationError, OrchestratorError
 
 BINDING_NAME = "zexec-deploy-api"
 T = TypeVar("T")
@@ -88,3 +89,15 @@ def until_permitted(call: Callable[[], T], timeout: float = 10.0,
                 raise
         sleep(delay)
         delay = min(delay * 2, 1.0)
+
+
+def apply_policy(net: Any, ns: str, body: dict[str, Any]) -> None:
+    """Create the server NetworkPolicy ``body`` in user namespace ``ns``, or update it
+    (settings may have changed since), as the first call the new RoleBinding permits."""
+    try:
+        until_permitted(lambda: raw(net.create_namespaced_network_policy, ns, body))
+    except ApiException as e:
+        if e.status != 409:
+            raise OrchestratorError(f"creating the network policy: {e.status} {e.reason}") from e
+        with api_errors("updating the network policy"):
+            raw(net.patch_namespaced_network_policy, body["metadata"]["name"], ns, body)

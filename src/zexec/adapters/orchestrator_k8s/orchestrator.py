@@ -17,7 +17,7 @@ reported while the old one goes on serving. ``terminate`` deletes the namespace;
 Kubernetes removes everything in it (the namespace stays "Terminating" for a while,
 during which the user has no server and a new ``ensure`` asks to retry shortly).
 A namespace whose server has long been gone is deleted by :mod:`.reaper`
-(:meth:`KubernetesOrchestrator.start_reaper`, ``ZEXEC_K8S_NAMESPACE_TTL``).
+(:meth:`KubernetesOrchestrator.start_reaper`, ``ZEXEC_K8S_NAMESPACE_TTL``); warm pool: :mod:`.pool`.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ from zexec.adapters.orchestrator_k8s import access, images, jobs, quota
 from zexec.adapters.orchestrator_k8s import manifests as m
 from zexec.adapters.orchestrator_k8s.apicalls import api_errors, raw
 from zexec.adapters.orchestrator_k8s.podstatus import PodPhase
+from zexec.adapters.orchestrator_k8s.pool import WarmPool
+from zexec.adapters.orchestrator_k8s.pool_rules import locate
 from zexec.adapters.orchestrator_k8s.reaper import ANN_IDLE_SINCE, NamespaceReaper
 from zexec.adapters.orchestrator_k8s.resources import granted
 from zexec.core import replacing
@@ -87,15 +89,18 @@ class KubernetesOrchestrator:
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self.reaper: NamespaceReaper | None = None
+        self.pool = WarmPool(self, clock)  # inert with pool_size 0
 
     def start_reaper(self, interval: float | None = None) -> None:
         """Delete idle users' namespaces in the background (``settings.namespace_ttl``;
-        0 = never), until :meth:`close`."""
+        0 = never), and keep the warm pool topped up, until :meth:`close`."""
         if self.settings.namespace_ttl > 0 and self.reaper is None:
             self.reaper = NamespaceReaper(self, self.settings.namespace_ttl, self.clock)
             self.reaper.start(interval)
+        self.pool.start()
 
     def close(self) -> None:
+        self.pool.close()
         if self.reaper is not None:
             self.reaper.close()
             self.reaper = None
@@ -153,6 +158,7 @@ class KubernetesOrchestrator:
                 return False
             if self._terminating(existing):
                 return False
+            self.pool.release(existing)  # an adopted pod lives in the pool's namespace
             with api_errors(f"deleting namespace {ns}"):
                 try:
                     raw(self.core.delete_namespace, ns)
@@ -214,16 +220,18 @@ class KubernetesOrchestrator:
                         "another request is creating this server; try again in a few seconds"
                     ) from e
                 raise
-        try:
+        try:  # Adopt first: the pool pod binds and registers while the rest is made.
+            adopted = self.pool.adopt(user, spec, ns, key)  # (on failure: GC'd, pool.py)
             labels = m.server_labels(key, spec)
             self._grant(ns, labels)
-            self._apply_policy(ns, labels)
+            access.apply_policy(self.net, ns, m.build_network_policy(ns, self.settings, labels))
             with api_errors("creating the namespace's quota"):
                 quota.apply(self.core, ns, self.settings, labels)
             with api_errors("creating the credential secret"):
                 cred = server_credential(self._secret, user.user_id)
                 raw(self.core.create_namespaced_secret, ns, m.build_secret(ns, cred, labels))
-            self._create_env_and_pod(user, spec, ns, key, pod_name)
+            if not adopted:
+                self._create_env_and_pod(user, spec, ns, key, pod_name)
         except BaseException:
             with api_errors(f"cleaning up namespace {ns}", ok=(404,)):
                 raw(self.core.delete_namespace, ns)
@@ -237,7 +245,8 @@ class KubernetesOrchestrator:
         labels = m.server_labels(key, spec)
         old_pod = (existing["metadata"].get("annotations") or {}).get(m.ANN_POD)
         self._grant(ns, labels)  # a namespace made before user_role was set has none
-        self._apply_policy(ns, labels)  # settings may have changed since
+        # (settings may have changed since)
+        access.apply_policy(self.net, ns, m.build_network_policy(ns, self.settings, labels))
         with api_errors("updating the namespace's quota"):
             quota.apply(self.core, ns, self.settings, labels)
         with api_errors("creating the credential secret", ok=(409,)):
@@ -245,8 +254,9 @@ class KubernetesOrchestrator:
             raw(self.core.create_namespaced_secret, ns, m.build_secret(ns, cred, labels))
         if old_pod:
             self._delete_server(ns, old_pod)
-        pod_name = self._pod_name(spec)
-        self._create_env_and_pod(user, spec, ns, key, pod_name)
+        pod_name = self.pool.adopt(user, spec, ns, key) or self._pod_name(spec)
+        if "/" not in pod_name:
+            self._create_env_and_pod(user, spec, ns, key, pod_name)
         fresh = m.build_namespace(ns, user.user_id, key, spec, pod_name, "")["metadata"]
         with api_errors(f"updating namespace {ns}"):
             patch = {"labels": {m.LABEL_DIGEST: spec.digest[:16]}}
@@ -325,26 +335,14 @@ class KubernetesOrchestrator:
             raw(self.batch.create_namespaced_job, ns, jobs.build_job(pod, m.SERVER_CONTAINER))
 
     def _delete_server(self, ns: str, name: str) -> None:
+        if "/" in name:  # an adopted warm-pool pod (pool_rules.locate)
+            return self.pool.delete_adopted(name)
         jobs.delete_server(self.core, self.batch, ns, name)
 
     def _grant(self, ns: str, labels: dict[str, str]) -> None:
         with api_errors("creating the Deploy API's role binding"):
             access.grant(self.rbac, ns, self.settings.user_role,
                          self.settings.service_account, labels)
-
-    def _apply_policy(self, ns: str, labels: dict[str, str]) -> None:
-        body = m.build_network_policy(ns, self.settings, labels)
-        try:
-            # The first call the new RoleBinding permits (see access.until_permitted).
-            access.until_permitted(
-                lambda: raw(self.net.create_namespaced_network_policy, ns, body))
-        except ApiException as e:
-            if e.status != 409:
-                raise OrchestratorError(
-                    f"creating the network policy: {e.status} {e.reason}"
-                ) from e
-            with api_errors("updating the network policy"):
-                raw(self.net.patch_namespaced_network_policy, m.POLICY_NAME, ns, body)
 
     def _drop_old_config_maps(self, ns: str, keep: str) -> None:
         with api_errors("listing config maps"):
@@ -375,6 +373,7 @@ class KubernetesOrchestrator:
         except ValueError:
             env = None
         name = ann.get(pod_key, "")
+        where = locate(name, meta["name"])[0]
         found = self._read_server(meta["name"], name) if name else None
         if found is None:
             return ServerStatus(
@@ -390,7 +389,7 @@ class KubernetesOrchestrator:
                 since = 0.0
         tail: tuple[str, ...] = ()
         if logs and log_pod and got.log_container and got.phase in ("failed", "installing"):
-            tail = self._log_tail(meta["name"], log_pod, got.log_container)
+            tail = self._log_tail(where, log_pod, got.log_container)
         return ServerStatus(user_id, got.phase, env, got.reason, tail, since,
                             resources=granted(self.settings, env.resources) if env else None)
 
@@ -416,6 +415,8 @@ class KubernetesOrchestrator:
 
     def _read_server(self, ns: str, name: str
                      ) -> tuple[PodPhase, str | None, dict[str, Any]] | None:
+        if "/" in name:  # an adopted warm-pool pod (pool_rules.locate)
+            return self.pool.read_adopted(name)
         return jobs.read_server(self.core, self.batch, ns, name,
                                 lambda: self._grant(ns, dict(m.MANAGED_BY)),
                                 bool(self.settings.user_role))

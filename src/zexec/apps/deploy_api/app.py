@@ -23,6 +23,7 @@ Routes, all under ``settings.prefix`` (``/rexec``):
   ``cancelled`` true/false.
 * ``GET /broker-config``: where clients reach the broker (no token needed).
 * ``GET /healthz``, ``GET /metrics`` (Prometheus text).
+* ``POST /pool/bind``: for warm-pool pods only (see :mod:`.pool_routes`).
 
 The caller's identity always comes from the token; no route takes a user id.
 """
@@ -42,6 +43,7 @@ from starlette.datastructures import UploadFile
 
 from zexec.apps.deploy_api import service
 from zexec.apps.deploy_api.metrics import DeployMetrics
+from zexec.apps.deploy_api.pool_routes import add_pool_routes
 from zexec.apps.http_common import (
     bearer_token,
     error_response,
@@ -380,6 +382,10 @@ def create_app(
             config["broker_external_secure_port"] = settings.broker_external_secure_port
             config["broker_tls_sha256"] = tls_pin
         return config
+
+    binder = getattr(orchestrator, "pool", None)
+    if binder is not None:  # the warm pool's pods ask for their user here
+        add_pool_routes(app, prefix, binder)
 
     @app.get(prefix + "/healthz")
     async def healthz() -> dict[str, Any]:

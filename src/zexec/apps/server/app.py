@@ -8,6 +8,7 @@ from typing import Any
 
 from zexec.adapters.transport_zmq.server_loop import ServerLoop
 from zexec.apps.runtime import configure_logging
+from zexec.apps.server.adoption import bound
 from zexec.apps.server.pool import WorkerPool, private_endpoint
 from zexec.apps.server.stopped import StoppedWatch
 from zexec.core.errors import ConfigurationError
@@ -71,6 +72,9 @@ def build_server(settings: ServerSettings, workers: tuple[str, str] | None = Non
 def main(settings: ServerSettings | None = None, workers: tuple[str, str] | None = None,
          early_worker: tuple[Any, bytes] | None = None) -> int:
     configure_logging()
-    server = build_server(settings or ServerSettings(), workers, early_worker)
+    # A warm-pool pod waits here, environment built and first worker starting, for the
+    # user who adopts it.
+    settings = bound(settings or ServerSettings())
+    server = build_server(settings, workers, early_worker)
     server.install_signal_handlers()
     return server.run()
