@@ -42,6 +42,9 @@ def bare_plugin_manager(*plugins: object) -> pluggy.PluginManager:
 
 
 _original_parse_path = parsing.parse_path
+#: Emulators running now: kmock's path parser is patched while any runs (a module's own
+#: emulator ending must not unpatch it under the session's, which goes on serving).
+_running = [0]
 
 
 def _parse_path(path: str) -> parsing.ParsedPath:
@@ -138,13 +141,16 @@ def running_emulator(emulator: type[CascadingEmulator] = CascadingEmulator,
     cfg = client.Configuration()
     cfg.host = box["url"]
     api = client.ApiClient(cfg)
+    _running[0] += 1
     try:
         yield box["emu"], api
     finally:
         api.close()
         box["loop"].call_soon_threadsafe(box["stop"].set)
         thread.join(timeout=10)
-        parsing.parse_path = _original_parse_path
+        _running[0] -= 1
+        if not _running[0]:
+            parsing.parse_path = _original_parse_path
 
 
 def server_pod(api: client.ApiClient, ns: str, which: str = "zexec.io/pod") -> str:
