@@ -25,9 +25,11 @@ POOL_NS = "zexec-pool"
 
 
 @pytest.fixture(scope="module")
-def pooled():
-    with running_cluster(users=("gus", "hal"), ZEXEC_K8S_POOL_SIZE="1") as c:
-        yield c
+def pooled(clusters):
+    """A cluster of its own (the pool changes every default spawn), replacing the default
+    one: only one runs on the machine at a time (conftest.OneCluster)."""
+    return clusters.get("pool", lambda stack: stack.enter_context(
+        running_cluster(users=("gus", "hal"), ZEXEC_K8S_POOL_SIZE="1")))
 
 
 def pool_pods(c) -> list[dict]:
