@@ -70,16 +70,16 @@ def one_spawn(cluster, user: str, requirements: list[str],
     """Seconds of one spawn -> first result (``total``), and of its install container
     (``install``: created -> exited, from the test kubelet's timeline); ``adopted``: 1.0
     when the spawn adopted a warm-pool pod; ``ready``: until ``environment()`` returned."""
-    started = time.perf_counter()
+    started = time.monotonic()  # the test kubelet's clock (its events), in this process
     conn = zexec.connect(cluster.ep_url, cluster.tokens[user])
     try:
         conn.environment(requirements, progress=False, timeout=900)
-        ready = time.perf_counter() - started
+        ready = time.monotonic() - started
         if package:
             result = conn.client.call(_version_of, package)
         else:
             result = conn.client.call(pow, 2, 10)
-        took = time.perf_counter() - started
+        took = time.monotonic() - started
         assert result, result
         meta = cluster.pod_of(user)["metadata"]
         ns, name = meta["namespace"], meta["name"]
@@ -96,8 +96,28 @@ def one_spawn(cluster, user: str, requirements: list[str],
     # that would otherwise overlap the next sample.
     wait_for(lambda: not podman.containers(ns, name), timeout=180,
              what="the pod's containers to be removed")
+    phases = {what: round(t - started, 3) for t, what in events
+              if what in PHASES and t >= started}
     return {"total": took, "install": install, "adopted": float(ns == POOL_NS),
-            "ready": ready}
+            "ready": ready, "phases": phases}
+
+
+#: The test kubelet's events a breakdown shows, in the order a spawn reaches them.
+PHASES = ("seen", "install created", "install exited 0", "server created",
+          "server started", "server ready=True")
+
+
+def breakdown(rows: list[dict]) -> str:
+    """Median seconds from the spawn's start to each step the kubelet saw, then to
+    ``environment()``'s return and the first result."""
+    cells = []
+    for what in PHASES:
+        at = [r["phases"][what] for r in rows if what in r.get("phases", {})]
+        if at:
+            cells.append(f"{what} {statistics.median(at):.2f}")
+    cells.append(f"environment() {statistics.median(r['ready'] for r in rows):.2f}")
+    cells.append(f"result {statistics.median(r['total'] for r in rows):.2f}")
+    return " -> ".join(cells)
 
 
 def waiting_spare(cluster) -> None:
@@ -188,6 +208,13 @@ def main() -> None:
           f"{med(uv.get('empty'))} | {med(pool.get('empty'))} |")
     print(f"| {args.package} | {med(pip.get('cold'))} | {med(uv.get('cold'))} | "
           f"{med(uv.get('cached'))} | {med(pool.get('cold'))} |")
+    print("\nwhere the time goes (median seconds since the spawn started; the test "
+          "kubelet's events):\n")
+    for side, rows in samples.items():
+        for key, got in rows.items():
+            got = [r for r in got if r.get("adopted") != 0.0 or side != "pool"]
+            if got:
+                print(f"- {side} {key}: {breakdown(got)}")
     results = BENCH / "results"
     results.mkdir(exist_ok=True)
     path = results / f"k8s-spawn-{time.strftime('%Y%m%d-%H%M%S')}.json"
