@@ -35,7 +35,7 @@ def probe(target: str, timeout: float = 3.0) -> bool:
     url = urlsplit(target)
     try:
         if url.scheme == "zexec-control":
-            from zexec.apps.cli.stack import broker_control
+            from zexec.adapters.transport_zmq.control_client import broker_control
 
             admin = os.environ.get("ZEXEC_BROKER_ADMIN_TOKEN", "")
             reply = broker_control(url.hostname, url.port, admin, timeout=timeout)

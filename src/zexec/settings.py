@@ -169,6 +169,9 @@ class ServerSettings(ZexecSettings):
     output_flush_bytes: int = 64 * 1024
     #: Touched once the broker accepted the registration (readiness probes, orchestrators).
     ready_file: str = ""
+    #: Sent with every heartbeat (``name`` in its info): the Kubernetes orchestrator sets
+    #: the pod's name, and reads a server's readiness from the broker by it.
+    name: str = ""
     #: Exit (code 0) after this many seconds without calls; 0 = never. Orchestrators
     #: see the exit and report the server as terminated (idle).
     idle_timeout: float = 0.0

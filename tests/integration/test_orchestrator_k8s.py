@@ -266,3 +266,45 @@ def test_a_namespace_from_before_servers_were_jobs_is_read_and_replaced(kube, k8
     assert k8s_orch.status("ivan").phase == "ready"  # promoted: the old pod is deleted
     assert obj(emu, "pods", ns, "zexec-server-old") is None
     assert len(in_namespace(emu, ns)["jobs"]) == 1
+
+
+class InMemoryServerRegistry:
+    """The broker's registered servers, as a dict of user id -> heartbeat info."""
+
+    def __init__(self) -> None:
+        self.servers: dict[str, dict] = {}
+
+    def server_info(self, user_id: str) -> dict | None:
+        return self.servers.get(user_id)
+
+
+def test_a_started_pod_is_ready_once_its_own_server_registered(kube):
+    """Readiness from the broker (its SERVER answer) before the pod's Ready condition:
+    only for the pod's own server (its name), not a stopping one, not another pod's."""
+    registry = InMemoryServerRegistry()
+    orch = KubernetesOrchestrator(kube[1], K8S_SETTINGS, SECRET, bare_plugin_manager(),
+                                  idle_timeout=600, registry=registry)
+    orch.ensure(UserIdentity("dan"), SIX)
+    ns = "zexec-u-dan"
+    running = {"running": {"startedAt": "2024-05-01T10:00:00Z"}}
+    pod = set_pod_status(kube, ns, {"phase": "Running", "containerStatuses": [
+        {"name": "server", "state": running, "ready": False}]})  # fmt: skip
+    assert orch.status("dan").phase == "starting"  # nothing registered
+    registry.servers["dan"] = {"name": "zexec-server-other-pod", "stopping": False}
+    assert orch.status("dan").phase == "starting"  # another pod's server
+    registry.servers["dan"] = {"name": pod, "stopping": True}
+    assert orch.status("dan").phase == "starting"  # its own, but stopping
+    registry.servers["dan"] = {"name": pod, "stopping": False}
+    st = orch.status("dan")
+    assert (st.phase, st.reason) == ("ready", "")
+    # The pod sets the name its server sends: its own, from the downward API.
+    spec = server_pod_spec(kube, ns, pod)
+    (env,) = [e for e in spec["containers"][0]["env"] if e["name"] == "ZEXEC_SERVER_NAME"]
+    assert env["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    # An installing pod is not made ready by a registration (there is no server yet).
+    orch.terminate("dan")
+
+
+def server_pod_spec(kube, ns: str, pod: str) -> dict:
+    core = client.CoreV1Api(kube[1])
+    return json.loads(core.read_namespaced_pod(pod, ns, _preload_content=False).data)["spec"]

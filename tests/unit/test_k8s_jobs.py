@@ -78,7 +78,7 @@ def test_phases_of_a_job():
     phase = jobs.job_phase
     assert phase(job(), [])[0].phase == "pending"
     got, logs = phase(job(), [pod("a", T0, "Running", **READY)])
-    assert (got.phase, logs) == ("ready", None)
+    assert (got.phase, logs) == ("ready", "a")  # the pod (its server's name, its logs)
     # The pod was lost (or is being evicted): the Job's controller replaces it.
     for lost in (pod("a", T0, "Unknown"), pod("a", T0, "Running", **LOST),
                  {**pod("a", T0, "Running"), "metadata": {

@@ -206,3 +206,16 @@ class PoolBinder(Protocol):
         status may say ready now); PermissionError as for :meth:`bind`, or when the pod
         is not bound."""
         ...
+
+
+class ServerRegistry(Protocol):
+    """Which servers the broker has registered, as an orchestrator asks: a server is
+    ready for its user once the broker routes to it, which the broker knows before any
+    readiness probe's next period."""
+
+    def server_info(self, user_id: str) -> dict[str, Any] | None:
+        """What ``user_id``'s registered server last said of itself (``name``, ``pid``,
+        ``python``, ``stopping``...), or None when none is registered *or the broker did
+        not answer* (soon: this is asked while a user waits): a caller falls back to its
+        own readiness signal then, never to "failed"."""
+        ...

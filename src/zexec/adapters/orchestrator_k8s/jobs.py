@@ -164,7 +164,8 @@ def _lost(pod: dict[str, Any]) -> bool:
 
 
 def job_phase(job: dict[str, Any], pods: list[dict[str, Any]]) -> tuple[PodPhase, str | None]:
-    """(the zexec phase of the server Job ``job``, the name of the pod to read logs of).
+    """(the zexec phase of the server Job ``job``, the name of its current pod, whose
+    logs explain the phase when the phase names a ``log_container``).
 
     ====================================  ==============================================
     Job / its current pod                 phase (reason)
@@ -209,8 +210,7 @@ def job_phase(job: dict[str, Any], pods: list[dict[str, Any]]) -> tuple[PodPhase
         why = pod_phase(pod).reason or "the server pod was deleted"
         why = why.replace("; a spawn replaces it", "")
         return PodPhase("starting", f"{why}; Kubernetes is replacing it"), None
-    got = pod_phase(pod)
-    return got, pod["metadata"]["name"] if got.log_container else None
+    return pod_phase(pod), pod["metadata"]["name"]  # its logs, when log_container says
 
 
 # ---------------------------------------------------------------------- API calls
@@ -233,7 +233,7 @@ def delete_server(core: Any, batch: Any, ns: str, name: str) -> None:
 
 def read_server(core: Any, batch: Any, ns: str, name: str, grant: Callable[[], None],
                 may_grant: bool) -> tuple[PodPhase, str | None, dict[str, Any]] | None:
-    """(phase, the pod to read logs of, the Job) of server Job ``name``; None if it is
+    """(phase, its current pod's name, the Job) of server Job ``name``; None if it is
     gone. The first read may ``grant`` the Deploy API's RoleBinding (see
     :func:`.access.granting`). A namespace from before servers were Jobs names a bare
     pod: read as before (its labels are the server's; it has no job-name)."""

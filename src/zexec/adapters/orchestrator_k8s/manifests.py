@@ -338,6 +338,8 @@ def build_pod(
         {"name": "ZEXEC_SERVER_WORKERS",
          "value": str(spec.resources.workers or settings.server_workers)},
         {"name": "ZEXEC_SERVER_READY_FILE", "value": READY_FILE},
+        # In its heartbeats: the Deploy API reads readiness from the broker by it.
+        {"name": "ZEXEC_SERVER_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "ZEXEC_SERVER_IDLE_TIMEOUT", "value": f"{idle_timeout:g}"},
         # A stop by SIGTERM (drain, eviction, preemption) is not an idle exit: see jobs.py.
         {"name": "ZEXEC_SERVER_SIGNAL_EXIT_CODE", "value": str(SIGNAL_EXIT_CODE)},

@@ -22,6 +22,7 @@ A namespace whose server has long been gone is deleted by :mod:`.reaper`
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import threading
 import time
@@ -35,7 +36,7 @@ from kubernetes.client.exceptions import ApiException
 from zexec.adapters.orchestrator_k8s import access, images, jobs, quota
 from zexec.adapters.orchestrator_k8s import manifests as m
 from zexec.adapters.orchestrator_k8s.apicalls import api_errors, raw
-from zexec.adapters.orchestrator_k8s.podstatus import PodPhase
+from zexec.adapters.orchestrator_k8s.podstatus import PodPhase, registered_as
 from zexec.adapters.orchestrator_k8s.pool import WarmPool
 from zexec.adapters.orchestrator_k8s.pool_rules import locate
 from zexec.adapters.orchestrator_k8s.reaper import ANN_IDLE_SINCE, NamespaceReaper
@@ -43,6 +44,7 @@ from zexec.adapters.orchestrator_k8s.resources import granted
 from zexec.core import replacing
 from zexec.core.errors import EnvironmentConflict, OrchestratorError
 from zexec.core.model import EnvSpec, ServerStatus, UserIdentity
+from zexec.core.ports import ServerRegistry
 from zexec.core.protocol import server_credential
 from zexec.core.replacing import conflict_message
 from zexec.settings import KubernetesSettings
@@ -66,7 +68,10 @@ class KubernetesOrchestrator:
         idle_timeout: float = 0.0,
         log_lines: int = 20,
         clock: Callable[[], float] = time.time,
+        registry: ServerRegistry | None = None,
     ) -> None:
+        """``registry``: the broker's registered servers; a started pod whose server has
+        registered is ``ready`` then, not at the readiness probe's next period."""
         if plugin_manager is None:
             from zexec.plugins import get_plugin_manager
 
@@ -90,6 +95,7 @@ class KubernetesOrchestrator:
         self._guard = threading.Lock()
         self.reaper: NamespaceReaper | None = None
         self.pool = WarmPool(self, clock)  # inert with pool_size 0
+        self.registry = registry
 
     def start_reaper(self, interval: float | None = None) -> None:
         """Delete idle users' namespaces in the background (``settings.namespace_ttl``;
@@ -379,7 +385,10 @@ class KubernetesOrchestrator:
             return ServerStatus(
                 user_id, "failed", env, "the server is gone (its job was deleted)"
             )
-        got, log_pod, obj = found
+        got, pod, obj = found
+        if got.phase == "starting" and pod and self.registry is not None and \
+                registered_as(self.registry.server_info(user_id), pod.rsplit("/", 1)[-1]):
+            got = dataclasses.replace(got, phase="ready", reason="")
         since = got.since
         if since is None:
             created = (obj.get("metadata", {}).get("annotations") or {}).get(m.ANN_CREATED, "")
@@ -388,8 +397,8 @@ class KubernetesOrchestrator:
             except ValueError:
                 since = 0.0
         tail: tuple[str, ...] = ()
-        if logs and log_pod and got.log_container and got.phase in ("failed", "installing"):
-            tail = self._log_tail(where, log_pod, got.log_container)
+        if logs and pod and got.log_container and got.phase in ("failed", "installing"):
+            tail = self._log_tail(where, pod, got.log_container)
         return ServerStatus(user_id, got.phase, env, got.reason, tail, since,
                             resources=granted(self.settings, env.resources) if env else None)
 

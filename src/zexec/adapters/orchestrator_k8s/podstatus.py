@@ -142,3 +142,11 @@ def pod_phase(pod: dict[str, Any]) -> PodPhase:
         if waiting.get("reason") in ("ErrImagePull", "ImagePullBackOff"):
             return PodPhase("pending", f"{waiting['reason']}: {waiting.get('message', '')}")
     return PodPhase("pending")
+
+
+def registered_as(info: dict[str, Any] | None, pod: str) -> bool:
+    """Whether the broker's registered server for a user (its heartbeat info, or None)
+    is pod ``pod``'s (``ZEXEC_SERVER_NAME`` is the pod's name) and not stopping: then a
+    started pod is ready, whatever its Ready condition says yet. Another pod's server (a
+    replaced one still registered for a heartbeat or two) says nothing of this one."""
+    return bool(info) and info.get("name") == pod and info.get("stopping") is not True

@@ -57,7 +57,7 @@ class ServerLoop:
         fresh_process: bool = False, drain_timeout: float = 10.0,
         context: zmq.Context | None = None, workers: tuple[str, str],
         early_worker: tuple[Any, bytes] | None = None, stopped_watch: Any = None,
-        signal_exit_code: int = 0,
+        signal_exit_code: int = 0, name: str = "",
     ) -> None:
         """``workers`` = (private directory, ipc endpoint in it) for the workers; the
         directory is removed on close. ``early_worker`` = (process, worker id) of a
@@ -70,6 +70,7 @@ class ServerLoop:
         self.user_id = user_id
         self.credential = credential
         self.heartbeat_interval = heartbeat_interval
+        self.name = name
         self.ready_file = ready_file
         self.fresh_process = fresh_process
         # Our own context, terminated in close(): only that waits for the broker socket's
@@ -111,7 +112,8 @@ class ServerLoop:
                 "running": self.calls.running, "queued": self.calls.waiting,
                 "direct": self.pool.direct, "stopping": self.stopping,
                 "worker_prefix": self.pool.worker_prefix,
-                "started": self.started}  # the newest of a user's servers wins
+                "started": self.started,  # the newest of a user's servers wins
+                "name": self.name}
         self._to_broker(p.register(self.user_id, self.credential, info))
 
     def _to_broker(self, frames: list[Any]) -> None:

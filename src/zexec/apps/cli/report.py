@@ -26,7 +26,6 @@ from zexec.apps.cli.stack import (
     StackError,
     StateDir,
     UsageError,
-    broker_control,
     endpoints,
     healthy,
 )
@@ -96,6 +95,8 @@ def _servers(
                     "python": (body.get("env") or {}).get("python"),
                 }
     if broker_up:
+        from zexec.adapters.transport_zmq.control_client import broker_control
+
         reply = (
             broker_control(
                 stack["broker_host"], stack["broker_control_port"], admin, timeout=TIMEOUT

@@ -86,34 +86,13 @@ def endpoints(stack: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return dict(sorted(rows.items(), key=lambda kv: order.get(kv[0], len(order))))
 
 
-def broker_control(
-    host: str, port: int, admin: str, command: bytes | None = None, timeout: float = 2.0
-) -> dict[str, Any] | None:
-    """One control command (default: STATUS) on a DEALER; None if no answer."""
-    import zmq
-
-    from zexec.core.protocol import control
-
-    ctx = zmq.Context.instance()
-    s = ctx.socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
-    s.setsockopt(zmq.RCVTIMEO, int(timeout * 1000))
-    s.setsockopt(zmq.RECONNECT_IVL, 20)  # a broker still starting is seen soon after it binds
-    try:
-        s.connect(f"tcp://{host}:{port}")
-        s.send_multipart(control.control_request(admin, command or control.STATUS))
-        return control.parse_control_reply(s.recv_multipart())
-    except (zmq.ZMQError, ValueError):
-        return None
-    finally:
-        s.close()
-
-
 def healthy(
     name: str, comp: dict[str, Any], stack: dict[str, Any], admin: str, timeout: float = 2.0
 ) -> bool:
     """Whether a component answers its health check now."""
     if name == "broker":
+        from zexec.adapters.transport_zmq.control_client import broker_control
+
         reply = broker_control(
             stack["broker_host"], stack["broker_control_port"], admin, timeout=timeout
         )
@@ -325,6 +304,7 @@ def _wait_servers(
     registered with it again (they retry every second or so), so that a call made right
     after ``up`` finds its server; a server that does not within ``timeout`` is named."""
     from zexec.adapters.orchestrator_local.records import Records
+    from zexec.adapters.transport_zmq.control_client import broker_control
 
     expected = {r["user_id"] for r in Records(d.orchestrator / "servers", create=False)
                 .load_all().values()

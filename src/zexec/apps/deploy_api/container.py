@@ -18,7 +18,7 @@ from zexec.apps.auth_wiring import build_authenticator
 from zexec.apps.deploy_api.app import create_app
 from zexec.apps.deploy_api.metrics import DeployMetrics
 from zexec.core.errors import ConfigurationError
-from zexec.core.ports import Authenticator, Orchestrator
+from zexec.core.ports import Authenticator, Orchestrator, ServerRegistry
 from zexec.settings import AuthSettings, BrokerSettings, DeploySettings, HttpSettings
 
 
@@ -64,6 +64,17 @@ def local_orchestrator(settings: DeploySettings, broker: BrokerSettings) -> Orch
     )
 
 
+def broker_registry(broker: BrokerSettings) -> ServerRegistry | None:
+    """The broker's control port as a :class:`ServerRegistry` (servers' readiness as the
+    broker sees it), or None without an admin token (the pods' Ready condition alone)."""
+    admin = broker.admin_token.get_secret_value()
+    if not admin:
+        return None
+    from zexec.adapters.transport_zmq.control_client import BrokerControlClient
+
+    return BrokerControlClient(broker.host, broker.control_port, admin)
+
+
 def kubernetes_orchestrator(settings: DeploySettings, broker: BrokerSettings) -> Orchestrator:
     """Per-user namespaces on the cluster (``ZEXEC_K8S_*``): in-cluster service-account
     credentials when running in a pod, else the local kubeconfig."""
@@ -92,6 +103,7 @@ def kubernetes_orchestrator(settings: DeploySettings, broker: BrokerSettings) ->
         k8s,
         _server_secret(broker),
         idle_timeout=settings.idle_timeout,
+        registry=broker_registry(broker),
     )
     orch.start_reaper()  # stopped by the app's lifespan (close, in _closers)
     return orch

@@ -64,6 +64,7 @@ def build_server(settings: ServerSettings, workers: tuple[str, str] | None = Non
         fresh_process=settings.fresh_process,
         stopped_watch=StoppedWatch(settings.stopped_timeout),
         signal_exit_code=settings.signal_exit_code,
+        name=settings.name,
         workers=workers or private_endpoint(),
         early_worker=early_worker,
     )

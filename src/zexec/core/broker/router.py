@@ -413,6 +413,12 @@ class Router(BackendSide):
         """Calls are in flight (routed to a server or waiting for a token check)."""
         return bool(self.inflight) or self.parked_count > 0
 
+    def server_info(self, user: str) -> dict[str, Any] | None:
+        """What ``user``'s registered server last said of itself (its heartbeat's info:
+        name, pid, Python, workers, stopping...), or None when none is registered."""
+        entry = self.servers.get(user)
+        return dict(entry.info) if entry is not None else None
+
     def status(self) -> dict[str, Any]:
         """What the control port's STATUS returns (no tokens, no payloads)."""
         return {
