@@ -24,6 +24,9 @@ reused; the previous user's server is terminated first, untimed):
   pool's spare pod waits for adoption, then spawns: the spawn adopts it (a sample whose
   spawn did not adopt a pool pod is reported as a miss, not counted).
 
+The API server is kmock with deleted objects forgotten (``PruningEmulator``): kmock keeps
+and scans every object ever made, which made each sample slower than the one before.
+
 Each cell: the median total, and in brackets the install container's part (created ->
 exited, from the test kubelet's timeline).
 
@@ -47,6 +50,7 @@ sys.path.insert(0, str(REPO))
 
 import zexec  # noqa: E402
 from tests.helpers.stack import wait_for  # noqa: E402
+from tests.integration.kmock_support import PruningEmulator  # noqa: E402
 from tests.k8s_e2e import podman  # noqa: E402
 from tests.k8s_e2e.cluster import running_cluster  # noqa: E402
 
@@ -142,7 +146,8 @@ def run_pool(package: str, reps: int, users: list[str]) -> dict[str, list]:
     for key, reqs, pkg in (("empty", [], None), ("cold", [package], package)):
         settings = {"ZEXEC_K8S_POOL_SIZE": "1", "ZEXEC_K8S_INSTALLER": "uv",
                     "ZEXEC_K8S_POOL_REQUIREMENTS": ",".join(reqs)}
-        with running_cluster(users=tuple(users), **settings) as cluster:
+        with running_cluster(users=tuple(users), emulator=PruningEmulator,
+                             **settings) as cluster:
             for rep in range(reps):
                 print(f"[pool {key}] rep {rep + 1}/{reps}", file=sys.stderr, flush=True)
                 waiting_spare(cluster)
@@ -161,7 +166,7 @@ def run_side(installer: str, package: str, reps: int, users: list[str]) -> dict[
     if installer == "uv":
         settings["ZEXEC_K8S_INSTALL_CACHE_VOLUME"] = cache_volume()
     out: dict[str, list] = {}
-    with running_cluster(users=tuple(users), **settings) as cluster:
+    with running_cluster(users=tuple(users), emulator=PruningEmulator, **settings) as cluster:
         take = iter(users)
         for rep in range(reps):
             print(f"[{installer}] rep {rep + 1}/{reps}", file=sys.stderr, flush=True)

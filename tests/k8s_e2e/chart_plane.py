@@ -185,6 +185,8 @@ def start_chart_plane(c: Any, settings: dict[str, str]) -> Iterator[None]:
     c.workdir.chmod(0o755)  # the apps containers (uid 10001) read the files under it
     deployments, secrets = adapt(render(c, f"http://127.0.0.1:{idp_port}/auth", settings),
                                  c.workdir)
+    c.admin_token = next(base64.b64decode(data["admin-token"]).decode()
+                         for data in secrets.values() if "admin-token" in data)
     made = []
     manifest = c.workdir / "control-plane.yaml"
     try:

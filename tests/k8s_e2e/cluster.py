@@ -84,6 +84,8 @@ class Cluster:
     cache_dir: Path | None = None
     #: The package index proxy the pods install from, when the cluster has one.
     index: Any = None
+    #: The broker's control port credential (the chart makes its own).
+    admin_token: str = ADMIN
 
     def log(self, name: str) -> str:
         path = self.workdir / f"{name}.log"
@@ -177,14 +179,15 @@ def _wait_healthy(c: Cluster) -> None:
 
 @contextmanager
 def running_cluster(control_plane: str = "", users: tuple[str, ...] = ("alice", "bob", "carol"),
+                    emulator: type[CascadingEmulator] = CascadingEmulator,
                     **settings: str) -> Iterator[Cluster]:
     """The whole cluster; ``users`` get tokens; ``settings`` are extra ZEXEC_* for the
     control plane. ``control_plane``: ``chart`` (default, or ``ZEXEC_E2E_CONTROL_PLANE``)
-    or ``host``."""
+    or ``host``. ``emulator``: the API server's class (benchmarks: PruningEmulator)."""
     control_plane = control_plane or os.environ.get("ZEXEC_E2E_CONTROL_PLANE", "chart")
     workdir = Path(tempfile.mkdtemp(prefix="zexec-k8s-e2e-"))
     with ExitStack() as stack:
-        emulator, api = stack.enter_context(running_emulator())
+        emulator, api = stack.enter_context(running_emulator(emulator))
         url = api.configuration.host
         kubelet = TestKubelet(api, workdir / "pods").start()
         kubelet.serve_logs(emulator)

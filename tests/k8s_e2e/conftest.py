@@ -79,6 +79,7 @@ def _default_cluster(stack: ExitStack):
     import tempfile
     from pathlib import Path
 
+    from tests.integration.kmock_support import PruningEmulator
     from tests.k8s_e2e import index
     from tests.k8s_e2e.cluster import running_cluster
 
@@ -93,8 +94,8 @@ def _default_cluster(stack: ExitStack):
     index.probe_wheel(files)
     volume = json.dumps({"hostPath": {"path": str(cache), "type": "Directory"}})
     proxy = stack.enter_context(index.serving(files))
-    c = stack.enter_context(running_cluster(
-        users=("alice", "bob", "carol", "dave", "erin", "fay", "gus"),
+    c = stack.enter_context(running_cluster(  # kmock without its growing memory
+        users=("alice", "bob", "carol", "dave", "erin", "fay", "gus"), emulator=PruningEmulator,
         ZEXEC_K8S_INSTALL_CACHE_VOLUME=volume, ZEXEC_K8S_PIP_INDEX_URL=proxy.url,
         ZEXEC_DEPLOY_IDLE_TIMEOUT=str(IDLE_TIMEOUT)))
     c.cache_dir = cache

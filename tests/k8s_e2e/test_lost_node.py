@@ -39,9 +39,10 @@ def test_a_server_on_a_lost_node_is_recreated_by_its_job(cluster):
                 "cluster-autoscaler.kubernetes.io/safe-to-evict"] == "true"
             written = cluster.kubelet.lose_node(ns, name, **how)
             assert written["phase"] == ("Unknown" if how["unknown"] else "Running")
-            # podman's view: the server container died with its node.
-            gone = cluster.containers_of("erin")["server"]
-            assert gone["State"] == "exited", gone["State"]
+            # podman's view: the server container died with its node (podman says
+            # "stopped" for a moment after the kill, while it cleans up, then "exited").
+            wait_for(lambda: cluster.containers_of("erin")["server"]["State"] == "exited",
+                     timeout=60, interval=0.2, what="the killed server container to exit")
             st = conn.status()
             assert st["phase"] == "starting" and "Kubernetes is replacing it" in st["reason"], st
             cluster.kubelet.evict(ns, name)  # the taint manager, after lostNodeSeconds

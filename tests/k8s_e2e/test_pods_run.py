@@ -17,6 +17,8 @@ import pytest
 import zexec
 from tests.helpers.stack import wait_for
 from tests.k8s_e2e import podman
+from zexec.adapters.transport_zmq.control_client import BrokerControlClient
+from zexec.apps.devidp.tokens import user_id_for
 
 pytestmark = pytest.mark.timeout(900)  # image builds and pip installs; a hang guard
 
@@ -50,12 +52,22 @@ def test_numpy_environment_runs_in_podman_containers(cluster, alice, capsys):
     st = alice.environment(["numpy"], progress=False, timeout=600)
     assert st["phase"] == "ready"
 
-    # The API server's view: a Running, Ready pod whose init containers completed.
-    pod = pod_of(cluster, "alice")
+    # The API server's view: a Running pod whose init containers completed, Ready once
+    # its probe ran (the user's status is ready sooner: when the broker registered the
+    # pod's server, below).
+    def ready_pod() -> dict | None:
+        pod = pod_of(cluster, "alice")
+        conds = {c["type"]: c["status"] for c in pod["status"].get("conditions") or []}
+        return pod if conds.get("Ready") == "True" else None
+
+    pod = wait_for(ready_pod, timeout=60, interval=0.2, what="the pod's Ready condition")
     ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
     status = pod["status"]
     assert status["phase"] == "Running"
-    assert {c["type"]: c["status"] for c in status["conditions"]}["Ready"] == "True"
+    # What made the user's status ready: the broker registered this pod's own server
+    # (its heartbeats name the pod), as the Deploy API asks it.
+    broker = BrokerControlClient("127.0.0.1", cluster.ports["control"], cluster.admin_token)
+    assert broker.server_info(user_id_for("alice"))["name"] == name
     assert [(c["name"], c["state"]["terminated"]["exitCode"])
             for c in status["initContainerStatuses"]] == [("install", 0)]
 
