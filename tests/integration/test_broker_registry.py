@@ -43,6 +43,11 @@ def test_a_gone_server_is_forgotten(named):
              timeout=30, what="the broker to drop the killed server")
 
 
+def test_server_without_a_user_id_is_a_clear_error(named):
+    assert named.control_command(b"SERVER") == {
+        "ok": False, "error": "SERVER takes one argument, a user id"}
+
+
 def test_without_the_admin_token_nothing_is_said(named):
     assert registry(named, "wrong-token").server_info(user_id_for("alice")) is None
     assert "refused an unauthenticated control command" in named.log("broker")

@@ -60,6 +60,9 @@ def test_control_port():
     assert p.parse_control_request(req) == p.ControlRequest(b"admin", b"STATUS")
     assert p.parse_control_request(req[1:]) == p.ControlRequest(b"admin", b"STATUS")
     assert p.parse_control_request([b"", b"STATUS"]) is None
+    # A command's arguments follow it (SERVER names the user).
+    req = p.control_request("admin", p.SERVER, b"u-1")
+    assert p.parse_control_request(req) == p.ControlRequest(b"admin", b"SERVER", (b"u-1",))
     assert p.parse_control_reply(p.control_reply({"ok": True})) == {"ok": True}
 
 

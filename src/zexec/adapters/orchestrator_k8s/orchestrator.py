@@ -387,7 +387,7 @@ class KubernetesOrchestrator:
             )
         got, pod, obj = found
         if got.phase == "starting" and pod and self.registry is not None and \
-                registered_as(self.registry.server_info(user_id), pod.rsplit("/", 1)[-1]):
+                registered_as(self.registry.server_info(user_id), pod):
             got = dataclasses.replace(got, phase="ready", reason="")
         since = got.since
         if since is None:

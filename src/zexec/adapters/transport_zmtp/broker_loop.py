@@ -362,9 +362,12 @@ class BrokerLoop:
             reply = {"ok": False, "error": "forbidden: admin credential required"}
         elif req.command == p.STATUS:
             reply = {"ok": True, "status": self.status()}
-        elif req.command == p.SERVER and len(req.args) == 1:
-            user = req.args[0].decode("utf-8", "replace")
-            reply = {"ok": True, "server": self.router.server_info(user)}
+        elif req.command == p.SERVER:
+            if len(req.args) == 1:
+                user = req.args[0].decode("utf-8", "replace")
+                reply = {"ok": True, "server": self.router.server_info(user)}
+            else:
+                reply = {"ok": False, "error": "SERVER takes one argument, a user id"}
         elif req.command == p.TERMINATE:
             self.request_stop(drain=True)
             reply = {"ok": True, "message": "draining"}
