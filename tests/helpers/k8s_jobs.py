@@ -94,8 +94,8 @@ def _matches(rule: dict[str, Any], pod: dict[str, Any]) -> bool:
 
 
 class TestJobController:
-    """Runs :meth:`sync` every ``poll`` seconds in a thread (:meth:`start`), or when a
-    test calls it."""
+    """Runs :meth:`sync` every ``poll`` seconds in a thread (:meth:`start`) and at once
+    after :meth:`wake` (the emulator's stand-in for a watch), or when a test calls it."""
 
     __test__ = False  # not a pytest class
 
@@ -107,6 +107,7 @@ class TestJobController:
         #: What it did, in order: ("create"|"delete"|"collect", namespace, pod name).
         self.actions: list[tuple[str, str, str]] = []
         self._stop = threading.Event()
+        self._woken = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
@@ -115,18 +116,24 @@ class TestJobController:
         self._thread.start()
         return self
 
+    def wake(self) -> None:
+        """Sync now (something changed in the API server), not at the next poll."""
+        self._woken.set()
+
     def close(self) -> None:
         self._stop.set()
+        self._woken.set()
         if self._thread is not None:
             self._thread.join(30)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            self._woken.clear()  # before the sync: a change during it syncs again
             try:
                 self.sync()
             except Exception as exc:  # keep going: tests see errors via self.errors
                 self.errors.append(repr(exc))
-            self._stop.wait(self.poll)
+            self._woken.wait(self.poll)
 
     # ------------------------------------------------------------------ one pass
 

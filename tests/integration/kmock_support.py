@@ -13,8 +13,9 @@ import asyncio
 import json
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import aiohttp.web
 import kmock
@@ -60,10 +61,20 @@ def _parse_path(path: str) -> parsing.ParsedPath:
 
 
 class CascadingEmulator(kmock.KubernetesEmulator):
-    """The emulator plus the namespace controller's cascade on delete."""
+    """The emulator plus the namespace controller's cascade on delete, and a stand-in
+    for watches: ``on_write`` callables run after every request that is not a read (the
+    test controllers wake at once, as a real controller's watch fires, instead of at
+    their next poll)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_write: list[Callable[[], None]] = []
 
     async def _handle(self, request):
         response = await super()._handle(request)
+        if request.method != kmock.method.GET:
+            for wake in self.on_write:
+                wake()
         res = request.resource
         if (
             request.method == kmock.method.DELETE

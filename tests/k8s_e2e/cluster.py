@@ -195,6 +195,8 @@ def running_cluster(control_plane: str = "", users: tuple[str, ...] = ("alice", 
         c = Cluster(workdir, emulator, api, url, kubelet, images())
         c.jobs = TestJobController(api).start()
         stack.callback(c.jobs.close)
+        # Watches: both controllers react to a write at once, as a cluster's do.
+        emulator.on_write += [kubelet.wake, c.jobs.wake]
         kubeconfig(workdir / "kubeconfig", url)
         c.tokens = generate_tokens(workdir / "tokens.json", users)
         c.ports = {k: free_port() for k in ("frontend", "backend", "control", "deploy", "ep")}

@@ -324,8 +324,9 @@ class PodRunner(ContainerSpecs):
 
 
 class TestKubelet:
-    """Watches the API server's Pods (by polling: kmock ignores selectors and has no
-    resourceVersions to resume a watch from) and runs each one as a :class:`PodRunner`."""
+    """Watches the API server's Pods (by polling, and at once after :meth:`wake`, the
+    emulator's stand-in for a watch: kmock ignores selectors and has no resourceVersions
+    to resume a watch from) and runs each one as a :class:`PodRunner`."""
 
     __test__ = False  # not a pytest class
 
@@ -335,6 +336,7 @@ class TestKubelet:
         self.poll = poll
         self.pods: dict[tuple[str, str], tuple[PodRunner, threading.Thread]] = {}
         self._stop = threading.Event()
+        self._woken = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="test-kubelet", daemon=True)
         self.errors: list[str] = []
 
@@ -373,8 +375,13 @@ class TestKubelet:
                 "conditions": conditions}}, _preload_content=False)
         self.core.delete_namespaced_pod(name, ns, _preload_content=False)
 
+    def wake(self) -> None:
+        """Sync now (something changed in the API server), not at the next poll."""
+        self._woken.set()
+
     def close(self) -> None:
         self._stop.set()
+        self._woken.set()
         self._thread.join(30)
         for runner, thread in list(self.pods.values()):
             runner.stop(thread)
@@ -383,11 +390,12 @@ class TestKubelet:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            self._woken.clear()  # before the sync: a change during it syncs again
             try:
                 self.sync()
             except Exception as exc:  # keep going: the tests see errors via self.errors
                 self.errors.append(repr(exc))
-            self._stop.wait(self.poll)
+            self._woken.wait(self.poll)
 
     def sync(self) -> None:
         items = raw(self.core.list_pod_for_all_namespaces).get("items") or []
