@@ -44,6 +44,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
@@ -134,6 +135,12 @@ async def _generate(job: dict) -> dict:
             await socks[i].send_multipart(f, copy=False)
 
     readers = [asyncio.ensure_future(receive(i, s)) for i, s in enumerate(socks)]
+    # As the SDK does when it connects (Session.warm): one ping with the token, so the
+    # broker sees each connection authenticated at once. A connection that shows no
+    # token within ZEXEC_BROKER_PREAUTH_TIMEOUT is closed as a would-be descriptor
+    # hoarder, and a call written while that happens is lost.
+    for i, s in enumerate(socks):
+        await s.send_multipart(p.v1_ping(bytes(templates[i][3]).decode(), []), copy=False)
     await asyncio.sleep(job["settle"])  # let every connection finish its handshake
     cpu0, start = time.process_time(), loop.time()
     sent_total = 0
@@ -181,15 +188,23 @@ class Stack:
         env = dict(os.environ)
         if workers:
             env["ZEXEC_DEPLOY_SERVER_WORKERS"] = str(workers)
-        subprocess.run([self.cli, "up", "--state-dir", str(self.dir)], check=True,
+        # Both users are the bench's own: where `zexec up` cannot isolate users (no root,
+        # no bubblewrap) it serves one user unless told they trust each other; where it
+        # can, the flag changes nothing and the users stay isolated.
+        subprocess.run([self.cli, "up", "--state-dir", str(self.dir), "--single-trust-domain"],
+                       check=True,
                        env=env, stdout=subprocess.DEVNULL, timeout=300)
-        self.info = json.loads((self.dir / "stack.json").read_text())
-        self.conns = [zexec.connect(self.info["ep_api_url"], self.info["tokens"][u])
-                      for u in ("alice", "bob")]
-        for c in self.conns:
-            c.environment([f"python=={PYTHON}"], progress=False)
-        self.broker = self.conns[0].client.broker  # the port zexec.connect picked
-        self.broker_pid = self.info["components"]["broker"]["pid"]
+        self.conns: list[Any] = []
+        try:
+            self.info = json.loads((self.dir / "stack.json").read_text())
+            for u in ("alice", "bob"):
+                self.conns.append(zexec.connect(self.info["ep_api_url"], self.info["tokens"][u]))
+                self.conns[-1].environment([f"python=={PYTHON}"], progress=False)
+            self.broker = self.conns[0].client.broker  # the port zexec.connect picked
+            self.broker_pid = self.info["components"]["broker"]["pid"]
+        except BaseException:
+            self.close()  # never leave a stack running behind a failed start
+            raise
 
     def call_frames(self) -> list[list[bytes]]:
         """One no-op call per user, framed by that user's own client."""
@@ -203,7 +218,9 @@ class Stack:
             out.append([bytes(f) for f in p.v1_request(p.CALL, c._token, b"\0" * 16, rest)])
         return out
 
-    def close(self) -> None:
+    def close(self, logs: Path | None = None) -> None:
+        """Terminate the users' servers, ``zexec down``, and keep the stack's logs in
+        ``logs`` (the broker's says whether it ran short of descriptors, for example)."""
         for c in self.conns:
             try:
                 c.terminate()
@@ -211,6 +228,8 @@ class Stack:
                 c.close()
         subprocess.run([self.cli, "down", "--state-dir", str(self.dir)],
                        stdout=subprocess.DEVNULL, timeout=120)
+        if logs is not None and (self.dir / "logs").is_dir():
+            shutil.copytree(self.dir / "logs", logs, dirs_exist_ok=True)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -299,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
     conns = [int(x) for x in args.connections.split(",")]
     rates = [float(x) for x in args.rate.split(",")]
+    out = ROOT / "bench" / "results"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
     stack = Stack(args.workers or None)
     rows = []
     try:
@@ -309,13 +330,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"done: {n} connections" + ("" if args.saturate else f" at {rate:g}/s"),
                       file=sys.stderr)
     finally:
-        stack.close()
+        stack.close(logs=out / f"load-{stamp}-logs")
     print(f"load on `zexec up` ({stack.broker}), 2 users, {os.cpu_count()} cores, "
           f"{args.seconds:g} s per row, load average before: {load_before:.1f}\n")
     print(table(rows))
-    out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"load-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path = out / f"load-{stamp}.json"
     path.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
     print(f"\nrows: {path.relative_to(ROOT)}")
     return 0
