@@ -208,3 +208,26 @@ def test_function_cache_reuses_deserialized_functions():
     for fn in (abs, min, max):
         cache.get(SER, SER.dumps(fn, out_of_band=False)[0])
     assert len(cache._items) == 2
+
+
+def test_an_argument_of_a_module_missing_here_names_the_module(worker, monkeypatch):
+    """A notebook's object of a package the server's environment lacks: the error says
+    which module and to add it to the environment."""
+    import sys
+    import types
+
+    mod = types.ModuleType("zexec_absent_mod")
+
+    class Thing:
+        pass
+
+    Thing.__module__, Thing.__qualname__ = "zexec_absent_mod", "Thing"
+    mod.Thing = Thing
+    monkeypatch.setitem(sys.modules, "zexec_absent_mod", mod)
+    frames = call_frames(len, Thing())
+    monkeypatch.delitem(sys.modules, "zexec_absent_mod")
+    worker.execute(frames)
+    (final, err), = sent_events(worker)
+    assert final and err.header["code"] == "SERIALIZATION"
+    assert "an argument of the call" in err.header["message"]
+    assert "add 'zexec_absent_mod' to the requirements" in err.header["message"]

@@ -399,7 +399,7 @@ class Session:
             try:
                 value = call.serializer.loads(ev.buffers)
             except SerializationError as exc:
-                self._finish(call, error=exc)
+                self._finish(call, error=unloadable_here(exc, "a yielded item"))
                 return
             if call.items is not None:
                 call.items.put((None, value))
@@ -407,7 +407,7 @@ class Session:
             try:
                 value = call.serializer.loads(ev.buffers) if ev.buffers else None
             except SerializationError as exc:
-                self._finish(call, error=exc)
+                self._finish(call, error=unloadable_here(exc, "the return value"))
                 return
             self._finish(call, value)
         elif kind == p.EV_ERROR:
@@ -418,3 +418,18 @@ class Session:
         elif kind == p.EV_CANCELLED:
             self._finish(call, error=CallCancelled(
                 f"the call was cancelled ({ev.header.get('reason') or 'no reason given'})"))
+
+
+def unloadable_here(exc: SerializationError, what: str) -> SerializationError:
+    """``exc``, or, when a module this Python lacks is why a result cannot be unpickled
+    (the common case: numpy or pandas on the server, not in the notebook), an error that
+    names the module and what to do."""
+    module = exc.missing_module
+    if module is None:
+        return exc
+    err = SerializationError(
+        f"{what} of the remote call is an object of the module {module!r}, which this "
+        f"Python ({sys.executable}) cannot import: install {module!r} here as on the "
+        f"server, or return plain Python values (for numpy: x.tolist(), float(x))")
+    err.__cause__ = exc.__cause__
+    return err
