@@ -403,3 +403,16 @@ class ClientSettings(BaseSettings):
     debug: str = ""
     #: ``0``: the processes zexec starts do not put large buffers in huge pages.
     hugepages: str = "1"
+
+
+#: Every settings class of zexec's processes and of the SDK.
+SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (
+    SecretsSettings, AuthSettings, LogSettings, HttpSettings, BrokerSettings, ServerSettings,
+    KubernetesSettings, DeploySettings, EPSettings, ClientSettings,
+)
+
+
+def setting_names() -> frozenset[str]:
+    """Every ``ZEXEC_*`` name some settings class reads (its prefix and a field)."""
+    return frozenset(f"{cls.model_config['env_prefix']}{field}".upper()
+                     for cls in SETTINGS_CLASSES for field in cls.model_fields)

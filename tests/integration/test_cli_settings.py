@@ -34,7 +34,8 @@ def test_what_up_sets_wins_over_the_environment(monkeypatch):
 
 def test_up_passes_settings_to_the_stack(tmp_path):
     state = tmp_path / "state"
-    env = {**os.environ, "ZEXEC_HTTP_MAX_BODY_BYTES": "2048", "ZEXEC_TOKEN": "not-for-the-stack"}
+    env = {**os.environ, "ZEXEC_HTTP_MAX_BODY_BYTES": "2048", "ZEXEC_TOKEN": "not-for-the-stack",
+           "ZEXEC_DEPLOY_MAX_CPU": "8"}  # a typo of ZEXEC_DEPLOY_MAX_CPUS
 
     def cli(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([*ZEXEC, *args, "--state-dir", str(state)], env=env,
@@ -43,9 +44,14 @@ def test_up_passes_settings_to_the_stack(tmp_path):
     up = cli("up")
     try:
         assert up.returncode == 0, up.stdout + up.stderr
-        assert "ZEXEC_HTTP_MAX_BODY_BYTES  (from the environment)" in up.stdout
+        assert "ZEXEC_DEPLOY_MAX_CPU, ZEXEC_HTTP_MAX_BODY_BYTES  (from the environment)" \
+            in up.stdout
+        warnings = [line for line in up.stdout.splitlines() if "not a zexec setting" in line]
+        assert warnings == ["WARNING: ZEXEC_DEPLOY_MAX_CPU is not a zexec setting: nothing "
+                            "reads it (did you mean ZEXEC_DEPLOY_MAX_CPUS?)"]
         stack = json.loads((state / "stack.json").read_text())
-        assert stack["settings_from_environment"] == ["ZEXEC_HTTP_MAX_BODY_BYTES"]
+        assert stack["settings_from_environment"] == ["ZEXEC_DEPLOY_MAX_CPU",
+                                                      "ZEXEC_HTTP_MAX_BODY_BYTES"]
         web = Path(f"/proc/{stack['components']['web']['pid']}/environ").read_bytes()
         assert b"ZEXEC_HTTP_MAX_BODY_BYTES=2048\0" in web
         assert b"ZEXEC_TOKEN=" not in web

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from zexec.apps.cli.plan import unknown_settings
+
 
 def zexec_command() -> str:
     """How to run this installation's ``zexec``: the console script beside the running
@@ -86,6 +88,9 @@ def show(stack: dict[str, Any], out: TextIO) -> None:
     passed = stack.get("settings_from_environment") or []
     if passed:
         out.write(f"  {'settings':<15} {', '.join(passed)}  (from the environment)\n")
+    for name, near in unknown_settings(passed).items():
+        out.write(f"WARNING: {name} is not a zexec setting: nothing reads it"
+                  + (f" (did you mean {near}?)" if near else "") + "\n")
     iso = stack.get("isolation") or {}
     if iso:
         out.write(f"  {'isolation':<15} {iso.get('mode')}: {iso.get('description')}\n")

@@ -162,7 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
         "when all answer; print URLs and tokens; write DIR/stack.json. Ports not given "
         "are the ones pinned in DIR/ports.json by the first up, else free ones. Does "
         "nothing if the stack in DIR already runs; restarts just the processes of it that "
-        "died (their Deploy API adopts the users' servers still running).",
+        "died (their Deploy API adopts the users' servers still running). The ZEXEC_* "
+        "settings of its environment reach the stack's processes (not the SDK's own, "
+        "nor the users' servers); a name no zexec setting has is named in a warning, "
+        "with the setting it is closest to.",
     )
     _state_dir(p)
     for name in st.PORT_NAMES:

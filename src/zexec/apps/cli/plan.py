@@ -14,11 +14,12 @@ Secrets never travel in an environment: the broker and the web process get
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
 
 from zexec.adapters.hugepages import with_hugepages
@@ -102,6 +103,16 @@ def passed_settings(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     environ = os.environ if environ is None else environ
     return {k: v for k, v in environ.items()
             if k.startswith("ZEXEC_") and k not in CLIENT_SETTINGS}
+
+
+def unknown_settings(names: Iterable[str]) -> dict[str, str | None]:
+    """Of ``names`` (settings passed to the stack), those nothing in zexec reads, each
+    with the known name it is closest to (a typo, likely), or None."""
+    from zexec.settings import setting_names  # pydantic: the server extra, as `up` needs
+
+    known = setting_names()
+    return {name: next(iter(difflib.get_close_matches(name, known, n=1, cutoff=0.8)), None)
+            for name in names if name not in known}
 
 
 def child_env(**extra: str) -> dict[str, str]:
