@@ -200,6 +200,8 @@ class Session:
         Ctrl-C the program may exit right away)."""
         if call.done or self._closed:
             return
+        if call.cancel_sent is None:
+            call.cancel_sent = threading.Event()
         self._hand_over("cancel", call, reason)
         if wait:
             call.cancel_sent.wait(wait)
@@ -305,7 +307,8 @@ class Session:
                 else:
                     self.transport.send(p.v1_request(p.CANCEL, self.token, call.call_id,
                                                      [reason.encode()[:256]]))
-                call.cancel_sent.set()
+                if call.cancel_sent is not None:
+                    call.cancel_sent.set()
 
     def _send_unsent(self, now: float) -> None:
         sent = 0
