@@ -3,7 +3,8 @@
 A :class:`~zexec.core.ports.Transport` with no thread of its own: whoever calls ``send``
 or ``recv`` (the session's I/O thread, or a caller driving its own call) moves the bytes,
 so a result is read by the thread that wants it, with no hand-off. It connects in the
-background of those calls and reconnects after a failure (100 ms, doubling to 1 s);
+background of those calls and reconnects after a failure (100 ms, doubling to 1 s; at
+once when a connection that was up a while ends);
 ``send`` returns False while no connection is up, and first notices a connection the
 broker closed (idle) so a call never goes out on a dead one. While ``recv`` waits, a
 connection silent for a second gets a ZMTP ``PING``; one that stays silent 3 s more is
@@ -37,6 +38,9 @@ from zexec.adapters.transport_zmtp.tls import client_context
 from zexec.core import zmtp
 
 RECONNECT_MIN, RECONNECT_MAX = 0.1, 1.0
+#: A connection up this long that ends (the broker closed it as idle, or restarted) is
+#: replaced at once: a notebook's first call after a pause waits for no back-off.
+STABLE_AFTER = 1.0
 HEARTBEAT_IVL, HEARTBEAT_TIMEOUT = 1.0, 3.0
 #: How long close() lets queued messages (a last cancel) leave.
 CLOSE_LINGER = 0.5
@@ -90,6 +94,7 @@ class ZmtpTransport:
         self._codec: zmtp.Codec | None = None
         self._next_attempt = 0.0
         self._backoff = RECONNECT_MIN
+        self._up_since = 0.0
         self.inbox: deque[list[Any]] = deque()
         self._frames: list[Any] = []
         self._body: memoryview | None = None
@@ -260,14 +265,19 @@ class ZmtpTransport:
             self._sock.close()
         if self._state != _DOWN:
             self.last_error = why
+        now = self.clock()
+        if self._state == _UP and now - self._up_since >= STABLE_AFTER:
+            self._backoff = RECONNECT_MIN
+            self._next_attempt = now
+        else:  # an attempt that failed, or a connection that ended as soon as it was up
+            self._next_attempt = now + self._backoff
+            self._backoff = min(self._backoff * 2, RECONNECT_MAX)
         self._sock = self._stream = self._codec = None
         self._state = _DOWN
         self._out.clear()
         self._frames = []
         self._body = None
         self._ping_at = None
-        self._next_attempt = self.clock() + self._backoff
-        self._backoff = min(self._backoff * 2, RECONNECT_MAX)
 
     def _write(self) -> None:
         if self._stream is not None:
@@ -321,7 +331,7 @@ class ZmtpTransport:
                     self._body = None
             elif type(ev) is zmtp.Ready:
                 self._state = _UP
-                self._backoff = RECONNECT_MIN
+                self._up_since = self.clock()
                 self.last_error = ""
             elif type(ev) is zmtp.PeerError:
                 raise StreamClosed(f"the broker refused the connection: {ev.reason}")
