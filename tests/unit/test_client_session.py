@@ -217,3 +217,126 @@ def test_a_result_of_a_module_missing_here_names_the_module(wire, monkeypatch):
         call.future.result(5)
     assert isinstance(info.value.__cause__, ModuleNotFoundError)
     assert call.call_id not in session.pending
+
+
+# --------------------------------------------------------------------------- revival
+
+
+class Hook:
+    """A connection's revival hook: records its runs; may block or fail."""
+
+    def __init__(self, fail: Exception | None = None) -> None:
+        import threading
+
+        self.runs = 0
+        self.fail = fail
+        self.release = threading.Event()
+        self.release.set()
+
+    def __call__(self, write) -> None:
+        self.runs += 1
+        self.release.wait(10)
+        if self.fail is not None:
+            raise self.fail
+
+
+def refuse(broker, req, code="NO_SERVER"):
+    broker.send([b"", *p.v1_error(req.call_id, code, "no server is running for user u")])
+
+
+def test_a_call_refused_for_no_server_is_sent_again_once_the_hook_ran(wire):
+    session, _, broker = wire
+    session.revival.hook = hook = Hook()
+    calls = [start(session) for _ in range(3)]
+    first = [next_request(broker, p.CALL) for _ in calls]
+    for req in first:
+        refuse(broker, req)
+    again = [next_request(broker, p.CALL) for _ in calls]
+    assert {r.call_id for r in again}.isdisjoint({r.call_id for r in first})  # new ids
+    assert [SER.loads(r.rest[2:]) for r in again] == [((-1,), {})] * 3
+    for req in again:
+        broker.send([b"", *p.v1_event(req.call_id, p.EV_RETURN, 1, None, SER.dumps(1))])
+    assert [c.future.result(5) for c in calls] == [1, 1, 1]
+    assert hook.runs == 1 and session.revival.runs == 1 and session.pending == {}
+
+
+def test_a_call_driven_by_its_own_thread_is_revived_too(wire):
+    import threading
+
+    session, _, broker = wire
+    session.revival.hook = Hook()
+
+    def play():
+        refuse(broker, next_request(broker, p.CALL))
+        req = next_request(broker, p.CALL)
+        broker.send([b"", *p.v1_event(req.call_id, p.EV_RETURN, 1, None, SER.dumps(9))])
+
+    threading.Thread(target=play, daemon=True).start()
+    fn = SER.dumps(abs, out_of_band=False)[0]
+    assert session.call(fn, (-9,), {}, SER) == 9
+
+
+def test_a_call_is_revived_once_only(wire):
+    from zexec.core.errors import ServerUnavailable
+
+    session, _, broker = wire
+    session.revival.hook = hook = Hook()
+    call = start(session)
+    refuse(broker, next_request(broker, p.CALL))
+    refuse(broker, next_request(broker, p.CALL))
+    with pytest.raises(ServerUnavailable, match="no server is running"):
+        call.future.result(5)
+    assert hook.runs == 1
+
+
+def test_without_a_hook_or_for_a_lost_server_the_call_fails_at_once(wire):
+    from zexec.core.errors import ServerUnavailable
+
+    session, _, broker = wire
+    call = start(session)
+    refuse(broker, next_request(broker, p.CALL))
+    with pytest.raises(ServerUnavailable):
+        call.future.result(5)
+    session.revival.hook = hook = Hook()
+    call = start(session)  # SERVER_GONE: the call may have run, never sent again
+    refuse(broker, next_request(broker, p.CALL), code="SERVER_GONE")
+    with pytest.raises(ServerGone):
+        call.future.result(5)
+    assert hook.runs == 0
+
+
+def test_a_hook_that_fails_fails_the_parked_calls_saying_why(wire):
+    from zexec.core.errors import ServerUnavailable
+
+    session, _, broker = wire
+    session.revival.hook = Hook(fail=ServerUnavailable("your server is failed (crash)"))
+    call = start(session)
+    refuse(broker, next_request(broker, p.CALL))
+    with pytest.raises(ServerUnavailable, match="starting your server again did not work: "
+                                                "your server is failed"):
+        call.future.result(5)
+    assert session.pending == {}
+
+
+def test_a_call_cancelled_while_parked_is_not_sent_again(wire):
+    import time
+    from concurrent.futures import CancelledError
+
+    session, _, broker = wire
+    session.revival.hook = hook = Hook()
+    hook.release.clear()  # the server takes its time to start again
+    call, other = start(session), start(session)
+    for req in (next_request(broker, p.CALL), next_request(broker, p.CALL)):
+        refuse(broker, req)
+    deadline = time.monotonic() + 5
+    while hook.runs == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert call.future.cancel()
+    hook.release.set()
+    with pytest.raises(CancelledError):
+        call.future.result(5)
+    req = next_request(broker, p.CALL)  # only the other one comes again
+    assert req.call_id == other.call_id
+    broker.send([b"", *p.v1_event(req.call_id, p.EV_RETURN, 1, None, SER.dumps(2))])
+    assert other.future.result(5) == 2
+    assert call.done and session.pending == {}

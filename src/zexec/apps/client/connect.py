@@ -28,6 +28,7 @@ import httpx
 
 from zexec.apps.client.api import Client, set_default_client
 from zexec.apps.client.deploy_calls import PYTHON, check, detail_of, requirement_list
+from zexec.apps.client.output import Writer
 from zexec.apps.client.privacy import is_loopback, privacy
 from zexec.apps.client.progress import Progress
 from zexec.apps.client.status import Status
@@ -82,6 +83,9 @@ class Connection:
         self.user = user or {}
         #: The server status this connection saw last (``environment()``, ``status()``).
         self.last_status: Status | None = None
+        #: What the last environment() asked for: the next call starts it again if the
+        #: server stops for idleness.
+        self._revive_body: dict[str, Any] = {}
         self._token = token
         self._http = http
 
@@ -147,11 +151,25 @@ class Connection:
         time). Other resources are another server (EnvironmentConflict unless
         ``force``), with the same installed environment. Beyond the site's limits:
         ResourceLimitExceeded, naming the limit; ``status()["resources"]`` says what
-        the server got and what of it is not enforced there."""
+        the server got and what of it is not enforced there.
+
+        A server that later stops for being idle (the site's idle timeout) is started
+        again, with this environment, by the next call that finds it gone (a line on
+        stderr says so); after :meth:`terminate` calls fail until the next
+        ``environment()``."""
         body: dict[str, Any] = {"requirements": requirement_list(requirements, python),
                                 "force": bool(force)}
         asked = {"cpus": cpus, "memory": memory, "gpus": gpus, "workers": workers}
         body.update({k: v for k, v in asked.items() if v is not None})
+        st = self._spawn(body, timeout, progress, poll)
+        # A server that stops for idleness is started again by the next call (revival.py).
+        self._revive_body = {**body, "force": False}
+        self.client._session.revival.hook = self._revive
+        return st
+
+    def _spawn(self, body: dict[str, Any], timeout: float, progress: bool,
+               poll: float) -> Status:
+        """POST ``/spawn`` and wait until the server is ready (see :meth:`environment`)."""
         display = Progress(enabled=progress)
         started = time.monotonic()
         st: dict[str, Any] = {}
@@ -220,9 +238,27 @@ class Connection:
         self.last_status = None if resp.status_code == 404 else Status(check(resp, "status"))
         return self.last_status
 
+    def _revive(self, write: Writer | None) -> None:
+        """Start the server :meth:`environment` made again, when it stopped for being
+        idle (the hook of :mod:`zexec.apps.client.revival`); raises in any other case."""
+        st = self.status(timeout=30.0)
+        phase, reason = (st or {}).get("phase"), (st or {}).get("reason")
+        if phase == "ready":
+            return  # started again meanwhile (another process of the same user)
+        if phase != "terminated" or reason != "idle":
+            raise E.ServerUnavailable(f"your server is {phase or 'gone'}"
+                                      + (f" ({reason})" if reason else "")
+                                      + "; start it with environment(...)")
+        if write is not None:
+            write("stderr", "zexec: your server had stopped after being idle; "
+                            "starting the same environment again\n")
+        self._spawn(self._revive_body, 600.0, False, 0.5)
+
     @public
     def terminate(self) -> dict[str, Any]:
-        """Stop and remove your server (``terminated`` says whether one was running)."""
+        """Stop and remove your server (``terminated`` says whether one was running).
+        Calls after it fail (ServerUnavailable) until the next :meth:`environment`."""
+        self.client._session.revival.hook = None
         return check(self._request("DELETE", "/terminate", "terminate"), "terminate")
 
     def close(self) -> None:

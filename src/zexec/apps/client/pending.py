@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -58,3 +59,8 @@ class PendingCall:
     #: Made by the first cancel request only: an Event per call (a lock and a
     #: condition) cost ~10% of the client's CPU per call of a one-call-per-item map.
     cancel_sent: threading.Event | None = None
+    #: The call's frames again under another id, for a call the broker refused because
+    #: the user's server had stopped (see revival.py); dropped at its first event.
+    rebuild: Callable[[bytes], list[Any]] | None = None
+    #: Sent again once already after such a refusal.
+    revived: bool = False

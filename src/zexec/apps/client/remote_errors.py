@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sys
 from typing import Any
 
 from zexec.apps.client.remote_frames import remote_traceback
@@ -119,3 +120,18 @@ def _exception(event: Event, serializer: Serializer | None) -> BaseException:
         except Exception:
             pass
     return _with_remote_traceback(RemoteError(type_name, message, tb), event, serializer)
+
+
+def unloadable_here(exc: SerializationError, what: str) -> SerializationError:
+    """``exc``, or, when a module this Python lacks is why a result cannot be unpickled
+    (the common case: numpy or pandas on the server, not in the notebook), an error that
+    names the module and what to do."""
+    module = exc.missing_module
+    if module is None:
+        return exc
+    err = SerializationError(
+        f"{what} of the remote call is an object of the module {module!r}, which this "
+        f"Python ({sys.executable}) cannot import: install {module!r} here as on the "
+        f"server, or return plain Python values (for numpy: x.tolist(), float(x))")
+    err.__cause__ = exc.__cause__
+    return err

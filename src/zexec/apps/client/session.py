@@ -25,7 +25,8 @@ from typing import Any
 
 from zexec.apps.client.output import writer_here
 from zexec.apps.client.pending import END, PendingCall, RemoteFuture
-from zexec.apps.client.remote_errors import exception_from_event
+from zexec.apps.client.remote_errors import exception_from_event, unloadable_here
+from zexec.apps.client.revival import Revival
 from zexec.core import protocol as p
 from zexec.core.errors import (
     BrokerUnreachable,
@@ -71,7 +72,8 @@ class Session:
         self.ping_interval = ping_interval
         self.clock = clock
         self._transport_factory = transport_factory
-        self._requests: queue.SimpleQueue[tuple[str, PendingCall, str]] = queue.SimpleQueue()
+        self._requests: queue.SimpleQueue[tuple[str, PendingCall | None, Any]] = \
+            queue.SimpleQueue()
         self.pending: dict[bytes, PendingCall] = {}
         self._unsent: list[PendingCall] = []
         self._closed = False
@@ -95,6 +97,10 @@ class Session:
         self._transfer_until = 0.0
         self._next_ping = 0.0
         self._next_check = 0.0
+        #: Calls refused because the server had stopped for idleness (see revival.py);
+        #: a Connection sets its ``hook``.
+        self.revival = Revival(self._send_again,
+                               lambda call, err: self._hand_over("fail", call, err), clock)
 
     # ------------------------------------------------------------------ caller side
 
@@ -176,17 +182,29 @@ class Session:
         header = {"ser": serializer.name, "py": PYTHON, "fn": name}
         if timeout is not None:
             header["timeout"] = timeout
-        payload = serializer.dumps((args, kwargs))
+        def frames_for(call_id: bytes) -> list[Any]:
+            payload = serializer.dumps((args, kwargs))
+            return p.v1_request(p.CALL, self.token, call_id,
+                                [p.dump_header(header), fn_frame, *payload])
+
         call_id = os.urandom(p.CALL_ID_SIZE)
-        frames = p.v1_request(p.CALL, self.token, call_id,
-                              [p.dump_header(header), fn_frame, *payload])
+        frames = frames_for(call_id)
         fut = RemoteFuture()
         call = PendingCall(call_id, frames, serializer, fut, timeout, self.clock(),
-                           queue.SimpleQueue() if stream else None, write=writer_here())
+                           queue.SimpleQueue() if stream else None, write=writer_here(),
+                           rebuild=frames_for)
         fut._session, fut._call = self, call
         return call
 
-    def _hand_over(self, kind: str, call: PendingCall | None, reason: str = "") -> None:
+    def _send_again(self, call: PendingCall) -> None:
+        """Send ``call`` again under a new id (its server runs again: revival.py)."""
+        assert call.rebuild is not None
+        call.call_id = os.urandom(p.CALL_ID_SIZE)
+        call.frames = call.rebuild(call.call_id)
+        call.created = self.clock()
+        self._hand_over("call", call)
+
+    def _hand_over(self, kind: str, call: PendingCall | None, reason: Any = "") -> None:
         """Queue a request for whoever drives the connection, and make sure someone does."""
         self._requests.put((kind, call, reason))
         self._has_work.set()
@@ -291,6 +309,8 @@ class Session:
             except queue.Empty:
                 return
             if kind == "call":
+                if call.done:  # cancelled while it waited to be sent again
+                    continue
                 if self._closed:
                     self._finish(call, error=BrokerUnreachable("the zexec client was closed"))
                     continue
@@ -298,11 +318,15 @@ class Session:
                 self._unsent.append(call)
             elif kind == "warm":
                 self._warm_until = now + self.connect_timeout
+            elif kind == "fail":
+                self._finish(call, error=reason)
             else:  # cancel
                 if call.done:
                     pass
-                elif call.sent_at is None:
-                    self._unsent.remove(call)
+                elif call.sent_at is None:  # not sent yet, or parked for a revival
+                    if call in self._unsent:
+                        self._unsent.remove(call)
+                    self.revival.unpark(call)
                     self._finish(call, error=CallCancelled(reason))
                 else:
                     self.transport.send(p.v1_request(p.CANCEL, self.token, call.call_id,
@@ -395,24 +419,25 @@ class Session:
                 log.warning("broker: %s", ev.header.get("message"))
             return
         kind = ev.kind
+        if kind == p.EV_ERROR and self.revival.takes(call, ev.header.get("code")):
+            del self.pending[call.call_id]
+            self.revival.park(call, exception_from_event(ev, call.serializer))
+            return
+        call.rebuild = None  # the server has it: never to be sent again
         if kind == p.EV_OUTPUT:
             for channel, text in ev.header.get("out", ()):
                 call.write(channel, text)
-        elif kind == p.EV_YIELD:
-            try:
-                value = call.serializer.loads(ev.buffers)
-            except SerializationError as exc:
-                self._finish(call, error=unloadable_here(exc, "a yielded item"))
-                return
-            if call.items is not None:
-                call.items.put((None, value))
-        elif kind == p.EV_RETURN:
+        elif kind == p.EV_YIELD or kind == p.EV_RETURN:
             try:
                 value = call.serializer.loads(ev.buffers) if ev.buffers else None
             except SerializationError as exc:
-                self._finish(call, error=unloadable_here(exc, "the return value"))
+                what = "the return value" if kind == p.EV_RETURN else "a yielded item"
+                self._finish(call, error=unloadable_here(exc, what))
                 return
-            self._finish(call, value)
+            if kind == p.EV_RETURN:
+                self._finish(call, value)
+            elif call.items is not None:
+                call.items.put((None, value))
         elif kind == p.EV_ERROR:
             err = exception_from_event(ev, call.serializer)
             if isinstance(err, ServerGone):
@@ -422,17 +447,3 @@ class Session:
             self._finish(call, error=CallCancelled(
                 f"the call was cancelled ({ev.header.get('reason') or 'no reason given'})"))
 
-
-def unloadable_here(exc: SerializationError, what: str) -> SerializationError:
-    """``exc``, or, when a module this Python lacks is why a result cannot be unpickled
-    (the common case: numpy or pandas on the server, not in the notebook), an error that
-    names the module and what to do."""
-    module = exc.missing_module
-    if module is None:
-        return exc
-    err = SerializationError(
-        f"{what} of the remote call is an object of the module {module!r}, which this "
-        f"Python ({sys.executable}) cannot import: install {module!r} here as on the "
-        f"server, or return plain Python values (for numpy: x.tolist(), float(x))")
-    err.__cause__ = exc.__cause__
-    return err
