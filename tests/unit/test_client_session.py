@@ -189,25 +189,14 @@ def test_warm_connects_and_has_the_token_checked_without_a_call(wire):
     assert ping.token == "tok" and ping.call_ids == () and session.pending == {}
 
 
-def test_a_result_of_a_module_missing_here_names_the_module(wire, monkeypatch):
+def test_a_result_of_a_module_missing_here_names_the_module(wire):
     """numpy on the server, not in the notebook: the error says which module, and what
     to do, instead of a bare ModuleNotFoundError from inside unpickling."""
-    import sys
-    import types
-
+    from tests.helpers.absent_module import module_gone_after
     from zexec.core.errors import SerializationError
 
-    mod = types.ModuleType("zexec_absent_mod")
-
-    class Thing:
-        pass
-
-    Thing.__module__, Thing.__qualname__ = "zexec_absent_mod", "Thing"
-    mod.Thing = Thing
-    monkeypatch.setitem(sys.modules, "zexec_absent_mod", mod)
-    frames = SER.dumps(Thing())  # by reference to the module, as numpy's types are
-    monkeypatch.delitem(sys.modules, "zexec_absent_mod")
-
+    with module_gone_after() as thing:
+        frames = SER.dumps(thing())
     session, _, broker = wire
     call = start(session)
     next_request(broker, p.CALL)

@@ -210,22 +210,13 @@ def test_function_cache_reuses_deserialized_functions():
     assert len(cache._items) == 2
 
 
-def test_an_argument_of_a_module_missing_here_names_the_module(worker, monkeypatch):
+def test_an_argument_of_a_module_missing_here_names_the_module(worker):
     """A notebook's object of a package the server's environment lacks: the error says
     which module and to add it to the environment."""
-    import sys
-    import types
+    from tests.helpers.absent_module import module_gone_after
 
-    mod = types.ModuleType("zexec_absent_mod")
-
-    class Thing:
-        pass
-
-    Thing.__module__, Thing.__qualname__ = "zexec_absent_mod", "Thing"
-    mod.Thing = Thing
-    monkeypatch.setitem(sys.modules, "zexec_absent_mod", mod)
-    frames = call_frames(len, Thing())
-    monkeypatch.delitem(sys.modules, "zexec_absent_mod")
+    with module_gone_after() as thing:
+        frames = call_frames(len, thing())
     worker.execute(frames)
     (final, err), = sent_events(worker)
     assert final and err.header["code"] == "SERIALIZATION"
