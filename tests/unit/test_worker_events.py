@@ -210,15 +210,18 @@ def test_function_cache_reuses_deserialized_functions():
     assert len(cache._items) == 2
 
 
-def test_an_argument_of_a_module_missing_here_names_the_module(worker):
-    """A notebook's object of a package the server's environment lacks: the error says
-    which module and to add it to the environment."""
+def test_an_argument_of_a_module_missing_here_gets_the_clients_hint(worker):
+    """A notebook's object of a package the server's environment lacks: the worker's
+    error keeps Python's words, which the client's hint (localmods.missing_module_hint)
+    turns into what to do."""
     from tests.helpers.absent_module import module_gone_after
+    from zexec.apps.client.remote_errors import exception_from_event
 
     with module_gone_after() as thing:
         frames = call_frames(len, thing())
     worker.execute(frames)
     (final, err), = sent_events(worker)
     assert final and err.header["code"] == "SERIALIZATION"
-    assert "an argument of the call" in err.header["message"]
-    assert "add 'zexec_absent_mod' to the requirements" in err.header["message"]
+    assert "No module named 'zexec_absent_mod'" in err.header["message"]
+    notes = getattr(exception_from_event(err, SER), "__notes__", [])
+    assert any("add it to your server's environment" in n for n in notes), notes

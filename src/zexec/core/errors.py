@@ -86,15 +86,6 @@ class SerializationError(CallError):
 
     code = "SERIALIZATION"
 
-    @property
-    def missing_module(self) -> str | None:
-        """The top-level module whose absence made unpickling fail (an object of numpy
-        where numpy is not installed), else None."""
-        cause = self.__cause__
-        if isinstance(cause, ModuleNotFoundError) and cause.name:
-            return cause.name.split(".")[0]
-        return None
-
 
 class ProtocolError(CallError):
     """A peer sent frames that do not follow the protocol."""

@@ -62,9 +62,9 @@ def is_plain(obj: Any) -> bool:
     """``obj`` is builtin scalars in builtin containers (exact types, not subclasses: an
     ``IntEnum`` of ``__main__`` must go by value), at most ``PLAIN_MAX_VALUES`` of them.
     Such a value needs neither cloudpickle nor dill: the standard pickler writes it
-    without their per-call set-up (a cloudpickle ``Pickler`` costs ~15 µs to make, the
-    bulk of a one-call-per-item call's arguments ``((i,), {})`` or a no-op's result),
-    and either family's ``loads`` reads a standard pickle."""
+    without their per-call set-up (a call's arguments ``((i,), {})``: 0.9 µs against
+    2.2 µs with cloudpickle and 12.5 µs with dill), and either family's ``loads`` reads
+    a standard pickle."""
     todo = [obj]
     budget = PLAIN_MAX_VALUES
     while todo:

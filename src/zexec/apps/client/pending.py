@@ -56,8 +56,8 @@ class PendingCall:
     sent_at: float | None = None
     done: bool = field(default=False)
     #: Set once a cancel request for this call has left (or needed not leave) this process.
-    #: Made by the first cancel request only: an Event per call (a lock and a
-    #: condition) cost ~10% of the client's CPU per call of a one-call-per-item map.
+    #: Made by the first cancel request only (an Event, a lock and a condition, is
+    #: 1.7 µs on every call otherwise).
     cancel_sent: threading.Event | None = None
     #: The call's frames again under another id, for a call the broker refused because
     #: the user's server had stopped (see revival.py); dropped at its first event.

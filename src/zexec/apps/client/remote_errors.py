@@ -126,12 +126,13 @@ def unloadable_here(exc: SerializationError, what: str) -> SerializationError:
     """``exc``, or, when a module this Python lacks is why a result cannot be unpickled
     (the common case: numpy or pandas on the server, not in the notebook), an error that
     names the module and what to do."""
-    module = exc.missing_module
-    if module is None:
+    cause = exc.__cause__
+    if not isinstance(cause, ModuleNotFoundError) or not cause.name:
         return exc
+    module = cause.name.partition(".")[0]
     err = SerializationError(
         f"{what} of the remote call is an object of the module {module!r}, which this "
         f"Python ({sys.executable}) cannot import: install {module!r} here as on the "
         f"server, or return plain Python values (for numpy: x.tolist(), float(x))")
-    err.__cause__ = exc.__cause__
+    err.__cause__ = cause
     return err

@@ -42,8 +42,6 @@ class Revival:
         self._parked: list[tuple[PendingCall, BaseException]] = []
         self._lock = threading.Lock()
         self._running = False
-        #: Times the hook ran (state, for tests).
-        self.runs = 0
 
     def takes(self, call: PendingCall, code: object) -> bool:
         """Whether ``call``, refused with error ``code``, is one to park."""
@@ -81,7 +79,6 @@ class Revival:
         try:
             if hook is None:
                 raise ServerUnavailable("no server, and none to start again")
-            self.runs += 1
             hook(write)
         except BaseException as exc:  # noqa: BLE001 - every failure goes to the calls
             failure = exc

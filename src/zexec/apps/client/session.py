@@ -446,4 +446,3 @@ class Session:
         elif kind == p.EV_CANCELLED:
             self._finish(call, error=CallCancelled(
                 f"the call was cancelled ({ev.header.get('reason') or 'no reason given'})"))
-

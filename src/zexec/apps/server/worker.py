@@ -193,21 +193,14 @@ class Worker:
                                               f"installed on the server; installed: {names}",
                                    "type": "", "traceback": ""}, final=True)
             return
-        what = "the function"
         try:
             fn = self.functions.get(call.serializer, fn_frame)
-            what = "an argument"
             if call.legacy:
                 args, kwargs = call.serializer.loads([args_frames[0]]), {}
             else:
                 args, kwargs = call.serializer.loads(args_frames)
         except SerializationError as exc:
-            module = exc.missing_module
-            message = str(exc) if module is None else (
-                f"{what} of the call is (or refers to) an object of the module {module!r}, "
-                f"which this server's environment cannot import: add {module!r} to the "
-                f"requirements of environment([...]), or pass plain Python values")
-            out.event(p.EV_ERROR, {"code": "SERIALIZATION", "message": message,
+            out.event(p.EV_ERROR, {"code": "SERIALIZATION", "message": str(exc),
                                    "type": "", "traceback": ""}, final=True)
             return
         if call.legacy:
