@@ -298,11 +298,16 @@ def test_a_hook_that_fails_fails_the_parked_calls_saying_why(wire):
     from zexec.core.errors import ServerUnavailable
 
     session, _, broker = wire
-    session.revival.hook = Hook(fail=ServerUnavailable("your server is failed (crash)"))
+    session.revival.hook = Hook(fail=ServerUnavailable("it failed (crash); start one"))
     call = start(session)
     refuse(broker, next_request(broker, p.CALL))
-    with pytest.raises(ServerUnavailable, match="starting your server again did not work: "
-                                                "your server is failed"):
+    with pytest.raises(ServerUnavailable, match=r"^it failed \(crash\); start one$"):
+        call.future.result(5)  # the hook's own verdict, as it said it
+    session.revival.hook = Hook(fail=OSError("Deploy API down"))
+    call = start(session)
+    refuse(broker, next_request(broker, p.CALL))
+    with pytest.raises(ServerUnavailable, match="no server is running for user u; starting "
+                                                "your server again did not work: Deploy API"):
         call.future.result(5)
     assert session.pending == {}
 

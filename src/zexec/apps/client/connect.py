@@ -245,10 +245,10 @@ class Connection:
         phase, reason = (st or {}).get("phase"), (st or {}).get("reason")
         if phase == "ready":
             return  # started again meanwhile (another process of the same user)
-        if phase != "terminated" or reason != "idle":
-            raise E.ServerUnavailable(f"your server is {phase or 'gone'}"
-                                      + (f" ({reason})" if reason else "")
-                                      + "; start it with environment(...)")
+        if phase != "terminated" or reason != "idle":  # not ours to start again
+            raise E.ServerUnavailable(
+                f"no server is running for you: it {'is gone' if st is None else phase}"
+                + (f" ({reason})" if reason else "") + "; start one with environment(...)")
         if write is not None:
             write("stderr", "zexec: your server had stopped after being idle; "
                             "starting the same environment again\n")

@@ -90,6 +90,8 @@ class Revival:
         for call, error in parked:
             if failure is None:
                 self._hand_back(call)
+            elif isinstance(failure, ServerUnavailable):  # the hook's word: not to start
+                self._fail(call, failure)
             else:
                 err = ServerUnavailable(f"{error}; starting your server again did not work: "
                                         f"{failure}")
