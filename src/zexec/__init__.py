@@ -30,8 +30,12 @@ if TYPE_CHECKING:
     from zexec.apps.client.connect import Connection, connect, environment, terminate
     from zexec.apps.client.debug import debug
     from zexec.core.errors import (
+        AuthError,
+        AuthUnavailable,
         BrokerUnreachable,
+        Busy,
         CallCancelled,
+        CallError,
         CallLost,
         CallTimeout,
         ControlPlaneError,
@@ -40,12 +44,17 @@ if TYPE_CHECKING:
         EnvironmentTimeout,
         Forbidden,
         InvalidEnvironment,
+        ProtocolError,
         RemoteError,
         RemoteExit,
         ResourceLimitExceeded,
+        SerializationError,
         ServerGone,
         ServerUnavailable,
+        ShuttingDown,
         TooLarge,
+        Unauthenticated,
+        UnknownSerializerError,
         VersionMismatch,
         WorkerDied,
         ZexecError,
@@ -63,11 +72,16 @@ _EXPORTS = {
     "debug": "zexec.apps.client.debug",
     # IPython's hook for `%load_ext zexec` (not in __all__).
     "load_ipython_extension": "zexec.notebook.magics",
+    # Every error an SDK call, connect() or environment() can raise.
     **dict.fromkeys(
-        ("BrokerUnreachable", "CallCancelled", "CallLost", "CallTimeout", "ControlPlaneError",
-         "EnvironmentConflict", "EnvironmentFailed", "EnvironmentTimeout", "Forbidden",
-         "InvalidEnvironment", "RemoteError", "RemoteExit", "ResourceLimitExceeded", "ServerGone", "ServerUnavailable",
-         "TooLarge", "VersionMismatch", "WorkerDied", "ZexecError"), "zexec.core.errors"),
+        ("AuthError", "AuthUnavailable", "BrokerUnreachable", "Busy", "CallCancelled",
+         "CallError", "CallLost", "CallTimeout", "ControlPlaneError",
+         "EnvironmentConflict", "EnvironmentFailed", "EnvironmentTimeout",
+         "Forbidden", "InvalidEnvironment", "ProtocolError", "RemoteError",
+         "RemoteExit", "ResourceLimitExceeded", "SerializationError", "ServerGone",
+         "ServerUnavailable", "ShuttingDown", "TooLarge", "Unauthenticated",
+         "UnknownSerializerError", "VersionMismatch", "WorkerDied", "ZexecError"),
+        "zexec.core.errors"),
 }
 
 
@@ -87,8 +101,12 @@ def __dir__() -> list[str]:
 __version__ = "0.1.0"
 
 __all__ = [
+    "AuthError",
+    "AuthUnavailable",
     "BrokerUnreachable",
+    "Busy",
     "CallCancelled",
+    "CallError",
     "CallLost",
     "CallTimeout",
     "Client",
@@ -99,14 +117,19 @@ __all__ = [
     "EnvironmentTimeout",
     "Forbidden",
     "InvalidEnvironment",
+    "ProtocolError",
     "RemoteError",
     "RemoteExit",
     "RemoteFunction",
     "RemoteIterator",
     "ResourceLimitExceeded",
+    "SerializationError",
     "ServerGone",
     "ServerUnavailable",
+    "ShuttingDown",
     "TooLarge",
+    "Unauthenticated",
+    "UnknownSerializerError",
     "VersionMismatch",
     "WorkerDied",
     "ZexecError",
